@@ -1,0 +1,45 @@
+"""Experiment families by name: each module has `run(config, workdir) -> summary`."""
+
+import importlib
+
+from jaxlab.data.augment import NORMALIZATIONS
+from jaxlab.data.datasets import DATASETS, SOURCES
+from jaxlab.models import MODELS
+from jaxlab.optim.optimizers import OPTIMIZERS
+from jaxlab.optim.schedules import SCHEDULES
+
+EXPERIMENTS = {
+    'distributed': 'jaxlab.experiments.distributed',
+}
+
+# (dotted config field, valid values) checked before anything is computed.
+CHOICES = (
+    ('experiment', tuple(EXPERIMENTS)),
+    ('data.name', DATASETS),
+    ('data.source', SOURCES),
+    ('model.name', tuple(MODELS)),
+    ('optim.name', OPTIMIZERS),
+    ('optim.schedule', SCHEDULES),
+    ('augment.normalization', tuple(NORMALIZATIONS)),
+)
+
+
+def _get(config, dotted):
+  for key in dotted.split('.'):
+    config = config[key]
+  return config
+
+
+def validate(config):
+  """Raise ValueError naming the valid choices for any field outside them."""
+  for field, choices in CHOICES:
+    value = _get(config, field)
+    if value not in choices:
+      raise ValueError(f'unknown {field} {value!r}; choose one of {", ".join(choices)} '
+                       f'(--config.{field}=...)')
+
+
+def run(config, workdir):
+  """Validate `config` and run its experiment family."""
+  validate(config)
+  return importlib.import_module(EXPERIMENTS[config.experiment]).run(config, workdir)

@@ -1,0 +1,42 @@
+"""Fields every jaxlab config has; each family's file starts from `base_config()`."""
+
+import ml_collections
+
+
+def base_config():
+  """The shared skeleton: data, model, augmentation, optimizer, trainer, checkpoints."""
+  c = ml_collections.ConfigDict()
+  c.experiment = ''
+  c.seed = 42
+  c.progress = True  # tqdm bar with loss and img/s
+
+  # name: digits | cifar10 | cifar100. source: tfds | archive (the original python archives).
+  c.data = ml_collections.ConfigDict(dict(
+      name='digits', source='tfds', dir='', tfds_dir='', label='fine',
+      validation_fraction=0.0, split_seed=0))
+  c.model = ml_collections.ConfigDict(dict(name='lenet5'))
+  # resize 0 keeps the data's size; normalization: none | half | cifar10 | cifar100 | imagenet.
+  c.augment = ml_collections.ConfigDict(dict(
+      resize=0, crop_padding=0, flip=False, normalization='half'))
+  # name: sgdm | adamw. schedule: constant | cosine | warmup_cosine (floor = lr_floor · lr).
+  # groups: per-label overrides {label: {lr, weight_decay}} of the partition rules' labels.
+  c.optim = ml_collections.ConfigDict(dict(
+      name='sgdm', lr=0.01, weight_decay=0.0, momentum=0.9, nesterov=False,
+      b1=0.9, b2=0.999, eps=1e-8, schedule='cosine', warmup_epochs=0.0, lr_floor=0.0,
+      groups=ml_collections.ConfigDict()))
+  # steps_per_dispatch: steps fused in one jitted lax.scan (raise it for small models).
+  c.train = ml_collections.ConfigDict(dict(
+      batch_size=64, epochs=1, eval_batch_size=500, steps_per_dispatch=1,
+      log_every_steps=50, eval_every_epochs=1))
+  c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=2))
+  # initialize: call jax.distributed.initialize() first (multi-host runs).
+  c.distributed = ml_collections.ConfigDict(dict(initialize=False))
+  return c
+
+
+def pick(variants, arg, default):
+  """variants[arg or default](), or an error that lists the variants."""
+  name = arg or default
+  if name not in variants:
+    raise ValueError(f'unknown config variant {name!r}; choose one of {", ".join(variants)}')
+  return variants[name]()

@@ -1,0 +1,161 @@
+"""The one training loop: init or restore → steps → periodic eval → checkpoint → summary.
+
+Side effects (files, progress bar, checkpoints) live here; the step itself is
+pure (see step.py). An experiment family supplies a `Task` and a data set.
+"""
+
+import functools
+import os
+import time
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from jaxlab.data.augment import make_eval_preprocess, make_train_augment
+from jaxlab.data.pipeline import EpochIndices
+from jaxlab.io.checkpoint import Checkpointer
+from jaxlab.io.writers import JsonlLog, write_json
+from jaxlab.metrics.classification import count_params
+from jaxlab.metrics.system import peak_memory
+from jaxlab.optim.optimizers import make_optimizer
+from jaxlab.parallel.mesh import check_divisible, make_mesh, replicate, shard_leading
+from jaxlab.peft.partition import label_tree, merge, split, subtree_labels
+from jaxlab.train.evaluate import evaluate
+from jaxlab.train.state import TrainState
+from jaxlab.train.step import make_eval_logits, make_train_chunk, train_step
+
+
+def run_keys(seed):
+  """(init, data, step) keys of a run, all derived from `seed`."""
+  root = jax.random.PRNGKey(seed)
+  return tuple(jax.random.fold_in(root, i) for i in range(3))
+
+
+def _next_stop(step, total, *periods):
+  """The first step after `step` that is a multiple of any period, or `total`."""
+  stops = [total] + [(step // p + 1) * p for p in periods if p and p > 0]
+  return min(stops)
+
+
+def fit(config, workdir, task, dataset, *, mesh=None, on_chunk=None):
+  """Train `task` on `dataset` as `config` says, writing into `workdir`; returns the summary.
+
+  Rerunning with the same config and workdir resumes from the latest
+  checkpoint. `on_chunk(step, state)` is called after every dispatch (tests use
+  it to interrupt a run).
+  """
+  tc = config.train
+  mesh = mesh or make_mesh()
+  check_divisible(tc.batch_size, mesh)
+  check_divisible(tc.eval_batch_size, mesh, 'eval batch size')
+  os.makedirs(workdir, exist_ok=True)
+  write_json(os.path.join(workdir, 'config.json'), config.to_dict())
+
+  _, data_key, step_key = run_keys(config.seed)
+  indices = EpochIndices(data_key, len(dataset.train.labels), tc.batch_size)
+  spe = indices.steps_per_epoch
+  total = tc.epochs * spe
+
+  labels = label_tree(task.params, task.rules)
+  trainable, frozen = split(task.params, labels)
+  if not jax.tree.leaves(trainable):
+    raise ValueError(f'the partition rules {list(task.rules)} freeze every parameter; '
+                     'nothing would train.')
+  tx = make_optimizer(config.optim, subtree_labels(trainable, labels), total, spe)
+  state = TrainState.create(trainable, frozen, tx, step_key)
+
+  ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'), config.checkpoint.every_steps,
+                      config.checkpoint.keep)
+  resumed_from = ckpt.latest_step()
+  if resumed_from is not None:
+    state = ckpt.restore(state)
+  state = replicate(state, mesh)
+  train_data = replicate({'image': dataset.train.images, 'label': dataset.train.labels}, mesh)
+  eval_data = replicate({'image': dataset.test.images}, mesh)
+
+  chunk_fn = make_train_chunk(
+      functools.partial(train_step, task=task, tx=tx, augment=make_train_augment(config.augment)),
+      mesh)
+  logits_fn = make_eval_logits(task, make_eval_preprocess(config.augment), mesh)
+  compiled = {}
+  log = JsonlLog(os.path.join(workdir, 'metrics.jsonl'), keep_until_step=resumed_from)
+
+  def run_eval(state):
+    return evaluate(logits_fn, merge(state.params, state.frozen), eval_data,
+                    dataset.test.labels, tc.eval_batch_size, mesh)
+
+  step = int(jax.device_get(state.step))
+  train_time, timed_steps, compile_time = 0.0, 0, 0.0
+  window = []
+  last_eval = None
+  bar = tqdm(total=total, initial=step, disable=not config.progress, unit='step',
+             desc=f'{config.experiment}', dynamic_ncols=True)
+  try:
+    while step < total:
+      stop = min(_next_stop(step, total, spe, tc.log_every_steps, config.checkpoint.every_steps),
+                 step + max(tc.steps_per_dispatch, 1))
+      n = stop - step
+      idx = shard_leading(indices.chunk(step, n), mesh, axis=1)
+      if n not in compiled:
+        t0 = time.perf_counter()
+        compiled[n] = chunk_fn.lower(state, train_data, idx).compile()
+        compile_time += time.perf_counter() - t0
+      t0 = time.perf_counter()
+      state, metrics = compiled[n](state, train_data, idx)
+      metrics = jax.device_get(metrics)  # waits for the step: timing is device-synchronised
+      dt = time.perf_counter() - t0
+      train_time, timed_steps, step = train_time + dt, timed_steps + n, stop
+      window.append((metrics, dt, n))
+      bar.update(n)
+      bar.set_postfix(loss=f"{float(np.mean(metrics['loss'])):.4f}",
+                      img_s=f'{n * tc.batch_size / dt:,.0f}')
+
+      if step % tc.log_every_steps == 0 or step == total:
+        log.write(_train_record(window, step, spe, tc.batch_size))
+        window = []
+      ckpt.save(step, state, force=step == total)
+      epoch_done = step % spe == 0
+      if epoch_done and ((step // spe) % tc.eval_every_epochs == 0 or step == total):
+        last_eval = (step, run_eval(state))
+        log.write({'step': step, 'epoch': step // spe, 'split': dataset.eval_split,
+                   **last_eval[1]})
+      if on_chunk is not None:
+        on_chunk(step, state)
+  finally:
+    bar.close()
+    ckpt.close()
+
+  final = last_eval[1] if last_eval and last_eval[0] == total else run_eval(state)
+  mem_bytes, mem_source = peak_memory()
+  summary = {
+      **final,
+      'eval_split': dataset.eval_split,
+      'dataset': dataset.name,
+      'steps': total,
+      'epochs': tc.epochs,
+      'batch_size': tc.batch_size,
+      'num_devices': int(mesh.devices.size),
+      'trainable_params': count_params(state.params),
+      'total_params': count_params(state.params) + count_params(state.frozen),
+      'avg_step_time_s': train_time / timed_steps if timed_steps else None,
+      'throughput_img_s': timed_steps * tc.batch_size / train_time if timed_steps else None,
+      'timed_steps': timed_steps,
+      'compile_time_s': compile_time,
+      'peak_mem_bytes': mem_bytes,
+      'peak_mem_source': mem_source,
+      'resumed_from_step': resumed_from,
+  }
+  write_json(os.path.join(workdir, 'summary.json'), summary)
+  return summary, state
+
+
+def _train_record(window, step, spe, batch_size):
+  """One metrics.jsonl record averaging the train metrics of the dispatches in `window`."""
+  losses = np.concatenate([np.atleast_1d(m['loss']) for m, _, _ in window])
+  accs = np.concatenate([np.atleast_1d(m['acc']) for m, _, _ in window])
+  seconds = sum(dt for _, dt, _ in window)
+  steps = sum(n for _, _, n in window)
+  return {'step': step, 'epoch': step / spe, 'split': 'train', 'loss': float(losses.mean()),
+          'acc': float(accs.mean()), 'step_time_s': seconds / steps,
+          'img_s': steps * batch_size / seconds}

@@ -1,0 +1,49 @@
+"""Run one jaxlab experiment: python launch.py --config=configs/FILE.py[:variant] [--workdir=DIR].
+
+Any config field can be overridden: --config.optim.lr=3e-4. Unknown fields,
+values of the wrong type and unknown choices are errors before anything runs.
+Rerunning the same command with the same --workdir resumes from its checkpoint.
+"""
+
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from jaxlab import cli
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Config file, optionally with a variant: configs/hybrid.py:quick.',
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    'workdir', None, 'Where the run writes; default workdirs/<config>[-<variant>].')
+
+
+def default_workdir(spec):
+  path, _, variant = spec.partition(':')
+  name = os.path.splitext(os.path.basename(path))[0]
+  return os.path.join('workdirs', f'{name}-{variant}' if variant else name)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+  config = _CONFIG.value
+  from jaxlab import experiments  # after flag parsing: imports JAX
+  experiments.validate(config)
+  if config.distributed.initialize:
+    import jax
+    jax.distributed.initialize()
+  spec = next(a for a in sys.argv if a.startswith('--config=')).split('=', 1)[1]
+  experiments.run(config, _WORKDIR.value or default_workdir(spec))
+
+
+if __name__ == '__main__':
+  try:
+    cli.check_command_line(sys.argv)
+  except (cli.CommandLineError, ValueError) as e:
+    sys.exit(f'error: {e}')
+  app.run(main)
