@@ -38,7 +38,12 @@ def main(argv):
     import jax
     jax.distributed.initialize()
   spec = next(a for a in sys.argv if a.startswith('--config=')).split('=', 1)[1]
-  experiments.run(config, _WORKDIR.value or default_workdir(spec))
+  try:
+    experiments.run(config, _WORKDIR.value or default_workdir(spec))
+  except (ValueError, FileNotFoundError) as e:
+    if flags.FLAGS.verbosity > 0:
+      raise
+    sys.exit(f'error: {e}\n(run with --verbosity=1 for the traceback)')
 
 
 if __name__ == '__main__':
