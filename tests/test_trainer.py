@@ -91,7 +91,7 @@ def test_workdir_files(tmp_path, small_digits):
   config = json.load(open(tmp_path / 'config.json'))
   assert config['train']['batch_size'] == 16
   records = [json.loads(l) for l in open(tmp_path / 'metrics.jsonl')]
-  assert {r['split'] for r in records} == {'train', 'test'}
+  assert {r['split'] for r in records} == {'train', 'train_epoch', 'test'}
   summary = json.load(open(tmp_path / 'summary.json'))
   for field in SUMMARY_FIELDS:
     assert summary[field] is not None, field

@@ -1,5 +1,14 @@
-"""Optimizers by name, one per parameter group, joined with `optax.partition`."""
+"""Optimizers by name, one per parameter group, joined with `optax.partition`.
 
+The learning rate of every group follows the run's global step (passed to
+`update` as the extra argument `global_step`), not the group's own update
+count: a group held still for a while resumes at the schedule's current
+value, as a PyTorch scheduler stepping globally would have it, while its
+optimizer statistics (Adam's moments and bias-correction count) stay where
+they were.
+"""
+
+import jax
 import optax
 
 from jaxlab.optim.schedules import make_schedule
@@ -7,19 +16,39 @@ from jaxlab.optim.schedules import make_schedule
 OPTIMIZERS = ('sgdm', 'adamw')
 
 
-def _base(name, lr, weight_decay, cfg):
+def scale_by_global_schedule(schedule, label):
+  """Multiply updates by -schedule(global_step) · lr_scales[label] (default scale 1)."""
+
+  def init(params):
+    del params
+    return optax.EmptyState()
+
+  def update(updates, state, params=None, *, global_step, lr_scales=None, **extra):
+    del params, extra
+    lr = schedule(global_step)
+    if lr_scales is not None and label in lr_scales:
+      lr = lr * lr_scales[label]
+    return jax.tree.map(lambda u: -lr * u, updates), state
+
+  return optax.GradientTransformationExtraArgs(init, update)
+
+
+def _direction(name, weight_decay, cfg):
+  """The optimizer without its learning rate (the update for lr = -1)."""
   if name == 'sgdm':
-    # PyTorch SGD: the decay is added to the gradient before the momentum.
+    # PyTorch SGD: decay added to the gradient, then momentum (buf = m·buf + g).
     return optax.chain(optax.add_decayed_weights(weight_decay),
-                       optax.sgd(lr, momentum=cfg.momentum, nesterov=cfg.get('nesterov', False)))
+                       optax.trace(cfg.momentum, nesterov=cfg.nesterov))
   if name == 'adamw':
-    return optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=weight_decay)
-  raise ValueError(f'unknown optimizer {name!r}; choose one of {list(OPTIMIZERS)}')
+    # AdamW: Adam direction plus decoupled decay, both scaled by the lr.
+    return optax.chain(optax.scale_by_adam(cfg.b1, cfg.b2, cfg.eps),
+                       optax.add_decayed_weights(weight_decay))
+  raise ValueError(f'unknown optimizer {name!r}; choose one of {", ".join(OPTIMIZERS)}')
 
 
 def group_settings(optim_cfg, label):
   """(lr, weight_decay) for a parameter group: its entry in optim.groups, else the defaults."""
-  group = optim_cfg.groups.get(label, None) if 'groups' in optim_cfg else None
+  group = optim_cfg.groups.get(label, None)
   lr = optim_cfg.lr if group is None or 'lr' not in group else group.lr
   wd = optim_cfg.weight_decay if group is None or 'weight_decay' not in group else group.weight_decay
   return lr, wd
@@ -28,22 +57,27 @@ def group_settings(optim_cfg, label):
 def make_optimizer(optim_cfg, labels, total_steps, steps_per_epoch):
   """optax.partition over the trainable labels, each group with its own lr and weight decay.
 
-  `labels` is the label tree of the trainable parameters; every distinct label
+  `labels` is the label tree of the trainable parameters. Every distinct label
   gets `optim_cfg.name` with the schedule `optim_cfg.schedule` scaled to that
-  group's peak lr.
+  group's peak lr. Call `update(grads, state, params, global_step=step)`.
   """
   warmup = int(optim_cfg.warmup_epochs * steps_per_epoch)
   transforms = {}
-  for label in sorted(set(_leaves(labels))):
+  for label in sorted(set(jax.tree.leaves(labels))):
     lr, wd = group_settings(optim_cfg, label)
     schedule = make_schedule(optim_cfg.schedule, lr, total_steps, warmup, optim_cfg.lr_floor)
-    transforms[label] = _base(optim_cfg.name, schedule, wd, optim_cfg)
+    transforms[label] = optax.chain(_direction(optim_cfg.name, wd, optim_cfg),
+                                    scale_by_global_schedule(schedule, label))
   return optax.partition(transforms, labels)
 
 
-def _leaves(tree):
-  if isinstance(tree, dict):
-    for v in tree.values():
-      yield from _leaves(v)
-  else:
-    yield tree
+def hold_groups(new_state, old_state, held):
+  """The partition state with the groups in `held` kept at their old state."""
+  if not held:
+    return new_state
+  inner = dict(new_state.inner_states)
+  for label in held:
+    if label in inner:
+      inner[label] = old_state.inner_states[label]
+  return new_state._replace(inner_states=inner)
+

@@ -50,16 +50,17 @@ def label_tree(params, rules: Rules):
   return unflatten(label_paths(flatten(params).keys(), rules))
 
 
-def split(params, labels):
-  """(trainable, frozen): two nested dicts that together hold every leaf.
+def split(params, labels, held=(FROZEN,)):
+  """(rest, held): two nested dicts that together hold every leaf of `params`.
 
-  `labels` is a label tree from `label_tree`. Leaves labelled FROZEN go to
-  `frozen`; all others to `trainable`. Either may be an empty dict.
+  `labels` is a label tree covering `params` (or more). Leaves whose label is
+  in `held` go to the second tree, all others to the first; either may be
+  empty. With the default, this is (trainable, frozen).
   """
   flat_params, flat_labels = flatten(params), flatten(labels)
-  trainable = {k: v for k, v in flat_params.items() if flat_labels[k] != FROZEN}
-  frozen = {k: v for k, v in flat_params.items() if flat_labels[k] == FROZEN}
-  return unflatten(trainable), unflatten(frozen)
+  rest = {k: v for k, v in flat_params.items() if flat_labels[k] not in held}
+  kept = {k: v for k, v in flat_params.items() if flat_labels[k] in held}
+  return unflatten(rest), unflatten(kept)
 
 
 def merge(*trees):

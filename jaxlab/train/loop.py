@@ -74,9 +74,16 @@ def fit(config, workdir, task, dataset, *, mesh=None, on_chunk=None):
   train_data = replicate({'image': dataset.train.images, 'label': dataset.train.labels}, mesh)
   eval_data = replicate({'image': dataset.test.images}, mesh)
 
-  chunk_fn = make_train_chunk(
-      functools.partial(train_step, task=task, tx=tx, augment=make_train_augment(config.augment)),
-      mesh)
+  augment = make_train_augment(config.augment)
+  trainable_labels = subtree_labels(trainable, labels)
+  chunk_fns = {}
+
+  def chunk_fn(hold):
+    if hold not in chunk_fns:
+      chunk_fns[hold] = make_train_chunk(functools.partial(
+          train_step, task=task, tx=tx, augment=augment, labels=trainable_labels, hold=hold,
+          diagnostics=task.diagnostics), mesh)
+    return chunk_fns[hold]
   logits_fn = make_eval_logits(task, make_eval_preprocess(config.augment), mesh)
   compiled = {}
   log = JsonlLog(os.path.join(workdir, 'metrics.jsonl'), keep_until_step=resumed_from)
@@ -87,7 +94,7 @@ def fit(config, workdir, task, dataset, *, mesh=None, on_chunk=None):
 
   step = int(jax.device_get(state.step))
   train_time, timed_steps, compile_time = 0.0, 0, 0.0
-  window = []
+  window, epoch_window = [], []
   last_eval = None
   bar = tqdm(total=total, initial=step, disable=not config.progress, unit='step',
              desc=f'{config.experiment}', dynamic_ncols=True)
@@ -95,18 +102,21 @@ def fit(config, workdir, task, dataset, *, mesh=None, on_chunk=None):
     while step < total:
       stop = min(_next_stop(step, total, spe, tc.log_every_steps, config.checkpoint.every_steps),
                  step + max(tc.steps_per_dispatch, 1))
+      hold = task.held_at(step)
+      stop = next((s for s in range(step + 1, stop) if task.held_at(s) != hold), stop)
       n = stop - step
       idx = shard_leading(indices.chunk(step, n), mesh, axis=1)
-      if n not in compiled:
+      if (n, hold) not in compiled:
         t0 = time.perf_counter()
-        compiled[n] = chunk_fn.lower(state, train_data, idx).compile()
+        compiled[n, hold] = chunk_fn(hold).lower(state, train_data, idx).compile()
         compile_time += time.perf_counter() - t0
       t0 = time.perf_counter()
-      state, metrics = compiled[n](state, train_data, idx)
+      state, metrics = compiled[n, hold](state, train_data, idx)
       metrics = jax.device_get(metrics)  # waits for the step: timing is device-synchronised
       dt = time.perf_counter() - t0
       train_time, timed_steps, step = train_time + dt, timed_steps + n, stop
       window.append((metrics, dt, n))
+      epoch_window.append((metrics, dt, n))
       bar.update(n)
       bar.set_postfix(loss=f"{float(np.mean(metrics['loss'])):.4f}",
                       img_s=f'{n * tc.batch_size / dt:,.0f}')
@@ -116,6 +126,10 @@ def fit(config, workdir, task, dataset, *, mesh=None, on_chunk=None):
         window = []
       ckpt.save(step, state, force=step == total)
       epoch_done = step % spe == 0
+      if epoch_done:
+        # A resumed epoch averages only the steps run since the restart.
+        log.write({**_train_record(epoch_window, step, spe, tc.batch_size), 'split': 'train_epoch'})
+        epoch_window = []
       if epoch_done and ((step // spe) % tc.eval_every_epochs == 0 or step == total):
         last_eval = (step, run_eval(state))
         log.write({'step': step, 'epoch': step // spe, 'split': dataset.eval_split,
@@ -151,11 +165,17 @@ def fit(config, workdir, task, dataset, *, mesh=None, on_chunk=None):
 
 
 def _train_record(window, step, spe, batch_size):
-  """One metrics.jsonl record averaging the train metrics of the dispatches in `window`."""
-  losses = np.concatenate([np.atleast_1d(m['loss']) for m, _, _ in window])
-  accs = np.concatenate([np.atleast_1d(m['acc']) for m, _, _ in window])
+  """One metrics.jsonl record: every train metric averaged over the steps in `window`.
+
+  NaN entries (a diagnostic of a group held still at that step) are left out
+  of the average; a metric NaN at every step stays NaN (written as null).
+  """
+  record = {'step': step, 'epoch': step / spe, 'split': 'train'}
+  for key in window[0][0]:
+    values = np.concatenate([np.atleast_1d(m[key]) for m, _, _ in window]).astype(np.float64)
+    finite = values[~np.isnan(values)]
+    record[key] = float(finite.mean()) if finite.size else float('nan')
   seconds = sum(dt for _, dt, _ in window)
   steps = sum(n for _, _, n in window)
-  return {'step': step, 'epoch': step / spe, 'split': 'train', 'loss': float(losses.mean()),
-          'acc': float(accs.mean()), 'step_time_s': seconds / steps,
-          'img_s': steps * batch_size / seconds}
+  record.update(step_time_s=seconds / steps, img_s=steps * batch_size / seconds)
+  return record

@@ -1,10 +1,12 @@
 """The pure training step, and its data-parallel, multi-step compiled form.
 
 `train_step(state, batch)` is the per-device step: augment on the device,
-differentiate the trainable params only, average gradients over the mesh's
-'data' axis with `pmean`, apply the optimizer. `make_train_chunk` wraps it in
-`lax.scan` over several batches (few dispatches for small models) and in
-`jax.shard_map` over the mesh; it is jitted with the state donated.
+differentiate only the live trainable params, average gradients over the
+mesh's 'data' axis with `pmean`, apply the optimizer. Groups named in `hold`
+(a static set of labels) are held still for the step: not differentiated,
+not updated, their optimizer state untouched. `make_train_chunk` wraps the
+step in `lax.scan` over several batches and in `jax.shard_map` over the mesh;
+it is jitted with the state donated.
 """
 
 import jax
@@ -12,8 +14,10 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import PartitionSpec as P
 
+from jaxlab.metrics.classification import count_params
+from jaxlab.optim.optimizers import hold_groups
 from jaxlab.parallel.mesh import DATA
-from jaxlab.peft.partition import merge
+from jaxlab.peft.partition import merge, split, subtree_labels
 
 
 def example_keys(step_key, batch_size):
@@ -26,27 +30,77 @@ def example_keys(step_key, batch_size):
   return jax.vmap(lambda i: jax.random.fold_in(step_key, i))(offset + jnp.arange(batch_size))
 
 
-def train_step(state, batch, *, task, tx, augment):
+def _sq_norm(tree):
+  return sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree))
+
+
+def _only(tree, labels, label):
+  """`tree` with every leaf not labelled `label` replaced by zeros."""
+  return jax.tree.map(lambda x, l: x if l == label else jnp.zeros_like(x), tree, labels)
+
+
+def train_step(state, batch, *, task, tx, augment, labels, hold=frozenset(), diagnostics=()):
   """One optimizer step on this device's part of the batch; collectives over DATA.
 
-  batch: {'image': uint8 [b, H, W, C], 'label': int32 [b]}. Returns the new
-  state and {'loss', 'acc'} averaged over the global batch.
+  batch: {'image': uint8 [b, H, W, C], 'label': int32 [b]}. `labels` is the
+  label tree of `state.params`. Returns the new state and metrics averaged
+  over the global batch: loss, acc, trainable_params (live count) and, when
+  `diagnostics` names groups, per group grad_norm/<g> and update_norm/<g>
+  (NaN for a held or absent group) and, for two groups (a, b), cos/a_b: the
+  cosine between the logit changes J_a·g_a and J_b·g_b that each group's
+  gradient makes (both live in logit space; raw parameter gradients of
+  disjoint groups are orthogonal by construction, so their cosine is always 0).
   """
   aug_key, model_key = jax.random.split(jax.random.fold_in(state.rng, state.step))
   images = augment(example_keys(aug_key, batch['label'].shape[0]), batch['image'])
   model_key = jax.random.fold_in(model_key, jax.lax.axis_index(DATA))
+  live, held = split(state.params, labels, hold)
+
+  def logits_of(params):
+    return task.apply(merge(params, held, state.frozen), images, True, model_key)
 
   def loss_of(params):
-    logits = task.apply(merge(params, state.frozen), images, True, model_key)
+    logits = logits_of(params)
     return task.loss_fn(logits, batch['label']), logits
 
-  (loss, logits), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+  (loss, logits), grads = jax.value_and_grad(loss_of, has_aux=True)(live)
   grads = jax.lax.pmean(grads, DATA)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
+  all_grads = merge(grads, jax.tree.map(jnp.zeros_like, held))
+  updates, opt_state = tx.update(all_grads, state.opt_state, state.params,
+                                 global_step=state.step)
+  opt_state = hold_groups(opt_state, state.opt_state, hold)
+  live_updates, _ = split(updates, labels, hold)
+  new_live = optax.apply_updates(live, live_updates)
   metrics = {'loss': loss, 'acc': jnp.mean(jnp.argmax(logits, -1) == batch['label'])}
   metrics = jax.lax.pmean(metrics, DATA)
-  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+  metrics['trainable_params'] = jnp.asarray(count_params(live), jnp.float32)
+  if diagnostics:
+    metrics.update(_diagnostics(logits_of, live, grads, live_updates,
+                                subtree_labels(live, labels), diagnostics))
+  new_state = state.replace(step=state.step + 1, params=merge(new_live, held),
+                            opt_state=opt_state)
+  return new_state, metrics
+
+
+def _diagnostics(logits_of, live, grads, updates, live_labels, groups):
+  present = set(jax.tree.leaves(live_labels))
+  out = {}
+  for g in groups:
+    if g in present:
+      out[f'grad_norm/{g}'] = jnp.sqrt(_sq_norm(_only(grads, live_labels, g)))
+      out[f'update_norm/{g}'] = jnp.sqrt(_sq_norm(_only(updates, live_labels, g)))
+    else:
+      out[f'grad_norm/{g}'] = out[f'update_norm/{g}'] = jnp.float32(jnp.nan)
+  if len(groups) == 2:
+    a, b = groups
+    if a in present and b in present:
+      _, dza = jax.jvp(logits_of, (live,), (_only(grads, live_labels, a),))
+      _, dzb = jax.jvp(logits_of, (live,), (_only(grads, live_labels, b),))
+      dot, na, nb = jax.lax.psum((jnp.sum(dza * dzb), jnp.sum(dza ** 2), jnp.sum(dzb ** 2)), DATA)
+      out[f'cos/{a}_{b}'] = dot / jnp.sqrt(na * nb)
+    else:
+      out[f'cos/{a}_{b}'] = jnp.float32(jnp.nan)
+  return out
 
 
 def gather(data, idx):

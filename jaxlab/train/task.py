@@ -14,11 +14,20 @@ class Task:
   apply(params, images, train, rng) -> logits, with float images NHWC.
   rules: ordered (regex, label) partition rules over '/'-joined paths.
   loss(logits, labels) -> scalar mean loss over the (local) batch.
+  hold_schedule(step) -> frozenset of trainable labels to hold still at that
+    step (selective freezing); each distinct set compiles its own step.
+  diagnostics: labels whose grad/update norms (and, for two, the cosine of
+    their logit-space effects) the step reports.
   """
   params: Any
   apply: Callable[..., jax.Array]
   rules: Sequence[tuple[str, str | None]]
-  loss: Callable[[jax.Array, jax.Array], jax.Array] = None
+  loss: Callable[[jax.Array, jax.Array], jax.Array] | None = None
+  hold_schedule: Callable[[int], frozenset] | None = None
+  diagnostics: tuple[str, ...] = ()
+
+  def held_at(self, step):
+    return frozenset() if self.hold_schedule is None else frozenset(self.hold_schedule(step))
 
   def loss_fn(self, logits, labels):
     if self.loss is not None:

@@ -1,0 +1,174 @@
+"""Vision Transformer with timm's layout, and LoRA that can be injected per block.
+
+Parameter paths follow timm's names, so loaders map one-to-one:
+  patch_embed/{kernel,bias}, cls_token, pos_embed,
+  blocks_{i}/norm1, blocks_{i}/attn/qkv, blocks_{i}/attn/proj, blocks_{i}/norm2,
+  blocks_{i}/mlp/fc1, blocks_{i}/mlp/fc2, norm, head.
+LoRA adds blocks_{i}/<layer>/lora_a (in, r) and lora_b (r, out) to each targeted layer.
+`S/16` is timm's vit_small_patch16_224: pre-LN blocks, LayerNorm eps 1e-6 with
+the exact (two-pass) variance, exact erf GELU, qkv with bias, class token.
+"""
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+LORA_TARGETS = ('qkv', 'proj', 'fc1', 'fc2')
+
+# name: (patch, width, depth, heads, mlp_dim)
+VARIANTS = {
+    'Ti/16': (16, 192, 12, 3, 768),
+    'S/16': (16, 384, 12, 6, 1536),
+    'B/16': (16, 768, 12, 12, 3072),
+    'Ti/4': (4, 192, 12, 3, 768),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraSpec:
+  """LoRA on `targets` of the blocks in `blocks`: y = xW + b + (alpha/rank)·dropout(x)·A·B."""
+  rank: int = 8
+  alpha: float = 16.0
+  dropout: float = 0.0
+  blocks: tuple[int, ...] = ()
+  targets: tuple[str, ...] = LORA_TARGETS
+
+
+def uniform_fan_in(fan_in):
+  """U(±1/sqrt(fan_in)): PyTorch's kaiming_uniform(a=√5), its default for nn.Linear."""
+  bound = 1.0 / fan_in ** 0.5
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+class LoraDense(nn.Module):
+  """x·W + b, plus a low-rank adapter (alpha/rank)·dropout(x)·A·B when rank > 0.
+
+  A (in, rank) starts U(±1/sqrt(rank)), B (rank, out) starts at zero, so the
+  adapter is the identity change at init.
+  """
+  features: int
+  rank: int = 0
+  alpha: float = 16.0
+  dropout: float = 0.0
+  dtype: jnp.dtype = jnp.float32
+  kernel_init: nn.initializers.Initializer = nn.initializers.truncated_normal(0.02)
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    kernel = self.param('kernel', self.kernel_init, (x.shape[-1], self.features))
+    bias = self.param('bias', nn.initializers.zeros, (self.features,))
+    x = x.astype(self.dtype)
+    y = x @ kernel.astype(self.dtype) + bias.astype(self.dtype)
+    if self.rank:
+      a = self.param('lora_a', uniform_fan_in(self.rank), (x.shape[-1], self.rank))
+      b = self.param('lora_b', nn.initializers.zeros, (self.rank, self.features))
+      h = nn.Dropout(self.dropout, deterministic=not train)(x) if self.dropout else x
+      y = y + (self.alpha / self.rank) * ((h @ a.astype(self.dtype)) @ b.astype(self.dtype))
+    return y
+
+
+def layer_norm(eps, dtype, name):
+  # Two-pass variance, as PyTorch: Flax's fast variance E[x²]-E[x]² breaks timm parity.
+  return nn.LayerNorm(epsilon=eps, use_fast_variance=False, dtype=dtype, name=name)
+
+
+class Attention(nn.Module):
+  """Multi-head self-attention with a fused qkv laid out as timm's [3, heads, head_dim]."""
+  width: int
+  heads: int
+  lora: dict
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    b, n, _ = x.shape
+    qkv = LoraDense(3 * self.width, dtype=self.dtype, name='qkv', **self.lora.get('qkv', {}))(x, train)
+    q, k, v = jnp.moveaxis(qkv.reshape(b, n, 3, self.heads, self.width // self.heads), 2, 0)
+    out = jax.nn.dot_product_attention(q, k, v)  # fused kernel on GPU, plain XLA on CPU
+    out = out.reshape(b, n, self.width)
+    return LoraDense(self.width, dtype=self.dtype, name='proj', **self.lora.get('proj', {}))(out, train)
+
+
+class Mlp(nn.Module):
+  """fc1 → GELU → fc2."""
+  width: int
+  mlp_dim: int
+  gelu_approximate: bool
+  lora: dict
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = LoraDense(self.mlp_dim, dtype=self.dtype, name='fc1', **self.lora.get('fc1', {}))(x, train)
+    x = nn.gelu(x, approximate=self.gelu_approximate)
+    return LoraDense(self.width, dtype=self.dtype, name='fc2', **self.lora.get('fc2', {}))(x, train)
+
+
+class Block(nn.Module):
+  """Pre-LN transformer block: x + attn(norm1(x)), then + mlp(norm2(x))."""
+  width: int
+  heads: int
+  mlp_dim: int
+  gelu_approximate: bool
+  ln_eps: float
+  lora: dict
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = x + Attention(self.width, self.heads, self.lora, self.dtype, name='attn')(
+        layer_norm(self.ln_eps, self.dtype, 'norm1')(x), train)
+    x = x + Mlp(self.width, self.mlp_dim, self.gelu_approximate, self.lora, self.dtype, name='mlp')(
+        layer_norm(self.ln_eps, self.dtype, 'norm2')(x), train)
+    return x
+
+
+class ViT(nn.Module):
+  """Patch embedding, class token, learned position embedding, blocks, final norm, head."""
+  num_classes: int
+  image_size: int = 224
+  patch: int = 16
+  width: int = 384
+  depth: int = 12
+  heads: int = 6
+  mlp_dim: int = 1536
+  gelu_approximate: bool = False
+  ln_eps: float = 1e-6
+  lora: LoraSpec | None = None
+  dtype: jnp.dtype = jnp.float32
+
+  def block_lora(self, i):
+    """Keyword arguments of each LoraDense in block i: {target: {rank, alpha, dropout}}."""
+    spec = self.lora
+    if spec is None or i not in spec.blocks:
+      return {}
+    return {t: dict(rank=spec.rank, alpha=spec.alpha, dropout=spec.dropout) for t in spec.targets}
+
+  @nn.compact
+  def __call__(self, images, train=False):
+    x = nn.Conv(self.width, (self.patch, self.patch), strides=(self.patch, self.patch),
+                padding='VALID', dtype=self.dtype, name='patch_embed')(images)
+    b = x.shape[0]
+    x = x.reshape(b, -1, self.width)
+    cls = self.param('cls_token', nn.initializers.normal(1e-6), (1, 1, self.width))
+    x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, self.width)).astype(x.dtype), x], axis=1)
+    pos = self.param('pos_embed', nn.initializers.truncated_normal(0.02), (1, x.shape[1], self.width))
+    x = x + pos.astype(x.dtype)
+    for i in range(self.depth):
+      x = Block(self.width, self.heads, self.mlp_dim, self.gelu_approximate, self.ln_eps,
+                self.block_lora(i), self.dtype, name=f'blocks_{i}')(x, train)
+    x = layer_norm(self.ln_eps, self.dtype, 'norm')(x)
+    head = nn.Dense(self.num_classes, dtype=self.dtype, name='head',
+                    kernel_init=uniform_fan_in(self.width), bias_init=uniform_fan_in(self.width))
+    return head(x[:, 0]).astype(jnp.float32)
+
+
+def vit(variant, num_classes, **kw):
+  """A ViT of a named variant ('S/16' = timm's vit_small_patch16_224)."""
+  if variant not in VARIANTS:
+    raise ValueError(f'unknown ViT variant {variant!r}; choose one of {", ".join(VARIANTS)}')
+  patch, width, depth, heads, mlp_dim = VARIANTS[variant]
+  return ViT(num_classes=num_classes, patch=patch, width=width, depth=depth, heads=heads,
+             mlp_dim=mlp_dim, **kw)
