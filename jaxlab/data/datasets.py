@@ -132,6 +132,28 @@ def hold_out(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
   return _take(split, np.sort(rest)), _take(split, np.sort(held))
 
 
+def select_classes(dataset: Dataset, classes) -> Dataset:
+  """The examples of `classes` only, relabelled 0..len(classes)-1 in the given order.
+
+  Used to split one data set into a pretraining task and a transfer task
+  (e.g. digits 0-4, then 5-9).
+  """
+  classes = [int(c) for c in classes]
+  bad = [c for c in classes if not 0 <= c < dataset.num_classes]
+  if bad or len(set(classes)) != len(classes):
+    raise ValueError(f'data.classes must be distinct labels in 0..{dataset.num_classes - 1}, '
+                     f'got {classes}')
+  relabel = np.full(dataset.num_classes, -1, np.int32)
+  relabel[classes] = np.arange(len(classes), dtype=np.int32)
+
+  def keep(split):
+    mask = relabel[split.labels] >= 0
+    return Split(images=split.images[mask], labels=relabel[split.labels[mask]])
+
+  return dataclasses.replace(dataset, train=keep(dataset.train), test=keep(dataset.test),
+                             num_classes=len(classes))
+
+
 def _take(split: Split, indices: np.ndarray) -> Split:
   return Split(images=split.images[indices], labels=split.labels[indices])
 

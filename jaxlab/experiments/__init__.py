@@ -10,6 +10,7 @@ from jaxlab.optim.schedules import SCHEDULES
 
 EXPERIMENTS = {
     'distributed': 'jaxlab.experiments.distributed',
+    'peft': 'jaxlab.experiments.peft',
 }
 
 # (dotted config field, valid values) checked before anything is computed.
@@ -17,7 +18,7 @@ CHOICES = (
     ('experiment', tuple(EXPERIMENTS)),
     ('data.name', DATASETS),
     ('data.source', SOURCES),
-    ('model.name', tuple(MODELS)),
+    ('model.name', MODELS),
     ('optim.name', OPTIMIZERS),
     ('optim.schedule', SCHEDULES),
     ('augment.normalization', tuple(NORMALIZATIONS)),
@@ -37,6 +38,9 @@ def validate(config):
     if value not in choices:
       raise ValueError(f'unknown {field} {value!r}; choose one of {", ".join(choices)} '
                        f'(--config.{field}=...)')
+  module = importlib.import_module(EXPERIMENTS[config.experiment])
+  if hasattr(module, 'validate'):
+    module.validate(config)
 
 
 def run(config, workdir):

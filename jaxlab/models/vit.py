@@ -172,3 +172,42 @@ def vit(variant, num_classes, **kw):
   patch, width, depth, heads, mlp_dim = VARIANTS[variant]
   return ViT(num_classes=num_classes, patch=patch, width=width, depth=depth, heads=heads,
              mlp_dim=mlp_dim, **kw)
+
+
+def _pretrained(convert, source, reader, suffixes, kw):
+  """(ViT, params) from a converter of jaxlab.io.pretrained and a path or a mapping."""
+  import os
+  heads = kw.pop('heads', None)
+  if isinstance(source, (str, os.PathLike)):
+    path = os.fspath(source)
+    if not path.endswith(suffixes):
+      raise ValueError(f'{path}: expected a {" or ".join(suffixes)} file, or a mapping of arrays')
+    source = reader(path)
+  arch, params = convert(source, heads=heads)
+  clash = sorted(k for k in kw if k in arch and kw[k] != arch[k])
+  if clash:
+    raise ValueError('the checkpoint fixes ' + ', '.join(f'{k}={arch[k]!r} (got {kw[k]!r})'
+                                                         for k in clash))
+  return ViT(**{**arch, **kw}), params
+
+
+def from_timm(state_dict, **kw):
+  """(model, params) of a timm ViT state dict, or of a path to its .safetensors file.
+
+  `heads=` goes to the converter (default width // 64, timm's head_dim); every other
+  keyword goes to ViT (e.g. dtype, lora). See jaxlab.io.pretrained.timm_to_params.
+  """
+  from jaxlab.io import pretrained
+  return _pretrained(pretrained.timm_to_params, state_dict, pretrained.read_safetensors,
+                     ('.safetensors',), kw)
+
+
+def from_big_vision(npz_mapping_or_path, **kw):
+  """(model, params) of a big_vision / AugReg ViT npz, given as a path or as a mapping.
+
+  Keywords go to ViT (e.g. dtype, lora); `heads=` is only checked against the file.
+  See jaxlab.io.pretrained.big_vision_to_params and fetch_augreg.
+  """
+  from jaxlab.io import pretrained
+  return _pretrained(pretrained.big_vision_to_params, npz_mapping_or_path, pretrained.load_npz,
+                     ('.npz',), kw)

@@ -38,12 +38,12 @@ def _next_stop(step, total, *periods):
   return min(stops)
 
 
-def fit(config, workdir, task, dataset, *, mesh=None, on_chunk=None):
+def fit(config, workdir, task, dataset, *, mesh=None, on_chunk=None, summary_extra=None):
   """Train `task` on `dataset` as `config` says, writing into `workdir`; returns the summary.
 
   Rerunning with the same config and workdir resumes from the latest
   checkpoint. `on_chunk(step, state)` is called after every dispatch (tests use
-  it to interrupt a run).
+  it to interrupt a run). `summary_extra` is merged into summary.json.
   """
   tc = config.train
   mesh = mesh or make_mesh()
@@ -159,6 +159,7 @@ def fit(config, workdir, task, dataset, *, mesh=None, on_chunk=None):
       'peak_mem_bytes': mem_bytes,
       'peak_mem_source': mem_source,
       'resumed_from_step': resumed_from,
+      **(summary_extra or {}),
   }
   write_json(os.path.join(workdir, 'summary.json'), summary)
   return summary, state

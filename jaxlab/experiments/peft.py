@@ -1,0 +1,240 @@
+"""PEFT family (SPEC §1): a pretrained ViT fine-tuned with LoRA, Norm tuning or hybrids.
+
+One run trains one method; `sweep.runs` runs several (each in its own
+sub-workdir, resumable) and writes a table beside SPEC's reference rows and a
+figure of accuracy against trainable parameters. With
+`pretrained.source='pretrain'` the backbone is first trained from scratch on
+`sweep.pretrain_classes` (the offline demo on digits).
+"""
+
+import copy
+import os
+
+import jax
+import jax.numpy as jnp
+
+from jaxlab import models
+from jaxlab.data.datasets import load_dataset, select_classes
+from jaxlab.io.report import markdown_table, scatter_plot
+from jaxlab.io.writers import write_json
+from jaxlab.models.vit import LORA_TARGETS, LoraSpec
+from jaxlab.peft import methods
+from jaxlab.peft.partition import flatten, merge, unflatten
+from jaxlab.train.loop import fit, run_keys
+from jaxlab.train.report import print_summary
+from jaxlab.train.task import Task, flax_apply
+
+PRETRAINED_SOURCES = ('augreg', 'npz', 'timm', 'none', 'pretrain')
+RECIPES = ('weights', 'week3', 'standard', 'seed')
+
+# SPEC §1 reference rows (ViT-S/16, CIFAR-100, 10 epochs; seed 000).
+REFERENCE = (
+    dict(run='hybrid_parallel', trainable_params=647_524, avg_step_time_s=0.73,
+         acc1=0.895, ece=0.074),
+    dict(run='hybrid_layerwise/deep_lora', trainable_params=247_396, avg_step_time_s=0.57,
+         acc1=0.896, ece=0.075),
+    dict(run='lora', trainable_params=628_324, avg_step_time_s=0.72, acc1=0.893, ece=0.077),
+    dict(run='norm', trainable_params=57_700, avg_step_time_s=0.50, acc1=0.898, ece=0.060),
+)
+
+COLUMNS = (
+    ('run', 'run', '{}'),
+    ('trainables', 'trainable_params', '{:,}'),
+    ('step time (s)', 'avg_step_time_s', '{:.4f}'),
+    ('img/s', 'throughput_img_s', '{:,.0f}'),
+    ('peak memory (B)', 'peak_mem_bytes', '{:,}'),
+    ('Acc@1', 'acc1', '{:.4f}'),
+    ('ECE', 'ece', '{:.4f}'),
+)
+
+
+def apply_recipe(config):
+  """Set the augmentation of `config.augment.recipe` (SPEC §1) in place.
+
+  weights: resize, flip, the pretrained weights' own normalisation (0.5/0.5);
+  week3: resize, crop with padding 4, flip, no normalisation (hybrid_parallel
+  in the seed); standard: resize, flip, CIFAR-100 statistics (the seed's other
+  methods); seed: week3 for hybrid_parallel, standard otherwise.
+  """
+  recipe = config.augment.recipe
+  if recipe not in RECIPES:
+    raise ValueError(f'unknown augment.recipe {recipe!r}; choose one of {", ".join(RECIPES)}')
+  if recipe == 'seed':
+    recipe = 'week3' if config.peft.method == 'hybrid_parallel' else 'standard'
+  settings = {'weights': dict(crop_padding=0, flip=True, normalization='half'),
+              'week3': dict(crop_padding=4, flip=True, normalization='none'),
+              'standard': dict(crop_padding=0, flip=True, normalization='cifar100')}[recipe]
+  with config.unlocked():
+    config.augment.update(settings)
+    config.augment.resize = config.model.image_size
+
+
+def graft(fresh, pretrained):
+  """`fresh` with every backbone leaf taken from `pretrained`; LoRA and head stay fresh.
+
+  The head is always new (transfer to a new label set); any other leaf missing
+  from `pretrained` or of another shape is an error that lists them.
+  """
+  out, problems = {}, []
+  flat_pre = flatten(pretrained)
+  for path, leaf in flatten(fresh).items():
+    if path.startswith('head/') or '/lora_' in path:
+      out[path] = leaf
+    elif path not in flat_pre:
+      problems.append(f'{path} missing')
+    elif flat_pre[path].shape != leaf.shape:
+      problems.append(f'{path} {flat_pre[path].shape} != {leaf.shape}')
+    else:
+      out[path] = jnp.asarray(flat_pre[path], leaf.dtype)
+  if problems:
+    raise ValueError('pretrained weights do not fit the configured model: ' + '; '.join(problems))
+  return unflatten(out)
+
+
+def make_task(config, num_classes, pretrained=None):
+  """The ViT with the method's LoRA, its partition rules and freezing schedule."""
+  p = config.peft
+  depth = models.vit_arch(config.model)['depth']
+  blocks = methods.lora_blocks(p.method, depth, p.policy, tuple(p.lora_blocks))
+  targets = ('qkv', 'proj') if p.attn_only else LORA_TARGETS
+  lora = LoraSpec(p.rank, p.alpha, p.dropout, blocks, targets) if blocks else None
+  model = models.build(config.model, num_classes, lora=lora)
+  size = config.model.image_size
+  params = jax.jit(model.init)(run_keys(config.seed)[0], jnp.zeros((1, size, size, 3)))['params']
+  if pretrained is not None:
+    params = graft(params, pretrained)
+  return Task(
+      params=params, apply=flax_apply(model), rules=methods.rules(p.method, depth, blocks),
+      hold_schedule=methods.hold_schedule(p.freeze_lora_steps, p.freeze_norm_steps,
+                                          p.alt_freeze_every, p.alt_order),
+      diagnostics=('lora', 'norm') if p.diagnostics else ())
+
+
+def load_pretrained(config):
+  """Backbone params from `config.pretrained` (None for 'none'); checks the architecture."""
+  from jaxlab.io import pretrained as pt
+  src = config.pretrained
+  if src.source == 'none':
+    return None
+  if src.source == 'augreg':
+    arch, params = pt.big_vision_to_params(pt.load_npz(pt.fetch_augreg(cache_dir=src.cache_dir)))
+  elif src.source == 'npz':
+    arch, params = pt.big_vision_to_params(pt.load_npz(src.path))
+  elif src.source == 'timm':
+    arch, params = pt.timm_to_params(pt.read_safetensors(src.path))
+  else:
+    raise ValueError(f'unknown pretrained.source {src.source!r}; choose one of '
+                     f'{", ".join(PRETRAINED_SOURCES)}')
+  want = models.vit_arch(config.model)
+  clash = {k: (arch[k], want[k]) for k in ('patch', 'width', 'depth', 'mlp_dim') if arch[k] != want[k]}
+  if clash:
+    raise ValueError(f'pretrained weights ({src.source}) have {clash} (theirs, configured); '
+                     'set --config.model.* to match')
+  return params
+
+
+def _offline_message(errors):
+  return ('this run needs data or weights that are not on this machine:\n  - '
+          + '\n  - '.join(str(e).strip() for e in errors)
+          + '\nWeights already on disk: --config.pretrained.source=npz (big_vision/AugReg .npz) or '
+            'timm (.safetensors) with --config.pretrained.path=FILE.'
+          + '\nThe offline demo runs on the embedded digits: '
+            'python launch.py --config=configs/hybrid.py:quick')
+
+
+def _inputs(config):
+  """(dataset, pretrained params), or one error that lists everything missing."""
+  dataset = pretrained = None
+  errors = []
+  try:
+    dataset = load_dataset(config.data)
+  except FileNotFoundError as e:
+    errors.append(e)
+  if config.pretrained.source != 'pretrain':
+    try:
+      pretrained = load_pretrained(config)
+    except FileNotFoundError as e:
+      errors.append(e)
+  if errors:
+    raise FileNotFoundError(_offline_message(errors))
+  return dataset, pretrained
+
+
+def run_one(config, workdir, dataset, pretrained):
+  """Train one method; returns its summary (also in workdir/summary.json)."""
+  config = copy.deepcopy(config)
+  apply_recipe(config)
+  if config.data.classes:
+    dataset = select_classes(dataset, config.data.classes)
+  task = make_task(config, dataset.num_classes, pretrained)
+  p = config.peft
+  name = methods.describe(p.method, p.policy, tuple(p.lora_blocks))
+  summary, state = fit(config, workdir, task, dataset,
+                       summary_extra={'run': name, 'method': p.method, 'policy': p.policy})
+  return summary, state
+
+
+def pretrain(config, workdir, dataset):
+  """Train the whole ViT from scratch on `sweep.pretrain_classes`; returns its params."""
+  c = copy.deepcopy(config)
+  with c.unlocked():
+    c.data.classes = tuple(config.sweep.pretrain_classes)
+    c.peft.update(method='full', freeze_lora_steps=0, freeze_norm_steps=0, alt_freeze_every=0,
+                  diagnostics=False)
+    c.train.epochs = config.sweep.pretrain_epochs
+    c.optim.update(lr=config.sweep.pretrain_lr, groups={})
+    c.augment.recipe = 'weights'
+  summary, state = run_one(c, workdir, dataset, None)
+  print(f'pretrained on classes {list(c.data.classes)}: acc@1 {summary["acc1"]:.4f}')
+  return jax.device_get(merge(state.params, state.frozen))
+
+
+def validate(config):
+  """Check the family's choices before anything is loaded or computed."""
+  p = config.peft
+  for spec in (config.sweep.runs or (f'{p.method}/{p.policy}',)):
+    method, _, policy = spec.partition('/')
+    methods.lora_blocks(method, models.vit_arch(config.model)['depth'], policy or p.policy,
+                        tuple(p.lora_blocks))
+  methods.hold_schedule(order=p.alt_order)
+  for field, value, choices in (('augment.recipe', config.augment.recipe, RECIPES),
+                                ('pretrained.source', config.pretrained.source,
+                                 PRETRAINED_SOURCES)):
+    if value not in choices:
+      raise ValueError(f'unknown {field} {value!r}; choose one of {", ".join(choices)}')
+
+
+def run(config, workdir):
+  dataset, pretrained = _inputs(config)
+  if config.pretrained.source == 'pretrain':
+    pretrained = pretrain(config, os.path.join(workdir, 'pretrain'), dataset)
+  if not config.sweep.runs:
+    summary, _ = run_one(config, workdir, dataset, pretrained)
+    print_summary(summary, workdir)
+    return summary
+  rows = []
+  for spec in config.sweep.runs:
+    c = copy.deepcopy(config)
+    method, _, policy = spec.partition('/')
+    with c.unlocked():
+      c.peft.method = method
+      c.peft.policy = policy or c.peft.policy
+    summary, _ = run_one(c, os.path.join(workdir, spec.replace('/', '-')), dataset, pretrained)
+    rows.append(summary)
+  write_report(workdir, rows, config)
+  return {'runs': rows}
+
+
+def write_report(workdir, rows, config):
+  """workdir/table.md (ours beside SPEC's reference) and workdir/accuracy_vs_trainables.png."""
+  title = f'{config.model.variant or "custom ViT"} on {config.data.name}, {config.train.epochs} epochs'
+  text = (f'# PEFT methods: {title}\n\n' + markdown_table(rows, COLUMNS)
+          + '\n\n## Reference (SPEC §1: ViT-S/16, CIFAR-100, 10 epochs, seed 000)\n\n'
+          + markdown_table(REFERENCE, COLUMNS) + '\n')
+  with open(os.path.join(workdir, 'table.md'), 'w') as f:
+    f.write(text)
+  scatter_plot(os.path.join(workdir, 'accuracy_vs_trainables.png'),
+               [(r['trainable_params'], r['acc1'], r['run']) for r in rows],
+               'trainable parameters', 'Acc@1', f'PEFT: {title}', logx=True)
+  write_json(os.path.join(workdir, 'sweep.json'), rows)
+  print('\n' + text)

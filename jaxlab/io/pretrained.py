@@ -1,0 +1,455 @@
+"""Pretrained ViT weights: timm state dicts / safetensors and big_vision (AugReg) npz files.
+
+Both converters return `(arch, params)`: `arch` holds the keyword arguments of
+`jaxlab.models.vit.ViT` that the checkpoint fixes (num_classes, image_size, patch,
+width, depth, heads, mlp_dim), all read from the array shapes, and `params` is the
+nested dict of float32 numpy arrays that `ViT(**arch).apply({'params': params}, x)`
+takes (images NHWC). The name mapping is SPEC §1 "Name mapping":
+
+  timm                         big_vision / AugReg npz               jaxlab
+  patch_embed.proj (OIHW)      embedding (HWIO)                      patch_embed (HWIO)
+  cls_token                    cls                                   cls_token
+  pos_embed                    Transformer/posembed_input/pos_embedding  pos_embed
+  blocks.i.norm1               Transformer/encoderblock_i/LayerNorm_0    blocks_i/norm1
+  blocks.i.attn.qkv            .../MultiHeadDotProductAttention_1/{query,key,value}  blocks_i/attn/qkv
+  blocks.i.attn.proj           .../MultiHeadDotProductAttention_1/out    blocks_i/attn/proj
+  blocks.i.norm2               .../LayerNorm_2                           blocks_i/norm2
+  blocks.i.mlp.fc1 / fc2       .../MlpBlock_3/Dense_0 / Dense_1          blocks_i/mlp/fc1 / fc2
+  norm                         Transformer/encoder_norm                  norm
+  head                         head                                      head
+
+torch Linear weights are (out, in) and are transposed to jaxlab's (in, out).
+
+The safetensors reader/writer here uses numpy only (no torch, no `safetensors`
+package); bfloat16 comes from `ml_dtypes`, which JAX depends on.
+"""
+
+import json
+import os
+import re
+import struct
+import tempfile
+import urllib.error
+import urllib.request
+
+import ml_dtypes
+import numpy as np
+
+# ---------------------------------------------------------------------------------------------
+# safetensors
+
+# safetensors dtype tag <-> little-endian numpy dtype.
+_ST_DTYPES = {
+    'F64': np.dtype('<f8'),
+    'F32': np.dtype('<f4'),
+    'F16': np.dtype('<f2'),
+    'BF16': np.dtype(ml_dtypes.bfloat16),
+    'I64': np.dtype('<i8'),
+    'I32': np.dtype('<i4'),
+    'I16': np.dtype('<i2'),
+    'I8': np.dtype('i1'),
+    'U8': np.dtype('u1'),
+    'BOOL': np.dtype('?'),
+}
+_NP_TO_ST = {dt.newbyteorder('=') if dt.byteorder in '<>' else dt: tag
+             for tag, dt in _ST_DTYPES.items()}
+
+_MAX_HEADER = 100 * 1024 * 1024  # the format's own limit on the JSON header
+
+
+def read_safetensors(path):
+  """All tensors of a .safetensors file as {name: np.ndarray} (the `__metadata__` entry is skipped).
+
+  Format: 8-byte little-endian header length n, n bytes of JSON
+  {name: {dtype, shape, data_offsets: [begin, end]}} (offsets relative to the end of
+  the header), then the raw little-endian bytes. Supports F64/F32/F16/BF16, I64/I32/I16/I8,
+  U8 and BOOL.
+  """
+  with open(os.fspath(path), 'rb') as f:
+    head = f.read(8)
+    if len(head) != 8:
+      raise ValueError(f'{path}: not a safetensors file (shorter than 8 bytes)')
+    (n,) = struct.unpack('<Q', head)
+    if n > _MAX_HEADER:
+      raise ValueError(f'{path}: safetensors header length {n} is implausible (corrupt file?)')
+    header_bytes = f.read(n)
+    if len(header_bytes) != n:
+      raise ValueError(f'{path}: truncated safetensors header')
+    data = bytearray(f.read())  # one writable buffer; the arrays below are views into it
+  header = json.loads(header_bytes.decode('utf-8'))
+  out = {}
+  for name, info in header.items():
+    if name == '__metadata__':
+      continue
+    tag = info['dtype']
+    if tag not in _ST_DTYPES:
+      raise ValueError(f'{path}: tensor {name!r} has unsupported dtype {tag!r} '
+                       f'(supported: {", ".join(_ST_DTYPES)})')
+    dtype = _ST_DTYPES[tag]
+    shape = tuple(int(s) for s in info['shape'])
+    begin, end = (int(o) for o in info['data_offsets'])
+    count = int(np.prod(shape, dtype=np.int64))
+    if not 0 <= begin <= end <= len(data) or end - begin != count * dtype.itemsize:
+      raise ValueError(f'{path}: tensor {name!r} has data_offsets {[begin, end]} that do not fit '
+                       f'shape {list(shape)} {tag} in a {len(data)}-byte data section')
+    arr = np.frombuffer(data, dtype=dtype, count=count, offset=begin).reshape(shape)
+    out[name] = arr.astype(arr.dtype.newbyteorder('='), copy=False)
+  return out
+
+
+def write_safetensors(path, arrays, metadata=None):
+  """Write {name: array} as a .safetensors file (names sorted, data 8-byte aligned).
+
+  `metadata`, if given, is a {str: str} dict stored under `__metadata__`.
+  """
+  arrays = {str(k): np.asarray(_to_numpy(v), order='C') for k, v in arrays.items()}
+  header = {}
+  if metadata:
+    header['__metadata__'] = {str(k): str(v) for k, v in metadata.items()}
+  offset = 0
+  for name in sorted(arrays):
+    arr = arrays[name]
+    dt = arr.dtype.newbyteorder('=') if arr.dtype.byteorder in '<>' else arr.dtype
+    if dt not in _NP_TO_ST:
+      raise ValueError(f'tensor {name!r}: dtype {arr.dtype} has no safetensors equivalent')
+    header[name] = {'dtype': _NP_TO_ST[dt], 'shape': list(arr.shape),
+                    'data_offsets': [offset, offset + arr.nbytes]}
+    offset += arr.nbytes
+  blob = json.dumps(header, separators=(',', ':')).encode('utf-8')
+  blob += b' ' * (-len(blob) % 8)  # pad with spaces so the data starts 8-byte aligned
+  with open(os.fspath(path), 'wb') as f:
+    f.write(struct.pack('<Q', len(blob)))
+    f.write(blob)
+    for name in sorted(arrays):
+      arr = arrays[name]
+      if arr.dtype.byteorder == '>' or (arr.dtype.byteorder == '=' and np.little_endian is False):
+        arr = arr.byteswap().view(arr.dtype.newbyteorder('<'))
+      f.write(arr.tobytes())
+
+
+def load_npz(path):
+  """All arrays of an .npz file as {name: np.ndarray} (no pickles)."""
+  with np.load(os.fspath(path), allow_pickle=False) as f:
+    return {k: f[k] for k in f.files}
+
+
+# ---------------------------------------------------------------------------------------------
+# Conversion helpers
+
+
+class CheckpointKeyError(KeyError, ValueError):
+  """Missing or unexpected checkpoint entries; catchable as KeyError or ValueError."""
+
+  def __str__(self):  # KeyError would repr() the message, quotes and escaped newlines included
+    return str(self.args[0]) if self.args else ''
+
+
+def _to_numpy(x):
+  """np.ndarray of numpy arrays, jax arrays, lists, or torch tensors (via .detach().cpu().numpy())."""
+  if isinstance(x, np.ndarray):
+    return x
+  if hasattr(x, 'detach') and hasattr(x, 'cpu'):  # torch.Tensor, possibly on GPU / requiring grad
+    x = x.detach().cpu()
+    if str(getattr(x, 'dtype', '')) == 'torch.bfloat16':  # numpy() has no bfloat16
+      return x.float().numpy().astype(ml_dtypes.bfloat16)
+    return x.numpy()
+  return np.asarray(x)
+
+
+def _cast(a, dtype):
+  """Floating arrays (bfloat16 included) to `dtype`; others, or dtype None, unchanged."""
+  if dtype is None or not (np.issubdtype(a.dtype, np.floating) or a.dtype == ml_dtypes.bfloat16):
+    return a
+  return a.astype(dtype)
+
+
+def _check_keys(kind, present, expected):
+  """Raise CheckpointKeyError listing every missing and every unexpected key."""
+  missing = sorted(set(expected) - set(present), key=_natural)
+  unexpected = sorted(set(present) - set(expected), key=_natural)
+  if missing or unexpected:
+    lines = [f'{kind} checkpoint does not match the ViT layout:']
+    if missing:
+      lines.append(f'  missing keys ({len(missing)}): ' + ', '.join(missing))
+    if unexpected:
+      lines.append(f'  unexpected keys ({len(unexpected)}): ' + ', '.join(unexpected))
+    raise CheckpointKeyError('\n'.join(lines))
+
+
+def _natural(key):
+  """Sort key that puts blocks.2 before blocks.10."""
+  return [int(t) if t.isdigit() else t for t in re.split(r'(\d+)', key)]
+
+
+def _depth(keys, pattern):
+  """1 + the largest block index among the keys (0 when there are no blocks)."""
+  idx = [int(m.group(1)) for k in keys for m in [re.match(pattern, k)] if m]
+  return max(idx) + 1 if idx else 0
+
+
+def _grid(kind, pos_len, patch):
+  """image_size from the position-embedding length 1 + (image_size / patch)²."""
+  n = pos_len - 1
+  side = int(round(n ** 0.5))
+  if n <= 0 or side * side != n:
+    raise ValueError(f'{kind}: position embedding has {pos_len} tokens; expected 1 + a square '
+                     '(class token + a square patch grid)')
+  return side * patch
+
+
+def _heads(kind, width, heads):
+  if heads is None:
+    if width % 64:
+      raise ValueError(f'{kind}: width {width} is not a multiple of 64; pass heads= explicitly')
+    return width // 64
+  heads = int(heads)
+  if heads <= 0 or width % heads:
+    raise ValueError(f'{kind}: heads={heads} does not divide width {width}')
+  return heads
+
+
+def _check_shapes(kind, params, arch):
+  """Every leaf's shape against the ViT's; raises ValueError listing all mismatches."""
+  p, w, m, c = arch['patch'], arch['width'], arch['mlp_dim'], arch['num_classes']
+  n = (arch['image_size'] // p) ** 2 + 1
+  want = {
+      ('patch_embed', 'kernel'): (p, p, 3, w), ('patch_embed', 'bias'): (w,),
+      ('cls_token',): (1, 1, w), ('pos_embed',): (1, n, w),
+      ('norm', 'scale'): (w,), ('norm', 'bias'): (w,),
+      ('head', 'kernel'): (w, c), ('head', 'bias'): (c,),
+  }
+  for i in range(arch['depth']):
+    b = f'blocks_{i}'
+    want.update({
+        (b, 'norm1', 'scale'): (w,), (b, 'norm1', 'bias'): (w,),
+        (b, 'norm2', 'scale'): (w,), (b, 'norm2', 'bias'): (w,),
+        (b, 'attn', 'qkv', 'kernel'): (w, 3 * w), (b, 'attn', 'qkv', 'bias'): (3 * w,),
+        (b, 'attn', 'proj', 'kernel'): (w, w), (b, 'attn', 'proj', 'bias'): (w,),
+        (b, 'mlp', 'fc1', 'kernel'): (w, m), (b, 'mlp', 'fc1', 'bias'): (m,),
+        (b, 'mlp', 'fc2', 'kernel'): (m, w), (b, 'mlp', 'fc2', 'bias'): (w,),
+    })
+  bad = []
+  for path, shape in want.items():
+    node = params
+    for k in path:
+      node = node[k]
+    if tuple(node.shape) != shape:
+      bad.append(f'{"/".join(path)}: got {tuple(node.shape)}, want {shape}')
+  if bad:
+    raise ValueError(f'{kind} checkpoint has inconsistent shapes for {arch}:\n  ' + '\n  '.join(bad))
+
+
+def _set(tree, path, value):
+  *parents, leaf = path.split('/')
+  for k in parents:
+    tree = tree.setdefault(k, {})
+  tree[leaf] = value
+
+
+# ---------------------------------------------------------------------------------------------
+# timm
+
+
+def timm_to_params(state_dict, heads=None, dtype=np.float32):
+  """(arch, params) of a timm VisionTransformer state dict (e.g. vit_small_patch16_224).
+
+  `state_dict`: {name: array}; numpy arrays, jax arrays or torch tensors. The layout
+  is timm's default ViT: class token, learned position embedding, pre-LN blocks with
+  fused qkv (with bias), final `norm`, `head` on the class token. Everything else in
+  the checkpoint (layer scale, fc_norm, register tokens, ...) is reported as unexpected.
+
+  Shapes give patch, width, depth, mlp_dim, num_classes and image_size. The number of
+  heads is not stored anywhere in a timm checkpoint: it defaults to width // 64,
+  because every standard timm ViT (Ti 3, S 6, B 12, L 16, H 16 heads) uses
+  head_dim 64. Pass `heads=` for anything else. Floating arrays are cast to `dtype`
+  (None keeps them).
+
+  Raises CheckpointKeyError (a KeyError and a ValueError) listing every missing and
+  every unexpected key, and ValueError on inconsistent shapes.
+  """
+  sd = {str(k): v for k, v in state_dict.items()}
+  depth = _depth(sd, r'blocks\.(\d+)\.')
+  expected = ['patch_embed.proj.weight', 'patch_embed.proj.bias', 'cls_token', 'pos_embed',
+              'norm.weight', 'norm.bias', 'head.weight', 'head.bias']
+  for i in range(depth):
+    for layer in ('norm1', 'attn.qkv', 'attn.proj', 'norm2', 'mlp.fc1', 'mlp.fc2'):
+      expected += [f'blocks.{i}.{layer}.weight', f'blocks.{i}.{layer}.bias']
+  _check_keys('timm', sd, expected)
+  if depth == 0:
+    raise ValueError('timm checkpoint has no transformer blocks')
+
+  def get(name):
+    return _cast(_to_numpy(sd[name]), dtype)
+
+  conv = get('patch_embed.proj.weight')  # (width, 3, p, p) OIHW
+  if conv.ndim != 4 or conv.shape[2] != conv.shape[3]:
+    raise ValueError(f'timm: patch_embed.proj.weight has shape {conv.shape}; want (width, 3, p, p)')
+  width, patch = conv.shape[0], conv.shape[2]
+  fc1 = get('blocks.0.mlp.fc1.weight')
+  head = get('head.weight')
+  pos = get('pos_embed')
+  arch = dict(num_classes=int(head.shape[0]), image_size=_grid('timm', pos.shape[1], patch),
+              patch=int(patch), width=int(width), depth=depth,
+              heads=_heads('timm', width, heads), mlp_dim=int(fc1.shape[0]))
+
+  params = {}
+  _set(params, 'patch_embed/kernel', conv.transpose(2, 3, 1, 0))  # OIHW -> HWIO
+  _set(params, 'patch_embed/bias', get('patch_embed.proj.bias'))
+  _set(params, 'cls_token', get('cls_token'))
+  _set(params, 'pos_embed', pos)
+  for i in range(depth):
+    t, j = f'blocks.{i}', f'blocks_{i}'
+    for src, dst in (('norm1', 'norm1'), ('norm2', 'norm2')):
+      _set(params, f'{j}/{dst}/scale', get(f'{t}.{src}.weight'))
+      _set(params, f'{j}/{dst}/bias', get(f'{t}.{src}.bias'))
+    for src, dst in (('attn.qkv', 'attn/qkv'), ('attn.proj', 'attn/proj'),
+                     ('mlp.fc1', 'mlp/fc1'), ('mlp.fc2', 'mlp/fc2')):
+      _set(params, f'{j}/{dst}/kernel', get(f'{t}.{src}.weight').T)  # (out, in) -> (in, out)
+      _set(params, f'{j}/{dst}/bias', get(f'{t}.{src}.bias'))
+  _set(params, 'norm/scale', get('norm.weight'))
+  _set(params, 'norm/bias', get('norm.bias'))
+  _set(params, 'head/kernel', head.T)
+  _set(params, 'head/bias', get('head.bias'))
+  params = _contiguous(params)
+  _check_shapes('timm', params, arch)
+  return arch, params
+
+
+def _contiguous(tree):
+  if isinstance(tree, dict):
+    return {k: _contiguous(v) for k, v in tree.items()}
+  return np.asarray(tree, order='C')
+
+
+# ---------------------------------------------------------------------------------------------
+# big_vision / AugReg npz
+
+_BV_BLOCK = 'Transformer/encoderblock_{}/'
+_BV_ATTN = 'MultiHeadDotProductAttention_1/'
+
+
+def big_vision_to_params(npz_mapping, heads=None, dtype=np.float32, prefix=''):
+  """(arch, params) of a big_vision / AugReg ViT npz (the `vit_models/augreg/*.npz` files).
+
+  `npz_mapping`: {name: array}, e.g. `load_npz(path)`. Keys (after `prefix`, which is
+  '' for the AugReg files and 'opt/target/' for some older vit_jax checkpoints):
+  embedding/{kernel (HWIO), bias}, cls, Transformer/posembed_input/pos_embedding,
+  Transformer/encoderblock_i/{LayerNorm_0, MultiHeadDotProductAttention_1/{query,key,value,out},
+  LayerNorm_2, MlpBlock_3/{Dense_0, Dense_1}}, Transformer/encoder_norm, head.
+  q/k/v kernels are (width, heads, head_dim) and biases (heads, head_dim); `out` is
+  (heads, head_dim, width). The fused qkv kernel is [q | k | v] each reshaped to
+  (width, width), which is timm's [3, heads, head_dim] output layout. `heads` is read
+  from the shapes; passing it only checks it.
+
+  Keys outside `prefix`, and keys such as pre_logits, are unexpected: the error
+  (CheckpointKeyError, a KeyError and a ValueError) lists every missing and every
+  unexpected key.
+  """
+  sd = {}
+  for k in npz_mapping.keys():
+    sd[str(k)[len(prefix):] if str(k).startswith(prefix) else '<outside prefix> ' + str(k)] = k
+  depth = _depth(sd, r'Transformer/encoderblock_(\d+)/')
+  expected = ['embedding/kernel', 'embedding/bias', 'cls', 'Transformer/posembed_input/pos_embedding',
+              'Transformer/encoder_norm/scale', 'Transformer/encoder_norm/bias',
+              'head/kernel', 'head/bias']
+  for i in range(depth):
+    b = _BV_BLOCK.format(i)
+    for ln in ('LayerNorm_0', 'LayerNorm_2'):
+      expected += [f'{b}{ln}/scale', f'{b}{ln}/bias']
+    for d in ('query', 'key', 'value', 'out'):
+      expected += [f'{b}{_BV_ATTN}{d}/kernel', f'{b}{_BV_ATTN}{d}/bias']
+    for d in ('Dense_0', 'Dense_1'):
+      expected += [f'{b}MlpBlock_3/{d}/kernel', f'{b}MlpBlock_3/{d}/bias']
+  _check_keys('big_vision', sd, expected)
+  if depth == 0:
+    raise ValueError('big_vision checkpoint has no encoder blocks')
+
+  def get(name):
+    return _cast(_to_numpy(npz_mapping[sd[name]]), dtype)
+
+  emb = get('embedding/kernel')  # (p, p, 3, width) HWIO
+  if emb.ndim != 4 or emb.shape[0] != emb.shape[1]:
+    raise ValueError(f'big_vision: embedding/kernel has shape {emb.shape}; want (p, p, 3, width)')
+  patch, width = emb.shape[0], emb.shape[3]
+  q0 = get(_BV_BLOCK.format(0) + _BV_ATTN + 'query/kernel')
+  if q0.ndim != 3 or q0.shape[0] != width or q0.shape[1] * q0.shape[2] != width:
+    raise ValueError(f'big_vision: query kernel has shape {q0.shape}; want (width, heads, head_dim)')
+  if heads is not None and int(heads) != q0.shape[1]:
+    raise ValueError(f'big_vision: heads={heads} given but the checkpoint has {q0.shape[1]} heads')
+  head = get('head/kernel')
+  pos = get('Transformer/posembed_input/pos_embedding')
+  arch = dict(num_classes=int(head.shape[-1]), image_size=_grid('big_vision', pos.shape[1], patch),
+              patch=int(patch), width=int(width), depth=depth, heads=int(q0.shape[1]),
+              mlp_dim=int(get(_BV_BLOCK.format(0) + 'MlpBlock_3/Dense_0/kernel').shape[-1]))
+
+  params = {}
+  _set(params, 'patch_embed/kernel', emb)
+  _set(params, 'patch_embed/bias', get('embedding/bias'))
+  _set(params, 'cls_token', get('cls'))
+  _set(params, 'pos_embed', pos)
+  for i in range(depth):
+    b, j = _BV_BLOCK.format(i), f'blocks_{i}'
+    for src, dst in (('LayerNorm_0', 'norm1'), ('LayerNorm_2', 'norm2')):
+      _set(params, f'{j}/{dst}/scale', get(f'{b}{src}/scale'))
+      _set(params, f'{j}/{dst}/bias', get(f'{b}{src}/bias'))
+    qkv_k, qkv_b = [], []
+    for d in ('query', 'key', 'value'):
+      k, bias = get(f'{b}{_BV_ATTN}{d}/kernel'), get(f'{b}{_BV_ATTN}{d}/bias')
+      qkv_k.append(k.reshape(k.shape[0], -1))  # (width, heads, head_dim) -> (width, width)
+      qkv_b.append(bias.reshape(-1))
+    _set(params, f'{j}/attn/qkv/kernel', np.concatenate(qkv_k, axis=1))
+    _set(params, f'{j}/attn/qkv/bias', np.concatenate(qkv_b))
+    out = get(f'{b}{_BV_ATTN}out/kernel')  # (heads, head_dim, width) -> (width, width)
+    _set(params, f'{j}/attn/proj/kernel', out.reshape(-1, out.shape[-1]))
+    _set(params, f'{j}/attn/proj/bias', get(f'{b}{_BV_ATTN}out/bias'))
+    for src, dst in (('Dense_0', 'fc1'), ('Dense_1', 'fc2')):
+      _set(params, f'{j}/mlp/{dst}/kernel', get(f'{b}MlpBlock_3/{src}/kernel'))
+      _set(params, f'{j}/mlp/{dst}/bias', get(f'{b}MlpBlock_3/{src}/bias'))
+  _set(params, 'norm/scale', get('Transformer/encoder_norm/scale'))
+  _set(params, 'norm/bias', get('Transformer/encoder_norm/bias'))
+  _set(params, 'head/kernel', head)
+  _set(params, 'head/bias', get('head/bias'))
+  params = _contiguous(params)
+  _check_shapes('big_vision', params, arch)
+  return arch, params
+
+
+# ---------------------------------------------------------------------------------------------
+# Download
+
+AUGREG_S16 = ('S_16-i21k-300ep-lr_0.001-aug_light1-wd_0.03-do_0.0-sd_0.0--imagenet2012-steps_20k-'
+              'lr_0.03-res_224.npz')
+AUGREG_BASE_URL = 'https://storage.googleapis.com/vit_models/augreg/'
+TIMM_S16 = 'vit_small_patch16_224.augreg_in21k_ft_in1k'
+
+
+def fetch_augreg(name=AUGREG_S16, cache_dir='~/.cache/jaxlab', base_url=AUGREG_BASE_URL,
+                 timeout=60.0):
+  """Local path of the AugReg npz `name`, downloaded once into `cache_dir`.
+
+  The download goes to a temporary file in `cache_dir` that is renamed into place
+  when complete, so an interrupted download never leaves a partial file under
+  `name`. Offline, raises FileNotFoundError saying where to put the file by hand
+  (or to use timm's safetensors of the same weights instead).
+  """
+  cache_dir = os.path.expanduser(os.fspath(cache_dir))
+  path = os.path.join(cache_dir, name)
+  if os.path.isfile(path):
+    return path
+  url = base_url.rstrip('/') + '/' + name
+  os.makedirs(cache_dir, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix='.' + name[:32] + '.', suffix='.part', dir=cache_dir)
+  try:
+    with os.fdopen(fd, 'wb') as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+      while chunk := resp.read(1 << 20):
+        out.write(chunk)
+    os.replace(tmp, path)
+  except (urllib.error.URLError, OSError, TimeoutError, ValueError) as e:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise FileNotFoundError(
+        f'could not download {url} ({e}). Offline? Download it elsewhere and put it at {path} '
+        f'(or pass cache_dir=), or use timm\'s copy of the same weights, '
+        f'{TIMM_S16} (model.safetensors from the Hugging Face hub repo timm/{TIMM_S16}), '
+        'with jaxlab.models.vit.from_timm(path).') from e
+  return path
