@@ -1,0 +1,221 @@
+"""PEFT methods: exact trainable counts, freezing semantics, diagnostics."""
+
+import copy
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import hybrid
+from jaxlab import models
+from jaxlab.data.datasets import Dataset, Split, load_dataset
+from jaxlab.experiments import peft
+from jaxlab.metrics.classification import count_params
+from jaxlab.models.vit import LoraSpec
+from jaxlab.parallel.mesh import make_mesh
+from jaxlab.peft import methods
+from jaxlab.peft.partition import FROZEN, flatten, label_tree, merge
+from jaxlab.train.loop import fit
+
+
+def s16_trainables(method, policy='deep_lora'):
+  """Trainable parameters of S/16 with 100 classes, from shapes only (jax.eval_shape)."""
+  config = hybrid.get_config()
+  blocks = methods.lora_blocks(method, 12, policy)
+  lora = LoraSpec(blocks=blocks) if blocks else None
+  model = models.build(config.model, 100, lora=lora)
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3)))['params']
+  labels = flatten(label_tree(shapes, methods.rules(method, 12, blocks)))
+  return sum(int(np.prod(s.shape)) for k, s in flatten(shapes).items() if labels[k] != FROZEN)
+
+
+@pytest.mark.parametrize('method,policy,count', [
+    ('norm', None, 57_700),
+    ('lora', None, 628_324),
+    ('hybrid_parallel', None, 647_524),
+    ('hybrid_layerwise', 'deep_lora', 247_396),
+    ('linear', None, 38_500),
+])
+def test_s16_trainable_counts_match_spec(method, policy, count):
+  assert s16_trainables(method, policy or 'deep_lora') == count
+
+
+def test_policies_pick_blocks():
+  assert methods.lora_blocks('hybrid_layerwise', 12, 'deep_lora') == (8, 9, 10, 11)
+  assert methods.lora_blocks('hybrid_layerwise', 12, 'even_lora') == (0, 2, 4, 6, 8, 10)
+  assert methods.lora_blocks('hybrid_layerwise', 12, 'odd_lora') == (1, 3, 5, 7, 9, 11)
+  assert methods.lora_blocks('hybrid_layerwise', 12, 'explicit', (3, 1)) == (1, 3)
+  with pytest.raises(ValueError, match='0..11'):
+    methods.lora_blocks('hybrid_layerwise', 12, 'explicit', (12,))
+
+
+def test_layerwise_rules_train_own_norms_only():
+  rules = methods.rules('hybrid_layerwise', 3, (2,))
+  paths = ['blocks_0/norm1/scale', 'blocks_2/norm1/scale', 'blocks_2/attn/qkv/lora_a',
+           'norm/scale', 'head/kernel', 'blocks_0/attn/qkv/kernel']
+  from jaxlab.peft.partition import label_paths
+  assert label_paths(paths, rules) == {
+      'blocks_0/norm1/scale': 'norm', 'blocks_2/norm1/scale': FROZEN,
+      'blocks_2/attn/qkv/lora_a': 'lora', 'norm/scale': FROZEN, 'head/kernel': 'head',
+      'blocks_0/attn/qkv/kernel': FROZEN}
+
+
+def test_hold_schedule_falls_on_spec_steps():
+  warm = methods.hold_schedule(freeze_lora_steps=200)
+  assert warm(0) == warm(199) == {'lora'} and warm(200) == frozenset()
+  alt = methods.hold_schedule(alt_freeze_every=50, order='lora-first')
+  assert [alt(s) for s in (0, 49, 50, 99, 100)] == [{'lora'}, {'lora'}, {'norm'}, {'norm'}, {'lora'}]
+  rev = methods.hold_schedule(alt_freeze_every=50, order='norm-first')
+  assert rev(0) == {'norm'} and rev(50) == {'lora'}
+  both = methods.hold_schedule(freeze_lora_steps=10, freeze_norm_steps=20, alt_freeze_every=4)
+  # Warm-ups first; the alternation starts only once both are over, phase = (step // K) % 2.
+  assert both(5) == {'lora', 'norm'} and both(15) == {'norm'}
+  assert both(20) == {'norm'} and both(24) == {'lora'}  # 20 // 4 = 5: phase 1
+  assert methods.hold_schedule() is None
+
+
+def test_graft_keeps_lora_and_head_fresh():
+  fresh = {'head': {'kernel': jnp.zeros((2, 3))}, 'blocks_0': {'qkv': {
+      'kernel': jnp.zeros((2, 2)), 'lora_a': jnp.ones((2, 1))}}}
+  pre = {'head': {'kernel': jnp.ones((2, 9))}, 'blocks_0': {'qkv': {'kernel': jnp.ones((2, 2))}}}
+  out = peft.graft(fresh, pre)
+  np.testing.assert_array_equal(out['blocks_0']['qkv']['kernel'], 1)
+  np.testing.assert_array_equal(out['head']['kernel'], 0)
+  np.testing.assert_array_equal(out['blocks_0']['qkv']['lora_a'], 1)
+  with pytest.raises(ValueError, match='blocks_0/qkv/kernel'):
+    peft.graft(fresh, {'blocks_0': {'qkv': {'kernel': jnp.ones((3, 2))}}})
+
+
+# A tiny hybrid ViT trained with the real trainer.
+
+@pytest.fixture(scope='module')
+def tiny_digits():
+  d = load_dataset(hybrid.get_config('quick').data)
+  return Dataset(name='digits', train=Split(d.train.images[:32], d.train.labels[:32]),
+                 test=Split(d.test.images[:16], d.test.labels[:16]), num_classes=10,
+                 eval_split='test')
+
+
+def tiny_config(**peft_fields):
+  c = hybrid.get_config('quick')
+  c.progress = False
+  c.sweep.runs = ()
+  c.pretrained.source = 'none'
+  c.data.classes = ()
+  c.model.update(image_size=16, patch=8, width=16, depth=2, heads=2, mlp_dim=32)
+  c.peft.update(method='hybrid_parallel', rank=2)
+  c.peft.update(peft_fields)
+  c.train.update(batch_size=8, epochs=2, eval_batch_size=8, steps_per_dispatch=1, log_every_steps=1)
+  c.checkpoint.every_steps = 100
+  peft.apply_recipe(c)
+  return c
+
+
+def group_leaves(tree, labels, group):
+  return {k: np.asarray(v) for k, v in flatten(tree).items() if labels[k] == group}
+
+
+def test_held_group_is_bit_identical_and_head_moves(tmp_path, tiny_digits):
+  c = tiny_config(alt_freeze_every=2, alt_order='lora-first')
+  task = peft.make_task(c, 10)
+  labels = flatten(label_tree(task.params, task.rules))
+  snaps = []
+
+  def record(step, state):
+    snaps.append((step, jax.device_get(state)))
+
+  summary, _ = fit(c, str(tmp_path), task, tiny_digits, mesh=make_mesh(jax.devices()[:1]),
+                   on_chunk=record)
+  assert [s for s, _ in snaps] == list(range(1, 9))
+  prev = jax.device_get(jax.tree.map(jnp.asarray, {'params': merge(task.params)}))
+  prev_params = prev['params']
+  prev_opt = None
+  for step, state in snaps:
+    held = methods.hold_schedule(alt_freeze_every=2)(step - 1)
+    (held_group,) = held
+    live_group = ({'lora', 'norm'} - held).pop()
+    for k, v in group_leaves(state.params, labels, held_group).items():
+      np.testing.assert_array_equal(v, group_leaves(prev_params, labels, held_group)[k])
+    assert any(not np.array_equal(v, group_leaves(prev_params, labels, 'head')[k])
+               for k, v in group_leaves(state.params, labels, 'head').items())
+    if step > 1:  # lora_b starts at zero; from the 2nd step on every live group moves
+      assert any(not np.array_equal(v, group_leaves(prev_params, labels, live_group)[k])
+                 for k, v in group_leaves(state.params, labels, live_group).items())
+    if prev_opt is not None:
+      same = jax.tree.map(np.array_equal, state.opt_state.inner_states[held_group],
+                          prev_opt.inner_states[held_group])
+      assert all(jax.tree.leaves(same)), f'{held_group} optimizer state moved at step {step}'
+    prev_params, prev_opt = state.params, state.opt_state
+  # Each group's Adam count advanced only on its 4 live steps of 8; the head's on all 8.
+  final = snaps[-1][1].opt_state.inner_states
+  assert int(final['lora'].inner_state[0][0].count) == 4
+  assert int(final['norm'].inner_state[0][0].count) == 4
+  assert int(final['head'].inner_state[0][0].count) == 8
+  # Trainable count per phase is logged: head+norm while LoRA is held, head+lora otherwise.
+  records = [r for r in map(__import__('json').loads, open(tmp_path / 'metrics.jsonl'))
+             if r['split'] == 'train']
+  counts = {r['step']: r['trainable_params'] for r in records}
+  head = sum(v.size for v in group_leaves(task.params, labels, 'head').values())
+  norm = sum(v.size for v in group_leaves(task.params, labels, 'norm').values())
+  lora = sum(v.size for v in group_leaves(task.params, labels, 'lora').values())
+  assert counts[1] == head + norm and counts[3] == head + lora
+
+
+def test_diagnostics_match_numpy(tmp_path, tiny_digits):
+  """cos/lora_norm is the cosine of the logit changes J_lora·g_lora and J_norm·g_norm."""
+  c = tiny_config()
+  c.augment.update(crop_padding=0, flip=False)
+  c.train.epochs = 1
+  task = peft.make_task(c, 10)
+  # Make LoRA's B non-zero so that its gradient is not trivially structured.
+  params = jax.tree_util.tree_map_with_path(
+      lambda p, x: x + 0.05 if 'lora_b' in jax.tree_util.keystr(p) else x, task.params)
+  task = copy.copy(task)
+  object.__setattr__(task, 'params', params)
+  snaps = []
+  fit(c, str(tmp_path), task, tiny_digits, mesh=make_mesh(jax.devices()[:1]),
+      on_chunk=lambda s, st: snaps.append(jax.device_get(st)))
+  rec = next(r for r in map(__import__('json').loads, open(tmp_path / 'metrics.jsonl'))
+             if r['split'] == 'train' and r['step'] == 1)
+
+  # Recompute step 0 independently: same batch, same preprocessing, explicit Jacobians.
+  from jaxlab.data.pipeline import EpochIndices
+  from jaxlab.train.loop import run_keys
+  from jaxlab.data.augment import make_eval_preprocess
+  _, data_key, _ = run_keys(c.seed)
+  idx = EpochIndices(data_key, 32, 8).chunk(0, 1)[0]
+  images = make_eval_preprocess(c.augment)(tiny_digits.train.images[idx])
+  y = tiny_digits.train.labels[idx]
+  labels = flatten(label_tree(params, task.rules))
+  flat = flatten(params)
+
+  def logits_of(vec_by_group):
+    full = dict(flat)
+    full.update(vec_by_group)
+    from jaxlab.peft.partition import unflatten
+    return task.apply(unflatten(full), images, True, None)
+
+  group = {g: {k: flat[k] for k in flat if labels[k] == g} for g in ('lora', 'norm')}
+  both = {**group['lora'], **group['norm']}
+
+  def loss(p):
+    z = logits_of(p)
+    return -jnp.mean(jax.nn.log_softmax(z)[jnp.arange(8), y])
+
+  grads = jax.grad(loss)(both)
+  jac = jax.jacrev(logits_of)(both)
+  dz = {}
+  for g in ('lora', 'norm'):
+    dz[g] = sum(np.asarray(jac[k]).reshape(8 * 10, -1) @ np.asarray(grads[k]).reshape(-1)
+                for k in group[g])
+  cos = dz['lora'] @ dz['norm'] / np.linalg.norm(dz['lora']) / np.linalg.norm(dz['norm'])
+  assert rec['cos/lora_norm'] == pytest.approx(float(cos), rel=1e-3, abs=1e-5)
+  for g in ('lora', 'norm'):
+    gnorm = np.sqrt(sum(np.sum(np.asarray(grads[k]) ** 2) for k in group[g]))
+    assert rec[f'grad_norm/{g}'] == pytest.approx(float(gnorm), rel=1e-3)
+    # The update norm is the norm of the actual parameter change.
+    after = flatten(snaps[0].params)
+    change = np.sqrt(sum(np.sum((np.asarray(after[k]) - np.asarray(flat[k])) ** 2)
+                         for k in group[g]))
+    assert rec[f'update_norm/{g}'] == pytest.approx(float(change), rel=1e-4)
