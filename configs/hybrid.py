@@ -36,12 +36,13 @@ def week4(method='hybrid_layerwise', policy='deep_lora'):
       source='augreg', path='', cache_dir='~/.cache/jaxlab'))
   # method: full | linear | norm | lora | hybrid_parallel | hybrid_layerwise.
   # policy (hybrid_layerwise): deep_lora | even_lora | odd_lora | explicit (with lora_blocks).
+  # lr_parity: dynamic LR parity between the lora and norm groups (SPEC §1 extras).
   # Selective freezing: LoRA held while step < freeze_lora_steps, Norm while step <
   # freeze_norm_steps; then, if alt_freeze_every = K > 0, phase (step // K) % 2 alternates.
   c.peft = ml_collections.ConfigDict(dict(
       method=method, policy=policy, lora_blocks=(0,), rank=8, alpha=16.0, dropout=0.0,
       attn_only=False, freeze_lora_steps=0, freeze_norm_steps=0, alt_freeze_every=0,
-      alt_order='lora-first', diagnostics=True))
+      alt_order='lora-first', diagnostics=True, lr_parity=False))
   c.peft.lora_blocks = ()  # typed as a tuple of ints by the placeholder above
   # recipe: weights (0.5/0.5 normalisation, default) | week3 | standard | seed.
   c.augment.update(resize=224, crop_padding=0, flip=True, normalization='half')

@@ -1,6 +1,7 @@
 """PEFT methods: exact trainable counts, freezing semantics, diagnostics."""
 
-import copy
+import dataclasses
+import json
 
 import jax
 import jax.numpy as jnp
@@ -153,7 +154,7 @@ def test_held_group_is_bit_identical_and_head_moves(tmp_path, tiny_digits):
   assert int(final['norm'].inner_state[0][0].count) == 4
   assert int(final['head'].inner_state[0][0].count) == 8
   # Trainable count per phase is logged: head+norm while LoRA is held, head+lora otherwise.
-  records = [r for r in map(__import__('json').loads, open(tmp_path / 'metrics.jsonl'))
+  records = [r for r in map(json.loads, open(tmp_path / 'metrics.jsonl'))
              if r['split'] == 'train']
   counts = {r['step']: r['trainable_params'] for r in records}
   head = sum(v.size for v in group_leaves(task.params, labels, 'head').values())
@@ -171,12 +172,11 @@ def test_diagnostics_match_numpy(tmp_path, tiny_digits):
   # Make LoRA's B non-zero so that its gradient is not trivially structured.
   params = jax.tree_util.tree_map_with_path(
       lambda p, x: x + 0.05 if 'lora_b' in jax.tree_util.keystr(p) else x, task.params)
-  task = copy.copy(task)
-  object.__setattr__(task, 'params', params)
+  task = dataclasses.replace(task, params=params)
   snaps = []
   fit(c, str(tmp_path), task, tiny_digits, mesh=make_mesh(jax.devices()[:1]),
       on_chunk=lambda s, st: snaps.append(jax.device_get(st)))
-  rec = next(r for r in map(__import__('json').loads, open(tmp_path / 'metrics.jsonl'))
+  rec = next(r for r in map(json.loads, open(tmp_path / 'metrics.jsonl'))
              if r['split'] == 'train' and r['step'] == 1)
 
   # Recompute step 0 independently: same batch, same preprocessing, explicit Jacobians.
@@ -219,3 +219,45 @@ def test_diagnostics_match_numpy(tmp_path, tiny_digits):
     change = np.sqrt(sum(np.sum((np.asarray(after[k]) - np.asarray(flat[k])) ** 2)
                          for k in group[g]))
     assert rec[f'update_norm/{g}'] == pytest.approx(float(change), rel=1e-4)
+
+
+def test_lr_parity_controller():
+  from jaxlab.peft.lr_parity import LrParity
+  ctl = LrParity(peak_lrs={'lora': 5e-4, 'norm': 1e-3})
+  extra = ctl.init_extra()
+
+  def feed(extra, first, lora, norm, n=20):
+    return ctl.observe(extra, first, {'grad_norm/lora': np.full(n, lora, np.float32),
+                                      'grad_norm/norm': np.full(n, norm, np.float32)})
+
+  # Inside the dead-band: nothing changes.
+  extra = feed(extra, 0, 1.2, 1.0)
+  assert float(extra['lr_scales']['lora']) == 1.0 == float(extra['lr_scales']['norm'])
+  # LoRA's gradients 3x larger (the EMA converges to 3 within 20 steps of β 0.9 from 1.2):
+  # its scale is cut by clamp(1/r, 0.5, 2) = 0.5 at step 39.
+  extra = feed(extra, 20, 3.0, 1.0)
+  assert float(extra['lr_scales']['lora']) == pytest.approx(0.5)
+  # Two cool-off periods: no change at steps 59 and 79, then another cut at 99.
+  extra = feed(extra, 40, 3.0, 1.0, n=40)
+  assert float(extra['lr_scales']['lora']) == pytest.approx(0.5)
+  extra = feed(extra, 80, 3.0, 1.0)
+  assert float(extra['lr_scales']['lora']) == pytest.approx(0.25)
+  # A third cut at 159, then the streak limit (3 in a row) stops further cuts.
+  extra = feed(extra, 100, 3.0, 1.0, n=60)
+  assert float(extra['lr_scales']['lora']) == pytest.approx(0.125)
+  extra = feed(extra, 160, 3.0, 1.0, n=200)
+  assert float(extra['lr_scales']['lora']) == pytest.approx(0.125)
+  # Norm hot: the norm group is scaled, and never below 1e-6 / its peak lr.
+  extra = feed(extra, 360, 1.0, 40.0, n=60)
+  assert float(extra['lr_scales']['norm']) == pytest.approx(0.5)
+
+
+def test_lr_parity_trains_and_scales(tmp_path, tiny_digits):
+  c = tiny_config(lr_parity=True)
+  task = peft.make_task(c, 10)
+  # Check every 2 steps in this tiny run.
+  task = dataclasses.replace(task, controller=dataclasses.replace(task.controller, every=2))
+  _, state = fit(c, str(tmp_path), task, tiny_digits, mesh=make_mesh(jax.devices()[:1]))
+  scales = {g: float(v) for g, v in jax.device_get(state.extra['lr_scales']).items()}
+  assert int(state.extra['parity']['seen']) == 8
+  assert scales != {'lora': 1.0, 'norm': 1.0}  # this tiny run's gradients are far apart

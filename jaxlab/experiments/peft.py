@@ -19,7 +19,8 @@ from jaxlab.io.report import markdown_table, scatter_plot
 from jaxlab.io.writers import write_json
 from jaxlab.models.vit import LORA_TARGETS, LoraSpec
 from jaxlab.peft import methods
-from jaxlab.peft.partition import flatten, merge, unflatten
+from jaxlab.peft.lr_parity import LrParity
+from jaxlab.peft.partition import flatten, label_paths, merge, unflatten
 from jaxlab.train.loop import fit, run_keys
 from jaxlab.train.report import print_summary
 from jaxlab.train.task import Task, flax_apply
@@ -103,11 +104,19 @@ def make_task(config, num_classes, pretrained=None):
   params = jax.jit(model.init)(run_keys(config.seed)[0], jnp.zeros((1, size, size, 3)))['params']
   if pretrained is not None:
     params = graft(params, pretrained)
+  rules = methods.rules(p.method, depth, blocks)
+  groups = set(label_paths(flatten(params), rules).values())
+  parity = None
+  if p.lr_parity:
+    if not {'lora', 'norm'} <= groups:
+      raise ValueError(f'peft.lr_parity needs both a lora and a norm group; {p.method} has '
+                       f'{sorted(groups)}')
+    parity = LrParity(peak_lrs={g: config.optim.groups[g].lr for g in ('lora', 'norm')})
   return Task(
-      params=params, apply=flax_apply(model), rules=methods.rules(p.method, depth, blocks),
+      params=params, apply=flax_apply(model), rules=rules,
       hold_schedule=methods.hold_schedule(p.freeze_lora_steps, p.freeze_norm_steps,
                                           p.alt_freeze_every, p.alt_order),
-      diagnostics=('lora', 'norm') if p.diagnostics else ())
+      diagnostics=('lora', 'norm') if p.diagnostics or parity else (), controller=parity)
 
 
 def load_pretrained(config):

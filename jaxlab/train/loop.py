@@ -63,7 +63,8 @@ def fit(config, workdir, task, dataset, *, mesh=None, on_chunk=None, summary_ext
     raise ValueError(f'the partition rules {list(task.rules)} freeze every parameter; '
                      'nothing would train.')
   tx = make_optimizer(config.optim, subtree_labels(trainable, labels), total, spe)
-  state = TrainState.create(trainable, frozen, tx, step_key)
+  extra = task.controller.init_extra() if task.controller is not None else None
+  state = TrainState.create(trainable, frozen, tx, step_key, extra)
 
   ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'), config.checkpoint.every_steps,
                       config.checkpoint.keep)
@@ -100,7 +101,9 @@ def fit(config, workdir, task, dataset, *, mesh=None, on_chunk=None, summary_ext
              desc=f'{config.experiment}', dynamic_ncols=True)
   try:
     while step < total:
-      stop = min(_next_stop(step, total, spe, tc.log_every_steps, config.checkpoint.every_steps),
+      every = getattr(task.controller, 'every', None)
+      stop = min(_next_stop(step, total, spe, tc.log_every_steps, config.checkpoint.every_steps,
+                            every),
                  step + max(tc.steps_per_dispatch, 1))
       hold = task.held_at(step)
       stop = next((s for s in range(step + 1, stop) if task.held_at(s) != hold), stop)
@@ -114,6 +117,9 @@ def fit(config, workdir, task, dataset, *, mesh=None, on_chunk=None, summary_ext
       state, metrics = compiled[n, hold](state, train_data, idx)
       metrics = jax.device_get(metrics)  # waits for the step: timing is device-synchronised
       dt = time.perf_counter() - t0
+      if task.controller is not None:
+        extra = task.controller.observe(jax.device_get(state.extra), step, metrics)
+        state = state.replace(extra=replicate(extra, mesh))
       train_time, timed_steps, step = train_time + dt, timed_steps + n, stop
       window.append((metrics, dt, n))
       epoch_window.append((metrics, dt, n))

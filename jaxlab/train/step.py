@@ -67,7 +67,7 @@ def train_step(state, batch, *, task, tx, augment, labels, hold=frozenset(), dia
   grads = jax.lax.pmean(grads, DATA)
   all_grads = merge(grads, jax.tree.map(jnp.zeros_like, held))
   updates, opt_state = tx.update(all_grads, state.opt_state, state.params,
-                                 global_step=state.step)
+                                 global_step=state.step, lr_scales=state.extra.get('lr_scales'))
   opt_state = hold_groups(opt_state, state.opt_state, hold)
   live_updates, _ = split(updates, labels, hold)
   new_live = optax.apply_updates(live, live_updates)

@@ -18,6 +18,9 @@ class Task:
     step (selective freezing); each distinct set compiles its own step.
   diagnostics: labels whose grad/update norms (and, for two, the cosine of
     their logit-space effects) the step reports.
+  controller: optional host-side controller with `init_extra()` (the initial
+    TrainState.extra, e.g. learning-rate scales) and `observe(extra,
+    first_step, metrics) -> extra`, called after every dispatch.
   """
   params: Any
   apply: Callable[..., jax.Array]
@@ -25,6 +28,7 @@ class Task:
   loss: Callable[[jax.Array, jax.Array], jax.Array] | None = None
   hold_schedule: Callable[[int], frozenset] | None = None
   diagnostics: tuple[str, ...] = ()
+  controller: Any = None
 
   def held_at(self, step):
     return frozenset() if self.hold_schedule is None else frozenset(self.hold_schedule(step))
