@@ -298,7 +298,7 @@ def print_report(result):
       continue
     print(f'{c["method"]:28} {hold:5} {c["trainable_params_live"]:>10,} {c["compile_s"]:>9.1f} '
           f'{c["step_time_median_s"]:>9.4f} {c["step_time_mean_s"]:>9.4f} '
-          f'{c["img_s_median"]:>8.1f} {_fmt(c["gflop_per_step"], ">10.1f", f"{chr(45):>10}")} '
+          f'{c["img_s_median"]:>8.1f} {_fmt(c["gflop_per_step"], ">10.2f", f"{chr(45):>10}")} '
           f'{c["peak_mem_bytes"] / 2**20:>12,.0f}')
   print('\n(trainables: live parameters in that freeze state; img/s from the median step; '
         f'peak memory: {cells[0].get("peak_mem_source", "?") if cells else "?"})')
@@ -315,7 +315,8 @@ def print_report(result):
   for method in METHODS:
     seed = ref['avg_step_time_s'][method]
     mine = ours.get(method)
-    print(f'  {method:28} {str(seed):>15} '
+    seed = seed if isinstance(seed, str) else f'{seed:.2f}'
+    print(f'  {method:28} {seed:>15} '
           f'{_fmt(mine and mine["step_time_median_s"], ">12.4f", f"{chr(45):>12}")}')
   print(f'  seed throughput ~{ref["throughput_img_s"]} img/s (GPU, batch 128)')
   alt = result['ratios'].get('hybrid_layerwise/deep_lora', {}).get(

@@ -237,7 +237,11 @@ def run(config, workdir):
 def write_report(workdir, rows, config):
   """workdir/table.md (ours beside SPEC's reference) and workdir/accuracy_vs_trainables.png."""
   title = f'{config.model.variant or "custom ViT"} on {config.data.name}, {config.train.epochs} epochs'
-  text = (f'# PEFT methods: {title}\n\n' + markdown_table(rows, COLUMNS)
+  note = ''
+  if any(r.get('peak_mem_source') == 'process_peak_rss' for r in rows):
+    note = ('\n\nPeak memory here is the process\'s peak resident set size (no device memory '
+            'statistics on this backend); it only grows over the runs of one sweep.')
+  text = (f'# PEFT methods: {title}\n\n' + markdown_table(rows, COLUMNS) + note
           + '\n\n## Reference (SPEC §1: ViT-S/16, CIFAR-100, 10 epochs, seed 000)\n\n'
           + markdown_table(REFERENCE, COLUMNS) + '\n')
   with open(os.path.join(workdir, 'table.md'), 'w') as f:
