@@ -261,3 +261,16 @@ def test_lr_parity_trains_and_scales(tmp_path, tiny_digits):
   scales = {g: float(v) for g, v in jax.device_get(state.extra['lr_scales']).items()}
   assert int(state.extra['parity']['seen']) == 8
   assert scales != {'lora': 1.0, 'norm': 1.0}  # this tiny run's gradients are far apart
+
+
+@pytest.mark.parametrize('recipe,method,expected', [
+    ('seed', 'hybrid_parallel', dict(crop_padding=4, flip=True, normalization='none')),
+    ('seed', 'norm', dict(crop_padding=0, flip=True, normalization='cifar100')),
+    ('weights', 'lora', dict(crop_padding=0, flip=True, normalization='half')),
+])
+def test_augmentation_recipes(recipe, method, expected):
+  c = hybrid.get_config()
+  c.augment.recipe = recipe
+  c.peft.method = method
+  peft.apply_recipe(c)
+  assert {k: c.augment[k] for k in expected} == expected and c.augment.resize == 224

@@ -165,15 +165,6 @@ class ViT(nn.Module):
     return head(x[:, 0]).astype(jnp.float32)
 
 
-def vit(variant, num_classes, **kw):
-  """A ViT of a named variant ('S/16' = timm's vit_small_patch16_224)."""
-  if variant not in VARIANTS:
-    raise ValueError(f'unknown ViT variant {variant!r}; choose one of {", ".join(VARIANTS)}')
-  patch, width, depth, heads, mlp_dim = VARIANTS[variant]
-  return ViT(num_classes=num_classes, patch=patch, width=width, depth=depth, heads=heads,
-             mlp_dim=mlp_dim, **kw)
-
-
 def _pretrained(convert, source, reader, suffixes, kw):
   """(ViT, params) from a converter of jaxlab.io.pretrained and a path or a mapping."""
   import os
