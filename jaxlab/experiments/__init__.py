@@ -11,6 +11,7 @@ from jaxlab.optim.schedules import SCHEDULES
 EXPERIMENTS = {
     'distributed': 'jaxlab.experiments.distributed',
     'peft': 'jaxlab.experiments.peft',
+    'ladder': 'jaxlab.experiments.ladder',
 }
 
 # (dotted config field, valid values) checked before anything is computed.

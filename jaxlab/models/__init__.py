@@ -3,9 +3,10 @@
 import jax.numpy as jnp
 
 from jaxlab.models.lenet import LeNet5
+from jaxlab.models.resmlp import ResMLP
 from jaxlab.models.vit import VARIANTS, ViT
 
-MODELS = ('lenet5', 'vit')
+MODELS = ('lenet5', 'vit', 'resmlp')
 
 
 def vit_arch(model_cfg):
@@ -27,6 +28,8 @@ def build(model_cfg, num_classes, **kw):
   """The model named by `model_cfg.name`, sized for `num_classes` (kw: e.g. a ViT's lora)."""
   if model_cfg.name == 'lenet5':
     return LeNet5(num_classes=num_classes)
+  if model_cfg.name == 'resmlp':
+    return ResMLP(num_classes, model_cfg.width, model_cfg.depth, kw.get('rule', 'bp'))
   if model_cfg.name == 'vit':
     return ViT(num_classes=num_classes, **vit_arch(model_cfg), **kw)
   raise ValueError(f'unknown model {model_cfg.name!r}; choose one of {", ".join(MODELS)}')

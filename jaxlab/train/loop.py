@@ -52,9 +52,11 @@ def fit(config, workdir, task, dataset, *, mesh=None, on_chunk=None, summary_ext
   os.makedirs(workdir, exist_ok=True)
   write_json(os.path.join(workdir, 'config.json'), config.to_dict())
 
-  _, data_key, step_key = run_keys(config.seed)
-  indices = EpochIndices(data_key, len(dataset.train.labels), tc.batch_size)
-  spe = indices.steps_per_epoch
+  replicas = task.seeds is not None
+  seeds = task.seeds if replicas else (config.seed,)
+  keys = [run_keys(s) for s in seeds]
+  indices = [EpochIndices(k[1], len(dataset.train.labels), tc.batch_size) for k in keys]
+  spe = indices[0].steps_per_epoch
   total = tc.epochs * spe
 
   labels = label_tree(task.params, task.rules)
@@ -63,8 +65,12 @@ def fit(config, workdir, task, dataset, *, mesh=None, on_chunk=None, summary_ext
     raise ValueError(f'the partition rules {list(task.rules)} freeze every parameter; '
                      'nothing would train.')
   tx = make_optimizer(config.optim, subtree_labels(trainable, labels), total, spe)
-  extra = task.controller.init_extra() if task.controller is not None else None
-  state = TrainState.create(trainable, frozen, tx, step_key, extra)
+  create = lambda p, f, r, e: TrainState.create(p, f, tx, r, e)
+  if replicas:
+    step_keys = jax.numpy.stack([k[2] for k in keys])
+    state = jax.vmap(create)(trainable, frozen, step_keys, task.initial_extra())
+  else:
+    state = create(trainable, frozen, keys[0][2], task.initial_extra())
 
   ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'), config.checkpoint.every_steps,
                       config.checkpoint.keep)
@@ -83,9 +89,14 @@ def fit(config, workdir, task, dataset, *, mesh=None, on_chunk=None, summary_ext
     if hold not in chunk_fns:
       chunk_fns[hold] = make_train_chunk(functools.partial(
           train_step, task=task, tx=tx, augment=augment, labels=trainable_labels, hold=hold,
-          diagnostics=task.diagnostics), mesh)
+          diagnostics=task.diagnostics), mesh, replicas)
     return chunk_fns[hold]
-  logits_fn = make_eval_logits(task, make_eval_preprocess(config.augment), mesh)
+  logits_fn = make_eval_logits(task, make_eval_preprocess(config.augment), mesh, replicas)
+
+  def batch_indices(step, n):
+    if replicas:  # [n, R, B]: each seed its own data order
+      return np.stack([ix.chunk(step, n) for ix in indices], axis=1)
+    return indices[0].chunk(step, n)
   compiled = {}
   log = JsonlLog(os.path.join(workdir, 'metrics.jsonl'), keep_until_step=resumed_from)
 
@@ -93,7 +104,7 @@ def fit(config, workdir, task, dataset, *, mesh=None, on_chunk=None, summary_ext
     return evaluate(logits_fn, merge(state.params, state.frozen), eval_data,
                     dataset.test.labels, tc.eval_batch_size, mesh)
 
-  step = int(jax.device_get(state.step))
+  step = int(np.max(jax.device_get(state.step)))
   train_time, timed_steps, compile_time = 0.0, 0, 0.0
   window, epoch_window = [], []
   last_eval = None
@@ -108,7 +119,7 @@ def fit(config, workdir, task, dataset, *, mesh=None, on_chunk=None, summary_ext
       hold = task.held_at(step)
       stop = next((s for s in range(step + 1, stop) if task.held_at(s) != hold), stop)
       n = stop - step
-      idx = shard_leading(indices.chunk(step, n), mesh, axis=1)
+      idx = shard_leading(batch_indices(step, n), mesh, axis=2 if replicas else 1)
       if (n, hold) not in compiled:
         t0 = time.perf_counter()
         compiled[n, hold] = chunk_fn(hold).lower(state, train_data, idx).compile()
@@ -156,10 +167,13 @@ def fit(config, workdir, task, dataset, *, mesh=None, on_chunk=None, summary_ext
       'epochs': tc.epochs,
       'batch_size': tc.batch_size,
       'num_devices': int(mesh.devices.size),
-      'trainable_params': count_params(state.params),
-      'total_params': count_params(state.params) + count_params(state.frozen),
+      'trainable_params': count_params(state.params) // len(seeds),
+      'total_params': (count_params(state.params) + count_params(state.frozen)) // len(seeds),
+      'seeds': list(seeds),
       'avg_step_time_s': train_time / timed_steps if timed_steps else None,
-      'throughput_img_s': timed_steps * tc.batch_size / train_time if timed_steps else None,
+      # Images per second summed over the seeds trained together.
+      'throughput_img_s': (timed_steps * tc.batch_size * len(seeds) / train_time
+                           if timed_steps else None),
       'timed_steps': timed_steps,
       'compile_time_s': compile_time,
       'peak_mem_bytes': mem_bytes,

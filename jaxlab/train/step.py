@@ -63,7 +63,11 @@ def train_step(state, batch, *, task, tx, augment, labels, hold=frozenset(), dia
     logits = logits_of(params)
     return task.loss_fn(logits, batch['label']), logits
 
-  (loss, logits), grads = jax.value_and_grad(loss_of, has_aux=True)(live)
+  if task.grad_fn is None:
+    (loss, logits), grads = jax.value_and_grad(loss_of, has_aux=True)(live)
+  else:
+    (loss, logits), grads = task.grad_fn(live, merge(held, state.frozen), images,
+                                         batch['label'], model_key, state.extra)
   grads = jax.lax.pmean(grads, DATA)
   all_grads = merge(grads, jax.tree.map(jnp.zeros_like, held))
   updates, opt_state = tx.update(all_grads, state.opt_state, state.params,
@@ -108,33 +112,43 @@ def gather(data, idx):
   return {'image': data['image'][idx], 'label': data['label'][idx]}
 
 
-def make_train_chunk(step_fn, mesh):
+def make_train_chunk(step_fn, mesh, replicas=False):
   """jit(shard_map(scan(step_fn))): (state, data, idx [S, B]) -> (state, metrics [S]).
 
   `data` is the whole training split, replicated; `idx` holds the global
   batch indices of S consecutive steps, sharded over DATA along the batch.
-  The state is donated.
+  With `replicas`, the state has a leading seed axis, idx is [S, R, B] and the
+  step is vmapped over the seeds. The state is donated.
   """
+  def one(state, data, idx):
+    if replicas:
+      return jax.vmap(lambda s, i: step_fn(s, gather(data, i)))(state, idx)
+    return step_fn(state, gather(data, idx))
+
   def chunk(state, data, idx):
     if idx.shape[0] == 1:
       # No loop for one step: XLA:CPU runs convolution gradients ~25x slower
       # inside a while loop (seen with jax 0.10.2), so conv nets use S = 1 there.
-      state, metrics = step_fn(state, gather(data, idx[0]))
+      state, metrics = one(state, data, idx[0])
       return state, jax.tree.map(lambda m: m[None], metrics)
-    return jax.lax.scan(lambda s, i: step_fn(s, gather(data, i)), state, idx)
+    return jax.lax.scan(lambda s, i: one(s, data, i), state, idx)
 
+  idx_spec = P(None, None, DATA) if replicas else P(None, DATA)
   # check_vma=False: gradients are per-device values until the explicit pmean.
-  sharded = jax.shard_map(chunk, mesh=mesh, in_specs=(P(), P(), P(None, DATA)),
+  sharded = jax.shard_map(chunk, mesh=mesh, in_specs=(P(), P(), idx_spec),
                           out_specs=(P(), P()), check_vma=False)
   return jax.jit(sharded, donate_argnums=0)
 
 
-def make_eval_logits(task, preprocess, mesh):
-  """jit(shard_map): (params, data, idx [B]) -> logits [B, classes], batch sharded."""
+def make_eval_logits(task, preprocess, mesh, replicas=False):
+  """jit(shard_map): (params, data, idx [B]) -> logits [B, classes] ([R, B, classes] with
+  replicas), batch sharded."""
   def logits(params, data, idx):
     images = preprocess(data['image'][idx])
+    if replicas:
+      return jax.vmap(lambda p: task.apply(p, images, False, None))(params)
     return task.apply(params, images, False, None)
 
   sharded = jax.shard_map(logits, mesh=mesh, in_specs=(P(), P(), P(DATA)),
-                          out_specs=P(DATA), check_vma=False)
+                          out_specs=P(None, DATA) if replicas else P(DATA), check_vma=False)
   return jax.jit(sharded)

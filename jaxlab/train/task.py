@@ -18,6 +18,13 @@ class Task:
     step (selective freezing); each distinct set compiles its own step.
   diagnostics: labels whose grad/update norms (and, for two, the cosine of
     their logit-space effects) the step reports.
+  grad_fn(live, rest, images, labels, rng, extra) -> ((loss, logits), grads):
+    a custom gradient (e.g. a credit-assignment rule) in place of autodiff of
+    `loss`; `rest` holds the non-live params, `extra` is TrainState.extra.
+  extra: initial TrainState.extra (e.g. fixed feedback matrices).
+  seeds: when set, `params` and `extra` carry a leading axis, one entry per
+    seed, and the trainer runs all seeds together under `jax.vmap` (each
+    seed with its own data order, augmentation and optimizer state).
   controller: optional host-side controller with `init_extra()` (the initial
     TrainState.extra, e.g. learning-rate scales) and `observe(extra,
     first_step, metrics) -> extra`, called after every dispatch.
@@ -28,7 +35,16 @@ class Task:
   loss: Callable[[jax.Array, jax.Array], jax.Array] | None = None
   hold_schedule: Callable[[int], frozenset] | None = None
   diagnostics: tuple[str, ...] = ()
+  grad_fn: Callable[..., Any] | None = None
+  extra: Any = None
+  seeds: tuple[int, ...] | None = None
   controller: Any = None
+
+  def initial_extra(self):
+    out = dict(self.extra or {})
+    if self.controller is not None:
+      out.update(self.controller.init_extra())
+    return out
 
   def held_at(self, step):
     return frozenset() if self.hold_schedule is None else frozenset(self.hold_schedule(step))

@@ -1,0 +1,207 @@
+"""Credit-assignment family (SPEC §2): BP / FA / DFA / uSF on a ResMLP, trainable-depth ladder.
+
+A cell is one (rule, k): the last k blocks trainable, the first L−k frozen at
+their random init (not differentiated), embed / out_ln / out_head always
+trained; the cell's seeds train together under `jax.vmap`. The sweep appends
+each finished cell to `ladder.json` atomically and skips finished cells on a
+rerun; it writes `ladder.md` (mean ± sample std beside SPEC's table),
+`ladder.png` and `identity_check.json`.
+"""
+
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxlab.credit import rules as credit
+from jaxlab.data.datasets import load_dataset
+from jaxlab.io.report import markdown_table
+from jaxlab.io.writers import write_json
+from jaxlab.peft.partition import merge
+from jaxlab.train.loop import fit, run_keys
+from jaxlab.train.task import Task
+
+# SPEC §2 reference: CIFAR-10 test accuracy, mean ± std over seeds {42, 123, 456}.
+REFERENCE = {
+    (256, 4): {'bp': [(0.389, 0.001), (0.565, 0.003), (0.598, 0.003), (0.608, 0.001), (0.617, 0.002)],
+               'fa': [(0.355, 0.003), (0.382, 0.008), (0.349, 0.016), (0.398, 0.008), (0.402, 0.009)],
+               'dfa': [(0.349, 0.003), (0.244, 0.015), (0.286, 0.013), (0.296, 0.008), (0.301, 0.006)]},
+    (512, 2): {'bp': [(0.386, 0.003), (0.583, 0.002), (0.603, 0.001)],
+               'fa': [(0.359, 0.000), (0.412, 0.004), (0.361, 0.003)],
+               'dfa': [(0.349, 0.005), (0.226, 0.015), (0.302, 0.005)]},
+}
+IDENTITY_REFERENCE = {'block_ratio': 0.10, 'stack_rel_change': (0.196, 0.003),
+                      'stack_cos': (0.981, 0.001)}
+
+
+def stacked(trees):
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def init_params(config, seed, image_shape, num_classes):
+  """The seed's initial ResMLP params: the same for every rule, so rules differ only in credit."""
+  model = credit.make_model('bp', num_classes, config.model.width, config.model.depth)
+  return model.init(run_keys(seed)[0], jnp.zeros((1, *image_shape)))['params']
+
+
+def make_task(config, rule, k, seeds, image_shape, num_classes):
+  """A cell: its seeds' params and feedback stacked, the rule as the task's gradient."""
+  depth = config.model.depth
+  if not 0 <= k <= depth:
+    raise ValueError(f'k must be in 0..{depth}, got {k}')
+  model = credit.make_model(rule, num_classes, config.model.width, depth)
+  forward = credit.make_model('bp', num_classes, config.model.width, depth)  # same forward
+  trainable_blocks = tuple(range(depth - k, depth))
+  params = stacked([init_params(config, s, image_shape, num_classes) for s in seeds])
+  feedback = stacked([credit.init_feedback(model, rule, jax.random.fold_in(run_keys(s)[0], 1),
+                                           image_shape) for s in seeds])
+  rules = [(r'(embed|out_ln|out_head)/.*', 'io')]
+  rules += [(rf'blocks_{i}/.*', f'block_{i}' if i in trainable_blocks else None)
+            for i in range(depth)]
+
+  def grad_fn(live, rest, images, labels, rng, extra):
+    del rng
+    return credit.credit_value_and_grad(model, rule, merge(live, rest), extra['feedback'], images,
+                                        labels, trainable_blocks, config.credit.rms_normalize)
+
+  return Task(params=params, apply=lambda p, x, train, rng: forward.apply({'params': p}, x),
+              rules=rules, grad_fn=grad_fn, extra={'feedback': feedback}, seeds=tuple(seeds))
+
+
+def identity_check(config, dataset, image_shape):
+  """On one training batch at init: ‖f_l(h_l)‖/‖h_l‖ per block, ‖h_L−h_0‖/‖h_0‖, cos(h_L, h_0).
+
+  Per-example values averaged over the batch; mean ± sample std over the seeds.
+  """
+  from jaxlab.data.augment import make_eval_preprocess
+  model = credit.make_model('bp', dataset.num_classes, config.model.width, config.model.depth)
+  images = make_eval_preprocess(config.augment)(dataset.train.images[:config.train.batch_size])
+  per_seed = []
+  for seed in config.seeds:
+    p = init_params(config, seed, image_shape, dataset.num_classes)
+    hs = [np.asarray(h, np.float64) for h in
+          model.apply({'params': p}, images, method=credit.ResMLP.hidden_states)]
+    norm = lambda x: np.linalg.norm(x, axis=-1)
+    ratios = [float(np.mean(norm(b - a) / norm(a))) for a, b in zip(hs[:-1], hs[1:])]
+    per_seed.append({
+        'block_ratio': ratios,
+        'stack_rel_change': float(np.mean(norm(hs[-1] - hs[0]) / norm(hs[0]))),
+        'stack_cos': float(np.mean(np.sum(hs[-1] * hs[0], -1) / (norm(hs[-1]) * norm(hs[0])))),
+    })
+  out = {'seeds': list(config.seeds), 'per_seed': per_seed, 'reference': IDENTITY_REFERENCE}
+  for key in ('block_ratio', 'stack_rel_change', 'stack_cos'):
+    values = np.array([s[key] for s in per_seed])
+    out[key] = {'mean': values.mean(0).tolist(),
+                'std': values.std(0, ddof=1).tolist() if len(values) > 1 else 0.0}
+  return out
+
+
+def cells(config):
+  ks = config.credit.ks or tuple(range(config.model.depth + 1))
+  return [(rule, k) for rule in config.credit.rules for k in ks]
+
+
+def cell_name(rule, k):
+  return f'{rule}_k{k}'
+
+
+def run_cell(config, workdir, dataset, rule, k, image_shape):
+  task = make_task(config, rule, k, tuple(config.seeds), image_shape, dataset.num_classes)
+  summary, _ = fit(config, os.path.join(workdir, 'cells', cell_name(rule, k)), task, dataset,
+                   summary_extra={'rule': rule, 'k': k})
+  return {'rule': rule, 'k': k, 'seeds': list(config.seeds), 'acc': summary['acc1_per_seed'],
+          'mean': summary['acc1'], 'std': summary['acc1_std'],
+          'avg_step_time_s': summary['avg_step_time_s']}
+
+
+def validate(config):
+  for rule in config.credit.rules:
+    credit.make_model(rule, 10, 1, 1)
+  bad = [k for k in config.credit.ks if not 0 <= k <= config.model.depth]
+  if bad:
+    raise ValueError(f'credit.ks must lie in 0..{config.model.depth} (model.depth); got {bad}')
+  if len(config.seeds) < 1:
+    raise ValueError('seeds must list at least one seed')
+
+
+def run(config, workdir):
+  dataset = load_dataset(config.data)
+  image_shape = dataset.train.images.shape[1:]
+  os.makedirs(workdir, exist_ok=True)
+  results_path = os.path.join(workdir, 'ladder.json')
+  results = _read(results_path)
+  identity = identity_check(config, dataset, image_shape)
+  write_json(os.path.join(workdir, 'identity_check.json'), identity)
+  for rule, k in cells(config):
+    name = cell_name(rule, k)
+    if name in results['cells']:
+      print(f'{name}: done earlier (acc {results["cells"][name]["mean"]:.4f}), skipped')
+      continue
+    results['cells'][name] = run_cell(config, workdir, dataset, rule, k, image_shape)
+    write_json(results_path, results)  # atomic: a kill loses no finished cell
+  text = report(config, results, identity)
+  with open(os.path.join(workdir, 'ladder.md'), 'w') as f:
+    f.write(text)
+  plot(config, results, os.path.join(workdir, 'ladder.png'))
+  print('\n' + text)
+  return results
+
+
+def _read(path):
+  import json
+  if os.path.exists(path):
+    with open(path) as f:
+      return json.load(f)
+  return {'cells': {}}
+
+
+def report(config, results, identity):
+  d, depth = config.model.width, config.model.depth
+  ks = sorted({c['k'] for c in results['cells'].values()})
+  reference = REFERENCE.get((d, depth))
+  rows = []
+  for k in ks:
+    row = {'k': str(k)}
+    for rule in config.credit.rules:
+      c = results['cells'].get(cell_name(rule, k))
+      row[rule] = f'{c["mean"]:.3f} ± {c["std"]:.3f}' if c else '–'
+      if reference and rule in reference and k < len(reference[rule]):
+        m, s = reference[rule][k]
+        row[f'{rule}_ref'] = f'{m:.3f} ± {s:.3f}'
+    rows.append(row)
+  columns = [('k', 'k', '{}')]
+  for rule in config.credit.rules:
+    columns.append((rule, rule, '{}'))
+    if reference and rule in reference:
+      columns.append((f'{rule} (SPEC)', f'{rule}_ref', '{}'))
+  title = (f'# Trainable-depth ladder: ResMLP d={d} L={depth} on {config.data.name}, '
+           f'{config.train.epochs} epochs, seeds {list(config.seeds)}\n\n'
+           'Test accuracy, mean ± sample std (ddof 1). SPEC columns: CIFAR-10, 100 epochs.\n\n')
+  ident = (f'\n\nFrozen-init identity check (one batch, mean over seeds): per-block ‖f‖/‖h‖ '
+           f'{", ".join(f"{r:.3f}" for r in identity["block_ratio"]["mean"])} (SPEC ≈ 0.10); '
+           f'‖h_L−h_0‖/‖h_0‖ {identity["stack_rel_change"]["mean"]:.3f} (SPEC 0.196 at L=4); '
+           f'cos(h_L, h_0) {identity["stack_cos"]["mean"]:.3f} (SPEC 0.981 at L=4).\n')
+  return title + markdown_table(rows, columns) + ident
+
+
+def plot(config, results, path):
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+  for rule in config.credit.rules:
+    pts = sorted((c['k'], c['mean'], c['std']) for c in results['cells'].values()
+                 if c['rule'] == rule)
+    if pts:
+      k, m, s = zip(*pts)
+      ax.errorbar(k, m, yerr=s, marker='o', capsize=3, label=rule)
+  ax.set(xlabel='trainable blocks k (last k)', ylabel='test accuracy',
+         title=f'ResMLP d={config.model.width} L={config.model.depth} on {config.data.name}')
+  ax.set_xticks(range(config.model.depth + 1))
+  ax.grid(True, alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)

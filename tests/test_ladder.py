@@ -1,0 +1,110 @@
+"""The trainable-depth ladder: frozen blocks, seeds under vmap, resumable sweeps."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from configs import ladder as ladder_config
+from jaxlab.data.datasets import Dataset, Split, load_dataset
+from jaxlab.experiments import ladder
+from jaxlab.parallel.mesh import make_mesh
+from jaxlab.peft.partition import flatten
+from jaxlab.train.loop import fit
+
+SHAPE = (32, 32, 3)
+
+
+@pytest.fixture(scope='module')
+def digits():
+  d = load_dataset(ladder_config.get_config('quick').data)
+  return Dataset(name='digits', train=Split(d.train.images[:64], d.train.labels[:64]),
+                 test=Split(d.test.images[:40], d.test.labels[:40]), num_classes=10,
+                 eval_split='test')
+
+
+def tiny(**kw):
+  c = ladder_config.get_config('quick')
+  c.progress = False
+  c.model.update(width=16, depth=2)
+  c.train.update(batch_size=16, epochs=2, eval_batch_size=8, steps_per_dispatch=2,
+                 log_every_steps=4, eval_every_epochs=2)
+  c.seeds = (1, 2)
+  for k, v in kw.items():
+    c[k] = v
+  return c
+
+
+def train(c, tmp_path, digits, rule, k, seeds):
+  task = ladder.make_task(c, rule, k, seeds, SHAPE, 10)
+  return fit(c, str(tmp_path), task, digits, mesh=make_mesh(jax.devices()[:1]))
+
+
+def test_frozen_blocks_are_bit_identical_and_not_differentiated(tmp_path, digits):
+  c = tiny()
+  _, state = train(c, tmp_path, digits, 'fa', 1, (1, 2))
+  assert 'blocks_0' not in state.params and 'blocks_1' in state.params
+  assert set(state.frozen) == {'blocks_0'}
+  init = [ladder.init_params(c, s, SHAPE, 10)['blocks_0'] for s in (1, 2)]
+  for r in range(2):
+    for path, leaf in flatten(init[r]).items():
+      np.testing.assert_array_equal(np.asarray(flatten(state.frozen['blocks_0'])[path][r]), leaf)
+  # The trainable block did move.
+  moved = flatten(jax.device_get(state.params['blocks_1']))
+  start = [flatten(ladder.init_params(c, s, SHAPE, 10)['blocks_1']) for s in (1, 2)]
+  assert not np.allclose(moved['fc1/kernel'][0], start[0]['fc1/kernel'])
+
+
+@pytest.mark.parametrize('rule', ['bp', 'dfa'])
+def test_vmapped_seeds_equal_separate_runs(tmp_path, digits, rule):
+  c = tiny()
+  together, state = train(c, tmp_path / 'both', digits, rule, 2, (1, 2))
+  for r, seed in enumerate((1, 2)):
+    alone, single = train(c, tmp_path / f'seed{seed}', digits, rule, 2, (seed,))
+    a, b = flatten(jax.device_get(state.params)), flatten(jax.device_get(single.params))
+    for path in a:
+      np.testing.assert_allclose(a[path][r], b[path][0], rtol=1e-5, atol=1e-6, err_msg=path)
+    assert together['acc1_per_seed'][r] == pytest.approx(alone['acc1_per_seed'][0], abs=1e-6)
+
+
+def test_sweep_resumes_without_recomputing_finished_cells(tmp_path, digits, monkeypatch):
+  c = tiny()
+  c.credit.rules = ('bp', 'fa')
+  c.credit.ks = (0, 2)
+  monkeypatch.setattr(ladder, 'load_dataset', lambda _: digits)
+  calls = []
+  real_fit = ladder.fit
+
+  def crashing_fit(config, workdir, task, dataset, **kw):
+    calls.append(workdir)
+    if len(calls) == 3:
+      raise KeyboardInterrupt('killed during the third cell')
+    return real_fit(config, workdir, task, dataset, mesh=make_mesh(jax.devices()[:1]), **kw)
+
+  monkeypatch.setattr(ladder, 'fit', crashing_fit)
+  with pytest.raises(KeyboardInterrupt):
+    ladder.run(c, str(tmp_path))
+  done = json.load(open(tmp_path / 'ladder.json'))['cells']
+  assert sorted(done) == ['bp_k0', 'bp_k2']
+
+  calls.clear()
+  monkeypatch.setattr(ladder, 'fit', lambda *a, **kw: (calls.append(a[1]), real_fit(
+      *a, mesh=make_mesh(jax.devices()[:1]), **kw))[1])
+  results = ladder.run(c, str(tmp_path))
+  assert [p.rsplit('/', 1)[1] for p in calls] == ['fa_k0', 'fa_k2']
+  assert sorted(results['cells']) == ['bp_k0', 'bp_k2', 'fa_k0', 'fa_k2']
+  for name in ('ladder.md', 'ladder.png', 'identity_check.json'):
+    assert (tmp_path / name).exists()
+  table = (tmp_path / 'ladder.md').read_text()
+  assert '| 2 |' in table and '±' in table
+
+
+def test_identity_check_values(digits):
+  c = tiny()
+  out = ladder.identity_check(c, digits, SHAPE)
+  assert len(out['block_ratio']['mean']) == 2
+  # fc2 is scaled so that each branch adds about a tenth of the stream's norm at init.
+  for r in out['block_ratio']['mean']:
+    assert 0.05 < r < 0.2
+  assert 0.9 < out['stack_cos']['mean'] <= 1.0
