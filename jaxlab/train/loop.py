@@ -19,7 +19,8 @@ from jaxlab.io.writers import JsonlLog, write_json
 from jaxlab.metrics.classification import count_params
 from jaxlab.metrics.system import peak_memory
 from jaxlab.optim.optimizers import make_optimizer
-from jaxlab.parallel.mesh import check_divisible, make_mesh, replicate, shard_leading
+from jaxlab.parallel.local import WorkerIndices, make_average, worker_state
+from jaxlab.parallel.mesh import DATA, check_divisible, make_mesh, replicate, shard_leading
 from jaxlab.peft.partition import label_tree, merge, split, subtree_labels
 from jaxlab.train.evaluate import evaluate
 from jaxlab.train.state import TrainState
@@ -47,15 +48,24 @@ def fit(config, workdir, task, dataset, *, mesh=None, on_chunk=None, summary_ext
   """
   tc = config.train
   mesh = mesh or make_mesh()
-  check_divisible(tc.batch_size, mesh)
+  workers = task.workers
+  if workers is not None:  # the batch size is each worker's own
+    check_divisible(workers.workers, mesh, 'the number of local workers')
+  else:
+    check_divisible(tc.batch_size, mesh)
   check_divisible(tc.eval_batch_size, mesh, 'eval batch size')
   os.makedirs(workdir, exist_ok=True)
   write_json(os.path.join(workdir, 'config.json'), config.to_dict())
 
   replicas = task.seeds is not None
+  layout = 'workers' if workers is not None else 'replicas' if replicas else 'data'
   seeds = task.seeds if replicas else (config.seed,)
   keys = [run_keys(s) for s in seeds]
-  indices = [EpochIndices(k[1], len(dataset.train.labels), tc.batch_size) for k in keys]
+  if workers is not None:
+    indices = [WorkerIndices(keys[0][1], len(dataset.train.labels), workers.workers,
+                             tc.batch_size)]
+  else:
+    indices = [EpochIndices(k[1], len(dataset.train.labels), tc.batch_size) for k in keys]
   spe = indices[0].steps_per_epoch
   total = tc.epochs * spe
 
@@ -69,15 +79,21 @@ def fit(config, workdir, task, dataset, *, mesh=None, on_chunk=None, summary_ext
   if replicas:
     step_keys = jax.numpy.stack([k[2] for k in keys])
     state = jax.vmap(create)(trainable, frozen, step_keys, task.initial_extra())
+  elif workers is not None:
+    extra = {**task.initial_extra(), **workers.init_extra(trainable)}
+    state = worker_state(create(trainable, frozen, keys[0][2], extra), workers.workers)
+    average = make_average(workers, mesh)
   else:
     state = create(trainable, frozen, keys[0][2], task.initial_extra())
+  # Workers are spread over the devices; everything else is on every device.
+  place = (lambda tree: shard_leading(tree, mesh)) if workers else (lambda t: replicate(t, mesh))
 
   ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'), config.checkpoint.every_steps,
                       config.checkpoint.keep)
   resumed_from = ckpt.latest_step()
   if resumed_from is not None:
     state = ckpt.restore(state)
-  state = replicate(state, mesh)
+  state = place(state)
   train_data = replicate({'image': dataset.train.images, 'label': dataset.train.labels}, mesh)
   eval_data = replicate({'image': dataset.test.images}, mesh)
 
@@ -89,23 +105,26 @@ def fit(config, workdir, task, dataset, *, mesh=None, on_chunk=None, summary_ext
     if hold not in chunk_fns:
       chunk_fns[hold] = make_train_chunk(functools.partial(
           train_step, task=task, tx=tx, augment=augment, labels=trainable_labels, hold=hold,
-          diagnostics=task.diagnostics), mesh, replicas)
+          diagnostics=task.diagnostics, axis_name=None if workers else DATA), mesh, layout)
     return chunk_fns[hold]
   logits_fn = make_eval_logits(task, make_eval_preprocess(config.augment), mesh, replicas)
 
   def batch_indices(step, n):
     if replicas:  # [n, R, B]: each seed its own data order
       return np.stack([ix.chunk(step, n) for ix in indices], axis=1)
-    return indices[0].chunk(step, n)
+    return indices[0].chunk(step, n)  # [n, B], or [n, K, b] for workers
   compiled = {}
   log = JsonlLog(os.path.join(workdir, 'metrics.jsonl'), keep_until_step=resumed_from)
 
   def run_eval(state):
-    return evaluate(logits_fn, merge(state.params, state.frozen), eval_data,
-                    dataset.test.labels, tc.eval_batch_size, mesh)
+    params = merge(state.params, state.frozen)
+    if workers is not None:  # the workers' mean (their common value right after an average)
+      params = jax.tree.map(lambda x: x.mean(axis=0), params)
+    return evaluate(logits_fn, params, eval_data, dataset.test.labels, tc.eval_batch_size, mesh)
 
   step = int(np.max(jax.device_get(state.step)))
   train_time, timed_steps, compile_time = 0.0, 0, 0.0
+  comm_time, comm_rounds = 0.0, 0
   window, epoch_window = [], []
   last_eval = None
   bar = tqdm(total=total, initial=step, disable=not config.progress, unit='step',
@@ -116,6 +135,8 @@ def fit(config, workdir, task, dataset, *, mesh=None, on_chunk=None, summary_ext
       stop = min(_next_stop(step, total, spe, tc.log_every_steps, config.checkpoint.every_steps,
                             every),
                  step + max(tc.steps_per_dispatch, 1))
+      if workers is not None:
+        stop = min(stop, workers.next_average(step))
       hold = task.held_at(step)
       stop = next((s for s in range(step + 1, stop) if task.held_at(s) != hold), stop)
       n = stop - step
@@ -130,8 +151,12 @@ def fit(config, workdir, task, dataset, *, mesh=None, on_chunk=None, summary_ext
       dt = time.perf_counter() - t0
       if task.controller is not None:
         extra = task.controller.observe(jax.device_get(state.extra), step, metrics)
-        state = state.replace(extra=replicate(extra, mesh))
+        state = state.replace(extra=place(extra))
       train_time, timed_steps, step = train_time + dt, timed_steps + n, stop
+      if workers is not None and workers.averages_after(step):
+        t0 = time.perf_counter()
+        state = jax.block_until_ready(average(state))
+        comm_time, comm_rounds = comm_time + time.perf_counter() - t0, comm_rounds + 1
       window.append((metrics, dt, n))
       epoch_window.append((metrics, dt, n))
       bar.update(n)
@@ -159,6 +184,17 @@ def fit(config, workdir, task, dataset, *, mesh=None, on_chunk=None, summary_ext
 
   final = last_eval[1] if last_eval and last_eval[0] == total else run_eval(state)
   mem_bytes, mem_source = peak_memory()
+  copies = workers.workers if workers is not None else len(seeds)
+  if workers is not None:
+    param_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state.params)) // copies
+    summary_extra = {
+        'workers': workers.workers, 'sync_every': workers.sync_every, 'method': workers.method,
+        # Computation (the local steps, incl. the first dispatch of each shape) and
+        # communication (the parameter averages) measured apart.
+        'compute_time_s': train_time, 'comm_time_s': comm_time, 'comm_rounds': comm_rounds,
+        # Each worker sends and receives its parameters once per round (an all-reduce).
+        'comm_bytes_per_round_per_worker': int(param_bytes),
+        **(summary_extra or {})}
   summary = {
       **final,
       'eval_split': dataset.eval_split,
@@ -167,12 +203,12 @@ def fit(config, workdir, task, dataset, *, mesh=None, on_chunk=None, summary_ext
       'epochs': tc.epochs,
       'batch_size': tc.batch_size,
       'num_devices': int(mesh.devices.size),
-      'trainable_params': count_params(state.params) // len(seeds),
-      'total_params': (count_params(state.params) + count_params(state.frozen)) // len(seeds),
+      'trainable_params': count_params(state.params) // copies,
+      'total_params': (count_params(state.params) + count_params(state.frozen)) // copies,
       'seeds': list(seeds),
       'avg_step_time_s': train_time / timed_steps if timed_steps else None,
-      # Images per second summed over the seeds trained together.
-      'throughput_img_s': (timed_steps * tc.batch_size * len(seeds) / train_time
+      # Images per second summed over the seeds or workers trained together.
+      'throughput_img_s': (timed_steps * tc.batch_size * copies / train_time
                            if timed_steps else None),
       'timed_steps': timed_steps,
       'compile_time_s': compile_time,

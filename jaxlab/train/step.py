@@ -20,13 +20,14 @@ from jaxlab.parallel.mesh import DATA
 from jaxlab.peft.partition import merge, split, subtree_labels
 
 
-def example_keys(step_key, batch_size):
+def example_keys(step_key, batch_size, axis_name=DATA):
   """One key per example, from its position in the global batch.
 
   Position, not device, decides an example's augmentation, so a batch gives
-  the same images on one device or many.
+  the same images on one device or many. With axis_name=None (a worker's own
+  batch, not sharded) the position is the index within the batch.
   """
-  offset = jax.lax.axis_index(DATA) * batch_size
+  offset = jax.lax.axis_index(axis_name) * batch_size if axis_name else 0
   return jax.vmap(lambda i: jax.random.fold_in(step_key, i))(offset + jnp.arange(batch_size))
 
 
@@ -39,8 +40,12 @@ def _only(tree, labels, label):
   return jax.tree.map(lambda x, l: x if l == label else jnp.zeros_like(x), tree, labels)
 
 
-def train_step(state, batch, *, task, tx, augment, labels, hold=frozenset(), diagnostics=()):
-  """One optimizer step on this device's part of the batch; collectives over DATA.
+def train_step(state, batch, *, task, tx, augment, labels, hold=frozenset(), diagnostics=(),
+               axis_name=DATA):
+  """One optimizer step on this device's part of the batch; collectives over `axis_name`.
+
+  axis_name=None makes the step local: a worker of local SGD, which neither
+  shares its batch with nor averages its gradients across devices.
 
   batch: {'image': uint8 [b, H, W, C], 'label': int32 [b]}. `labels` is the
   label tree of `state.params`. Returns the new state and metrics averaged
@@ -52,8 +57,10 @@ def train_step(state, batch, *, task, tx, augment, labels, hold=frozenset(), dia
   disjoint groups are orthogonal by construction, so their cosine is always 0).
   """
   aug_key, model_key = jax.random.split(jax.random.fold_in(state.rng, state.step))
-  images = augment(example_keys(aug_key, batch['label'].shape[0]), batch['image'])
-  model_key = jax.random.fold_in(model_key, jax.lax.axis_index(DATA))
+  images = augment(example_keys(aug_key, batch['label'].shape[0], axis_name), batch['image'])
+  if axis_name:
+    model_key = jax.random.fold_in(model_key, jax.lax.axis_index(axis_name))
+  mean = (lambda x: jax.lax.pmean(x, axis_name)) if axis_name else (lambda x: x)
   live, held = split(state.params, labels, hold)
 
   def logits_of(params):
@@ -68,7 +75,7 @@ def train_step(state, batch, *, task, tx, augment, labels, hold=frozenset(), dia
   else:
     (loss, logits), grads = task.grad_fn(live, merge(held, state.frozen), images,
                                          batch['label'], model_key, state.extra)
-  grads = jax.lax.pmean(grads, DATA)
+  grads = mean(grads)
   all_grads = merge(grads, jax.tree.map(jnp.zeros_like, held))
   updates, opt_state = tx.update(all_grads, state.opt_state, state.params,
                                  global_step=state.step, lr_scales=state.extra.get('lr_scales'))
@@ -76,17 +83,17 @@ def train_step(state, batch, *, task, tx, augment, labels, hold=frozenset(), dia
   live_updates, _ = split(updates, labels, hold)
   new_live = optax.apply_updates(live, live_updates)
   metrics = {'loss': loss, 'acc': jnp.mean(jnp.argmax(logits, -1) == batch['label'])}
-  metrics = jax.lax.pmean(metrics, DATA)
+  metrics = mean(metrics)
   metrics['trainable_params'] = jnp.asarray(count_params(live), jnp.float32)
   if diagnostics:
     metrics.update(_diagnostics(logits_of, live, grads, live_updates,
-                                subtree_labels(live, labels), diagnostics))
+                                subtree_labels(live, labels), diagnostics, axis_name))
   new_state = state.replace(step=state.step + 1, params=merge(new_live, held),
                             opt_state=opt_state)
   return new_state, metrics
 
 
-def _diagnostics(logits_of, live, grads, updates, live_labels, groups):
+def _diagnostics(logits_of, live, grads, updates, live_labels, groups, axis_name):
   present = set(jax.tree.leaves(live_labels))
   out = {}
   for g in groups:
@@ -100,7 +107,9 @@ def _diagnostics(logits_of, live, grads, updates, live_labels, groups):
     if a in present and b in present:
       _, dza = jax.jvp(logits_of, (live,), (_only(grads, live_labels, a),))
       _, dzb = jax.jvp(logits_of, (live,), (_only(grads, live_labels, b),))
-      dot, na, nb = jax.lax.psum((jnp.sum(dza * dzb), jnp.sum(dza ** 2), jnp.sum(dzb ** 2)), DATA)
+      dot, na, nb = jnp.sum(dza * dzb), jnp.sum(dza ** 2), jnp.sum(dzb ** 2)
+      if axis_name:
+        dot, na, nb = jax.lax.psum((dot, na, nb), axis_name)
       out[f'cos/{a}_{b}'] = dot / jnp.sqrt(na * nb)
     else:
       out[f'cos/{a}_{b}'] = jnp.float32(jnp.nan)
@@ -112,18 +121,28 @@ def gather(data, idx):
   return {'image': data['image'][idx], 'label': data['label'][idx]}
 
 
-def make_train_chunk(step_fn, mesh, replicas=False):
-  """jit(shard_map(scan(step_fn))): (state, data, idx [S, B]) -> (state, metrics [S]).
+LAYOUTS = ('data', 'replicas', 'workers')
 
-  `data` is the whole training split, replicated; `idx` holds the global
-  batch indices of S consecutive steps, sharded over DATA along the batch.
-  With `replicas`, the state has a leading seed axis, idx is [S, R, B] and the
-  step is vmapped over the seeds. The state is donated.
+
+def make_train_chunk(step_fn, mesh, layout='data'):
+  """jit(shard_map(scan(step_fn))): (state, data, idx) -> (state, metrics [S, ...]).
+
+  `data` is the whole training split, replicated; `idx` holds the batch
+  indices of S consecutive steps. The state is donated. Layouts:
+    data      one model, state replicated; idx [S, B] sharded over DATA on B.
+    replicas  a leading seed axis on the state (replicated), vmapped; idx
+              [S, R, B] sharded on B: every seed's batch is split over devices.
+    workers   a leading worker axis on the state, sharded over DATA (K/D
+              workers per device, vmapped); idx [S, K, b] sharded on K: each
+              worker steps on its own batch; no collective inside the step.
   """
+  if layout not in LAYOUTS:
+    raise ValueError(f'unknown layout {layout!r}; choose one of {LAYOUTS}')
+
   def one(state, data, idx):
-    if replicas:
-      return jax.vmap(lambda s, i: step_fn(s, gather(data, i)))(state, idx)
-    return step_fn(state, gather(data, idx))
+    if layout == 'data':
+      return step_fn(state, gather(data, idx))
+    return jax.vmap(lambda s, i: step_fn(s, gather(data, i)))(state, idx)
 
   def chunk(state, data, idx):
     if idx.shape[0] == 1:
@@ -133,10 +152,13 @@ def make_train_chunk(step_fn, mesh, replicas=False):
       return state, jax.tree.map(lambda m: m[None], metrics)
     return jax.lax.scan(lambda s, i: one(s, data, i), state, idx)
 
-  idx_spec = P(None, None, DATA) if replicas else P(None, DATA)
+  state_spec = P(DATA) if layout == 'workers' else P()
+  idx_spec = {'data': P(None, DATA), 'replicas': P(None, None, DATA),
+              'workers': P(None, DATA)}[layout]
+  metrics_spec = P(None, DATA) if layout == 'workers' else P()
   # check_vma=False: gradients are per-device values until the explicit pmean.
-  sharded = jax.shard_map(chunk, mesh=mesh, in_specs=(P(), P(), idx_spec),
-                          out_specs=(P(), P()), check_vma=False)
+  sharded = jax.shard_map(chunk, mesh=mesh, in_specs=(state_spec, P(), idx_spec),
+                          out_specs=(state_spec, metrics_spec), check_vma=False)
   return jax.jit(sharded, donate_argnums=0)
 
 

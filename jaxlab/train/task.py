@@ -25,6 +25,8 @@ class Task:
   seeds: when set, `params` and `extra` carry a leading axis, one entry per
     seed, and the trainer runs all seeds together under `jax.vmap` (each
     seed with its own data order, augmentation and optimizer state).
+  workers: a jaxlab.parallel.local.LocalSpec: train K workers with their own
+    data shards and optimizer states, averaging parameters every J steps.
   controller: optional host-side controller with `init_extra()` (the initial
     TrainState.extra, e.g. learning-rate scales) and `observe(extra,
     first_step, metrics) -> extra`, called after every dispatch.
@@ -38,6 +40,7 @@ class Task:
   grad_fn: Callable[..., Any] | None = None
   extra: Any = None
   seeds: tuple[int, ...] | None = None
+  workers: Any = None
   controller: Any = None
 
   def initial_extra(self):

@@ -1,0 +1,128 @@
+"""Local SGD and its relatives over a worker axis sharded on the device mesh (SPEC §4).
+
+K workers, each with its own contiguous shard of the training set, its own
+parameters and optimizer state (a leading worker axis, K/D workers per device,
+vmapped). Every J local steps the parameters (only) are averaged with `pmean`:
+  local_sgd   x ← x̄
+  slowmo      u ← β·u + (x₀ − x̄)/lr;  x ← x₀ − α·lr·u   (α = 1, β = 0 is local SGD)
+  diloco      x ← x₀ + OuterOpt(x₀ − x̄)   (outer Nesterov SGD on the pseudo-gradient;
+              the inner optimizer is whatever optim.name says, AdamW in DiLoCo)
+  post_local  synchronous averaging after every step until `switch_step`, then every J
+x₀ is the parameters at the start of the round (kept in TrainState.extra).
+"""
+
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import PartitionSpec as P
+
+from jaxlab.parallel.mesh import DATA
+
+METHODS = ('local_sgd', 'slowmo', 'diloco', 'post_local')
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalSpec:
+  workers: int
+  sync_every: int = 16
+  method: str = 'local_sgd'
+  slowmo_alpha: float = 1.0
+  slowmo_beta: float = 0.0
+  outer_lr: float = 0.7
+  outer_momentum: float = 0.9
+  outer_nesterov: bool = True
+  switch_step: int = 0
+  inner_lr: Callable[[jax.Array], jax.Array] | None = None  # SlowMo's lr(step)
+
+  def __post_init__(self):
+    if self.method not in METHODS:
+      raise ValueError(f'unknown local method {self.method!r}; choose one of {", ".join(METHODS)}')
+    if self.workers < 1 or self.sync_every < 1:
+      raise ValueError('local.workers and local.sync_every must be at least 1')
+
+  def outer_tx(self):
+    return optax.sgd(self.outer_lr, momentum=self.outer_momentum or None,
+                     nesterov=self.outer_nesterov and bool(self.outer_momentum))
+
+  def averages_after(self, step):
+    """Whether the parameters are averaged once `step` steps are done."""
+    if self.method == 'post_local' and step <= self.switch_step:
+      return True
+    return step % self.sync_every == 0
+
+  def next_average(self, step):
+    """The first step count after `step` at which an average happens."""
+    if self.method == 'post_local' and step < self.switch_step:
+      return step + 1
+    return (step // self.sync_every + 1) * self.sync_every
+
+  def init_extra(self, params):
+    """Outer state for one worker: the round's anchor x₀ and the outer optimizer's state."""
+    extra = {'anchor': params}
+    if self.method == 'slowmo':
+      extra['slowmo_u'] = jax.tree.map(jnp.zeros_like, params)
+    if self.method == 'diloco':
+      extra['outer'] = self.outer_tx().init(params)
+    return extra
+
+
+class WorkerIndices:
+  """Batch indices [n, K, b]: worker k draws from its contiguous shard, its own order per epoch."""
+
+  def __init__(self, key, num_examples, workers, batch_size):
+    from jaxlab.data.pipeline import EpochIndices
+    self.shard = num_examples // workers
+    self.workers = [EpochIndices(jax.random.fold_in(key, k), self.shard, batch_size)
+                    for k in range(workers)]
+    self.steps_per_epoch = self.workers[0].steps_per_epoch
+
+  def chunk(self, step, n):
+    return np.stack([k * self.shard + w.chunk(step, n) for k, w in enumerate(self.workers)],
+                    axis=1).astype(np.int32)
+
+
+def worker_state(state, workers):
+  """K copies of one state: identical parameters, one PRNG key per worker."""
+  stacked = jax.tree.map(lambda x: jnp.broadcast_to(x, (workers, *x.shape)), state)
+  return stacked.replace(rng=jax.vmap(lambda k: jax.random.fold_in(state.rng, k))(
+      jnp.arange(workers)))
+
+
+def make_average(spec, mesh):
+  """jit(shard_map): the state with every worker's params set to the round's result.
+
+  The state carries the worker axis, sharded over DATA; the mean over workers
+  is a local mean followed by `pmean` across devices. Optimizer states are
+  not touched (SPEC: the parameters only are averaged).
+  """
+
+  def average(state):
+    k_local = jax.tree.leaves(state.params)[0].shape[0]
+    first = lambda tree: jax.tree.map(lambda x: x[0], tree)  # identical on every worker
+    spread = lambda tree: jax.tree.map(lambda x: jnp.broadcast_to(x, (k_local, *x.shape)), tree)
+    xbar = jax.tree.map(lambda x: jax.lax.pmean(jnp.mean(x, axis=0), DATA), state.params)
+    extra = dict(state.extra)
+    if spec.method in ('local_sgd', 'post_local'):
+      new = xbar
+    elif spec.method == 'slowmo':
+      x0, u = first(extra['anchor']), first(extra['slowmo_u'])
+      lr = spec.inner_lr(state.step[0])
+      u = jax.tree.map(lambda u, a, b: spec.slowmo_beta * u + (a - b) / lr, u, x0, xbar)
+      new = jax.tree.map(lambda a, u: a - spec.slowmo_alpha * lr * u, x0, u)
+      extra['slowmo_u'] = spread(u)
+    else:  # diloco
+      x0 = first(extra['anchor'])
+      pseudo_grad = jax.tree.map(lambda a, b: a - b, x0, xbar)
+      updates, outer = spec.outer_tx().update(pseudo_grad, first(extra['outer']), x0)
+      new = optax.apply_updates(x0, updates)
+      extra['outer'] = spread(outer)
+    extra['anchor'] = spread(new)
+    return state.replace(params=spread(new), extra=extra)
+
+  sharded = jax.shard_map(average, mesh=mesh, in_specs=(P(DATA),), out_specs=P(DATA),
+                          check_vma=False)
+  return jax.jit(sharded, donate_argnums=0)
