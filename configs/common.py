@@ -18,11 +18,11 @@ def base_config():
   # resize 0 keeps the data's size; normalization: none | half | cifar10 | cifar100 | imagenet.
   c.augment = ml_collections.ConfigDict(dict(
       resize=0, crop_padding=0, flip=False, normalization='half'))
-  # name: sgdm | adamw. schedule: constant | cosine | warmup_cosine (floor = lr_floor · lr).
+  # name: sgd | sgdm | adamw | lars | lamb. schedule: constant | cosine | warmup_cosine (floor = lr_floor · lr).
   # groups: per-label overrides {label: {lr, weight_decay}} of the partition rules' labels.
   c.optim = ml_collections.ConfigDict(dict(
       name='sgdm', lr=0.01, weight_decay=0.0, momentum=0.9, nesterov=False,
-      b1=0.9, b2=0.999, eps=1e-8, schedule='cosine', warmup_epochs=0.0, lr_floor=0.0,
+      b1=0.9, b2=0.999, eps=1e-8, trust_coefficient=0.001, schedule='cosine', warmup_epochs=0.0, lr_floor=0.0,
       groups=ml_collections.ConfigDict()))
   # steps_per_dispatch: steps fused in one jitted lax.scan (raise it for small models).
   c.train = ml_collections.ConfigDict(dict(

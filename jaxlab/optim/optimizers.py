@@ -13,7 +13,7 @@ import optax
 
 from jaxlab.optim.schedules import make_schedule
 
-OPTIMIZERS = ('sgdm', 'adamw')
+OPTIMIZERS = ('sgd', 'sgdm', 'adamw', 'lars', 'lamb')
 
 
 def scale_by_global_schedule(schedule, label):
@@ -33,16 +33,34 @@ def scale_by_global_schedule(schedule, label):
   return optax.GradientTransformationExtraArgs(init, update)
 
 
-def _direction(name, weight_decay, cfg):
-  """The optimizer without its learning rate (the update for lr = -1)."""
+def matrices_only(params):
+  """True for weight matrices and kernels, False for biases and norm scales (ndim ≤ 1)."""
+  return jax.tree.map(lambda x: x.ndim > 1, params)
+
+
+def _around_lr(name, weight_decay, cfg):
+  """(before, after): the optimizer's transforms before and after the learning-rate scaling."""
+  if name == 'sgd':
+    return optax.add_decayed_weights(weight_decay), optax.identity()
   if name == 'sgdm':
     # PyTorch SGD: decay added to the gradient, then momentum (buf = m·buf + g).
-    return optax.chain(optax.add_decayed_weights(weight_decay),
-                       optax.trace(cfg.momentum, nesterov=cfg.nesterov))
+    return (optax.chain(optax.add_decayed_weights(weight_decay),
+                        optax.trace(cfg.momentum, nesterov=cfg.nesterov)), optax.identity())
   if name == 'adamw':
     # AdamW: Adam direction plus decoupled decay, both scaled by the lr.
-    return optax.chain(optax.scale_by_adam(cfg.b1, cfg.b2, cfg.eps),
-                       optax.add_decayed_weights(weight_decay))
+    return (optax.chain(optax.scale_by_adam(cfg.b1, cfg.b2, cfg.eps),
+                        optax.add_decayed_weights(weight_decay)), optax.identity())
+  if name == 'lars':
+    # optax.lars: decay and trust ratio skip biases and norms; momentum after the lr.
+    return (optax.chain(optax.add_decayed_weights(weight_decay, mask=matrices_only),
+                        optax.masked(optax.scale_by_trust_ratio(trust_coefficient=cfg.trust_coefficient),
+                                     matrices_only)),
+            optax.trace(cfg.momentum, nesterov=cfg.nesterov))
+  if name == 'lamb':
+    # optax.lamb: Adam direction + decay (matrices), then the trust ratio ‖w‖/‖u‖.
+    return (optax.chain(optax.scale_by_adam(cfg.b1, cfg.b2, cfg.eps),
+                        optax.add_decayed_weights(weight_decay, mask=matrices_only),
+                        optax.masked(optax.scale_by_trust_ratio(), matrices_only)), optax.identity())
   raise ValueError(f'unknown optimizer {name!r}; choose one of {", ".join(OPTIMIZERS)}')
 
 
@@ -66,8 +84,8 @@ def make_optimizer(optim_cfg, labels, total_steps, steps_per_epoch):
   for label in sorted(set(jax.tree.leaves(labels))):
     lr, wd = group_settings(optim_cfg, label)
     schedule = make_schedule(optim_cfg.schedule, lr, total_steps, warmup, optim_cfg.lr_floor)
-    transforms[label] = optax.chain(_direction(optim_cfg.name, wd, optim_cfg),
-                                    scale_by_global_schedule(schedule, label))
+    before, after = _around_lr(optim_cfg.name, wd, optim_cfg)
+    transforms[label] = optax.chain(before, scale_by_global_schedule(schedule, label), after)
   return optax.partition(transforms, labels)
 
 

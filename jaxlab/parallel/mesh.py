@@ -5,6 +5,7 @@ one entry and the collectives are no-ops.
 """
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -30,9 +31,12 @@ def replicate(tree, mesh):
   """Copies of every leaf on every device of the mesh.
 
   Always fresh buffers (never aliases of the input), so that donating the
-  result to a jitted step cannot delete arrays the caller still holds.
+  result to a jitted step cannot delete arrays the caller still holds. (An
+  explicit copy: with several devices, jax 0.10's device_put(may_alias=False)
+  still reuses the input's buffer for the first device.)
   """
-  return jax.device_put(tree, NamedSharding(mesh, P()), may_alias=False)
+  copied = jax.tree.map(lambda x: jnp.array(x, copy=True), tree)
+  return jax.device_put(copied, NamedSharding(mesh, P()))
 
 
 def shard_leading(tree, mesh, axis=0):
