@@ -32,6 +32,10 @@ def main(argv):
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   config = _CONFIG.value
+  simulate = config.get('simulated_cpu_devices', 0)
+  if simulate and 'jax' not in sys.modules:
+    os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                               f' --xla_force_host_platform_device_count={simulate}')
   from jaxlab import experiments  # after flag parsing: imports JAX
   experiments.validate(config)
   if config.distributed.initialize:

@@ -23,7 +23,8 @@ def base_config():
   c.optim = ml_collections.ConfigDict(dict(
       name='sgdm', lr=0.01, weight_decay=0.0, momentum=0.9, nesterov=False,
       b1=0.9, b2=0.999, eps=1e-8, trust_coefficient=0.001, schedule='cosine', warmup_epochs=0.0, lr_floor=0.0,
-      groups=ml_collections.ConfigDict()))
+      lr_scaling='none', base_batch=64, groups=ml_collections.ConfigDict()))
+  # lr_scaling: none | sqrt | linear — lr × (batch_size / base_batch) ** {0, 1/2, 1}.
   # steps_per_dispatch: steps fused in one jitted lax.scan (raise it for small models).
   c.train = ml_collections.ConfigDict(dict(
       batch_size=64, epochs=1, eval_batch_size=500, steps_per_dispatch=1,

@@ -35,7 +35,7 @@ def test_wrong_type_is_named():
 
 
 def test_unknown_variant_lists_variants():
-  with pytest.raises(ValueError, match='centralized_sgdm, centralized_adamw, quick'):
+  with pytest.raises(ValueError, match='centralized_sgdm, centralized_adamw, large_batch'):
     cli.load_config(os.path.join(ROOT, 'configs/distributed.py:nope'))
 
 
@@ -70,11 +70,17 @@ def test_launch_errors_are_one_clean_line(tmp_path):
 
 
 def test_quick_run_writes_its_files(tmp_path):
-  r = launch(f'--config={QUICK}', '--config.train.epochs=1', '--config.progress=false',
+  # The distributed quick run: synchronous data parallelism and local SGD on 4 simulated devices.
+  r = launch(f'--config={QUICK}', '--config.train.epochs=2', '--config.progress=false',
              f'--workdir={tmp_path}')
   assert r.returncode == 0, r.stderr[-2000:]
-  summary = json.load(open(tmp_path / 'summary.json'))
-  assert summary['steps'] == 22 and summary['eval_split'] == 'test'
-  assert summary['acc1'] > 0.5  # one epoch of LeNet on digits is far above chance (0.1)
-  assert os.path.exists(tmp_path / 'config.json') and os.listdir(tmp_path / 'checkpoints')
-  assert 'acc@1' in r.stdout
+  sync = json.load(open(tmp_path / 'sync' / 'summary.json'))
+  local = json.load(open(tmp_path / 'local_sgd' / 'summary.json'))
+  assert sync['num_devices'] == 4 and sync['steps'] == 2 * 22 and sync['eval_split'] == 'test'
+  # 4 workers, each on its own quarter of the 1437 training images: 5 steps of 64 per epoch.
+  assert local['workers'] == 4 and local['steps'] == 2 * 5 and local['comm_rounds'] == 2
+  assert sync['acc1'] > 0.5  # two epochs of LeNet on digits are far above chance (0.1)
+  for arm in ('sync', 'local_sgd'):
+    assert os.path.exists(tmp_path / arm / 'config.json')
+    assert os.listdir(tmp_path / arm / 'checkpoints')
+  assert os.path.exists(tmp_path / 'comparison.md') and '| local_sgd | 4 | 8 |' in r.stdout

@@ -1,30 +1,112 @@
-"""Distributed-learning family (SPEC §4): a small CNN trained from scratch.
+"""Distributed-learning family (SPEC §4): LeNet-5 on CIFAR-100.
 
-Today: the centralized, synchronous data-parallel baseline over every local
-device. Local SGD and its relatives build on the same trainer.
+The centralized (synchronous data-parallel) baseline over every local device,
+large-batch optimizers (LARS, LAMB) with the learning rate scaled by batch
+size, and local methods (local SGD, SlowMo, DiLoCo, post-local SGD) over a
+worker axis sharded on the mesh. `arms` runs several methods side by side
+(each in its own sub-workdir) and writes a comparison table.
 """
+
+import copy
+import os
 
 import jax.numpy as jnp
 
 from jaxlab import models
 from jaxlab.data.datasets import load_dataset
+from jaxlab.io.report import markdown_table
+from jaxlab.io.writers import write_json
+from jaxlab.optim.schedules import make_schedule
+from jaxlab.parallel.local import METHODS as LOCAL_METHODS, LocalSpec
 from jaxlab.train.loop import fit, run_keys
-from jaxlab.train.task import Task, flax_apply
 from jaxlab.train.report import print_summary
+from jaxlab.train.task import Task, flax_apply
+
+LR_SCALING = ('none', 'sqrt', 'linear')
+COLUMNS = (
+    ('arm', 'arm', '{}'),
+    ('workers (sync: devices)', 'workers', '{}'),
+    ('J', 'sync_every', '{}'),
+    ('acc@1', 'acc1', '{:.4f}'),
+    ('NLL', 'nll', '{:.4f}'),
+    ('img/s', 'throughput_img_s', '{:,.0f}'),
+    ('compute s', 'compute_time_s', '{:.2f}'),
+    ('comm s', 'comm_time_s', '{:.3f}'),
+    ('rounds', 'comm_rounds', '{}'),
+)
 
 
-def make_task(config, num_classes, image_shape):
+def scaled_lr(optim_cfg, batch_size):
+  """base lr × (B / base_batch) ** {0, 1/2, 1} for the none / sqrt / linear rule."""
+  rule = optim_cfg.lr_scaling
+  if rule not in LR_SCALING:
+    raise ValueError(f'unknown optim.lr_scaling {rule!r}; choose one of {", ".join(LR_SCALING)}')
+  power = {'none': 0.0, 'sqrt': 0.5, 'linear': 1.0}[rule]
+  return optim_cfg.lr * (batch_size / optim_cfg.base_batch) ** power
+
+
+def local_spec(config, steps_per_epoch):
+  lc = config.local
+  if lc.method == 'none':
+    return None
+  schedule = make_schedule(config.optim.schedule, config.optim.lr,
+                           config.train.epochs * steps_per_epoch,
+                           int(config.optim.warmup_epochs * steps_per_epoch), config.optim.lr_floor)
+  return LocalSpec(workers=lc.workers, sync_every=lc.sync_every, method=lc.method,
+                   slowmo_alpha=lc.slowmo_alpha, slowmo_beta=lc.slowmo_beta,
+                   outer_lr=lc.outer_lr, outer_momentum=lc.outer_momentum,
+                   switch_step=int(lc.switch_epochs * steps_per_epoch), inner_lr=schedule)
+
+
+def make_task(config, num_classes, image_shape, workers=None):
   """LeNet-style classifier with every parameter in one optimizer group."""
   model = models.build(config.model, num_classes)
   init_key, _, _ = run_keys(config.seed)
   params = model.init(init_key, jnp.zeros((1, *image_shape)), train=False)['params']
-  return Task(params=params, apply=flax_apply(model), rules=[('.*', 'base')])
+  return Task(params=params, apply=flax_apply(model), rules=[('.*', 'base')], workers=workers)
+
+
+def validate(config):
+  if config.local.method not in ('none', *LOCAL_METHODS):
+    raise ValueError(f'unknown local.method {config.local.method!r}; choose one of none, '
+                     f'{", ".join(LOCAL_METHODS)}')
+  scaled_lr(config.optim, config.train.batch_size)
+  bad = [arm for arm in config.arms if arm not in ('sync', *LOCAL_METHODS)]
+  if bad:
+    raise ValueError(f'unknown arms {bad}; choose from sync, {", ".join(LOCAL_METHODS)}')
+
+
+def run_one(config, workdir, dataset):
+  config = copy.deepcopy(config)
+  size = config.augment.resize or dataset.train.images.shape[1]
+  shape = (size, size, dataset.train.images.shape[3])
+  with config.unlocked():
+    config.optim.lr = scaled_lr(config.optim, config.train.batch_size)
+  workers = config.local.workers if config.local.method != 'none' else 1
+  spe = len(dataset.train.labels) // workers // config.train.batch_size
+  task = make_task(config, dataset.num_classes, shape, local_spec(config, spe))
+  summary, _ = fit(config, workdir, task, dataset, summary_extra={'lr': config.optim.lr})
+  return summary
 
 
 def run(config, workdir):
   dataset = load_dataset(config.data)
-  size = config.augment.resize or dataset.train.images.shape[1]
-  task = make_task(config, dataset.num_classes, (size, size, dataset.train.images.shape[3]))
-  summary, _ = fit(config, workdir, task, dataset)
-  print_summary(summary, workdir)
-  return summary
+  if not config.arms:
+    summary = run_one(config, workdir, dataset)
+    print_summary(summary, workdir)
+    return summary
+  rows = []
+  for arm in config.arms:
+    c = copy.deepcopy(config)
+    with c.unlocked():
+      c.local.method = 'none' if arm == 'sync' else arm
+    summary = run_one(c, os.path.join(workdir, arm), dataset)
+    rows.append({'arm': arm, 'workers': summary.get('workers', summary['num_devices']),
+                 **summary})
+  text = (f'# Synchronous data parallelism vs local methods on {config.data.name}\n\n'
+          + markdown_table(rows, COLUMNS) + '\n')
+  with open(os.path.join(workdir, 'comparison.md'), 'w') as f:
+    f.write(text)
+  write_json(os.path.join(workdir, 'comparison.json'), rows)
+  print('\n' + text)
+  return {'arms': rows}

@@ -153,7 +153,7 @@ def fit(config, workdir, task, dataset, *, mesh=None, on_chunk=None, summary_ext
         extra = task.controller.observe(jax.device_get(state.extra), step, metrics)
         state = state.replace(extra=place(extra))
       train_time, timed_steps, step = train_time + dt, timed_steps + n, stop
-      if workers is not None and workers.averages_after(step):
+      if workers is not None and (workers.averages_after(step) or step == total):  # end as one model
         t0 = time.perf_counter()
         state = jax.block_until_ready(average(state))
         comm_time, comm_rounds = comm_time + time.perf_counter() - t0, comm_rounds + 1
