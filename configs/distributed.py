@@ -17,6 +17,11 @@ Variants:
   diloco             inner AdamW (lr 5e-4), outer Nesterov SGD (lr 0.7, momentum 0.9), J 32.
   post_local         synchronous for the first 30 epochs, then local with J 16.
 
+Grid sweeps (resumable cell by cell; grid.md, grid.png):
+  python launch.py --config=configs/distributed.py \
+      --config.grid="optim.lr=0.005,0.01,0.05;optim.weight_decay=1e-4,4e-4" \
+      --config.data.validation_fraction=0.2
+
 quick runs the synchronous baseline and local SGD (J = 8) side by side on 4 simulated CPU
 devices and prints the comparison (about a minute). The first run of a sweep of these
 variants: --config.local.workers=8 --config.local.sync_every=32.
@@ -40,6 +45,8 @@ def centralized_sgdm():
   # arms: several methods side by side ('sync' or a local.method), e.g. ('sync', 'local_sgd').
   c.arms = ('sync',)
   c.arms = ()
+  # grid: 'optim.lr=0.005,0.01,0.05;optim.weight_decay=1e-4,4e-4' runs every combination.
+  c.grid = ''
   # Simulate this many CPU devices when there is no accelerator (set before JAX starts).
   c.simulated_cpu_devices = 0
   c.data.name = 'cifar100'

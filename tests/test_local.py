@@ -206,3 +206,37 @@ def test_large_batch_optimizers_match_numpy(name, reference):
     # catastrophically in fp32 (relative error ~1e-5 at t = 2).
     np.testing.assert_allclose(ours[k], want[k], rtol=5e-5, atol=1e-7, err_msg=f'{name} {k}')
   assert not np.allclose(ours['kernel'], PARAMS['dense']['kernel'])
+
+
+def test_grid_sweep_resumes_cell_by_cell(tmp_path, monkeypatch):
+  from configs import distributed as dist_config
+  from jaxlab.data.datasets import Dataset, Split, load_dataset
+  from jaxlab.experiments import distributed
+  d = load_dataset(dist_config.get_config('quick').data)
+  small = Dataset(name='digits', train=Split(d.train.images[:64], d.train.labels[:64]),
+                  test=Split(d.test.images[:32], d.test.labels[:32]), num_classes=10,
+                  eval_split='test')
+  monkeypatch.setattr(distributed, 'load_dataset', lambda _: small)
+  c = dist_config.get_config('quick')
+  c.progress = False
+  c.arms = ()
+  c.train.update(batch_size=16, epochs=1, eval_batch_size=8)
+  c.grid = 'optim.lr=0.01,0.1;optim.weight_decay=0.0,0.001'
+  real_fit = distributed.fit
+  calls = []
+
+  def fit(config, workdir, *a, **kw):
+    calls.append(workdir.rsplit('/', 1)[1])
+    if len(calls) == 3:
+      raise KeyboardInterrupt('killed')
+    return real_fit(config, workdir, *a, mesh=make_mesh(jax.devices()[:1]), **kw)
+
+  monkeypatch.setattr(distributed, 'fit', fit)
+  with pytest.raises(KeyboardInterrupt):
+    distributed.run(c, str(tmp_path))
+  calls.clear()
+  results = distributed.run(c, str(tmp_path))
+  assert calls == ['lr=0.1_weight_decay=0.0', 'lr=0.1_weight_decay=0.001']
+  assert len(results['cells']) == 4
+  assert {r['optim.lr'] for r in results['cells'].values()} == {0.01, 0.1}
+  assert (tmp_path / 'grid.md').exists() and (tmp_path / 'grid.png').exists()

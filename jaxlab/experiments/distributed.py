@@ -4,10 +4,12 @@ The centralized (synchronous data-parallel) baseline over every local device,
 large-batch optimizers (LARS, LAMB) with the learning rate scaled by batch
 size, and local methods (local SGD, SlowMo, DiLoCo, post-local SGD) over a
 worker axis sharded on the mesh. `arms` runs several methods side by side
-(each in its own sub-workdir) and writes a comparison table.
+(each in its own sub-workdir) and writes a comparison table; `grid` runs a
+resumable grid (e.g. lr × wd × batch) and writes a table and a figure.
 """
 
 import copy
+import functools
 import os
 
 import jax.numpy as jnp
@@ -20,6 +22,7 @@ from jaxlab.optim.schedules import make_schedule
 from jaxlab.parallel.local import METHODS as LOCAL_METHODS, LocalSpec
 from jaxlab.train.loop import fit, run_keys
 from jaxlab.train.report import print_summary
+from jaxlab.train.sweep import apply_overrides, cell_name, parse_grid, run_cells
 from jaxlab.train.task import Task, flax_apply
 
 LR_SCALING = ('none', 'sqrt', 'linear')
@@ -71,6 +74,8 @@ def validate(config):
     raise ValueError(f'unknown local.method {config.local.method!r}; choose one of none, '
                      f'{", ".join(LOCAL_METHODS)}')
   scaled_lr(config.optim, config.train.batch_size)
+  for overrides in parse_grid(config.grid):  # fields and literals checked before any run
+    apply_overrides(copy.deepcopy(config), overrides)
   bad = [arm for arm in config.arms if arm not in ('sync', *LOCAL_METHODS)]
   if bad:
     raise ValueError(f'unknown arms {bad}; choose from sync, {", ".join(LOCAL_METHODS)}')
@@ -89,8 +94,59 @@ def run_one(config, workdir, dataset):
   return summary
 
 
+def run_grid(config, workdir, dataset):
+  """Every cell of `config.grid` (resumable): grid.json, grid.md and grid.png."""
+  grid = parse_grid(config.grid)
+  fields = list(grid[0])
+
+  def cell(overrides):
+    c = apply_overrides(copy.deepcopy(config), overrides)
+    with c.unlocked():
+      c.grid = ''
+    summary = run_one(c, os.path.join(workdir, 'cells', cell_name(overrides)), dataset)
+    return {**overrides, **{k: summary[k] for k in ('acc1', 'nll', 'ece', 'throughput_img_s',
+                                                     'avg_step_time_s', 'lr')}}
+
+  results = run_cells(os.path.join(workdir, 'grid.json'),
+                      [(cell_name(o), functools.partial(cell, o)) for o in grid])
+  rows = [results['cells'][cell_name(o)] for o in grid]
+  columns = [(f, f, '{}') for f in fields] + [
+      ('lr (scaled)', 'lr', '{:.4g}'), (f'{dataset.eval_split} acc@1', 'acc1', '{:.4f}'),
+      ('NLL', 'nll', '{:.4f}'), ('img/s', 'throughput_img_s', '{:,.0f}')]
+  text = (f'# Grid on {config.data.name}: {config.grid}\n\n' + markdown_table(rows, columns)
+          + '\n')
+  with open(os.path.join(workdir, 'grid.md'), 'w') as f:
+    f.write(text)
+  plot_grid(rows, fields, os.path.join(workdir, 'grid.png'), dataset.eval_split)
+  print('\n' + text)
+  return results
+
+
+def plot_grid(rows, fields, path, split):
+  """Accuracy against the first grid field, one line per combination of the others."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+  x, rest = fields[0], fields[1:]
+  for key in sorted({tuple(r[f] for f in rest) for r in rows}, key=str):
+    pts = sorted((r[x], r['acc1']) for r in rows if tuple(r[f] for f in rest) == key)
+    label = ', '.join(f'{f.rsplit(".", 1)[-1]}={v}' for f, v in zip(rest, key)) or 'acc@1'
+    ax.plot(*zip(*pts), marker='o', label=label)
+  if all(isinstance(r[x], (int, float)) and r[x] > 0 for r in rows):
+    ax.set_xscale('log')
+  ax.set(xlabel=x, ylabel=f'{split} acc@1', title='grid sweep')
+  ax.grid(True, alpha=0.3)
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+
+
 def run(config, workdir):
   dataset = load_dataset(config.data)
+  if config.grid:
+    return run_grid(config, workdir, dataset)
   if not config.arms:
     summary = run_one(config, workdir, dataset)
     print_summary(summary, workdir)

@@ -21,6 +21,7 @@ from jaxlab.io.report import markdown_table
 from jaxlab.io.writers import write_json
 from jaxlab.peft.partition import merge
 from jaxlab.train.loop import fit, run_keys
+from jaxlab.train.sweep import run_cells
 from jaxlab.train.task import Task
 
 # SPEC §2 reference: CIFAR-10 test accuracy, mean ± std over seeds {42, 123, 456}.
@@ -130,31 +131,18 @@ def run(config, workdir):
   dataset = load_dataset(config.data)
   image_shape = dataset.train.images.shape[1:]
   os.makedirs(workdir, exist_ok=True)
-  results_path = os.path.join(workdir, 'ladder.json')
-  results = _read(results_path)
   identity = identity_check(config, dataset, image_shape)
   write_json(os.path.join(workdir, 'identity_check.json'), identity)
-  for rule, k in cells(config):
-    name = cell_name(rule, k)
-    if name in results['cells']:
-      print(f'{name}: done earlier (acc {results["cells"][name]["mean"]:.4f}), skipped')
-      continue
-    results['cells'][name] = run_cell(config, workdir, dataset, rule, k, image_shape)
-    write_json(results_path, results)  # atomic: a kill loses no finished cell
+  results = run_cells(os.path.join(workdir, 'ladder.json'), [
+      (cell_name(rule, k), functools.partial(run_cell, config, workdir, dataset, rule, k,
+                                             image_shape))
+      for rule, k in cells(config)])
   text = report(config, results, identity)
   with open(os.path.join(workdir, 'ladder.md'), 'w') as f:
     f.write(text)
   plot(config, results, os.path.join(workdir, 'ladder.png'))
   print('\n' + text)
   return results
-
-
-def _read(path):
-  import json
-  if os.path.exists(path):
-    with open(path) as f:
-      return json.load(f)
-  return {'cells': {}}
 
 
 def report(config, results, identity):
