@@ -16,8 +16,11 @@ def base_config():
       validation_fraction=0.0, split_seed=0))
   c.model = ml_collections.ConfigDict(dict(name='lenet5'))
   # resize 0 keeps the data's size; normalization: none | half | cifar10 | cifar100 | imagenet.
+  # rotation: max degrees; perspective: distortion scale, applied with probability perspective_p;
+  # color_jitter: (brightness, contrast, saturation, hue). 0 turns each off.
   c.augment = ml_collections.ConfigDict(dict(
-      resize=0, crop_padding=0, flip=False, normalization='half'))
+      resize=0, crop_padding=0, flip=False, normalization='half', rotation=0.0,
+      perspective=0.0, perspective_p=0.5, color_jitter=(0.0, 0.0, 0.0, 0.0)))
   # name: sgd | sgdm | adamw | lars | lamb. schedule: constant | cosine | warmup_cosine (floor = lr_floor · lr).
   # groups: per-label overrides {label: {lr, weight_decay}} of the partition rules' labels.
   c.optim = ml_collections.ConfigDict(dict(

@@ -8,6 +8,8 @@ Variants:
                      (default): python launch.py --config=configs/distributed.py
                      SPEC: best ≈ 53–55% CIFAR-100 test accuracy.
   centralized_adamw  AdamW lr 5e-4, wd 4e-4, otherwise the same; SPEC: ≈ 50% test.
+  sgdm_augmented, adamw_augmented   the same with the write-up's SGDM / AdamW augmentation sets
+                     (aug_set; default is 'basic': crop 32 pad 4, flip).
   large_batch        LARS at batch 8192, lr = 0.01·sqrt(B/64), 5 warm-up epochs then cosine
                      (--config.optim.name=lamb for LAMB); SPEC at B = 8192: LARS 30.9%,
                      LAMB 40.6–45.0% test.
@@ -45,6 +47,9 @@ def centralized_sgdm():
   # arms: several methods side by side ('sync' or a local.method), e.g. ('sync', 'local_sgd').
   c.arms = ('sync',)
   c.arms = ()
+  # aug_set: '' (the augment fields as set) | basic | adamw (+ colour jitter 0.2/0.2/0.2/0.1)
+  # | sgdm (+ rotation 15°, perspective 0.2 p 0.5, colour jitter 0.3/0.3/0.3/0.2).
+  c.aug_set = 'basic'
   # grid: 'optim.lr=0.005,0.01,0.05;optim.weight_decay=1e-4,4e-4' runs every combination.
   c.grid = ''
   # Simulate this many CPU devices when there is no accelerator (set before JAX starts).
@@ -63,6 +68,18 @@ def centralized_sgdm():
 def centralized_adamw():
   c = centralized_sgdm()
   c.optim.update(name='adamw', lr=5e-4, weight_decay=4e-4)
+  return c
+
+
+def sgdm_augmented():
+  c = centralized_sgdm()
+  c.aug_set = 'sgdm'
+  return c
+
+
+def adamw_augmented():
+  c = centralized_adamw()
+  c.aug_set = 'adamw'
   return c
 
 
@@ -104,6 +121,7 @@ def post_local():
 def quick():
   c = centralized_sgdm()
   c.data.name = 'digits'
+  c.aug_set = ''
   c.simulated_cpu_devices = 4
   c.augment.update(crop_padding=2, flip=False, normalization='half')
   c.optim.update(lr=0.05)
@@ -117,6 +135,8 @@ def quick():
 VARIANTS = {
     'centralized_sgdm': centralized_sgdm,
     'centralized_adamw': centralized_adamw,
+    'sgdm_augmented': sgdm_augmented,
+    'adamw_augmented': adamw_augmented,
     'large_batch': large_batch,
     'local_sgd': local_sgd,
     'slowmo': slowmo,

@@ -68,3 +68,36 @@ def test_eval_preprocess_normalises():
 def test_unknown_normalization_names_choices():
   with pytest.raises(ValueError, match='cifar100'):
     augment.make_train_augment(cfg(normalization='nope'))
+
+
+def test_rotation_by_90_degrees_is_rot90():
+  x = augment.to_float(images(1)[0])
+  out = np.asarray(augment.rotate(x, 90.0))
+  np.testing.assert_allclose(out, np.rot90(np.asarray(x), k=1), atol=1e-5)
+  np.testing.assert_allclose(np.asarray(augment.rotate(x, 0.0)), x, atol=1e-6)
+
+
+def test_perspective_with_corners_in_place_is_identity():
+  x = augment.to_float(images(1)[0])
+  corners = jnp.array([[0, 0], [7, 0], [7, 7], [0, 7]], jnp.float32)
+  np.testing.assert_allclose(augment._homography(corners, corners), np.eye(3), atol=1e-5)
+  out = augment.random_perspective(jax.random.PRNGKey(0), x, 1e-7, 1.0)
+  np.testing.assert_allclose(np.asarray(out), x, atol=1e-4)
+
+
+def test_color_adjustments_match_their_definitions():
+  x = augment.to_float(images(1)[0])
+  np.testing.assert_allclose(augment.adjust_color(x), x, atol=1e-5)  # neutral factors
+  np.testing.assert_allclose(augment.adjust_color(x, brightness=0.5), np.asarray(x) * 0.5,
+                             atol=1e-6)
+  gray = np.asarray(x) @ np.array([0.299, 0.587, 0.114])
+  np.testing.assert_allclose(augment.adjust_color(x, saturation=0.0),
+                             np.repeat(gray[..., None], 3, -1), atol=1e-5)
+
+
+def test_full_sgdm_set_is_deterministic_and_in_range():
+  c = cfg(rotation=15.0, perspective=0.2, perspective_p=0.5, color_jitter=(0.3, 0.3, 0.3, 0.2))
+  fn = jax.jit(augment.make_train_augment(c))
+  a, b = fn(keys(8), images()), fn(keys(8), images())
+  np.testing.assert_array_equal(a, b)
+  assert a.shape == (8, 8, 8, 3) and float(a.min()) >= 0 and float(a.max()) <= 1

@@ -35,7 +35,7 @@ def test_wrong_type_is_named():
 
 
 def test_unknown_variant_lists_variants():
-  with pytest.raises(ValueError, match='centralized_sgdm, centralized_adamw, large_batch'):
+  with pytest.raises(ValueError, match='centralized_sgdm, centralized_adamw, sgdm_augmented'):
     cli.load_config(os.path.join(ROOT, 'configs/distributed.py:nope'))
 
 

@@ -26,6 +26,15 @@ from jaxlab.train.sweep import apply_overrides, cell_name, parse_grid, run_cells
 from jaxlab.train.task import Task, flax_apply
 
 LR_SCALING = ('none', 'sqrt', 'linear')
+# SPEC §4 augmentation sets on top of the config's crop / flip / normalisation.
+AUG_SETS = {
+    'basic': dict(crop_padding=4, flip=True, rotation=0.0, perspective=0.0,
+                  color_jitter=(0.0, 0.0, 0.0, 0.0)),
+    'adamw': dict(crop_padding=4, flip=True, rotation=0.0, perspective=0.0,
+                  color_jitter=(0.2, 0.2, 0.2, 0.1)),
+    'sgdm': dict(crop_padding=4, flip=True, rotation=15.0, perspective=0.2, perspective_p=0.5,
+                 color_jitter=(0.3, 0.3, 0.3, 0.2)),
+}
 COLUMNS = (
     ('arm', 'arm', '{}'),
     ('workers (sync: devices)', 'workers', '{}'),
@@ -74,6 +83,8 @@ def validate(config):
     raise ValueError(f'unknown local.method {config.local.method!r}; choose one of none, '
                      f'{", ".join(LOCAL_METHODS)}')
   scaled_lr(config.optim, config.train.batch_size)
+  if config.aug_set not in ('', *AUG_SETS):
+    raise ValueError(f'unknown aug_set {config.aug_set!r}; choose one of "", {", ".join(AUG_SETS)}')
   for overrides in parse_grid(config.grid):  # fields and literals checked before any run
     apply_overrides(copy.deepcopy(config), overrides)
   bad = [arm for arm in config.arms if arm not in ('sync', *LOCAL_METHODS)]
@@ -87,6 +98,8 @@ def run_one(config, workdir, dataset):
   shape = (size, size, dataset.train.images.shape[3])
   with config.unlocked():
     config.optim.lr = scaled_lr(config.optim, config.train.batch_size)
+    if config.aug_set:
+      config.augment.update(AUG_SETS[config.aug_set])
   workers = config.local.workers if config.local.method != 'none' else 1
   spe = len(dataset.train.labels) // workers // config.train.batch_size
   task = make_task(config, dataset.num_classes, shape, local_spec(config, spe))
