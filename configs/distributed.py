@@ -43,7 +43,8 @@ def centralized_sgdm():
   # sync_every: J local steps between parameter averages; switch_epochs: post-local's switch.
   c.local = ml_collections.ConfigDict(dict(
       method='none', workers=4, sync_every=16, slowmo_alpha=1.0, slowmo_beta=0.0,
-      outer_lr=0.7, outer_momentum=0.9, switch_epochs=0.0))
+      outer_lr=0.7, outer_momentum=0.9, switch_epochs=0.0, dynamic_alpha=0.0))
+  # dynamic_alpha > 0: adaptive rounds H = clip(α·G/(σ² + 1e-6), 4, 64) (see parallel/local.py).
   # arms: several methods side by side ('sync' or a local.method), e.g. ('sync', 'local_sgd').
   c.arms = ('sync',)
   c.arms = ()

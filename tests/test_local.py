@@ -240,3 +240,25 @@ def test_grid_sweep_resumes_cell_by_cell(tmp_path, monkeypatch):
   assert len(results['cells']) == 4
   assert {r['optim.lr'] for r in results['cells'].values()} == {0.01, 0.1}
   assert (tmp_path / 'grid.md').exists() and (tmp_path / 'grid.png').exists()
+
+
+def test_dynamic_local_steps_follow_the_formula(world):
+  """After a round, H = clip(α·‖mean d‖²/(mean ‖d_k − mean d‖² + 1e-6), 4, 64), d_k = x₀ − x_k."""
+  task, data, idx = world
+  tx = make_tx(task, 'sgdm')
+  mesh = make_mesh(jax.devices()[:4])
+  for alpha in (1.0, 1e3):
+    spec = LocalSpec(workers=K, sync_every=2, dynamic_alpha=alpha)
+    one = TrainState.create(task.params, {}, tx, jax.random.PRNGKey(1), spec.init_extra(task.params))
+    state = shard_leading(worker_state(one, K), mesh)
+    chunk = make_train_chunk(step_fn(task, tx, None), mesh, 'workers')
+    state, _ = chunk(state, replicate(data, mesh), shard_leading(idx[:2], mesh, axis=1))
+    xs = [np.concatenate([np.ravel(v[k]) for v in jax.tree.leaves(jax.device_get(state.params))])
+          for k in range(K)]
+    x0 = np.concatenate([np.ravel(v) for v in jax.tree.leaves(task.params)])
+    d = np.stack([x0 - x for x in xs]).astype(np.float64)
+    signal = np.sum(d.mean(0) ** 2)
+    spread = np.mean(np.sum((d - d.mean(0)) ** 2, axis=1))
+    want = 2 + int(np.clip(np.round(alpha * signal / (spread + 1e-6)), 4, 64))
+    state = make_average(spec, mesh)(state)
+    assert set(np.asarray(jax.device_get(state.extra['next_sync'])).tolist()) == {want}

@@ -67,7 +67,8 @@ def local_spec(config, steps_per_epoch):
   return LocalSpec(workers=lc.workers, sync_every=lc.sync_every, method=lc.method,
                    slowmo_alpha=lc.slowmo_alpha, slowmo_beta=lc.slowmo_beta,
                    outer_lr=lc.outer_lr, outer_momentum=lc.outer_momentum,
-                   switch_step=int(lc.switch_epochs * steps_per_epoch), inner_lr=schedule)
+                   switch_step=int(lc.switch_epochs * steps_per_epoch), inner_lr=schedule,
+                   dynamic_alpha=lc.dynamic_alpha)
 
 
 def make_task(config, num_classes, image_shape, workers=None):

@@ -9,6 +9,11 @@ vmapped). Every J local steps the parameters (only) are averaged with `pmean`:
               the inner optimizer is whatever optim.name says, AdamW in DiLoCo)
   post_local  synchronous averaging after every step until `switch_step`, then every J
 x₀ is the parameters at the start of the round (kept in TrainState.extra).
+With dynamic_alpha = α > 0 the round length adapts: after each average
+H = clip(α·G/(σ² + 1e-6), 4, 64), where, over the round's pseudo-gradients
+d_k = x₀ − x_k of the workers, G = ‖mean_k d_k‖² and σ² = mean_k ‖d_k − mean d‖²
+(the workers' gradient signal against their disagreement); the next average
+is H steps later (TrainState.extra['next_sync'], so a resumed run agrees).
 """
 
 import dataclasses
@@ -36,6 +41,8 @@ class LocalSpec:
   outer_momentum: float = 0.9
   outer_nesterov: bool = True
   switch_step: int = 0
+  dynamic_alpha: float = 0.0
+  dynamic_range: tuple[int, int] = (4, 64)
   inner_lr: Callable[[jax.Array], jax.Array] | None = None  # SlowMo's lr(step)
 
   def __post_init__(self):
@@ -62,7 +69,7 @@ class LocalSpec:
 
   def init_extra(self, params):
     """Outer state for one worker: the round's anchor x₀ and the outer optimizer's state."""
-    extra = {'anchor': params}
+    extra = {'anchor': params, 'next_sync': jnp.int32(self.sync_every)}
     if self.method == 'slowmo':
       extra['slowmo_u'] = jax.tree.map(jnp.zeros_like, params)
     if self.method == 'diloco':
@@ -106,6 +113,16 @@ def make_average(spec, mesh):
     spread = lambda tree: jax.tree.map(lambda x: jnp.broadcast_to(x, (k_local, *x.shape)), tree)
     xbar = jax.tree.map(lambda x: jax.lax.pmean(jnp.mean(x, axis=0), DATA), state.params)
     extra = dict(state.extra)
+    if spec.dynamic_alpha:
+      x0 = first(extra['anchor'])
+      signal = sum(jnp.sum(jnp.square(a - b)) for a, b in
+                   zip(jax.tree.leaves(x0), jax.tree.leaves(xbar)))  # ‖mean_k d_k‖²
+      spread_sq = sum(jax.lax.pmean(jnp.mean(jnp.sum(jnp.square(x - b).reshape(x.shape[0], -1),
+                                                     axis=1)), DATA)
+                      for x, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(xbar)))
+      lo, hi = spec.dynamic_range
+      h = jnp.clip(jnp.round(spec.dynamic_alpha * signal / (spread_sq + 1e-6)), lo, hi)
+      extra['next_sync'] = jnp.broadcast_to(state.step[0] + h.astype(jnp.int32), (k_local,))
     if spec.method in ('local_sgd', 'post_local'):
       new = xbar
     elif spec.method == 'slowmo':

@@ -116,6 +116,12 @@ def fit(config, workdir, task, dataset, *, mesh=None, on_chunk=None, summary_ext
   compiled = {}
   log = JsonlLog(os.path.join(workdir, 'metrics.jsonl'), keep_until_step=resumed_from)
 
+  def next_sync(state, step):
+    """The step count of the next parameter average after `step` (workers only)."""
+    if workers.dynamic_alpha:
+      return max(int(np.max(jax.device_get(state.extra['next_sync']))), step + 1)
+    return workers.next_average(step)
+
   def run_eval(state):
     params = merge(state.params, state.frozen)
     if workers is not None:  # the workers' mean (their common value right after an average)
@@ -136,7 +142,7 @@ def fit(config, workdir, task, dataset, *, mesh=None, on_chunk=None, summary_ext
                             every),
                  step + max(tc.steps_per_dispatch, 1))
       if workers is not None:
-        stop = min(stop, workers.next_average(step))
+        stop = min(stop, next_sync(state, step))
       hold = task.held_at(step)
       stop = next((s for s in range(step + 1, stop) if task.held_at(s) != hold), stop)
       n = stop - step
@@ -153,7 +159,7 @@ def fit(config, workdir, task, dataset, *, mesh=None, on_chunk=None, summary_ext
         extra = task.controller.observe(jax.device_get(state.extra), step, metrics)
         state = state.replace(extra=place(extra))
       train_time, timed_steps, step = train_time + dt, timed_steps + n, stop
-      if workers is not None and (workers.averages_after(step) or step == total):  # end as one model
+      if workers is not None and (step == next_sync(state, step - n) or step == total):  # ends as one model
         t0 = time.perf_counter()
         state = jax.block_until_ready(average(state))
         comm_time, comm_rounds = comm_time + time.perf_counter() - t0, comm_rounds + 1
