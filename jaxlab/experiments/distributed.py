@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from jaxlab import models
 from jaxlab.data.datasets import load_dataset
-from jaxlab.io.report import markdown_table
+from jaxlab.io.report import line_plot, markdown_table
 from jaxlab.io.writers import write_json
 from jaxlab.optim.schedules import make_schedule
 from jaxlab.parallel.local import METHODS as LOCAL_METHODS, LocalSpec
@@ -138,23 +138,14 @@ def run_grid(config, workdir, dataset):
 
 def plot_grid(rows, fields, path, split):
   """Accuracy against the first grid field, one line per combination of the others."""
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
   x, rest = fields[0], fields[1:]
+  lines = []
   for key in sorted({tuple(r[f] for f in rest) for r in rows}, key=str):
     pts = sorted((r[x], r['acc1']) for r in rows if tuple(r[f] for f in rest) == key)
     label = ', '.join(f'{f.rsplit(".", 1)[-1]}={v}' for f, v in zip(rest, key)) or 'acc@1'
-    ax.plot(*zip(*pts), marker='o', label=label)
-  if all(isinstance(r[x], (int, float)) and r[x] > 0 for r in rows):
-    ax.set_xscale('log')
-  ax.set(xlabel=x, ylabel=f'{split} acc@1', title='grid sweep')
-  ax.grid(True, alpha=0.3)
-  ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path)
-  plt.close(fig)
+    lines.append((label, *zip(*pts), None))
+  logx = all(isinstance(r[x], (int, float)) and r[x] > 0 for r in rows)
+  line_plot(path, lines, x, f'{split} acc@1', 'grid sweep', logx=logx)
 
 
 def run(config, workdir):

@@ -17,7 +17,7 @@ import numpy as np
 
 from jaxlab.credit import rules as credit
 from jaxlab.data.datasets import load_dataset
-from jaxlab.io.report import markdown_table
+from jaxlab.io.report import line_plot, markdown_table
 from jaxlab.io.writers import write_json
 from jaxlab.peft.partition import merge
 from jaxlab.train.loop import fit, run_keys
@@ -175,21 +175,13 @@ def report(config, results, identity):
 
 
 def plot(config, results, path):
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+  """Accuracy against k, one line per rule, with the seeds' sample std as error bars."""
+  lines = []
   for rule in config.credit.rules:
     pts = sorted((c['k'], c['mean'], c['std']) for c in results['cells'].values()
                  if c['rule'] == rule)
     if pts:
-      k, m, s = zip(*pts)
-      ax.errorbar(k, m, yerr=s, marker='o', capsize=3, label=rule)
-  ax.set(xlabel='trainable blocks k (last k)', ylabel='test accuracy',
-         title=f'ResMLP d={config.model.width} L={config.model.depth} on {config.data.name}')
-  ax.set_xticks(range(config.model.depth + 1))
-  ax.grid(True, alpha=0.3)
-  ax.legend()
-  fig.tight_layout()
-  fig.savefig(path)
-  plt.close(fig)
+      lines.append((rule, *zip(*pts)))
+  line_plot(path, lines, 'trainable blocks k (last k)', 'test accuracy',
+            f'ResMLP d={config.model.width} L={config.model.depth} on {config.data.name}',
+            xticks=range(config.model.depth + 1))

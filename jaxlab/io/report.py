@@ -21,16 +21,14 @@ def markdown_table(rows, columns):
   return '\n'.join([head, rule, *body])
 
 
-def scatter_plot(path, points, xlabel, ylabel, title, logx=False):
-  """Save a labelled scatter plot. points: (x, y, label) triples."""
+def _figure():
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
+  return plt, *plt.subplots(figsize=(6, 4), dpi=120)
 
-  fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-  for x, y, label in points:
-    ax.scatter([x], [y], s=40)
-    ax.annotate(label, (x, y), textcoords='offset points', xytext=(5, 4), fontsize=8)
+
+def _save(plt, fig, ax, path, xlabel, ylabel, title, logx):
   if logx:
     ax.set_xscale('log')
   ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
@@ -39,3 +37,23 @@ def scatter_plot(path, points, xlabel, ylabel, title, logx=False):
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path)
   plt.close(fig)
+
+
+def scatter_plot(path, points, xlabel, ylabel, title, logx=False):
+  """Save a labelled scatter plot. points: (x, y, label) triples."""
+  plt, fig, ax = _figure()
+  for x, y, label in points:
+    ax.scatter([x], [y], s=40)
+    ax.annotate(label, (x, y), textcoords='offset points', xytext=(5, 4), fontsize=8)
+  _save(plt, fig, ax, path, xlabel, ylabel, title, logx)
+
+
+def line_plot(path, lines, xlabel, ylabel, title, logx=False, xticks=None):
+  """Save one line per (label, xs, ys, yerr or None), with error bars where given."""
+  plt, fig, ax = _figure()
+  for label, xs, ys, yerr in lines:
+    ax.errorbar(xs, ys, yerr=yerr, marker='o', capsize=3 if yerr is not None else 0, label=label)
+  if xticks is not None:
+    ax.set_xticks(xticks)
+  ax.legend(fontsize=7)
+  _save(plt, fig, ax, path, xlabel, ylabel, title, logx)

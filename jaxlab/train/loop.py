@@ -74,7 +74,8 @@ def fit(config, workdir, task, dataset, *, mesh=None, on_chunk=None, summary_ext
   if not jax.tree.leaves(trainable):
     raise ValueError(f'the partition rules {list(task.rules)} freeze every parameter; '
                      'nothing would train.')
-  tx = make_optimizer(config.optim, subtree_labels(trainable, labels), total, spe)
+  trainable_labels = subtree_labels(trainable, labels)
+  tx = make_optimizer(config.optim, trainable_labels, total, spe)
   create = lambda p, f, r, e: TrainState.create(p, f, tx, r, e)
   if replicas:
     step_keys = jax.numpy.stack([k[2] for k in keys])
@@ -98,7 +99,6 @@ def fit(config, workdir, task, dataset, *, mesh=None, on_chunk=None, summary_ext
   eval_data = replicate({'image': dataset.test.images}, mesh)
 
   augment = make_train_augment(config.augment)
-  trainable_labels = subtree_labels(trainable, labels)
   chunk_fns = {}
 
   def chunk_fn(hold):
