@@ -105,12 +105,13 @@ def _vit_tiny(residual, small):
       frozenset()
 
 
-def _lenet(batch, small):
+def _lenet(batch, small, conv_impl='auto'):
   from configs.distributed import get_config
   from jaxlab.experiments.distributed import make_task
   c = get_config(None)
   with c.unlocked():
     c.train.batch_size = min(batch, 1024) if small else batch
+    c.model.conv_impl = conv_impl
   return c, make_task(c, 100, (32, 32, 3)), (32, 32, 3), frozenset()
 
 
@@ -128,6 +129,13 @@ def make_workload(name, small):
   raise ValueError(f'unknown workload {name!r}; choose from {", ".join(WORKLOADS)}')
 
 
+def _flops(stage):
+  """FLOPs of a lowered or compiled step by XLA's cost analysis, or None."""
+  cost = stage.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost['flops']) if cost and cost.get('flops', -1) >= 0 else None
+
+
 def time_workload(name, small, steps, warmup, seed=0, profile=''):
   """Compile and time one workload in this process; returns its record. With `profile` (a
   directory), the timed steps are also captured as a jax.profiler trace there."""
@@ -136,6 +144,7 @@ def time_workload(name, small, steps, warmup, seed=0, profile=''):
 
   from jaxlab.metrics.classification import count_params
   from jaxlab.metrics.system import peak_memory
+  from jaxlab.models.conv import resolve_impl
   from jaxlab.parallel.mesh import check_divisible, make_mesh, replicate, shard_leading
   from jaxlab.train.setup import build
 
@@ -159,9 +168,13 @@ def time_workload(name, small, steps, warmup, seed=0, profile=''):
   t0 = time.perf_counter()
   compiled = setup.chunk_fn(held).lower(state, data, indices()).compile()
   compile_s = time.perf_counter() - t0
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops = float(cost['flops']) if cost and cost.get('flops', -1) >= 0 else None
+  flops = _flops(compiled)
+  if name.startswith('lenet/') and resolve_impl(config.model.conv_impl) == 'patches':
+    # XLA's cost analysis counts a loop body once, and the patch convolution loops over chunks
+    # of the batch: count the same step built with library convolutions (lowered, not compiled).
+    twin_config, twin_task, _, _ = _lenet(batch, False, conv_impl='xla')
+    twin = build(twin_config, twin_task, mesh, total_steps=10_000, steps_per_epoch=100)
+    flops = _flops(twin.chunk_fn(held).lower(setup.place(twin.state), data, indices()))
 
   times = []
   for i in range(warmup + steps):

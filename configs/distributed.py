@@ -57,6 +57,8 @@ def centralized_sgdm():
   c.simulated_cpu_devices = 0
   c.data.name = 'cifar100'
   c.model.name = 'lenet5'
+  # conv_impl: auto (patch matmuls on the CPU, the library convolution on GPU/TPU) | xla | patches.
+  c.model.conv_impl = 'auto'
   c.augment.update(crop_padding=4, flip=True, normalization='cifar100')
   c.optim.update(name='sgdm', lr=0.01, momentum=0.9, weight_decay=4e-4, schedule='cosine')
   # One step per dispatch: XLA:CPU is slow on conv gradients inside lax.scan.

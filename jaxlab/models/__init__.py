@@ -46,7 +46,7 @@ def vit_arch(model_cfg):
 def build(model_cfg, num_classes, **kw):
   """The model named by `model_cfg.name`, sized for `num_classes` (kw: e.g. a ViT's lora)."""
   if model_cfg.name == 'lenet5':
-    return LeNet5(num_classes=num_classes)
+    return LeNet5(num_classes=num_classes, conv_impl=model_cfg.get('conv_impl', 'auto'))
   if model_cfg.name == 'resmlp':
     return ResMLP(num_classes, model_cfg.width, model_cfg.depth, kw.get('rule', 'bp'))
   if model_cfg.name == 'vit':
