@@ -15,10 +15,15 @@ Workloads (real size; --small in brackets):
   vit_tiny/<residual>   ViT-Ti/4 at 32 px, batch 256, plain / mhc_static / mhc_dynamic, bf16
                         [the mhc quick ViT, batch 64, fp32]
   lenet/<batch>         LeNet-5 at batch 64 and 8192 [64 and 1024]
-Local SGD against synchronous steps has its own harness: python -m benchmarks.local_sgd.
+  local/<arm>           LeNet-5, 4 workers (or one per device if more) × batch 64 [16] a step:
+                        sync (one model, the same images a step in one global batch over the
+                        devices) or local SGD averaging every 1, 8, 32 steps
+                        (j1, j8, j32); the average is compiled and timed apart and its cost
+                        spread over the J steps of a round
 
 Each workload runs in its own process (its peak memory is its own): the step is compiled ahead
 of time, run --warmup times, then timed over --steps steps, each ended by block_until_ready.
+FLOPs are XLA's cost analysis of the same step lowered for one device (see step_flops).
 Results: benchmarks/results/suite_<device>_<date>[_small].json and a markdown table printed
 for the README.
 """
@@ -56,7 +61,9 @@ PEFT_CELLS = ('norm', 'lora', 'hybrid_parallel', 'hybrid_parallel@lora', 'hybrid
               'hybrid_layerwise/deep_lora@norm')
 WORKLOADS = (tuple(f'peft/{c}' for c in PEFT_CELLS) + ('ladder',)
              + tuple(f'vit_tiny/{r}' for r in ('plain', 'mhc_static', 'mhc_dynamic'))
-             + ('lenet/64', 'lenet/8192'))
+             + ('lenet/64', 'lenet/8192')
+             + tuple(f'local/{arm}' for arm in ('sync', 'j1', 'j8', 'j32')))
+LOCAL_WORKERS = 4
 
 
 def peak_flops(device_kind):
@@ -105,7 +112,7 @@ def _vit_tiny(residual, small):
       frozenset()
 
 
-def _lenet(batch, small, conv_impl='auto'):
+def _lenet(batch, small, conv_impl):
   from configs.distributed import get_config
   from jaxlab.experiments.distributed import make_task
   c = get_config(None)
@@ -115,8 +122,29 @@ def _lenet(batch, small, conv_impl='auto'):
   return c, make_task(c, 100, (32, 32, 3)), (32, 32, 3), frozenset()
 
 
-def make_workload(name, small):
-  """(config, task, source image shape, held groups) of a workload name."""
+def _local(arm, small, conv_impl):
+  import jax
+
+  from configs.distributed import get_config
+  from jaxlab.experiments.distributed import local_spec, make_task
+  c = get_config(None)
+  per_worker = 16 if small else 64
+  devices = jax.device_count()
+  workers = -(-LOCAL_WORKERS // devices) * devices  # 4, or a multiple of a larger device count
+  with c.unlocked():
+    c.model.conv_impl = conv_impl
+    if arm == 'sync':
+      c.train.batch_size = per_worker * workers
+    else:
+      c.local.update(method='local_sgd', workers=workers, sync_every=int(arm[1:]))
+      c.train.batch_size = per_worker
+  task = make_task(c, 100, (32, 32, 3), local_spec(c, steps_per_epoch=100))
+  return c, task, (32, 32, 3), frozenset()
+
+
+def make_workload(name, small, conv_impl='auto'):
+  """(config, task, source image shape, held groups) of a workload name; `conv_impl` for the
+  LeNet-5 workloads (see jaxlab.models.conv)."""
   family, _, rest = name.partition('/')
   if family == 'peft':
     return _peft(rest, small)
@@ -125,13 +153,25 @@ def make_workload(name, small):
   if family == 'vit_tiny':
     return _vit_tiny(rest, small)
   if family == 'lenet':
-    return _lenet(int(rest), small)
+    return _lenet(int(rest), small, conv_impl)
+  if family == 'local' and name in WORKLOADS:
+    return _local(rest, small, conv_impl)
   raise ValueError(f'unknown workload {name!r}; choose from {", ".join(WORKLOADS)}')
 
 
-def _flops(stage):
-  """FLOPs of a lowered or compiled step by XLA's cost analysis, or None."""
-  cost = stage.cost_analysis()
+def step_flops(name, small, held, data, indices):
+  """FLOPs of one training step of workload `name`, all devices together: XLA's cost analysis of
+  the step lowered (not compiled) for one device, with library convolutions. One device, because
+  a partitioned program's count is per device; lowered, because the compiled count sees a loop
+  body once, and the patch convolution loops over chunks of the batch. None where XLA gives none."""
+  import jax
+
+  from jaxlab.parallel.mesh import make_mesh
+  from jaxlab.train.setup import build
+  config, task, _, _ = make_workload(name, small, conv_impl='xla')
+  setup = build(config, task, make_mesh(jax.devices()[:1]), total_steps=10_000, steps_per_epoch=100)
+  spec = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+  cost = setup.chunk_fn(held).lower(spec(setup.state), spec(data), spec(indices)).cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return float(cost['flops']) if cost and cost.get('flops', -1) >= 0 else None
 
@@ -144,37 +184,35 @@ def time_workload(name, small, steps, warmup, seed=0, profile=''):
 
   from jaxlab.metrics.classification import count_params
   from jaxlab.metrics.system import peak_memory
-  from jaxlab.models.conv import resolve_impl
+  from jaxlab.parallel.local import make_average
   from jaxlab.parallel.mesh import check_divisible, make_mesh, replicate, shard_leading
   from jaxlab.train.setup import build
 
   config, task, shape, held = make_workload(name, small)
   batch = config.train.batch_size
   mesh = make_mesh()
-  check_divisible(batch, mesh)
+  if task.workers is not None:
+    check_divisible(task.workers.workers, mesh, 'the number of local workers')
+  else:
+    check_divisible(batch, mesh)
   setup = build(config, task, mesh, total_steps=10_000, steps_per_epoch=100)
   state = setup.place(setup.state)
-  copies = len(task.seeds) if setup.layout == 'replicas' else 1
+  copies = {'replicas': len(task.seeds or ()), 'workers': task.workers and task.workers.workers
+            }.get(setup.layout, 1)
   rng = np.random.default_rng(seed)
   pool = max(4 * batch, 512)
   data = replicate({'image': rng.integers(0, 256, (pool, *shape), dtype=np.uint8),
                     'label': rng.integers(0, 10, (pool,), dtype=np.int32)}, mesh)
 
-  def indices():
-    shape_ = (1, copies, batch) if setup.layout == 'replicas' else (1, batch)
-    idx = rng.integers(0, pool, shape_).astype(np.int32)
+  def indices():  # one step's [1, B], or [1, copies, B]: seeds share the batch's sharding,
+    # workers are themselves sharded over the devices
+    idx = rng.integers(0, pool, (1, batch) if copies == 1 else (1, copies, batch)).astype(np.int32)
     return shard_leading(idx, mesh, axis=2 if setup.layout == 'replicas' else 1)
 
   t0 = time.perf_counter()
   compiled = setup.chunk_fn(held).lower(state, data, indices()).compile()
   compile_s = time.perf_counter() - t0
-  flops = _flops(compiled)
-  if name.startswith('lenet/') and resolve_impl(config.model.conv_impl) == 'patches':
-    # XLA's cost analysis counts a loop body once, and the patch convolution loops over chunks
-    # of the batch: count the same step built with library convolutions (lowered, not compiled).
-    twin_config, twin_task, _, _ = _lenet(batch, False, conv_impl='xla')
-    twin = build(twin_config, twin_task, mesh, total_steps=10_000, steps_per_epoch=100)
-    flops = _flops(twin.chunk_fn(held).lower(setup.place(twin.state), data, indices()))
+  flops = step_flops(name, small, held, data, indices())
 
   times = []
   for i in range(warmup + steps):
@@ -188,10 +226,23 @@ def time_workload(name, small, steps, warmup, seed=0, profile=''):
       times.append(time.perf_counter() - t0)
   if profile:
     jax.profiler.stop_trace()
+  average = {}
+  if task.workers is not None:  # the parameter average, timed apart, its cost spread over J steps
+    spec = task.workers
+    run_average = make_average(spec, mesh).lower(state).compile()
+    avg_times = []
+    for i in range(warmup + steps):
+      t0 = time.perf_counter()
+      state = jax.block_until_ready(run_average(state))
+      if i >= warmup:
+        avg_times.append(time.perf_counter() - t0)
+    average = {'sync_every': spec.sync_every, 'average_s': statistics.median(avg_times),
+               'average_per_step_s': statistics.median(avg_times) / spec.sync_every}
   loss = float(np.mean(jax.device_get(metrics)['loss']))
   mem, mem_source = peak_memory()
   device = jax.devices()[0]
   median = statistics.median(times)
+  per_step = median + average.get('average_per_step_s', 0.0)
   images = batch * copies
   peak = peak_flops(device.device_kind)
   return {
@@ -201,12 +252,12 @@ def time_workload(name, small, steps, warmup, seed=0, profile=''):
       'total_params': (count_params(state.params) + count_params(state.frozen)) // copies,
       'compile_s': compile_s, 'warmup_steps': warmup, 'timed_steps': steps,
       'step_time_median_s': median, 'step_time_mean_s': statistics.fmean(times),
-      'img_s': images / median,
+      **average, 'step_time_s': per_step, 'img_s': images / per_step,
       'flops_per_step': flops,
       'gflop_per_image': None if flops is None else flops / images / 1e9,
-      'achieved_tflop_s': None if flops is None else flops / median / 1e12,
+      'achieved_tflop_s': None if flops is None else flops / per_step / 1e12,
       'peak_tflop_s': None if peak is None else peak / 1e12,
-      'fraction_of_peak': None if flops is None or peak is None else flops / median / peak,
+      'fraction_of_peak': None if flops is None or peak is None else flops / per_step / peak,
       'peak_mem_bytes': mem, 'peak_mem_source': mem_source, 'final_loss': loss,
       'device_kind': device.device_kind, 'platform': device.platform,
       'num_devices': int(mesh.devices.size), 'jax_version': jax.__version__,
@@ -272,11 +323,43 @@ def markdown(rows):
     pct = None if r['fraction_of_peak'] is None else 100 * r['fraction_of_peak']
     lines.append(
         f'| {r["workload"]} | {batch} | {r["dtype"]} | {r["img_s"]:,.0f} | '
-        f'{r["step_time_median_s"]:.4f} | {_fmt(r["gflop_per_image"], ".2f")} | '
+        f'{r["step_time_s"]:.4f} | {_fmt(r["gflop_per_image"], ".2f")} | '
         f'{_fmt(r["achieved_tflop_s"], ".3f")} | {_fmt(pct, ".1f")} | '
         f'{r["peak_mem_bytes"] / 2**20:,.0f} | {_fmt(torch.get("img_s"), ",.0f")} | '
         f'{_fmt(ratio, ".2f")} |')
   return '\n'.join(lines)
+
+
+# The seed's PyTorch numbers for ViT-S/16 PEFT, batch 128, 224 px, on the seed's GPU (SPEC §1, §5,
+# week 5): a reference to print beside ours, not a like-for-like comparison off that GPU.
+SEED_PEFT_GPU = {
+    'step_time_s': {'norm': '0.50', 'lora': '0.72-0.81', 'hybrid_parallel': '0.73',
+                    'hybrid_layerwise/deep_lora': '0.57'},
+    'img_s': 224,
+    'alternation_over_both_live': 0.84,  # week 5: alternation K=50 0.4781 s / baseline 0.5698 s
+}
+
+
+def freeze_report(rows):
+  """Markdown: each PEFT method's step time beside the seed's, and each held group's step time
+  over the method's both-live step (alternation spends half its steps in each phase)."""
+  ok = {r['workload']: r for r in rows if 'error' not in r and r['workload'].startswith('peft/')}
+  if not ok:
+    return ''
+  lines = ["| PEFT method | ours s/step (batch) | seed's GPU s/step (batch 128) | LoRA held / live "
+           "| Norm held / live | alternation / live (seed 0.84) |",
+           '| --- | ---: | ---: | ---: | ---: | ---: |']
+  for method, seed in SEED_PEFT_GPU['step_time_s'].items():
+    live = ok.get(f'peft/{method}')
+    if live is None:
+      continue
+    held = [ok.get(f'peft/{method}@{g}') for g in ('lora', 'norm')]
+    ratios = [h and h['step_time_s'] / live['step_time_s'] for h in held]
+    alternation = sum(ratios) / 2 if all(ratios) else None
+    lines.append(f'| {method} | {live["step_time_s"]:.4f} ({live["batch"]}) | {seed} | '
+                 + ' | '.join(_fmt(x, '.3f') for x in (*ratios, alternation)) + ' |')
+  return '\n'.join(lines) + (f"\n\nThe seed reached about {SEED_PEFT_GPU['img_s']} img/s on its GPU "
+                             '(not comparable to a run on another device).')
 
 
 def default_out(benchmark, device_kind, small):
@@ -293,7 +376,7 @@ def main(argv=None):
   p = argparse.ArgumentParser(prog='python -m benchmarks', description=__doc__.split('\n')[0])
   p.add_argument('--small', action='store_true', help='CPU sizes')
   p.add_argument('--only', default='', help='comma-separated workloads (default: all)')
-  p.add_argument('--steps', type=int, default=0, help='timed steps (default 20, small 5)')
+  p.add_argument('--steps', type=int, default=0, help='timed steps (default 20)')
   p.add_argument('--warmup', type=int, default=2)
   p.add_argument('--torch_python', default='',
                  help='a Python with torch (and timm) to race benchmarks/torch_refs.py')
@@ -305,7 +388,7 @@ def main(argv=None):
   p.add_argument('--batch', type=int, default=0, help=argparse.SUPPRESS)
   p.add_argument('--amp', action='store_true', help=argparse.SUPPRESS)
   args = p.parse_args(argv)
-  steps = args.steps or (5 if args.small else 20)
+  steps = args.steps or 20
   if args.torch_workload:
     print(RESULT_PREFIX + json.dumps(time_torch_reference(
         args.torch_workload, args.batch, args.small, steps, args.warmup, args.amp)), flush=True)
@@ -333,7 +416,7 @@ def main(argv=None):
                             + (['--amp'] if row['dtype'] == 'bfloat16' else []),
                             python=args.torch_python)
     rows.append(row)
-    summary = row.get('error') or f'{row["img_s"]:,.0f} img/s, {row["step_time_median_s"]:.4f} s/step'
+    summary = row.get('error') or f'{row["img_s"]:,.0f} img/s, {row["step_time_s"]:.4f} s/step'
     if row.get('torch', {}).get('img_s'):
       summary += (f'; PyTorch {row["torch"]["img_s"]:,.0f} img/s, ratio '
                   f'{row["img_s"] / row["torch"]["img_s"]:.2f}')
@@ -347,14 +430,18 @@ def main(argv=None):
       'cpu_count': os.cpu_count(),
       'date': datetime.datetime.now().astimezone().isoformat(timespec='seconds'),
       'command': 'python -m benchmarks ' + ' '.join(shlex.quote(a) for a in argv),
-      'rows': rows,
+      'rows': rows, 'seed_peft_gpu_reference': SEED_PEFT_GPU,
   }
   out = args.out or default_out('suite', first.get('device_kind'), args.small)
   os.makedirs(os.path.dirname(out), exist_ok=True)
   with open(out, 'w') as f:
     json.dump(result, f, indent=2)
   print(f'\n{result["device_kind"]} ({result["platform"]}), jax {result["jax_version"]}, '
-        f'{result["date"]}\n\n' + markdown(rows) + f'\n\nwrote {out}')
+        f'{result["date"]}\n\n' + markdown(rows))
+  freeze = freeze_report(rows)
+  if freeze:
+    print('\n' + freeze)
+  print(f'\nwrote {out}')
 
 
 if __name__ == '__main__':

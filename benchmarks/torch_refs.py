@@ -50,10 +50,10 @@ NORMALIZATIONS = {
     'cifar100': ((0.5071, 0.4866, 0.4409), (0.2673, 0.2564, 0.2762)),
 }
 
-# Examples per epoch, only for the length of the cosine schedules (benchmarks/peft_step.py's
-# --train_size); the schedule's value does not change the work of a step.
+# Examples per epoch, only for the length of the cosine schedules; the schedule's value does not
+# change the work of a step.
 TRAIN_SIZE = 50_000
-POOL_BATCHES = 4  # the device-resident pool holds this many batches, as in peft_step.py
+POOL_BATCHES = 4  # the device-resident pool holds this many batches (the suite: max(4·batch, 512))
 SOURCE_SIZE = 32  # CIFAR-sized source images everywhere
 
 LENET = dict(classes=100, crop_padding=4, flip=True, normalization='cifar100', lr=0.01,

@@ -1,0 +1,35 @@
+"""The speed suite's own arithmetic: FLOPs of the patch-convolution step, the local-SGD average
+spread over its round, and the freeze-state ratios."""
+
+import pytest
+
+from benchmarks import run
+
+# LeNet-5 on 32×32×3: forward multiply-adds ×2 per layer, by hand.
+CONV1 = 28 * 28 * 64 * (5 * 5 * 3) * 2
+CONV2 = 10 * 10 * 64 * (5 * 5 * 64) * 2
+DENSE = (1600 * 384 + 384 * 192 + 192 * 100) * 2
+# Training: forward, weight gradients (as many again) and input gradients for all but conv1.
+LENET_TRAIN_FLOPS = 3 * (CONV1 + CONV2 + DENSE) - CONV1
+
+
+def test_local_sgd_workload_counts_flops_and_spreads_the_average():
+  r = run.time_workload('local/j8', small=True, steps=2, warmup=1)
+  assert r['copies'] == 8 and r['num_devices'] == 8  # one worker per simulated device
+  assert r['sync_every'] == 8
+  assert r['average_per_step_s'] == pytest.approx(r['average_s'] / 8)
+  assert r['step_time_s'] == pytest.approx(r['step_time_median_s'] + r['average_per_step_s'])
+  assert r['img_s'] == pytest.approx(16 * 8 / r['step_time_s'])
+  # Counted on the library-convolution twin: the patch loop alone would count one chunk.
+  assert r['gflop_per_image'] * 1e9 == pytest.approx(LENET_TRAIN_FLOPS, rel=0.03)
+
+
+def test_freeze_report_divides_held_by_live_step_times():
+  row = lambda name, t: {'workload': f'peft/{name}', 'step_time_s': t, 'batch': 8}
+  rows = [row('hybrid_parallel', 2.0), row('hybrid_parallel@lora', 1.0),
+          row('hybrid_parallel@norm', 1.5), row('norm', 0.5),
+          {'workload': 'peft/lora', 'error': 'boom'}]
+  table = run.freeze_report(rows)
+  assert '| hybrid_parallel | 2.0000 (8) | 0.73 | 0.500 | 0.750 | 0.625 |' in table
+  assert '| norm | 0.5000 (8) | 0.50 | – | – | – |' in table
+  assert '| lora |' not in table  # errors are left out
