@@ -9,7 +9,7 @@ the way the trainer runs it, with XLA's FLOP count and the fraction of the devic
 Workloads (real size; --small in brackets):
   peft/<method>[@held]  ViT-S/16 at 224 px from 32 px CIFAR images, batch 128 [the quick ViT,
                         batch 8], for norm, lora, hybrid_parallel, deep_lora and the hybrids'
-                        freeze states
+                        freeze states; with --largest also at the largest batch that fits
   ladder                a ResMLP ladder cell (BP, every block trainable) with 3 seeds vmapped,
                         d 256, L 4, batch 128 [d 64, L 2]
   vit_tiny/<residual>   ViT-Ti/4 at 32 px, batch 256, plain / mhc_static / mhc_dynamic, bf16
@@ -176,9 +176,10 @@ def step_flops(name, small, held, data, indices):
   return float(cost['flops']) if cost and cost.get('flops', -1) >= 0 else None
 
 
-def time_workload(name, small, steps, warmup, seed=0, profile=''):
+def time_workload(name, small, steps, warmup, seed=0, profile='', batch=0):
   """Compile and time one workload in this process; returns its record. With `profile` (a
-  directory), the timed steps are also captured as a jax.profiler trace there."""
+  directory), the timed steps are also captured as a jax.profiler trace there; `batch` > 0
+  replaces the workload's batch size (per worker for local SGD)."""
   import jax
   import numpy as np
 
@@ -189,6 +190,9 @@ def time_workload(name, small, steps, warmup, seed=0, profile=''):
   from jaxlab.train.setup import build
 
   config, task, shape, held = make_workload(name, small)
+  if batch:
+    with config.unlocked():
+      config.train.batch_size = batch
   batch = config.train.batch_size
   mesh = make_mesh()
   if task.workers is not None:
@@ -283,6 +287,24 @@ def time_torch_reference(name, batch, small, steps, warmup, amp):
 
 
 # ----------------------------------------------------------------------------- parent
+
+LARGEST_CAP = 16384
+OOM_MARKS = ('RESOURCE_EXHAUSTED', 'out of memory', 'Out of memory', 'MemoryError')
+
+
+def largest_batch(start, run, cap=LARGEST_CAP):
+  """The row of the largest batch that runs, doubling from 2·start up to `cap`: `run(batch)` gives
+  a child's row, an 'error' one when it failed. Stops at the first out-of-memory error; any other
+  error is returned as the row (with the batch tried), so a broken step never reads as a limit."""
+  best, batch = None, 2 * start
+  while batch <= cap:
+    row = run(batch)
+    if 'error' in row:
+      if any(mark in row['error'] for mark in OOM_MARKS):
+        break
+      return {**row, 'batch_tried': batch}
+    best, batch = row, 2 * batch
+  return best or {'error': f'batch {2 * start} did not fit'}
 
 
 def run_child(argv, python=None, module='benchmarks.run', prefix=RESULT_PREFIX, timeout=1800):
@@ -381,6 +403,9 @@ def main(argv=None):
   p.add_argument('--torch_python', default='',
                  help='a Python with torch (and timm) to race benchmarks/torch_refs.py')
   p.add_argument('--out', default='', help='JSON path (default benchmarks/results/...)')
+  p.add_argument('--largest', action='store_true',
+                 help='for each PEFT workload, also the largest batch that fits (doubling until '
+                      f'out of memory, at most {LARGEST_CAP})')
   p.add_argument('--profile', default='',
                  help='capture a jax.profiler trace of the timed steps under DIR/<workload>')
   p.add_argument('--workload', default='', help=argparse.SUPPRESS)  # child mode
@@ -394,8 +419,9 @@ def main(argv=None):
         args.torch_workload, args.batch, args.small, steps, args.warmup, args.amp)), flush=True)
     return
   if args.workload:
-    print(RESULT_PREFIX + json.dumps(time_workload(args.workload, args.small, steps,
-                                                   args.warmup, profile=args.profile)), flush=True)
+    print(RESULT_PREFIX + json.dumps(time_workload(args.workload, args.small, steps, args.warmup,
+                                                   profile=args.profile, batch=args.batch)),
+          flush=True)
     return
   chosen = [w for w in args.only.split(',') if w] or list(WORKLOADS)
   unknown = [w for w in chosen if w not in WORKLOADS]
@@ -416,6 +442,11 @@ def main(argv=None):
                             + (['--amp'] if row['dtype'] == 'bfloat16' else []),
                             python=args.torch_python)
     rows.append(row)
+    if args.largest and name.startswith('peft/') and 'error' not in row:
+      child_small = child + (['--small'] if args.small else [])
+      big = largest_batch(row['batch'], lambda b: run_child(child_small + ['--batch', str(b)]))
+      rows.append({**big, 'workload': f'{name} (largest batch)'})
+      print(f'    largest batch: {big.get("batch", big.get("error"))}', file=sys.stderr, flush=True)
     summary = row.get('error') or f'{row["img_s"]:,.0f} img/s, {row["step_time_s"]:.4f} s/step'
     if row.get('torch', {}).get('img_s'):
       summary += (f'; PyTorch {row["torch"]["img_s"]:,.0f} img/s, ratio '

@@ -33,3 +33,20 @@ def test_freeze_report_divides_held_by_live_step_times():
   assert '| hybrid_parallel | 2.0000 (8) | 0.73 | 0.500 | 0.750 | 0.625 |' in table
   assert '| norm | 0.5000 (8) | 0.50 | – | – | – |' in table
   assert '| lora |' not in table  # errors are left out
+
+
+def test_largest_batch_doubles_until_out_of_memory_and_reports_other_errors():
+  tried = []
+
+  def fake(limit, error='RESOURCE_EXHAUSTED: Out of memory while trying to allocate'):
+    def run_(batch):
+      tried.append(batch)
+      return {'batch': batch} if batch <= limit else {'error': error}
+    return run_
+
+  assert run.largest_batch(128, fake(1000))['batch'] == 512
+  assert tried == [256, 512, 1024]
+  assert run.largest_batch(128, fake(10**6), cap=2048)['batch'] == 2048  # stops at the cap
+  assert 'did not fit' in run.largest_batch(128, fake(100))['error']
+  broken = run.largest_batch(128, fake(300, error='exit status 1: ValueError: bad config'))
+  assert broken['batch_tried'] == 512 and 'ValueError' in broken['error']  # not read as a limit
