@@ -186,7 +186,7 @@ def time_workload(name, small, steps, warmup, seed=0, profile='', batch=0):
   from jaxlab.metrics.classification import count_params
   from jaxlab.metrics.system import peak_memory
   from jaxlab.parallel.local import make_average
-  from jaxlab.parallel.mesh import check_divisible, make_mesh, replicate, shard_leading
+  from jaxlab.parallel.mesh import make_mesh, replicate, shard_leading
   from jaxlab.train.setup import build
 
   config, task, shape, held = make_workload(name, small)
@@ -195,14 +195,9 @@ def time_workload(name, small, steps, warmup, seed=0, profile='', batch=0):
       config.train.batch_size = batch
   batch = config.train.batch_size
   mesh = make_mesh()
-  if task.workers is not None:
-    check_divisible(task.workers.workers, mesh, 'the number of local workers')
-  else:
-    check_divisible(batch, mesh)
   setup = build(config, task, mesh, total_steps=10_000, steps_per_epoch=100)
   state = setup.place(setup.state)
-  copies = {'replicas': len(task.seeds or ()), 'workers': task.workers and task.workers.workers
-            }.get(setup.layout, 1)
+  copies = setup.copies
   rng = np.random.default_rng(seed)
   pool = max(4 * batch, 512)
   data = replicate({'image': rng.integers(0, 256, (pool, *shape), dtype=np.uint8),
@@ -218,30 +213,30 @@ def time_workload(name, small, steps, warmup, seed=0, profile='', batch=0):
   compile_s = time.perf_counter() - t0
   flops = step_flops(name, small, held, data, indices())
 
-  times = []
-  for i in range(warmup + steps):
-    idx = indices()
-    if profile and i == warmup:
-      jax.profiler.start_trace(profile)
-    t0 = time.perf_counter()
-    state, metrics = compiled(state, data, idx)
-    jax.block_until_ready((state, metrics))
-    if i >= warmup:
-      times.append(time.perf_counter() - t0)
+  def timed(call, carry, start=None):
+    """carry = call(carry) warmup + steps times, each synchronised; (carry, the timed seconds).
+    `start()` runs once, just before the first timed call."""
+    times = []
+    for i in range(warmup + steps):
+      if start and i == warmup:
+        start()
+      t0 = time.perf_counter()
+      carry = jax.block_until_ready(call(carry))
+      if i >= warmup:
+        times.append(time.perf_counter() - t0)
+    return carry, times
+
+  batches = iter([indices() for _ in range(warmup + steps)])  # drawn and placed before timing
+  (state, metrics), times = timed(lambda c: compiled(c[0], data, next(batches)), (state, None),
+                                  start=(lambda: jax.profiler.start_trace(profile)) if profile else None)
   if profile:
     jax.profiler.stop_trace()
   average = {}
   if task.workers is not None:  # the parameter average, timed apart, its cost spread over J steps
-    spec = task.workers
-    run_average = make_average(spec, mesh).lower(state).compile()
-    avg_times = []
-    for i in range(warmup + steps):
-      t0 = time.perf_counter()
-      state = jax.block_until_ready(run_average(state))
-      if i >= warmup:
-        avg_times.append(time.perf_counter() - t0)
-    average = {'sync_every': spec.sync_every, 'average_s': statistics.median(avg_times),
-               'average_per_step_s': statistics.median(avg_times) / spec.sync_every}
+    state, avg_times = timed(make_average(task.workers, mesh).lower(state).compile(), state)
+    average_s = statistics.median(avg_times)
+    average = {'sync_every': task.workers.sync_every, 'average_s': average_s,
+               'average_per_step_s': average_s / task.workers.sync_every}
   loss = float(np.mean(jax.device_get(metrics)['loss']))
   mem, mem_source = peak_memory()
   device = jax.devices()[0]

@@ -43,10 +43,6 @@ def fit(config, workdir, task, dataset, *, mesh=None, on_chunk=None, summary_ext
   tc = config.train
   mesh = mesh or make_mesh()
   workers = task.workers
-  if workers is not None:  # the batch size is each worker's own
-    check_divisible(workers.workers, mesh, 'the number of local workers')
-  else:
-    check_divisible(tc.batch_size, mesh)
   check_divisible(tc.eval_batch_size, mesh, 'eval batch size')
   os.makedirs(workdir, exist_ok=True)
   write_json(os.path.join(workdir, 'config.json'), config.to_dict())
@@ -170,7 +166,7 @@ def fit(config, workdir, task, dataset, *, mesh=None, on_chunk=None, summary_ext
         'snapshots': int(state.extra['average']['count']),
         'start_step': averager.start, 'every_steps': averager.every, 'window': averager.window}}
   mem_bytes, mem_source = peak_memory()
-  copies = workers.workers if workers is not None else len(seeds)
+  copies = setup.copies
   if workers is not None:
     param_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state.params)) // copies
     summary_extra = {

@@ -11,7 +11,7 @@ from jaxlab.data.augment import make_train_augment
 from jaxlab.optim import averaging
 from jaxlab.optim.optimizers import make_optimizer
 from jaxlab.parallel.local import worker_state
-from jaxlab.parallel.mesh import DATA, replicate, shard_leading
+from jaxlab.parallel.mesh import DATA, check_divisible, replicate, shard_leading
 from jaxlab.peft.partition import label_tree, split, subtree_labels
 from jaxlab.train.state import TrainState
 from jaxlab.train.step import make_train_chunk, train_step
@@ -30,9 +30,11 @@ def layout_of(task):
 
 @dataclasses.dataclass
 class Setup:
-  """layout, tx, trainable_labels, averager (or None), the initial state (not yet on the
-  mesh), `place` (puts a state on the mesh) and `chunk_fn(hold)` (the jitted multi-step)."""
+  """layout, copies (models trained together: seeds or workers, else 1), tx, trainable_labels,
+  averager (or None), the initial state (not yet on the mesh), `place` (puts a state on the mesh)
+  and `chunk_fn(hold)` (the jitted multi-step)."""
   layout: str
+  copies: int
   tx: Any
   trainable_labels: Any
   averager: Any
@@ -44,7 +46,12 @@ class Setup:
 def build(config, task, mesh, total_steps, steps_per_epoch):
   """The Setup of `task` trained as `config` says for `total_steps` steps on `mesh`."""
   layout = layout_of(task)
+  if layout == 'workers':  # the batch size is each worker's own
+    check_divisible(task.workers.workers, mesh, 'the number of local workers')
+  else:
+    check_divisible(config.train.batch_size, mesh)
   seeds = task.seeds if layout == 'replicas' else (config.seed,)
+  copies = task.workers.workers if layout == 'workers' else len(seeds)
   step_keys = [run_keys(s)[2] for s in seeds]
   labels = label_tree(task.params, task.rules)
   trainable, frozen = split(task.params, labels)
@@ -83,4 +90,4 @@ def build(config, task, mesh, total_steps, steps_per_epoch):
         diagnostics=task.diagnostics, axis_name=None if layout == 'workers' else DATA),
         mesh, layout)
 
-  return Setup(layout, tx, trainable_labels, averager, state, place, chunk_fn)
+  return Setup(layout, copies, tx, trainable_labels, averager, state, place, chunk_fn)
