@@ -170,3 +170,124 @@ def test_embedding_metrics_are_python_floats():
   metrics = embedding_metrics(x, labels)
   assert metrics == {'knn_acc': knn_accuracy(x, labels), 'silhouette': silhouette(x, labels)}
   assert all(type(v) is float for v in metrics.values())
+
+
+# Tight clusters: distances within a cluster are ~1e-5 of the points' norms, where the
+# float32 matmul form ||x||^2 + ||y||^2 - 2 x.y is mostly rounding error.
+
+
+def tight_clusters(n=300, dim=32, k=5, spread=1e-3, dtype=np.float64, seed=0):
+  """k clusters with centres ~100 apart (norm 100 / sqrt 2) and standard deviation `spread`."""
+  rng = np.random.default_rng(seed)
+  centres = rng.normal(size=(k, dim))
+  centres *= 100 / np.sqrt(2) / np.linalg.norm(centres, axis=1, keepdims=True)
+  labels = rng.integers(0, k, size=n)
+  return (centres[labels] + rng.normal(scale=spread, size=(n, dim))).astype(dtype), labels
+
+
+def brute_force_sq_dists(x):
+  """[N, N] float64 sums of squared differences of the inputs: the definition the metrics use."""
+  x = np.asarray(x, np.float64)
+  return ((x[:, None, :] - x[None, :, :]) ** 2).sum(axis=-1)
+
+
+def brute_force_nearest_other(x):
+  """Each point's nearest other point by float64 brute force; ties go to the lowest index."""
+  d = brute_force_sq_dists(x)
+  np.fill_diagonal(d, np.inf)
+  return np.argmin(d, axis=1)  # the first minimum
+
+
+def direct_silhouette(x, labels):
+  """Mean silhouette coefficient from float64 direct differences (no matmul form)."""
+  d = np.sqrt(brute_force_sq_dists(x))
+  classes = np.unique(labels)
+  sums = np.stack([d[:, labels == c].sum(axis=1) for c in classes], axis=1)
+  counts = np.array([np.sum(labels == c) for c in classes])
+  own = np.searchsorted(classes, labels)
+  rows = np.arange(len(x))
+  a = sums[rows, own] / np.maximum(counts[own] - 1, 1)
+  means = sums / counts
+  means[rows, own] = np.inf
+  b = means.min(axis=1)
+  s = np.where(counts[own] > 1, (b - a) / np.maximum(a, b), 0.0)
+  return float(np.mean(s))
+
+
+@pytest.mark.parametrize('dtype', [np.float64, np.float32])
+def test_tight_clusters_match_sklearn_and_brute_force(dtype):
+  x, labels = tight_clusters(dtype=dtype)
+  ref_nearest = brute_force_nearest_other(x)
+  if dtype == np.float32:
+    # Here the float32 matmul form (the former implementation) picks mostly wrong neighbours.
+    c = x - x.mean(0)
+    sq = np.sum(c * c, axis=1)
+    d32 = sq[:, None] + sq[None, :] - 2 * (c @ c.T)
+    np.fill_diagonal(d32, np.inf)
+    assert np.sum(np.argmin(d32, axis=1) != ref_nearest) > 100
+  np.testing.assert_array_equal(embedding._nearest_other(x, batch_size=BLOCK), ref_nearest)
+  # Labels that vary within clusters, so that the accuracy depends on the exact picks.
+  knn_labels = np.random.default_rng(1).integers(0, 3, size=len(x))
+  ref_acc = np.mean(knn_labels[ref_nearest] == knn_labels)
+  assert abs(knn_accuracy(x, knn_labels, batch_size=BLOCK) - ref_acc) <= 1e-6
+  ref = silhouette_score(x.astype(np.float64), labels, metric='euclidean')
+  assert abs(ref - direct_silhouette(x, labels)) <= 1e-9  # scikit-learn is accurate here
+  assert abs(silhouette(x, labels, batch_size=BLOCK) - ref) <= 1e-6
+  assert abs(silhouette(x, labels, batch_size=BLOCK) - direct_silhouette(x, labels)) <= 1e-8
+
+
+def test_tight_clusters_blocked_equals_unblocked():
+  x, labels = tight_clusters(dtype=np.float32)
+  knn_labels = np.random.default_rng(1).integers(0, 3, size=len(x))
+  assert len(x) % BLOCK != 0  # a short last block
+  whole = {'nearest': embedding._nearest_other(x, batch_size=len(x)),
+           'knn': knn_accuracy(x, knn_labels, batch_size=len(x)),
+           'silhouette': silhouette(x, labels, batch_size=len(x))}
+  for batch_size in [BLOCK, 7]:
+    np.testing.assert_array_equal(embedding._nearest_other(x, batch_size), whole['nearest'])
+    assert knn_accuracy(x, knn_labels, batch_size) == whole['knn']
+    assert silhouette(x, labels, batch_size) == pytest.approx(whole['silhouette'], abs=1e-12)
+
+
+def test_tight_clusters_far_from_the_mean_are_recomputed(monkeypatch):
+  # Two overlapping tight clusters near 0 and one far away: centred on the global mean,
+  # the matmul form cannot resolve the near ones' distances (~1e-3) in float64 either,
+  # so their coefficients are redone centred on their own cluster's mean.
+  rng = np.random.default_rng(0)
+  labels = rng.integers(0, 3, size=300)
+  x = rng.normal(scale=1e-4, size=(300, 32))
+  x[labels == 1] += 1e-4
+  x[labels == 2] += 1e3
+  redone = []
+  redo = embedding._redo_silhouette
+
+  def spy(x, cl, s, todo, batch_size):
+    redone.append(len(todo))
+    redo(x, cl, s, todo, batch_size)
+
+  monkeypatch.setattr(embedding, '_redo_silhouette', spy)
+  ours = silhouette(x, labels, batch_size=BLOCK)
+  assert redone and redone[0] >= np.sum(labels < 2)
+  ref = silhouette_score(x, labels, metric='euclidean')
+  assert abs(ref - direct_silhouette(x, labels)) <= 1e-9  # accurate: its clusters are near 0
+  assert abs(ours - ref) <= 1e-6
+  assert abs(ours - direct_silhouette(x, labels)) <= 1e-8
+  np.testing.assert_array_equal(embedding._nearest_other(x, BLOCK), brute_force_nearest_other(x))
+
+
+def test_silhouette_from_direct_differences_matches_sklearn(monkeypatch):
+  # With no error allowed, no matmul-form coefficient is certified, and every point's
+  # is recomputed from direct differences (the last resort).
+  monkeypatch.setattr(embedding, '_SIL_TOL', 0.0)
+  x, labels = clusters(1.0, n=200)
+  labels[5] = 99  # a singleton
+  ref = silhouette_score(x.astype(np.float64), labels)
+  assert silhouette(x, labels, batch_size=BLOCK) == pytest.approx(ref, abs=1e-12)
+
+
+def test_metrics_accept_host_numpy_and_jax_arrays():
+  import jax.numpy as jnp
+  x, labels = clusters(1.0, n=200)
+  on_host = embedding_metrics(x, labels)
+  assert embedding_metrics(jnp.asarray(x), jnp.asarray(labels)) == on_host
+  assert embedding_metrics(x.astype(np.float64), list(labels)) == on_host
