@@ -40,7 +40,8 @@ def vit_arch(model_cfg):
               image_size=model_cfg.image_size, gelu_approximate=model_cfg.gelu_approximate,
               dtype=jnp.dtype(model_cfg.dtype), pos=model_cfg.get('pos', 'learned'),
               rope_base=model_cfg.get('rope_base', 100.0), residual=residual_spec(model_cfg),
-              remat=model_cfg.get('remat', False))
+              remat=model_cfg.get('remat', False),
+              weight_init=model_cfg.get('weight_init', 'default'))
 
 
 def build(model_cfg, num_classes, **kw):

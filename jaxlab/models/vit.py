@@ -13,6 +13,9 @@ axial 2-D rotary embeddings on the queries and keys (no pos_embed). With
 `residual` set (a HyperSpec), each block's attention and MLP branches are
 wrapped in hyper-connections over n residual streams (blocks_{i}/hc_attn,
 blocks_{i}/hc_mlp); the branch weights keep their paths.
+
+`weight_init` picks the initialisation: 'default' (today's, for the pretrained PEFT ViT) or
+'trunc_normal' (timm's from-scratch ViT init, SPEC §3's trunc-normal(0.02)); see INITS.
 """
 
 import dataclasses
@@ -61,11 +64,12 @@ class LoraDense(nn.Module):
   alpha: float = 16.0
   dropout: float = 0.0
   dtype: jnp.dtype = jnp.float32
-  kernel_init: nn.initializers.Initializer = nn.initializers.truncated_normal(0.02)
+  kernel_init: nn.initializers.Initializer = None  # None: DEFAULT_DENSE_INIT
 
   @nn.compact
   def __call__(self, x, train=False):
-    kernel = self.param('kernel', self.kernel_init, (x.shape[-1], self.features))
+    kernel = self.param('kernel', self.kernel_init or DEFAULT_DENSE_INIT,
+                        (x.shape[-1], self.features))
     bias = self.param('bias', nn.initializers.zeros, (self.features,))
     x = x.astype(self.dtype)
     y = x @ kernel.astype(self.dtype) + bias.astype(self.dtype)
@@ -83,6 +87,32 @@ def layer_norm(eps, dtype, name):
 
 
 POSITIONS = ('learned', 'rope')
+
+# ViT initialisations (model.weight_init; timm's VisionTransformer names its keyword so too):
+#   default       today's, kept bit for bit: patch_embed kernel lecun-normal (flax Conv's
+#                 default); block Dense kernels (qkv, proj, fc1, fc2) and pos_embed
+#                 DEFAULT_DENSE_INIT; head kernel and bias U(±1/sqrt(width)) (PyTorch
+#                 nn.Linear's default: the fresh head of the pretrained PEFT ViT).
+#   trunc_normal  timm's `init_weights` for a ViT trained from scratch (SPEC §3, mHC family):
+#                 TRUNC_NORMAL_02 for the patch_embed, qkv, proj, fc1, fc2 and head kernels and
+#                 for pos_embed. (timm's VisionTransformer.init_weights does pos_embed, and
+#                 init_weights_vit_timm every nn.Linear; it leaves the Conv2d patch embedding at
+#                 PyTorch's default. SPEC §3 asks trunc-normal(0.02) for the patch embedding too,
+#                 so it gets it here.)
+# Under both, biases are zero (except the default head's), cls_token is N(0, 1e-6) as in timm,
+# LayerNorms are (1, 0) and the hyper-connection parameters keep their own init.
+INITS = ('default', 'trunc_normal')
+# jax/flax `truncated_normal(s)` draws N(0, 1) truncated at ±2 and multiplies by s, WITHOUT
+# correcting the variance: its std is 0.8796·s (0.0176 for s = 0.02) and |x| < 2s. It stays the
+# default init so that existing configs are unchanged.
+DEFAULT_DENSE_INIT = nn.initializers.truncated_normal(0.02)
+# std 0.02 exactly, truncated at ±2 standard deviations of the underlying normal: the jax
+# initializer with s = 0.02/0.8796 (the factor is the std of N(0, 1) truncated at ±2, as in
+# jax's variance_scaling), so |x| < 2·0.02/0.8796 ≈ 0.0455. timm's `trunc_normal_(std=.02)`
+# truncates at the absolute ±2 (±100σ), in effect an untruncated N(0, 0.02²); both have std
+# 0.02, and this one keeps SPEC's "truncated" (no draw beyond 2.27σ of 0.02).
+TRUNCATED_NORMAL_STD_CORRECTION = .87962566103423978
+TRUNC_NORMAL_02 = nn.initializers.truncated_normal(0.02 / TRUNCATED_NORMAL_STD_CORRECTION)
 
 
 def axial_rope(grid, head_dim, base):
@@ -121,17 +151,20 @@ class Attention(nn.Module):
   lora: dict
   dtype: jnp.dtype = jnp.float32
   rope: tuple | None = None
+  kernel_init: nn.initializers.Initializer = None  # of qkv and proj; None: DEFAULT_DENSE_INIT
 
   @nn.compact
   def __call__(self, x, train=False):
     b, n, _ = x.shape
-    qkv = LoraDense(3 * self.width, dtype=self.dtype, name='qkv', **self.lora.get('qkv', {}))(x, train)
+    qkv = LoraDense(3 * self.width, dtype=self.dtype, name='qkv', kernel_init=self.kernel_init,
+                    **self.lora.get('qkv', {}))(x, train)
     q, k, v = jnp.moveaxis(qkv.reshape(b, n, 3, self.heads, self.width // self.heads), 2, 0)
     if self.rope is not None:
       q, k = rotate(q, *self.rope), rotate(k, *self.rope)
     out = jax.nn.dot_product_attention(q, k, v)  # fused kernel on GPU, plain XLA on CPU
     out = out.reshape(b, n, self.width)
-    return LoraDense(self.width, dtype=self.dtype, name='proj', **self.lora.get('proj', {}))(out, train)
+    return LoraDense(self.width, dtype=self.dtype, name='proj', kernel_init=self.kernel_init,
+                     **self.lora.get('proj', {}))(out, train)
 
 
 class Mlp(nn.Module):
@@ -141,12 +174,15 @@ class Mlp(nn.Module):
   gelu_approximate: bool
   lora: dict
   dtype: jnp.dtype = jnp.float32
+  kernel_init: nn.initializers.Initializer = None  # of fc1 and fc2; None: DEFAULT_DENSE_INIT
 
   @nn.compact
   def __call__(self, x, train=False):
-    x = LoraDense(self.mlp_dim, dtype=self.dtype, name='fc1', **self.lora.get('fc1', {}))(x, train)
+    x = LoraDense(self.mlp_dim, dtype=self.dtype, name='fc1', kernel_init=self.kernel_init,
+                  **self.lora.get('fc1', {}))(x, train)
     x = nn.gelu(x, approximate=self.gelu_approximate)
-    return LoraDense(self.width, dtype=self.dtype, name='fc2', **self.lora.get('fc2', {}))(x, train)
+    return LoraDense(self.width, dtype=self.dtype, name='fc2', kernel_init=self.kernel_init,
+                     **self.lora.get('fc2', {}))(x, train)
 
 
 class Block(nn.Module):
@@ -165,13 +201,16 @@ class Block(nn.Module):
   rope: tuple | None = None
   residual: HyperSpec | None = None
   index: int = 0
+  kernel_init: nn.initializers.Initializer = None  # of the Dense kernels; None: DEFAULT_DENSE_INIT
 
   @nn.compact
   def __call__(self, x, train=False):
     norm1 = layer_norm(self.ln_eps, self.dtype, 'norm1')
-    attn = Attention(self.width, self.heads, self.lora, self.dtype, self.rope, name='attn')
+    attn = Attention(self.width, self.heads, self.lora, self.dtype, self.rope, self.kernel_init,
+                     name='attn')
     norm2 = layer_norm(self.ln_eps, self.dtype, 'norm2')
-    mlp = Mlp(self.width, self.mlp_dim, self.gelu_approximate, self.lora, self.dtype, name='mlp')
+    mlp = Mlp(self.width, self.mlp_dim, self.gelu_approximate, self.lora, self.dtype,
+              self.kernel_init, name='mlp')
     branches = (lambda h: attn(norm1(h), train), lambda h: mlp(norm2(h), train))
     for j, (name, branch) in enumerate(zip(('hc_attn', 'hc_mlp'), branches)):
       if self.residual is None:
@@ -198,6 +237,7 @@ class ViT(nn.Module):
   rope_base: float = 100.0
   residual: HyperSpec | None = None
   remat: bool = False  # recompute each block's activations in the backward pass (saves memory)
+  weight_init: str = 'default'  # one of INITS (not `init`: that is flax's Module.init)
 
   def block_lora(self, i):
     """Keyword arguments of each LoraDense in block i: {target: {rank, alpha, dropout}}."""
@@ -211,16 +251,25 @@ class ViT(nn.Module):
     """Logits [B, classes] in float32; with embed=True the normed class token [B, width]."""
     if self.pos not in POSITIONS:
       raise ValueError(f'unknown position embedding {self.pos!r}; choose one of {POSITIONS}')
+    if self.weight_init not in INITS:
+      raise ValueError(f'unknown weight_init {self.weight_init!r}; choose one of {INITS}')
+    if self.weight_init == 'trunc_normal':
+      embed_init = dict(kernel_init=TRUNC_NORMAL_02)  # bias: flax's zeros
+      dense_init = pos_init = TRUNC_NORMAL_02
+      head_init = dict(kernel_init=TRUNC_NORMAL_02, bias_init=nn.initializers.zeros)
+    else:
+      embed_init = {}  # flax Conv's defaults: lecun-normal kernel, zero bias
+      dense_init = pos_init = DEFAULT_DENSE_INIT
+      head_init = dict(kernel_init=uniform_fan_in(self.width), bias_init=uniform_fan_in(self.width))
     x = nn.Conv(self.width, (self.patch, self.patch), strides=(self.patch, self.patch),
-                padding='VALID', dtype=self.dtype, name='patch_embed')(images)
+                padding='VALID', dtype=self.dtype, name='patch_embed', **embed_init)(images)
     b = x.shape[0]
     x = x.reshape(b, -1, self.width)
     cls = self.param('cls_token', nn.initializers.normal(1e-6), (1, 1, self.width))
     x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, self.width)).astype(x.dtype), x], axis=1)
     rope = None
     if self.pos == 'learned':
-      pos = self.param('pos_embed', nn.initializers.truncated_normal(0.02),
-                       (1, x.shape[1], self.width))
+      pos = self.param('pos_embed', pos_init, (1, x.shape[1], self.width))
       x = x + pos.astype(x.dtype)
     else:
       grid = images.shape[1] // self.patch
@@ -230,14 +279,14 @@ class ViT(nn.Module):
     block = nn.remat(Block, static_argnums=(2,)) if self.remat else Block  # 2: `train`
     for i in range(self.depth):
       x = block(self.width, self.heads, self.mlp_dim, self.gelu_approximate, self.ln_eps,
-                self.block_lora(i), self.dtype, rope, self.residual, i, name=f'blocks_{i}')(x, train)
+                self.block_lora(i), self.dtype, rope, self.residual, i, dense_init,
+                name=f'blocks_{i}')(x, train)
     x = layer_norm(self.ln_eps, self.dtype, 'norm')(x)
     if self.residual is not None:  # the final norm acts on each stream, then they are summed
       x = reduce(x, self.residual.reduce)
     if embed:
       return x[:, 0].astype(jnp.float32)
-    head = nn.Dense(self.num_classes, dtype=self.dtype, name='head',
-                    kernel_init=uniform_fan_in(self.width), bias_init=uniform_fan_in(self.width))
+    head = nn.Dense(self.num_classes, dtype=self.dtype, name='head', **head_init)
     return head(x[:, 0]).astype(jnp.float32)
 
 
