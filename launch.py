@@ -2,7 +2,10 @@
 
 Any config field can be overridden: --config.optim.lr=3e-4. Unknown fields,
 values of the wrong type and unknown choices are errors before anything runs.
-Rerunning the same command with the same --workdir resumes from its checkpoint.
+Rerunning the same command with the same --workdir resumes from its checkpoint
+(a finished run prints its summary again); a workdir started with another config
+is refused. Exit codes: 0 done, 1 bad input, 3 diverged (a non-finite loss or
+parameter; nothing non-finite was saved).
 """
 
 import os
@@ -12,6 +15,8 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from jaxlab import cli
+
+DIVERGED = 3  # exit code of a run stopped by a non-finite loss or parameter
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file, optionally with a variant: configs/hybrid.py:quick.',
@@ -42,8 +47,12 @@ def main(argv):
     import jax
     jax.distributed.initialize()
   spec = next(a for a in sys.argv if a.startswith('--config=')).split('=', 1)[1]
+  from jaxlab.train.guards import DivergenceError
   try:
     experiments.run(config, _WORKDIR.value or default_workdir(spec))
+  except DivergenceError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(DIVERGED)
   except (ValueError, FileNotFoundError) as e:
     if flags.FLAGS.verbosity > 0:
       raise

@@ -37,9 +37,14 @@ def base_config():
       lr_scaling='none', base_batch=64, groups=ml_collections.ConfigDict()))
   # lr_scaling: none | sqrt | linear — lr × (batch_size / base_batch) ** {0, 1/2, 1}.
   # steps_per_dispatch: steps fused in one jitted lax.scan (raise it for small models).
+  # steps: stop after this many steps (0: epochs × steps per epoch); the schedules still span
+  # the whole run of `epochs` epochs, so a short smoke run trains with the real run's settings.
+  # drop_last: False (the seeds' PyTorch DataLoader) pads the last, partial batch of each epoch
+  # and masks it, so every example is seen every epoch (391 steps of 128 on 50,000 images);
+  # True drops it (390).
   c.train = ml_collections.ConfigDict(dict(
       batch_size=64, epochs=1, eval_batch_size=500, steps_per_dispatch=1,
-      log_every_steps=50, eval_every_epochs=1))
+      log_every_steps=50, eval_every_epochs=1, steps=0, drop_last=False))
   c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=2))
   # Checkpoint averaging (off while every_steps = 0): a snapshot of the parameters every
   # every_steps steps after start_fraction of the run; the mean of all of them (window = 0)

@@ -36,7 +36,8 @@ def default():
   c.model = ml_collections.ConfigDict(dict(
       name='vit', variant='Ti/4', image_size=32, patch=4, width=192, depth=12, heads=3,
       mlp_dim=768, gelu_approximate=False, dtype='bfloat16', pos='rope', rope_base=100.0,
-      residual='plain', hc=dict(streams=4, tau=0.05, iterations=0, reduce='sum')))
+      residual='plain', hc=dict(streams=4, tau=0.05, iterations=0, reduce='sum'),
+      weight_init='trunc_normal'))
   c.mhc = ml_collections.ConfigDict(dict(arms=('regular', 'mhc_static', 'mhc_dynamic')))
   # erasing_p 0.5: torchvision's RandomErasing() default.
   c.augment.update(resize=0, crop_padding=0, flip=True, normalization='cifar10',
@@ -60,7 +61,7 @@ def schedule(kind, **kw):
 
 def average(c):
   c.optim.update(dict(schedule='whd', decay_start_fraction=1.0))
-  total = c.train.epochs * (50_000 // c.train.batch_size)
+  total = c.train.epochs * -(-50_000 // c.train.batch_size)  # every example: ceil(n / B) steps
   c.averaging.update(dict(every_steps=max(total // 50, 1), start_fraction=0.8, window=0))
 
 

@@ -76,9 +76,11 @@ def test_quick_run_writes_its_files(tmp_path):
   assert r.returncode == 0, r.stderr[-2000:]
   sync = json.load(open(tmp_path / 'sync' / 'summary.json'))
   local = json.load(open(tmp_path / 'local_sgd' / 'summary.json'))
-  assert sync['num_devices'] == 4 and sync['steps'] == 2 * 22 and sync['eval_split'] == 'test'
-  # 4 workers, each on its own quarter of the 1437 training images: 5 steps of 64 per epoch.
-  assert local['workers'] == 4 and local['steps'] == 2 * 5 and local['comm_rounds'] == 2
+  # Every example every epoch: 1437 training images are 23 steps of 64 (the last one partial).
+  assert sync['num_devices'] == 4 and sync['steps'] == 2 * 23 and sync['eval_split'] == 'test'
+  # 4 workers, each on its own quarter (359 or 360) of the 1437 training images: 6 steps of 64
+  # per epoch; averages after step 8 and at the end.
+  assert local['workers'] == 4 and local['steps'] == 2 * 6 and local['comm_rounds'] == 2
   assert sync['acc1'] > 0.5  # two epochs of LeNet on digits are far above chance (0.1)
   for arm in ('sync', 'local_sgd'):
     assert os.path.exists(tmp_path / arm / 'config.json')

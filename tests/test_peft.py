@@ -274,3 +274,23 @@ def test_augmentation_recipes(recipe, method, expected):
   c.peft.method = method
   peft.apply_recipe(c)
   assert {k: c.augment[k] for k in expected} == expected and c.augment.resize == 224
+
+
+def test_training_step_carries_no_diagnostics(tiny_digits):
+  """The compiled hybrid step costs the same with diagnostics on and off: the norms and the two
+  JVPs of cos/lora_norm run in their own function, outside the timed step."""
+  from jaxlab.parallel.mesh import replicate, shard_leading
+  from jaxlab.train.setup import build
+  mesh = make_mesh(jax.devices()[:1])
+  data = replicate({'image': tiny_digits.train.images, 'label': tiny_digits.train.labels}, mesh)
+  idx = shard_leading(np.arange(8, dtype=np.int32)[None], mesh, 1)
+  flops, setups = {}, {}
+  for on in (True, False):
+    c = tiny_config(diagnostics=on)
+    setup = build(c, peft.make_task(c, 10), mesh, 8, 4)
+    compiled = setup.chunk_fn(frozenset()).lower(setup.place(setup.state), data, idx).compile()
+    cost = compiled.cost_analysis()
+    flops[on] = (cost[0] if isinstance(cost, (list, tuple)) else cost)['flops']
+    setups[on] = setup
+  assert flops[True] == flops[False] > 0
+  assert setups[True].diagnostics_fn is not None and setups[False].diagnostics_fn is None

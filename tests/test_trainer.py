@@ -96,7 +96,10 @@ def test_workdir_files(tmp_path, small_digits):
     assert summary[field] is not None, field
   # LeNet-5 with 10 classes: conv 4,864 + 102,464, fc 614,784 + 73,920, head 1,930.
   assert summary['trainable_params'] == 797_962
-  assert summary['peak_mem_source'] in ('device_memory_stats', 'process_peak_rss')
+  assert summary['peak_mem_source'] == 'xla_memory_analysis'
+  assert summary['runtime_peak_mem_source'] in ('device_memory_stats', 'process_peak_rss')
+  # The compiled step holds at least the data set, the state and its output state.
+  assert summary['peak_mem_bytes'] > small_digits.train.images.nbytes + 2 * 4 * 797_962
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['3', '4']
 
 
@@ -137,3 +140,115 @@ def test_checkpoint_averaging_is_the_mean_of_the_snapshots_and_resumes(tmp_path,
   again = flatten(jax.device_get(resumed.extra['average']['mean']))
   for k in mean:
     np.testing.assert_allclose(again[k], got[k], rtol=1e-6, err_msg=k)
+
+
+# Numbers you can trust: divergence, resume, every example, per-run memory, best epoch.
+
+def test_nonfinite_loss_stops_the_run_and_nothing_nonfinite_is_saved(tmp_path, small_digits):
+  from jaxlab.io.checkpoint import Checkpointer
+  from jaxlab.train.guards import DivergenceError
+  c = tiny_config(epochs=2)
+  c.optim.lr = 1e4
+  c.checkpoint.every_steps = 1
+  with pytest.raises(DivergenceError, match=r'non-finite (loss|parameters) at step \d+') as e:
+    run(c, tmp_path, small_digits, make_mesh(jax.devices()[:1]))
+  assert 'optim.lr (now 10000)' in str(e.value)
+  bad = e.value.step
+  ckpt = Checkpointer(tmp_path / 'checkpoints', 1, 10)
+  saved = ckpt.manager.all_steps()
+  ckpt.close()
+  assert all(s < bad for s in saved) and e.value.last_checkpoint == max(saved, default=None)
+  summary = json.load(open(tmp_path / 'summary.json'))
+  assert summary['status'] == f'diverged at step {bad}' and summary['diverged_at_step'] == bad
+  # Every checkpoint that was written is finite.
+  task = make_task(c, 10, (32, 32, 3))
+  from jaxlab.train.setup import build
+  like = build(c, task, make_mesh(jax.devices()[:1]), 8, 4).state
+  for s in saved:
+    restored = Checkpointer(tmp_path / 'checkpoints', 1, 10).restore(like, s)
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(restored.params))
+
+
+def test_rerun_with_another_config_is_refused_and_a_finished_run_is_not_retrained(
+    tmp_path, small_digits, capsys):
+  from jaxlab.train.guards import ResumeMismatchError
+  mesh = make_mesh(jax.devices()[:1])
+  c = tiny_config(epochs=1)
+  first, _ = run(c, tmp_path, small_digits, mesh)
+  log_before = open(tmp_path / 'metrics.jsonl').read()
+  other = tiny_config(epochs=1)
+  other.optim.update(lr=0.1, name='adamw')
+  with pytest.raises(ResumeMismatchError) as e:
+    run(other, tmp_path, small_digits, mesh)
+  assert "optim.lr 0.05 → 0.1" in str(e.value) and "optim.name 'sgdm' → 'adamw'" in str(e.value)
+  assert '--workdir' in str(e.value)
+  # Fields that do not change the result may differ; the finished run is reported, not rerun.
+  same = tiny_config(epochs=1, log_every_steps=1, eval_batch_size=10)
+  again, _ = run(same, tmp_path, small_digits, mesh)
+  assert 'finished earlier' in capsys.readouterr().out
+  assert again == json.loads(json.dumps(first))
+  assert open(tmp_path / 'metrics.jsonl').read() == log_before
+
+
+def test_steps_per_epoch_keep_the_last_partial_batch():
+  from jaxlab.data.pipeline import EpochIndices, steps_per_epoch
+  from jaxlab.parallel.local import WorkerIndices, worker_steps_per_epoch
+  assert steps_per_epoch(50_000, 128) == 391 and steps_per_epoch(50_000, 8192) == 7
+  assert steps_per_epoch(50_000, 128, drop_last=True) == 390
+  assert steps_per_epoch(50_000, 8192, drop_last=True) == 6
+  key = jax.random.PRNGKey(0)
+  ix = EpochIndices(key, 50, 16)
+  for epoch in range(2):
+    rows = ix.chunk(epoch * ix.steps_per_epoch, ix.steps_per_epoch)
+    assert rows.shape == (4, 16)
+    real = rows[rows >= 0]
+    assert sorted(real.tolist()) == list(range(50)) and (rows < 0).sum() == 14
+  # Local SGD: 50 examples over 4 workers (13, 13, 12, 12), batch 4: 4 steps for every worker.
+  wx = WorkerIndices(key, 50, 4, 4)
+  assert wx.steps_per_epoch == 4 == worker_steps_per_epoch(50, 4, 4)
+  rows = wx.chunk(0, 4)  # [steps, workers, batch]
+  assert sorted(rows[rows >= 0].tolist()) == list(range(50))
+  for k, (lo, hi) in enumerate([(0, 13), (13, 26), (26, 38), (38, 50)]):
+    mine = rows[:, k][rows[:, k] >= 0]
+    assert mine.min() >= lo and mine.max() < hi and len(mine) == hi - lo
+
+
+@pytest.mark.parametrize('devices', [1, 4])
+def test_padded_and_masked_step_equals_the_step_on_the_real_examples(small_digits, devices):
+  """12 real examples padded to a batch of 16 take exactly the step of the batch of 12."""
+  from jaxlab.parallel.mesh import replicate, shard_leading
+  from jaxlab.train.setup import build
+  c = tiny_config()
+  c.augment.update(crop_padding=2, flip=True)
+  mesh = make_mesh(jax.devices()[:devices])
+  data = replicate({'image': small_digits.train.images, 'label': small_digits.train.labels}, mesh)
+  real = np.arange(5, 17, dtype=np.int32)
+  out = {}
+  for name, idx in (('real', real), ('padded', np.concatenate([real, np.full(4, -1, np.int32)]))):
+    c.train.batch_size = len(idx)
+    task = make_task(c, 10, (32, 32, 3))
+    setup = build(c, task, mesh, 8, 4)
+    state = setup.place(setup.state)
+    init = params_of(state)  # the step donates the state
+    new, metrics = setup.chunk_fn(frozenset())(state, data, shard_leading(idx[None], mesh, 1))
+    # SGD momentum's first buffer is the gradient plus weight decay: the gradients, compared.
+    trace = jax.device_get(jax.tree.leaves(new.opt_state))
+    out[name] = (params_of(new), jax.device_get(metrics), init, trace)
+  (p_real, m_real, init, g_real), (p_pad, m_pad, _, g_pad) = out['real'], out['padded']
+  for k in p_real:
+    np.testing.assert_allclose(p_pad[k], p_real[k], rtol=1e-5, atol=1e-7, err_msg=k)
+  for a, b in zip(g_pad, g_real):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  assert any(not np.allclose(p_real[k], init[k]) for k in p_real)
+  for key in ('loss', 'acc'):
+    np.testing.assert_allclose(m_pad[key], m_real[key], rtol=1e-5)
+
+
+def test_summary_reports_the_best_epoch(tmp_path, small_digits):
+  c = tiny_config(epochs=3, eval_every_epochs=1)
+  summary, _ = run(c, tmp_path, small_digits, make_mesh(jax.devices()[:1]))
+  evals = [r for r in map(json.loads, open(tmp_path / 'metrics.jsonl')) if r['split'] == 'test']
+  assert [r['epoch'] for r in evals] == [1, 2, 3]
+  best = max(evals, key=lambda r: (r['acc1'], -r['step']))
+  assert summary['acc1_best'] == best['acc1'] and summary['best_epoch'] == best['epoch']
+  assert summary['acc1'] == evals[-1]['acc1'] and summary['acc1_best'] >= summary['acc1']

@@ -45,20 +45,32 @@ def init_feedback(model, rule, key, image_shape):
   return {}
 
 
-def _rms(x, axis_name):
-  ms = jnp.mean(jnp.square(x))
+def _rms(x, axis_name, weight=None, count=None):
+  """The root mean square of `x` [b, d] over the real examples (weight 1) of the global batch."""
+  if weight is None:
+    ms = jnp.mean(jnp.square(x))
+    if axis_name is not None:
+      ms = jax.lax.pmean(ms, axis_name)
+    return jnp.sqrt(ms) + 1e-12
+  sq = jnp.sum(weight[:, None] * jnp.square(x))
   if axis_name is not None:
-    ms = jax.lax.pmean(ms, axis_name)
-  return jnp.sqrt(ms) + 1e-12
+    sq = jax.lax.psum(sq, axis_name)
+  return jnp.sqrt(sq / (count * x.shape[-1])) + 1e-12
 
 
 def credit_value_and_grad(model, rule, params, feedback, images, labels, trainable_blocks,
-                          rms_normalize=True, axis_name=DATA):
+                          rms_normalize=True, axis_name=DATA, weight=None, denom=None):
   """((loss, logits), grads) with grads for embed, out_ln, out_head and the blocks in
   `trainable_blocks` (a tuple of indices), following `rule` (see the module docstring).
 
   `axis_name` is the data-parallel axis the rms is taken over (None outside shard_map).
+  `weight` [b] (0 for padding) and `denom` (the global batch's number of real examples)
+  make the loss sum(weight · loss) / denom, this device's share of the global mean; by
+  default every example is real and the loss is the local mean.
   """
+  rms_weight = weight  # None: every example real, the rms a plain mean
+  if weight is None:
+    weight, denom = jnp.ones(labels.shape, jnp.float32), jnp.float32(labels.shape[0])
   fa_vars = {'feedback': feedback} if rule == 'fa' else {}
 
   def call(p, *args, method):
@@ -76,19 +88,21 @@ def credit_value_and_grad(model, rule, params, feedback, images, labels, trainab
 
   def readout(ln, head, hl):
     logits = call({**params, 'out_ln': ln, 'out_head': head}, hl, method=ResMLP.readout)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), logits
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    return jnp.sum(weight * losses) / denom, logits
 
   loss, readout_vjp, logits = jax.vjp(readout, params['out_ln'], params['out_head'], h,
                                       has_aux=True)
   g_ln, g_head, delta = readout_vjp(jnp.ones_like(loss))
   grads = {'out_ln': g_ln, 'out_head': g_head}
   if rule == 'dfa':
-    error = (jax.nn.softmax(logits) - jax.nn.one_hot(labels, logits.shape[-1])) / labels.shape[0]
+    error = ((jax.nn.softmax(logits) - jax.nn.one_hot(labels, logits.shape[-1]))
+             * (weight / denom)[:, None])
   for i in reversed(range(model.depth)):
     signal = error @ feedback[f'blocks_{i}'] if rule == 'dfa' else delta
     d_params, d_h = block_vjps[i](signal)
     if i in trainable_blocks:
-      scale = 1.0 / _rms(signal, axis_name) if rms_normalize else 1.0
+      scale = 1.0 / _rms(signal, axis_name, rms_weight, denom) if rms_normalize else 1.0
       grads[f'blocks_{i}'] = jax.tree.map(lambda g: g * scale, d_params)
     if rule != 'dfa':
       delta = delta + d_h

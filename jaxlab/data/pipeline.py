@@ -2,39 +2,58 @@
 
 The whole split lives on the device as uint8; the host only decides which
 indices form each batch. Training batches come from a permutation per epoch
-drawn from the PRNG key (the last incomplete batch of an epoch is dropped);
-evaluation visits every example exactly once, the last batch padded and masked.
+drawn from the PRNG key. Every example is seen once per epoch: the last,
+partial batch is padded to the static batch shape with the index -1, which
+the step reads as a masked example of weight 0 (PyTorch's DataLoader with
+drop_last=False). With drop_last=True the partial batch is dropped instead.
+Evaluation visits every example exactly once, the last batch padded and masked.
 """
 
 import jax
 import numpy as np
 
+PAD = -1  # the index of a padding example: weight 0 in the step
 
-def steps_per_epoch(num_examples, batch_size):
-  """Full batches per epoch; an error if the split is smaller than one batch."""
-  steps = num_examples // batch_size
+
+def steps_per_epoch(num_examples, batch_size, drop_last=False):
+  """Batches per epoch: ceil(n / b), or n // b with drop_last; an error if there are none."""
+  if batch_size < 1:
+    raise ValueError(f'batch size {batch_size} must be at least 1 '
+                     '(--config.train.batch_size=64)')
+  steps = num_examples // batch_size if drop_last else -(-num_examples // batch_size)
   if steps == 0:
     raise ValueError(f'batch size {batch_size} is larger than the {num_examples} training '
-                     'examples; lower --config.train.batch_size.')
+                     'examples and train.drop_last=True drops the only, partial batch; lower '
+                     '--config.train.batch_size or set --config.train.drop_last=false.')
   return steps
 
 
 class EpochIndices:
-  """Global batch indices for any range of steps, the same however the run is split."""
+  """Global batch indices for any range of steps, the same however the run is split.
 
-  def __init__(self, key, num_examples, batch_size):
+  `steps`: batches per epoch when larger than this split's own (a local-SGD
+  worker with a smaller shard than the others pads whole batches with PAD).
+  """
+
+  def __init__(self, key, num_examples, batch_size, drop_last=False, steps=None):
     self.key, self.n, self.batch_size = key, num_examples, batch_size
-    self.steps_per_epoch = steps_per_epoch(num_examples, batch_size)
+    own = steps_per_epoch(num_examples, batch_size, drop_last)
+    self.steps_per_epoch = max(own, steps or 0)
+    self.used = own * batch_size if drop_last else num_examples  # examples seen per epoch
     self._epoch, self._perm = None, None
 
   def permutation(self, epoch):
+    """This epoch's order of the examples it uses, padded with PAD to whole batches."""
     if epoch != self._epoch:
-      self._perm = np.asarray(jax.random.permutation(jax.random.fold_in(self.key, epoch), self.n))
-      self._epoch = epoch
+      perm = np.asarray(jax.random.permutation(jax.random.fold_in(self.key, epoch), self.n))
+      padded = np.full(self.steps_per_epoch * self.batch_size, PAD, np.int64)
+      padded[:self.used] = perm[:self.used]
+      self._perm, self._epoch = padded, epoch
     return self._perm
 
   def chunk(self, step, num_steps):
-    """int32 [num_steps, batch] indices of steps step..step+num_steps-1 (one epoch at most)."""
+    """int32 [num_steps, batch] indices of steps step..step+num_steps-1 (one epoch at most);
+    PAD marks the padding of a partial batch."""
     epoch, first = divmod(step, self.steps_per_epoch)
     if first + num_steps > self.steps_per_epoch:
       raise ValueError('a chunk of steps may not cross an epoch boundary')

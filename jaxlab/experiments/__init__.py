@@ -1,12 +1,14 @@
 """Experiment families by name: each module has `run(config, workdir) -> summary`."""
 
 import importlib
+import os
 
 from jaxlab.data.augment import NORMALIZATIONS
 from jaxlab.data.datasets import DATASETS, SOURCES
 from jaxlab.models import MODELS
 from jaxlab.optim.optimizers import OPTIMIZERS
 from jaxlab.optim.schedules import DECAY_SHAPES, SCHEDULES
+from jaxlab.train import guards
 
 EXPERIMENTS = {
     'distributed': 'jaxlab.experiments.distributed',
@@ -46,7 +48,21 @@ def validate(config):
     module.validate(config)
 
 
+# What the workdir of a launch records: the config as launched (after command-line overrides).
+LAUNCH_CONFIG = 'launch_config.json'
+
+
 def run(config, workdir):
-  """Validate `config` and run its experiment family."""
+  """Validate `config` and run its experiment family in `workdir`.
+
+  The workdir remembers the config it was started with (launch_config.json; each
+  run inside it also keeps its own effective config.json): a rerun with a config
+  that differs in a result-changing field is refused before anything is loaded.
+  """
   validate(config)
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ValueError(f'--workdir {workdir} is a file, not a directory; choose another --workdir')
+  os.makedirs(workdir, exist_ok=True)
+  guards.check_resume(workdir, config.to_dict(), LAUNCH_CONFIG,
+                      guards.NEUTRAL_FIELDS + guards.SWEEP_FIELDS)
   return importlib.import_module(EXPERIMENTS[config.experiment]).run(config, workdir)

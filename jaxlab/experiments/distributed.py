@@ -16,10 +16,11 @@ import jax.numpy as jnp
 
 from jaxlab import models
 from jaxlab.data.datasets import load_dataset
-from jaxlab.io.report import line_plot, markdown_table
+from jaxlab.io.report import line_plot, markdown_table, with_status
 from jaxlab.io.writers import write_json
 from jaxlab.optim.schedules import schedule_from_config
-from jaxlab.parallel.local import METHODS as LOCAL_METHODS, LocalSpec
+from jaxlab.parallel.local import METHODS as LOCAL_METHODS, LocalSpec, worker_steps_per_epoch
+from jaxlab.train.guards import check_sweep, run_or_diverged
 from jaxlab.train.loop import fit, run_keys
 from jaxlab.train.report import print_summary
 from jaxlab.train.sweep import apply_overrides, cell_name, parse_grid, run_cells
@@ -39,7 +40,9 @@ COLUMNS = (
     ('arm', 'arm', '{}'),
     ('workers (sync: devices)', 'workers', '{}'),
     ('J', 'sync_every', '{}'),
-    ('acc@1', 'acc1', '{:.4f}'),
+    ('acc@1 (final)', 'acc1', '{:.4f}'),
+    ('acc@1 (best epoch)', 'acc1_best', '{:.4f}'),
+    ('best epoch', 'best_epoch', '{:g}'),
     ('NLL', 'nll', '{:.4f}'),
     ('img/s', 'throughput_img_s', '{:,.0f}'),
     ('compute s', 'compute_time_s', '{:.2f}'),
@@ -48,13 +51,20 @@ COLUMNS = (
 )
 
 
+def base_lr(optim_cfg):
+  """The optimizer's base lr: optim.lamb_lr for LAMB when set (> 0), else optim.lr."""
+  if optim_cfg.name == 'lamb' and optim_cfg.get('lamb_lr', 0.0) > 0:
+    return optim_cfg.lamb_lr
+  return optim_cfg.lr
+
+
 def scaled_lr(optim_cfg, batch_size):
   """base lr × (B / base_batch) ** {0, 1/2, 1} for the none / sqrt / linear rule."""
   rule = optim_cfg.lr_scaling
   if rule not in LR_SCALING:
     raise ValueError(f'unknown optim.lr_scaling {rule!r}; choose one of {", ".join(LR_SCALING)}')
   power = {'none': 0.0, 'sqrt': 0.5, 'linear': 1.0}[rule]
-  return optim_cfg.lr * (batch_size / optim_cfg.base_batch) ** power
+  return base_lr(optim_cfg) * (batch_size / optim_cfg.base_batch) ** power
 
 
 def local_spec(config, steps_per_epoch):
@@ -101,7 +111,8 @@ def run_one(config, workdir, dataset):
     if config.aug_set:
       config.augment.update(AUG_SETS[config.aug_set])
   workers = config.local.workers if config.local.method != 'none' else 1
-  spe = len(dataset.train.labels) // workers // config.train.batch_size
+  spe = worker_steps_per_epoch(len(dataset.train.labels), workers, config.train.batch_size,
+                               config.train.drop_last)
   task = make_task(config, dataset.num_classes, shape, local_spec(config, spe))
   summary, _ = fit(config, workdir, task, dataset, summary_extra={'lr': config.optim.lr})
   return summary
@@ -116,35 +127,42 @@ def run_grid(config, workdir, dataset):
     c = apply_overrides(copy.deepcopy(config), overrides)
     with c.unlocked():
       c.grid = ''
-    summary = run_one(c, os.path.join(workdir, 'cells', cell_name(overrides)), dataset)
-    return {**overrides, **{k: summary[k] for k in ('acc1', 'nll', 'ece', 'throughput_img_s',
-                                                     'avg_step_time_s', 'lr')}}
+    out = os.path.join(workdir, 'cells', cell_name(overrides))
+    summary = run_or_diverged(lambda: run_one(c, out, dataset))
+    keep = ('acc1', 'acc1_best', 'best_epoch', 'nll', 'ece', 'throughput_img_s',
+            'avg_step_time_s', 'lr', 'peak_mem_bytes', 'status', 'diverged_at_step')
+    return {**overrides, **{k: summary[k] for k in keep if k in summary}}
 
   results = run_cells(os.path.join(workdir, 'grid.json'),
                       [(cell_name(o), functools.partial(cell, o)) for o in grid])
   rows = [results['cells'][cell_name(o)] for o in grid]
   columns = [(f, f, '{}') for f in fields] + [
-      ('lr (scaled)', 'lr', '{:.4g}'), (f'{dataset.eval_split} acc@1', 'acc1', '{:.4f}'),
+      ('lr (scaled)', 'lr', '{:.4g}'), (f'{dataset.eval_split} acc@1 (final)', 'acc1', '{:.4f}'),
+      ('acc@1 (best epoch)', 'acc1_best', '{:.4f}'), ('best epoch', 'best_epoch', '{:g}'),
       ('NLL', 'nll', '{:.4f}'), ('img/s', 'throughput_img_s', '{:,.0f}')]
-  text = (f'# Grid on {config.data.name}: {config.grid}\n\n' + markdown_table(rows, columns)
-          + '\n')
+  text = (f'# Grid on {config.data.name}: {config.grid}\n\n'
+          + markdown_table([with_status(r, 'acc1') for r in rows], columns) + '\n')
   with open(os.path.join(workdir, 'grid.md'), 'w') as f:
     f.write(text)
   plot_grid(rows, fields, os.path.join(workdir, 'grid.png'), dataset.eval_split)
   print('\n' + text)
+  check_sweep([(cell_name(o), r) for o, r in zip(grid, rows)])
   return results
 
 
 def plot_grid(rows, fields, path, split):
   """Accuracy against the first grid field, one line per combination of the others."""
   x, rest = fields[0], fields[1:]
+  done = [r for r in rows if r.get('diverged_at_step') is None]
   lines = []
-  for key in sorted({tuple(r[f] for f in rest) for r in rows}, key=str):
-    pts = sorted((r[x], r['acc1']) for r in rows if tuple(r[f] for f in rest) == key)
+  for key in sorted({tuple(r[f] for f in rest) for r in done}, key=str):
+    pts = sorted((r[x], r['acc1']) for r in done if tuple(r[f] for f in rest) == key)
     label = ', '.join(f'{f.rsplit(".", 1)[-1]}={v}' for f, v in zip(rest, key)) or 'acc@1'
     lines.append((label, *zip(*pts), None))
   logx = all(isinstance(r[x], (int, float)) and r[x] > 0 for r in rows)
-  line_plot(path, lines, x, f'{split} acc@1', 'grid sweep', logx=logx)
+  diverged = [(r[x], ', '.join([f'{f.rsplit(".", 1)[-1]}={r[f]}' for f in rest] + [r['status']]))
+              for r in rows if r.get('diverged_at_step') is not None]
+  line_plot(path, lines, x, f'{split} acc@1 (final)', 'grid sweep', logx=logx, diverged=diverged)
 
 
 def run(config, workdir):
@@ -160,13 +178,14 @@ def run(config, workdir):
     c = copy.deepcopy(config)
     with c.unlocked():
       c.local.method = 'none' if arm == 'sync' else arm
-    summary = run_one(c, os.path.join(workdir, arm), dataset)
-    rows.append({'arm': arm, 'workers': summary.get('workers', summary['num_devices']),
+    summary = run_or_diverged(lambda: run_one(c, os.path.join(workdir, arm), dataset))
+    rows.append({'arm': arm, 'workers': summary.get('workers', summary.get('num_devices')),
                  **summary})
   text = (f'# Synchronous data parallelism vs local methods on {config.data.name}\n\n'
-          + markdown_table(rows, COLUMNS) + '\n')
+          + markdown_table([with_status(r, 'acc1') for r in rows], COLUMNS) + '\n')
   with open(os.path.join(workdir, 'comparison.md'), 'w') as f:
     f.write(text)
   write_json(os.path.join(workdir, 'comparison.json'), rows)
   print('\n' + text)
+  check_sweep([(r['arm'], r) for r in rows])
   return {'arms': rows}

@@ -20,6 +20,7 @@ from jaxlab.data.datasets import load_dataset
 from jaxlab.io.report import line_plot, markdown_table
 from jaxlab.io.writers import write_json
 from jaxlab.peft.partition import merge
+from jaxlab.train.guards import check_sweep, run_or_diverged
 from jaxlab.train.loop import fit, run_keys
 from jaxlab.train.sweep import run_cells
 from jaxlab.train.task import Task
@@ -62,10 +63,11 @@ def make_task(config, rule, k, seeds, image_shape, num_classes):
   rules += [(rf'blocks_{i}/.*', f'block_{i}' if i in trainable_blocks else None)
             for i in range(depth)]
 
-  def grad_fn(live, rest, images, labels, rng, extra):
+  def grad_fn(live, rest, images, labels, rng, extra, *, weight, denom):
     del rng
     return credit.credit_value_and_grad(model, rule, merge(live, rest), extra['feedback'], images,
-                                        labels, trainable_blocks, config.credit.rms_normalize)
+                                        labels, trainable_blocks, config.credit.rms_normalize,
+                                        weight=weight, denom=denom)
 
   return Task(params=params, apply=lambda p, x, train, rng: forward.apply({'params': p}, x),
               rules=rules, grad_fn=grad_fn, extra={'feedback': feedback}, seeds=tuple(seeds))
@@ -109,11 +111,18 @@ def cell_name(rule, k):
 
 
 def run_cell(config, workdir, dataset, rule, k, image_shape):
+  """One cell's result: final accuracy per seed, mean ± std and the best epoch's mean; or, if
+  any of its seeds diverged, 'diverged at step N'."""
   task = make_task(config, rule, k, tuple(config.seeds), image_shape, dataset.num_classes)
-  summary, _ = fit(config, os.path.join(workdir, 'cells', cell_name(rule, k)), task, dataset,
-                   summary_extra={'rule': rule, 'k': k})
+  out = os.path.join(workdir, 'cells', cell_name(rule, k))
+  summary = run_or_diverged(lambda: fit(config, out, task, dataset,
+                                        summary_extra={'rule': rule, 'k': k})[0])
+  if summary.get('diverged_at_step') is not None:
+    return {'rule': rule, 'k': k, 'seeds': list(config.seeds),
+            **{key: summary[key] for key in ('status', 'diverged_at_step', 'diverged_metric')}}
   return {'rule': rule, 'k': k, 'seeds': list(config.seeds), 'acc': summary['acc1_per_seed'],
           'mean': summary['acc1'], 'std': summary['acc1_std'],
+          'best_mean': summary.get('acc1_best'), 'best_epoch': summary.get('best_epoch'),
           'avg_step_time_s': summary['avg_step_time_s']}
 
 
@@ -142,6 +151,7 @@ def run(config, workdir):
     f.write(text)
   plot(config, results, os.path.join(workdir, 'ladder.png'))
   print('\n' + text)
+  check_sweep(results['cells'].items())
   return results
 
 
@@ -154,7 +164,14 @@ def report(config, results, identity):
     row = {'k': str(k)}
     for rule in config.credit.rules:
       c = results['cells'].get(cell_name(rule, k))
-      row[rule] = f'{c["mean"]:.3f} ± {c["std"]:.3f}' if c else '–'
+      if c is None:
+        row[rule] = '–'
+      elif c.get('diverged_at_step') is not None:
+        row[rule] = c['status']
+      else:
+        row[rule] = f'{c["mean"]:.3f} ± {c["std"]:.3f}'
+        if c.get('best_mean') is not None:
+          row[f'{rule}_best'] = f'{c["best_mean"]:.3f} (epoch {c["best_epoch"]:g})'
       if reference and rule in reference and k < len(reference[rule]):
         m, s = reference[rule][k]
         row[f'{rule}_ref'] = f'{m:.3f} ± {s:.3f}'
@@ -162,11 +179,13 @@ def report(config, results, identity):
   columns = [('k', 'k', '{}')]
   for rule in config.credit.rules:
     columns.append((rule, rule, '{}'))
+    columns.append((f'{rule} best epoch', f'{rule}_best', '{}'))
     if reference and rule in reference:
       columns.append((f'{rule} (SPEC)', f'{rule}_ref', '{}'))
   title = (f'# Trainable-depth ladder: ResMLP d={d} L={depth} on {config.data.name}, '
            f'{config.train.epochs} epochs, seeds {list(config.seeds)}\n\n'
-           'Test accuracy, mean ± sample std (ddof 1). SPEC columns: CIFAR-10, 100 epochs.\n\n')
+           'Test accuracy after the last epoch, mean ± sample std (ddof 1); "best epoch": the '
+           'best evaluated epoch of the seeds\' mean. SPEC columns: CIFAR-10, 100 epochs.\n\n')
   ident = (f'\n\nFrozen-init identity check (one batch, mean over seeds): per-block ‖f‖/‖h‖ '
            f'{", ".join(f"{r:.3f}" for r in identity["block_ratio"]["mean"])} (SPEC ≈ 0.10); '
            f'‖h_L−h_0‖/‖h_0‖ {identity["stack_rel_change"]["mean"]:.3f} (SPEC 0.196 at L=4); '
@@ -176,12 +195,13 @@ def report(config, results, identity):
 
 def plot(config, results, path):
   """Accuracy against k, one line per rule, with the seeds' sample std as error bars."""
-  lines = []
+  lines, diverged = [], []
   for rule in config.credit.rules:
-    pts = sorted((c['k'], c['mean'], c['std']) for c in results['cells'].values()
-                 if c['rule'] == rule)
+    cells = [c for c in results['cells'].values() if c['rule'] == rule]
+    pts = sorted((c['k'], c['mean'], c['std']) for c in cells if 'mean' in c)
     if pts:
       lines.append((rule, *zip(*pts)))
+    diverged += [(c['k'], f'{rule}: {c["status"]}') for c in cells if 'mean' not in c]
   line_plot(path, lines, 'trainable blocks k (last k)', 'test accuracy',
             f'ResMLP d={config.model.width} L={config.model.depth} on {config.data.name}',
-            xticks=range(config.model.depth + 1))
+            xticks=range(config.model.depth + 1), diverged=diverged)

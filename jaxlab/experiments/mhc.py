@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 from jaxlab import models
 from jaxlab.data.augment import make_eval_preprocess
+from jaxlab.data.pipeline import steps_per_epoch
 from jaxlab.data.datasets import load_dataset
 from jaxlab.io import record
 from jaxlab.io.writers import write_json
@@ -26,6 +27,7 @@ from jaxlab.optim import averaging, schedules
 from jaxlab.parallel.mesh import make_mesh, replicate
 from jaxlab.peft.partition import flatten, merge
 from jaxlab.train.evaluate import predict
+from jaxlab.train.guards import DivergenceError, check_sweep
 from jaxlab.train.loop import fit, run_keys
 from jaxlab.train.step import make_eval_logits
 from jaxlab.train.task import Task, flax_apply
@@ -93,7 +95,14 @@ def run_arm(config, workdir, dataset, arm):
   model, params = build(c, dataset.num_classes)
   task = Task(params=params, apply=flax_apply(model), rules=(('.*', 'all'),))
   mesh = make_mesh()
-  summary, state = fit(c, workdir, task, dataset, mesh=mesh, summary_extra={'arm': arm})
+  try:
+    summary, state = fit(c, workdir, task, dataset, mesh=mesh, summary_extra={'arm': arm})
+  except DivergenceError as e:  # the other arms still run; the record shows this one's status
+    print(f'{e} — recorded as {e.record()["status"]}')
+    row = dict(arm=arm, residual=_describe_residual(spec), **e.record())
+    row['acc'] = row['status']
+    write_json(os.path.join(workdir, 'arm.json'), row)
+    return row
   final = merge(state.params, state.frozen)
   images, labels = dataset.test.images, dataset.test.labels
   embed_fn, test_data = make_embed(task, model, c, mesh), replicate({'image': images}, mesh)
@@ -102,7 +111,8 @@ def run_arm(config, workdir, dataset, arm):
   title = f'{arm}: test embeddings ({dataset.name})'
   method = embedding_plot(os.path.join(workdir, 'embeddings.png'), emb, labels, title)
   row = dict(arm=arm, residual=_describe_residual(spec), loss=summary['nll'],
-             acc=summary['acc1'], **embedding_metrics(emb, labels),
+             acc=summary['acc1'], acc_best=summary.get('acc1_best'),
+             best_epoch=summary.get('best_epoch'), **embedding_metrics(emb, labels),
              params=summary['total_params'], step_time_s=summary['avg_step_time_s'],
              img_s=summary['throughput_img_s'],
              **(hres_stats(model, c, final, images[:c.train.eval_batch_size])
@@ -110,7 +120,7 @@ def run_arm(config, workdir, dataset, arm):
              projection=method)
   averaged = summary.get('averaged')
   if averaged and averaged['snapshots']:
-    avg = averaging.from_config(c.averaging, summary['steps']).average(
+    avg = averaging.from_config(c.averaging, summary['planned_steps']).average(
         state.extra['average'], state.params)
     avg_emb = embed(merge(avg, state.frozen))
     row['averaged'] = dict(arm=f'{arm} (averaged, {averaged["snapshots"]} snapshots)',
@@ -135,7 +145,7 @@ def describe_model(mc):
   pos = f'axial 2-D RoPE (base {mc.rope_base:g})' if arch['pos'] == 'rope' else 'learned'
   return (f'{name}: patch {arch["patch"]}, width {arch["width"]}, depth {arch["depth"]}, '
           f'{arch["heads"]} heads, MLP {arch["mlp_dim"]}, {mc.image_size}×{mc.image_size} input, '
-          f'position {pos}')
+          f'position {pos}, init {arch.get("weight_init", "default")}')
 
 
 def describe_augment(ac):
@@ -158,13 +168,15 @@ def describe_augment(ac):
 
 def make_record(config, workdir, dataset, rows):
   tc, oc = config.train, config.optim
-  spe = len(dataset.train.labels) // tc.batch_size
+  spe = steps_per_epoch(len(dataset.train.labels), tc.batch_size, tc.drop_last)
   total = tc.epochs * spe
   base = plain_params(config, dataset.num_classes)
   regular = next((r for r in rows if r['arm'] == 'regular'), None)
   for r in rows:
+    if r.get('params') is None:  # a diverged arm
+      continue
     r['extra_params'] = r['params'] - base
-    if regular is not None and r['step_time_s'] and regular['step_time_s']:
+    if regular is not None and r['step_time_s'] and regular.get('step_time_s'):
       r['step_overhead'] = r['step_time_s'] / regular['step_time_s'] - 1
   avg = averaging.from_config(config.averaging, total)
   warnings, notes = [], []
@@ -184,7 +196,7 @@ def make_record(config, workdir, dataset, rows):
       notes.append('An H_res still exactly the identity: with logits −8 off the diagonal and '
                    'τ = 0.05, exp(−160) underflows in float32, so those logits get no gradient '
                    'and the streams never mix (the static reference initialisation).')
-  projection = {r['projection'] for r in rows}
+  projection = {r['projection'] for r in rows if r.get('projection')}
   notes.append(f'Embedding pictures: {", ".join(sorted(projection)).upper()} of the normed class '
                'token of each test image, coloured by class.')
   rec = dict(
@@ -204,7 +216,7 @@ def make_record(config, workdir, dataset, rows):
       command='python ' + ' '.join(sys.argv),
       git_commit=record.git_commit(),
       arms=rows, warnings=warnings, notes=notes,
-      figures=[(r['arm'], f'{r["arm"]}/embeddings.png') for r in rows],
+      figures=[(r['arm'], f'{r["arm"]}/embeddings.png') for r in rows if r.get('projection')],
       config=config.to_dict())
   return rec
 
@@ -227,4 +239,5 @@ def run(config, workdir):
   text = record.write(workdir, rec, REFERENCE)
   results = text.split('## Results', 1)[1].split('## Config', 1)[0]
   print('\n## Results' + results + f'Record: {os.path.join(workdir, "record.md")}')
+  check_sweep([(r['arm'], r) for r in rows])
   return {'arms': rows}

@@ -15,12 +15,13 @@ import jax.numpy as jnp
 
 from jaxlab import models
 from jaxlab.data.datasets import load_dataset, select_classes
-from jaxlab.io.report import markdown_table, scatter_plot
+from jaxlab.io.report import markdown_table, scatter_plot, with_status
 from jaxlab.io.writers import write_json
 from jaxlab.models.vit import LORA_TARGETS, LoraSpec
 from jaxlab.peft import methods
 from jaxlab.peft.lr_parity import LrParity
 from jaxlab.peft.partition import flatten, label_paths, merge, unflatten
+from jaxlab.train.guards import check_sweep, run_or_diverged
 from jaxlab.train.loop import fit, run_keys
 from jaxlab.train.report import print_summary
 from jaxlab.train.task import Task, flax_apply
@@ -28,14 +29,16 @@ from jaxlab.train.task import Task, flax_apply
 PRETRAINED_SOURCES = ('augreg', 'npz', 'timm', 'none', 'pretrain')
 RECIPES = ('weights', 'week3', 'standard', 'seed')
 
-# SPEC §1 reference rows (ViT-S/16, CIFAR-100, 10 epochs; seed 000).
+# SPEC §1 reference rows (ViT-S/16, CIFAR-100, 10 epochs; seed 000). Seed 000's Acc@1 is
+# the best epoch's, so it stands in the best-epoch column.
 REFERENCE = (
     dict(run='hybrid_parallel', trainable_params=647_524, avg_step_time_s=0.73,
-         acc1=0.895, ece=0.074),
+         acc1_best=0.895, ece=0.074),
     dict(run='hybrid_layerwise/deep_lora', trainable_params=247_396, avg_step_time_s=0.57,
-         acc1=0.896, ece=0.075),
-    dict(run='lora', trainable_params=628_324, avg_step_time_s=0.72, acc1=0.893, ece=0.077),
-    dict(run='norm', trainable_params=57_700, avg_step_time_s=0.50, acc1=0.898, ece=0.060),
+         acc1_best=0.896, ece=0.075),
+    dict(run='lora', trainable_params=628_324, avg_step_time_s=0.72, acc1_best=0.893,
+         ece=0.077),
+    dict(run='norm', trainable_params=57_700, avg_step_time_s=0.50, acc1_best=0.898, ece=0.060),
 )
 
 COLUMNS = (
@@ -44,7 +47,9 @@ COLUMNS = (
     ('step time (s)', 'avg_step_time_s', '{:.4f}'),
     ('img/s', 'throughput_img_s', '{:,.0f}'),
     ('peak memory (B)', 'peak_mem_bytes', '{:,}'),
-    ('Acc@1', 'acc1', '{:.4f}'),
+    ('Acc@1 (final)', 'acc1', '{:.4f}'),
+    ('Acc@1 (best epoch)', 'acc1_best', '{:.4f}'),
+    ('best epoch', 'best_epoch', '{:g}'),
     ('ECE', 'ece', '{:.4f}'),
 )
 
@@ -116,7 +121,8 @@ def make_task(config, num_classes, pretrained=None):
       params=params, apply=flax_apply(model), rules=rules,
       hold_schedule=methods.hold_schedule(p.freeze_lora_steps, p.freeze_norm_steps,
                                           p.alt_freeze_every, p.alt_order),
-      diagnostics=('lora', 'norm') if p.diagnostics or parity else (), controller=parity)
+      diagnostics=('lora', 'norm') if p.diagnostics else (),
+      diagnostics_every=p.get('diagnostics_every', 0), controller=parity)
 
 
 def load_pretrained(config):
@@ -228,26 +234,32 @@ def run(config, workdir):
     with c.unlocked():
       c.peft.method = method
       c.peft.policy = policy or c.peft.policy
-    summary, _ = run_one(c, os.path.join(workdir, spec.replace('/', '-')), dataset, pretrained)
-    rows.append(summary)
+    out = os.path.join(workdir, spec.replace('/', '-'))
+    rows.append(run_or_diverged(lambda: run_one(c, out, dataset, pretrained)[0]))
   write_report(workdir, rows, config)
+  check_sweep([(r['run'], r) for r in rows])
   return {'runs': rows}
 
 
 def write_report(workdir, rows, config):
   """workdir/table.md (ours beside SPEC's reference) and workdir/accuracy_vs_trainables.png."""
   title = f'{config.model.variant or "custom ViT"} on {config.data.name}, {config.train.epochs} epochs'
-  note = ''
-  if any(r.get('peak_mem_source') == 'process_peak_rss' for r in rows):
-    note = ('\n\nPeak memory here is the process\'s peak resident set size (no device memory '
-            'statistics on this backend); it only grows over the runs of one sweep.')
-  text = (f'# PEFT methods: {title}\n\n' + markdown_table(rows, COLUMNS) + note
+  note = ('\n\nStep time and img/s are the training step alone (diagnostics run apart). Peak '
+          'memory is each run\'s own: XLA\'s memory analysis of its compiled training step '
+          '(arguments, incl. the device-resident data set, + outputs − donated + temporaries); '
+          'the runtime\'s process-wide peak is in each summary.json.')
+  finished = [r for r in rows if r.get('diverged_at_step') is None]
+  text = (f'# PEFT methods: {title}\n\n'
+          + markdown_table([with_status(r, 'acc1') for r in rows], COLUMNS) + note
           + '\n\n## Reference (SPEC §1: ViT-S/16, CIFAR-100, 10 epochs, seed 000)\n\n'
-          + markdown_table(REFERENCE, COLUMNS) + '\n')
+          'Seed 000 reports the best epoch\'s Acc@1; its final-epoch accuracy is not '
+          'published.\n\n' + markdown_table(REFERENCE, COLUMNS) + '\n')
   with open(os.path.join(workdir, 'table.md'), 'w') as f:
     f.write(text)
   scatter_plot(os.path.join(workdir, 'accuracy_vs_trainables.png'),
-               [(r['trainable_params'], r['acc1'], r['run']) for r in rows],
-               'trainable parameters', 'Acc@1', f'PEFT: {title}', logx=True)
+               [(r['trainable_params'], r['acc1'], r['run']) for r in finished],
+               'trainable parameters', 'Acc@1 (final)', f'PEFT: {title}', logx=True,
+               diverged=[(r['trainable_params'], f'{r["run"]}: {r["status"]}') for r in rows
+                         if r.get('diverged_at_step') is not None])
   write_json(os.path.join(workdir, 'sweep.json'), rows)
   print('\n' + text)

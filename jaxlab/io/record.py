@@ -23,6 +23,7 @@ RESULT_COLUMNS = (
     ('residual', 'residual', '{}'),
     ('test/loss', 'loss', '{:.4f}'),
     ('test/acc', 'acc', '{:.4f}'),
+    ('test/acc (best epoch)', 'acc_best', '{:.4f}'),
     ('test/knn_acc', 'knn_acc', '{:.4f}'),
     ('test/silhouette', 'silhouette', '{:.4f}'),
     ('params', 'params', '{:,}'),
@@ -30,6 +31,10 @@ RESULT_COLUMNS = (
     ('step time (s)', 'step_time_s', '{:.4f}'),
     ('step-time overhead', 'step_overhead', '{:+.1%}'),
 )
+
+# The columns of the averaged-parameter rows and of the reference rows.
+SUMMARY_COLUMNS = tuple(c for c in RESULT_COLUMNS
+                        if c[1] in ('arm', 'residual', 'loss', 'acc', 'knn_acc', 'silhouette'))
 
 
 def git_commit(path=None):
@@ -68,7 +73,7 @@ def render(record, reference=None):
   averaged = [r['averaged'] for r in record['arms'] if r.get('averaged')]
   if averaged:
     lines += ['', 'With checkpoint averaging (' + record.get('averaging', '') + '):', '',
-              markdown_table(averaged, RESULT_COLUMNS[:6])]
+              markdown_table(averaged, SUMMARY_COLUMNS)]
   if record.get('notes'):
     lines += [''] + [f'- {n}' for n in record['notes']]
   if record.get('figures'):
@@ -76,7 +81,7 @@ def render(record, reference=None):
     lines += [f'![{name}]({path})' for name, path in record['figures']]
   if reference:
     lines += ['', '## Reference (SPEC §3, CIFAR-10, 200 epochs)', '',
-              markdown_table(reference, RESULT_COLUMNS[:6])]
+              markdown_table(reference, SUMMARY_COLUMNS)]
   # The seed template's sections that only the experimenter can write.
   for section in ('Hypothesis', 'Difference from the previous experiment',
                   'Observations / interpretation', 'Conclusion', 'Next steps', 'Run status'):

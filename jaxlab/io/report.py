@@ -39,21 +39,44 @@ def _save(plt, fig, ax, path, xlabel, ylabel, title, logx):
   plt.close(fig)
 
 
-def scatter_plot(path, points, xlabel, ylabel, title, logx=False):
-  """Save a labelled scatter plot. points: (x, y, label) triples."""
+def with_status(row, key):
+  """`row` for a table: a diverged run shows its status ('diverged at step N') in place of its
+  result `key`."""
+  if row.get('diverged_at_step') is None:
+    return row
+  return {**row, key: row['status']}
+
+
+def _mark_diverged(ax, diverged):
+  """Red crosses on the x axis, each labelled with its status, for runs without a result."""
+  if not diverged:
+    return
+  lo = ax.get_ylim()[0] if ax.has_data() else 0.0
+  for x, text in diverged:
+    ax.scatter([x], [lo], marker='x', color='red', s=50, zorder=3, clip_on=False)
+    ax.annotate(text, (x, lo), textcoords='offset points', xytext=(4, 5), fontsize=7,
+                color='red')
+
+
+def scatter_plot(path, points, xlabel, ylabel, title, logx=False, diverged=()):
+  """Save a labelled scatter plot. points: (x, y, label) triples; diverged: (x, text) pairs."""
   plt, fig, ax = _figure()
   for x, y, label in points:
     ax.scatter([x], [y], s=40)
     ax.annotate(label, (x, y), textcoords='offset points', xytext=(5, 4), fontsize=8)
+  _mark_diverged(ax, diverged)
   _save(plt, fig, ax, path, xlabel, ylabel, title, logx)
 
 
-def line_plot(path, lines, xlabel, ylabel, title, logx=False, xticks=None):
-  """Save one line per (label, xs, ys, yerr or None), with error bars where given."""
+def line_plot(path, lines, xlabel, ylabel, title, logx=False, xticks=None, diverged=()):
+  """Save one line per (label, xs, ys, yerr or None), with error bars where given;
+  diverged: (x, text) pairs marked on the x axis."""
   plt, fig, ax = _figure()
   for label, xs, ys, yerr in lines:
     ax.errorbar(xs, ys, yerr=yerr, marker='o', capsize=3 if yerr is not None else 0, label=label)
   if xticks is not None:
     ax.set_xticks(xticks)
-  ax.legend(fontsize=7)
+  _mark_diverged(ax, diverged)
+  if lines:
+    ax.legend(fontsize=7)
   _save(plt, fig, ax, path, xlabel, ylabel, title, logx)

@@ -78,18 +78,38 @@ class LocalSpec:
 
 
 class WorkerIndices:
-  """Batch indices [n, K, b]: worker k draws from its contiguous shard, its own order per epoch."""
+  """Batch indices [n, K, b]: worker k draws from its contiguous shard, its own order per epoch.
 
-  def __init__(self, key, num_examples, workers, batch_size):
-    from jaxlab.data.pipeline import EpochIndices
-    self.shard = num_examples // workers
-    self.workers = [EpochIndices(jax.random.fold_in(key, k), self.shard, batch_size)
-                    for k in range(workers)]
-    self.steps_per_epoch = self.workers[0].steps_per_epoch
+  The shards cover the whole split (sizes differ by at most one); every worker
+  takes the same number of steps per epoch, that of the largest shard. Its
+  last, partial batch is padded with PAD as in `EpochIndices` (a worker whose
+  shard runs out a batch early gets a batch of padding only, and its step is
+  then a no-op). With drop_last the shards are equal (n // K each) and each
+  worker's partial batch is dropped, as before.
+  """
+
+  def __init__(self, key, num_examples, workers, batch_size, drop_last=False):
+    from jaxlab.data.pipeline import EpochIndices, steps_per_epoch
+    if drop_last:
+      sizes = [num_examples // workers] * workers
+    else:
+      sizes = [len(a) for a in np.array_split(np.arange(num_examples), workers)]
+    self.starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    self.steps_per_epoch = max(steps_per_epoch(n, batch_size, drop_last) for n in sizes)
+    self.workers = [EpochIndices(jax.random.fold_in(key, k), n, batch_size, drop_last,
+                                 steps=self.steps_per_epoch) for k, n in enumerate(sizes)]
 
   def chunk(self, step, n):
-    return np.stack([k * self.shard + w.chunk(step, n) for k, w in enumerate(self.workers)],
+    rows = [w.chunk(step, n) for w in self.workers]
+    return np.stack([np.where(r >= 0, start + r, r) for start, r in zip(self.starts, rows)],
                     axis=1).astype(np.int32)
+
+
+def worker_steps_per_epoch(num_examples, workers, batch_size, drop_last=False):
+  """Steps per epoch of each local-SGD worker (see WorkerIndices)."""
+  from jaxlab.data.pipeline import steps_per_epoch
+  shard = num_examples // workers if drop_last else -(-num_examples // workers)
+  return steps_per_epoch(shard, batch_size, drop_last)
 
 
 def worker_state(state, workers):

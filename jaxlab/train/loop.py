@@ -4,6 +4,7 @@ Side effects (files, progress bar, checkpoints) live here; the step itself is
 pure (see step.py). An experiment family supplies a `Task` and a data set.
 """
 
+import json
 import os
 import time
 
@@ -14,12 +15,13 @@ from tqdm.auto import tqdm
 from jaxlab.data.augment import make_eval_preprocess
 from jaxlab.data.pipeline import EpochIndices
 from jaxlab.io.checkpoint import Checkpointer
-from jaxlab.io.writers import JsonlLog, write_json
+from jaxlab.io.writers import JsonlLog, read_jsonl, write_json
 from jaxlab.metrics.classification import count_params
 from jaxlab.metrics.system import peak_memory
 from jaxlab.parallel.local import WorkerIndices, make_average
 from jaxlab.parallel.mesh import check_divisible, make_mesh, replicate, shard_leading
 from jaxlab.peft.partition import merge
+from jaxlab.train import guards
 from jaxlab.train.evaluate import evaluate
 from jaxlab.train.setup import build, layout_of, run_keys
 from jaxlab.train.step import make_eval_logits
@@ -37,27 +39,35 @@ def fit(config, workdir, task, dataset, *, mesh=None, on_chunk=None, summary_ext
   """Train `task` on `dataset` as `config` says, writing into `workdir`; returns the summary.
 
   Rerunning with the same config and workdir resumes from the latest
-  checkpoint. `on_chunk(step, state)` is called after every dispatch (tests use
-  it to interrupt a run). `summary_extra` is merged into summary.json.
+  checkpoint; a finished run returns its summary (and restored state) without
+  training. A workdir started with another config is refused
+  (guards.ResumeMismatchError); a non-finite loss or parameter stops the run
+  before it is saved (guards.DivergenceError). `on_chunk(step, state)` is
+  called after every dispatch (tests use it to interrupt a run).
+  `summary_extra` is merged into summary.json.
   """
   tc = config.train
   mesh = mesh or make_mesh()
   workers = task.workers
   check_divisible(tc.eval_batch_size, mesh, 'eval batch size')
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ValueError(f'--workdir {workdir} is a file, not a directory; choose another --workdir')
   os.makedirs(workdir, exist_ok=True)
-  write_json(os.path.join(workdir, 'config.json'), config.to_dict())
+  guards.check_resume(workdir, config.to_dict())
 
   layout = layout_of(task)
   replicas = layout == 'replicas'
   seeds = task.seeds if replicas else (config.seed,)
   keys = [run_keys(s) for s in seeds]
+  drop_last = bool(tc.get('drop_last', False))
+  n_train = len(dataset.train.labels)
   if workers is not None:
-    indices = [WorkerIndices(keys[0][1], len(dataset.train.labels), workers.workers,
-                             tc.batch_size)]
+    indices = [WorkerIndices(keys[0][1], n_train, workers.workers, tc.batch_size, drop_last)]
   else:
-    indices = [EpochIndices(k[1], len(dataset.train.labels), tc.batch_size) for k in keys]
+    indices = [EpochIndices(k[1], n_train, tc.batch_size, drop_last) for k in keys]
   spe = indices[0].steps_per_epoch
   total = tc.epochs * spe
+  end = min(tc.steps, total) if tc.get('steps', 0) > 0 else total  # a short run stops early
 
   setup = build(config, task, mesh, total, spe)
   averager, place, chunk_fn, state = setup.averager, setup.place, setup.chunk_fn, setup.state
@@ -67,8 +77,14 @@ def fit(config, workdir, task, dataset, *, mesh=None, on_chunk=None, summary_ext
   ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'), config.checkpoint.every_steps,
                       config.checkpoint.keep)
   resumed_from = ckpt.latest_step()
+  summary_path = os.path.join(workdir, 'summary.json')
   if resumed_from is not None:
     state = ckpt.restore(state)
+    done = _finished_summary(summary_path, end)
+    if done is not None and resumed_from >= end:
+      ckpt.close()
+      print(f'{workdir}: finished earlier (step {end}); its summary, unchanged: {summary_path}')
+      return done, place(state)
   state = place(state)
   train_data = replicate({'image': dataset.train.images, 'label': dataset.train.labels}, mesh)
   eval_data = replicate({'image': dataset.test.images}, mesh)
@@ -79,9 +95,10 @@ def fit(config, workdir, task, dataset, *, mesh=None, on_chunk=None, summary_ext
     if replicas:  # [n, R, B]: each seed its own data order
       return np.stack([ix.chunk(step, n) for ix in indices], axis=1)
     return indices[0].chunk(step, n)  # [n, B], or [n, K, b] for workers
-  compiled = {}
+  compiled, step_mem = {}, {}
   add_snapshot = jax.jit(averager.update) if averager is not None else None
   log = JsonlLog(os.path.join(workdir, 'metrics.jsonl'), keep_until_step=resumed_from)
+  diag_every = (task.diagnostics_every or tc.log_every_steps) if setup.diagnostics_fn else 0
 
   def next_sync(state, step):
     """The step count of the next parameter average after `step` (workers only)."""
@@ -96,17 +113,17 @@ def fit(config, workdir, task, dataset, *, mesh=None, on_chunk=None, summary_ext
     return evaluate(logits_fn, params, eval_data, dataset.test.labels, tc.eval_batch_size, mesh)
 
   step = int(np.max(jax.device_get(state.step)))
-  train_time, timed_steps, compile_time = 0.0, 0, 0.0
+  train_time, timed_steps, compile_time, diag_time = 0.0, 0, 0.0, 0.0
   comm_time, comm_rounds = 0.0, 0
-  window, epoch_window = [], []
+  window, epoch_window, diag_window, diag_epoch = [], [], [], []
   last_eval = None
-  bar = tqdm(total=total, initial=step, disable=not config.progress, unit='step',
+  bar = tqdm(total=end, initial=step, disable=not config.progress, unit='step',
              desc=f'{config.experiment}', dynamic_ncols=True)
   try:
-    while step < total:
+    while step < end:
       every = getattr(task.controller, 'every', None)
-      stop = min(_next_stop(step, total, spe, tc.log_every_steps, config.checkpoint.every_steps,
-                            every, averager and averager.every),
+      stop = min(_next_stop(step, end, spe, tc.log_every_steps, config.checkpoint.every_steps,
+                            every, averager and averager.every, diag_every),
                  step + max(tc.steps_per_dispatch, 1))
       if workers is not None:
         stop = min(stop, next_sync(state, step))
@@ -114,14 +131,31 @@ def fit(config, workdir, task, dataset, *, mesh=None, on_chunk=None, summary_ext
       stop = next((s for s in range(step + 1, stop) if task.held_at(s) != hold), stop)
       n = stop - step
       idx = shard_leading(batch_indices(step, n), mesh, axis=2 if replicas else 1)
+      if diag_every and step % diag_every == 0:  # measured apart, outside the timed step
+        t0 = time.perf_counter()
+        diag = jax.device_get(setup.diagnostics_fn(hold)(state, train_data, idx[0]))
+        diag_time += time.perf_counter() - t0
+        diag_window.append(diag)
+        diag_epoch.append(diag)
       if (n, hold) not in compiled:
         t0 = time.perf_counter()
         compiled[n, hold] = chunk_fn(hold).lower(state, train_data, idx).compile()
         compile_time += time.perf_counter() - t0
+        step_mem[n, hold] = compiled_memory(compiled[n, hold])
       t0 = time.perf_counter()
       state, metrics = compiled[n, hold](state, train_data, idx)
       metrics = jax.device_get(metrics)  # waits for the step: timing is device-synchronised
       dt = time.perf_counter() - t0
+      bad = guards.first_nonfinite(metrics, step)
+      if bad is not None:
+        bar.close()
+        error = guards.DivergenceError(
+            *bad, ckpt.latest_step(), workdir, guards.divergence_hint(config),
+            details={**(summary_extra or {}),
+                     'trainable_params': count_params(setup.state.params) // setup.copies})
+        write_json(summary_path, error.record())
+        raise error
+      metrics = {k: v for k, v in metrics.items() if not k.startswith('finite/')}
       if task.controller is not None:
         extra = task.controller.observe(jax.device_get(state.extra), step, metrics)
         state = state.replace(extra=place(extra))
@@ -129,7 +163,7 @@ def fit(config, workdir, task, dataset, *, mesh=None, on_chunk=None, summary_ext
       if averager is not None and averager.due(step):
         state = state.replace(extra={**state.extra, 'average': add_snapshot(
             state.extra['average'], state.params)})
-      if workers is not None and (step == next_sync(state, step - n) or step == total):  # ends as one model
+      if workers is not None and (step == next_sync(state, step - n) or step == end):  # ends as one model
         t0 = time.perf_counter()
         state = jax.block_until_ready(average(state))
         comm_time, comm_rounds = comm_time + time.perf_counter() - t0, comm_rounds + 1
@@ -139,16 +173,17 @@ def fit(config, workdir, task, dataset, *, mesh=None, on_chunk=None, summary_ext
       bar.set_postfix(loss=f"{float(np.mean(metrics['loss'])):.4f}",
                       img_s=f'{n * tc.batch_size / dt:,.0f}')
 
-      if step % tc.log_every_steps == 0 or step == total:
-        log.write(_train_record(window, step, spe, tc.batch_size))
-        window = []
-      ckpt.save(step, state, force=step == total)
+      if step % tc.log_every_steps == 0 or step == end:
+        log.write(_train_record(window, step, spe, tc.batch_size, diag_window))
+        window, diag_window = [], []
+      ckpt.save(step, state, force=step == end)
       epoch_done = step % spe == 0
       if epoch_done:
         # A resumed epoch averages only the steps run since the restart.
-        log.write({**_train_record(epoch_window, step, spe, tc.batch_size), 'split': 'train_epoch'})
-        epoch_window = []
-      if epoch_done and ((step // spe) % tc.eval_every_epochs == 0 or step == total):
+        log.write({**_train_record(epoch_window, step, spe, tc.batch_size, diag_epoch),
+                   'split': 'train_epoch'})
+        epoch_window, diag_epoch = [], []
+      if epoch_done and ((step // spe) % tc.eval_every_epochs == 0 or step == end):
         last_eval = (step, run_eval(state))
         log.write({'step': step, 'epoch': step // spe, 'split': dataset.eval_split,
                    **last_eval[1]})
@@ -158,14 +193,19 @@ def fit(config, workdir, task, dataset, *, mesh=None, on_chunk=None, summary_ext
     bar.close()
     ckpt.close()
 
-  final = last_eval[1] if last_eval and last_eval[0] == total else run_eval(state)
+  if last_eval and last_eval[0] == end:
+    final = last_eval[1]
+  else:
+    final = run_eval(state)
+    log.write({'step': end, 'epoch': end / spe, 'split': dataset.eval_split, **final})
+  best = _best_eval(read_jsonl(log.path), dataset.eval_split)
   if averager is not None:
     averaged = averager.average(state.extra['average'], state.params)
     summary_extra = {**(summary_extra or {}), 'averaged': {
         **(run_eval(state, averaged) if averaged is not None else {}),
         'snapshots': int(state.extra['average']['count']),
         'start_step': averager.start, 'every_steps': averager.every, 'window': averager.window}}
-  mem_bytes, mem_source = peak_memory()
+  runtime_bytes, runtime_source = peak_memory()
   copies = setup.copies
   if workers is not None:
     param_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state.params)) // copies
@@ -177,41 +217,95 @@ def fit(config, workdir, task, dataset, *, mesh=None, on_chunk=None, summary_ext
         # Each worker sends and receives its parameters once per round (an all-reduce).
         'comm_bytes_per_round_per_worker': int(param_bytes),
         **(summary_extra or {})}
+  step_bytes = max(step_mem.values(), default=None)
   summary = {
       **final,
+      **best,
+      'status': 'finished',
       'eval_split': dataset.eval_split,
       'dataset': dataset.name,
-      'steps': total,
+      'steps': end,
+      'planned_steps': total,
+      'steps_per_epoch': spe,
+      'drop_last': drop_last,
       'epochs': tc.epochs,
       'batch_size': tc.batch_size,
       'num_devices': int(mesh.devices.size),
       'trainable_params': count_params(state.params) // copies,
       'total_params': (count_params(state.params) + count_params(state.frozen)) // copies,
       'seeds': list(seeds),
+      # The training step alone: diagnostics and evaluation run outside it.
       'avg_step_time_s': train_time / timed_steps if timed_steps else None,
       # Images per second summed over the seeds or workers trained together.
       'throughput_img_s': (timed_steps * tc.batch_size * copies / train_time
                            if timed_steps else None),
       'timed_steps': timed_steps,
       'compile_time_s': compile_time,
-      'peak_mem_bytes': mem_bytes,
-      'peak_mem_source': mem_source,
+      'diagnostics_time_s': diag_time,
+      # This run's own figure: XLA's memory analysis of its compiled training step
+      # (arguments + outputs − donated aliases + temporaries), on every backend.
+      'peak_mem_bytes': step_bytes,
+      'peak_mem_source': MEMORY_SOURCE if step_bytes is not None else None,
+      # What the runtime saw: the process's peak so far (earlier runs of a sweep included).
+      'runtime_peak_mem_bytes': runtime_bytes,
+      'runtime_peak_mem_source': runtime_source,
       'resumed_from_step': resumed_from,
       **(summary_extra or {}),
   }
-  write_json(os.path.join(workdir, 'summary.json'), summary)
+  write_json(summary_path, summary)
   return summary, state
 
 
-def _train_record(window, step, spe, batch_size):
-  """One metrics.jsonl record: every train metric averaged over the steps in `window`.
+MEMORY_SOURCE = 'xla_memory_analysis'
+
+
+def compiled_memory(compiled):
+  """Bytes the compiled step needs on one device: arguments + outputs − aliased + temporaries
+  (None where the backend gives no analysis)."""
+  try:
+    m = compiled.memory_analysis()
+  except Exception:  # Some backends do not implement it.
+    return None
+  if m is None:
+    return None
+  return int(m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+             + m.temp_size_in_bytes)
+
+
+def _finished_summary(path, end):
+  """The summary of a run that finished at step `end`, or None."""
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    summary = json.load(f)
+  if summary.get('status') == 'finished' and summary.get('steps') == end:
+    return summary
+  return None
+
+
+def _best_eval(records, split):
+  """acc1_best and best_epoch over the run's evaluations (seed 000 reports the best epoch);
+  with several seeds, the best of their mean."""
+  evals = [r for r in records if r.get('split') == split and r.get('acc1') is not None]
+  if not evals:
+    return {}
+  best = max(evals, key=lambda r: (r['acc1'], -r['step']))
+  return {'acc1_best': best['acc1'], 'best_epoch': best['epoch'], 'best_step': best['step']}
+
+
+def _train_record(window, step, spe, batch_size, diagnostics=()):
+  """One metrics.jsonl record: every train metric averaged over the steps in `window`, and
+  each diagnostic averaged over its samples taken in that span.
 
   NaN entries (a diagnostic of a group held still at that step) are left out
   of the average; a metric NaN at every step stays NaN (written as null).
   """
   record = {'step': step, 'epoch': step / spe, 'split': 'train'}
-  for key in window[0][0]:
-    values = np.concatenate([np.atleast_1d(m[key]) for m, _, _ in window]).astype(np.float64)
+  sources = [m for m, _, _ in window] + list(diagnostics)
+  for key in sorted({k for m in sources for k in m}):
+    # A diagnostic sample replaces the step's own value of the same name (e.g. grad norms).
+    chosen = [m for m in diagnostics if key in m] or [m for m, _, _ in window if key in m]
+    values = np.concatenate([np.atleast_1d(m[key]) for m in chosen]).astype(np.float64)
     finite = values[~np.isnan(values)]
     record[key] = float(finite.mean()) if finite.size else float('nan')
   seconds = sum(dt for _, dt, _ in window)

@@ -14,7 +14,7 @@ from jaxlab.parallel.local import worker_state
 from jaxlab.parallel.mesh import DATA, check_divisible, replicate, shard_leading
 from jaxlab.peft.partition import label_tree, split, subtree_labels
 from jaxlab.train.state import TrainState
-from jaxlab.train.step import make_train_chunk, train_step
+from jaxlab.train.step import diagnostics_step, make_diagnostics, make_train_chunk, train_step
 
 
 def run_keys(seed):
@@ -31,8 +31,9 @@ def layout_of(task):
 @dataclasses.dataclass
 class Setup:
   """layout, copies (models trained together: seeds or workers, else 1), tx, trainable_labels,
-  averager (or None), the initial state (not yet on the mesh), `place` (puts a state on the mesh)
-  and `chunk_fn(hold)` (the jitted multi-step)."""
+  averager (or None), the initial state (not yet on the mesh), `place` (puts a state on the mesh),
+  `chunk_fn(hold)` (the jitted multi-step) and `diagnostics_fn(hold)` (the jitted diagnostics of
+  one step, outside the training step; None when the task asks for none)."""
   layout: str
   copies: int
   tx: Any
@@ -41,6 +42,7 @@ class Setup:
   state: Any
   place: Callable
   chunk_fn: Callable
+  diagnostics_fn: Callable | None = None
 
 
 def build(config, task, mesh, total_steps, steps_per_epoch):
@@ -83,11 +85,27 @@ def build(config, task, mesh, total_steps, steps_per_epoch):
 
   augment = make_train_augment(config.augment)
 
+  axis_name = None if layout == 'workers' else DATA
+  # An LR controller (lr_parity) reads the groups' gradient norms of every step.
+  grad_norms = tuple(getattr(task.controller, 'groups', ())) if task.controller else ()
+
   @functools.cache
   def chunk_fn(hold):
     return make_train_chunk(functools.partial(
         train_step, task=task, tx=tx, augment=augment, labels=trainable_labels, hold=hold,
-        diagnostics=task.diagnostics, axis_name=None if layout == 'workers' else DATA),
-        mesh, layout)
+        grad_norms=grad_norms, axis_name=axis_name), mesh, layout)
 
-  return Setup(layout, copies, tx, trainable_labels, averager, state, place, chunk_fn)
+  diagnostics_fn = None
+  if task.diagnostics:
+    if layout != 'data':
+      raise ValueError(f'gradient diagnostics support single-model runs only, not the {layout} '
+                       'layout')
+
+    @functools.cache
+    def diagnostics_fn(hold):
+      return make_diagnostics(functools.partial(
+          diagnostics_step, task=task, tx=tx, augment=augment, labels=trainable_labels,
+          hold=hold, groups=tuple(task.diagnostics), axis_name=axis_name), mesh)
+
+  return Setup(layout, copies, tx, trainable_labels, averager, state, place, chunk_fn,
+               diagnostics_fn)

@@ -1,8 +1,9 @@
 """The pure training step, and its data-parallel, multi-step compiled form.
 
 `train_step(state, batch)` is the per-device step: augment on the device,
-differentiate only the live trainable params, average gradients over the
-mesh's 'data' axis with `pmean`, apply the optimizer. Groups named in `hold`
+differentiate only the live trainable params, sum over the mesh's 'data' axis
+each device's share of the global batch's mean gradient (`psum`; padding
+examples weigh 0), apply the optimizer. Groups named in `hold`
 (a static set of labels) are held still for the step: not differentiated,
 not updated, their optimizer state untouched. `make_train_chunk` wraps the
 step in `lax.scan` over several batches and in `jax.shard_map` over the mesh;
@@ -40,27 +41,26 @@ def _only(tree, labels, label):
   return jax.tree.map(lambda x, l: x if l == label else jnp.zeros_like(x), tree, labels)
 
 
-def train_step(state, batch, *, task, tx, augment, labels, hold=frozenset(), diagnostics=(),
-               axis_name=DATA):
-  """One optimizer step on this device's part of the batch; collectives over `axis_name`.
+def all_finite(tree):
+  """A bool scalar: every element of every leaf is finite."""
+  leaves = jax.tree.leaves(tree)
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])) if leaves else True
 
-  axis_name=None makes the step local: a worker of local SGD, which neither
-  shares its batch with nor averages its gradients across devices.
 
-  batch: {'image': uint8 [b, H, W, C], 'label': int32 [b]}. `labels` is the
-  label tree of `state.params`. Returns the new state and metrics averaged
-  over the global batch: loss, acc, trainable_params (live count) and, when
-  `diagnostics` names groups, per group grad_norm/<g> and update_norm/<g>
-  (NaN for a held or absent group) and, for two groups (a, b), cos/a_b: the
-  cosine between the logit changes J_a·g_a and J_b·g_b that each group's
-  gradient makes (both live in logit space; raw parameter gradients of
-  disjoint groups are orthogonal by construction, so their cosine is always 0).
-  """
+def _forward_backward(state, batch, *, task, tx, augment, labels, hold, axis_name):
+  """Everything a step computes before it writes the state: the augmented images, the live
+  and held params, the loss (a weighted mean over the real examples of the global batch),
+  logits, the all-reduced gradients of the live params, the optimizer's updates and state."""
   aug_key, model_key = jax.random.split(jax.random.fold_in(state.rng, state.step))
   images = augment(example_keys(aug_key, batch['label'].shape[0], axis_name), batch['image'])
   if axis_name:
     model_key = jax.random.fold_in(model_key, jax.lax.axis_index(axis_name))
-  mean = (lambda x: jax.lax.pmean(x, axis_name)) if axis_name else (lambda x: x)
+  total = (lambda x: jax.lax.psum(x, axis_name)) if axis_name else (lambda x: x)
+  weight = batch['weight']
+  # Real examples in the global batch: the loss is their mean, as PyTorch's over a partial
+  # batch; padding (weight 0) adds nothing to the loss, its gradient or the metrics.
+  count = total(jnp.sum(weight))
+  denom = jnp.maximum(count, 1.0)
   live, held = split(state.params, labels, hold)
 
   def logits_of(params):
@@ -68,46 +68,94 @@ def train_step(state, batch, *, task, tx, augment, labels, hold=frozenset(), dia
 
   def loss_of(params):
     logits = logits_of(params)
-    return task.loss_fn(logits, batch['label']), logits
+    return jnp.sum(weight * task.example_loss(logits, batch['label'])) / denom, logits
 
   if task.grad_fn is None:
     (loss, logits), grads = jax.value_and_grad(loss_of, has_aux=True)(live)
   else:
     (loss, logits), grads = task.grad_fn(live, merge(held, state.frozen), images,
-                                         batch['label'], model_key, state.extra)
-  grads = mean(grads)
+                                         batch['label'], model_key, state.extra,
+                                         weight=weight, denom=denom)
+  grads = total(grads)  # each device's share of the global mean: their sum is the gradient
   all_grads = merge(grads, jax.tree.map(jnp.zeros_like, held))
   updates, opt_state = tx.update(all_grads, state.opt_state, state.params,
                                  global_step=state.step, lr_scales=state.extra.get('lr_scales'))
   opt_state = hold_groups(opt_state, state.opt_state, hold)
   live_updates, _ = split(updates, labels, hold)
-  new_live = optax.apply_updates(live, live_updates)
-  metrics = {'loss': loss, 'acc': jnp.mean(jnp.argmax(logits, -1) == batch['label'])}
-  metrics = mean(metrics)
-  metrics['trainable_params'] = jnp.asarray(count_params(live), jnp.float32)
-  if diagnostics:
-    metrics.update(_diagnostics(logits_of, live, grads, live_updates,
-                                subtree_labels(live, labels), diagnostics, axis_name))
+  correct = jnp.sum(weight * (jnp.argmax(logits, -1) == batch['label']))
+  return dict(images=images, live=live, held=held, logits_of=logits_of, loss=total(loss),
+              acc=total(correct) / denom, count=count, grads=grads, updates=live_updates,
+              opt_state=opt_state)
+
+
+def train_step(state, batch, *, task, tx, augment, labels, hold=frozenset(), grad_norms=(),
+               axis_name=DATA):
+  """One optimizer step on this device's part of the batch; collectives over `axis_name`.
+
+  axis_name=None makes the step local: a worker of local SGD, which neither
+  shares its batch with nor averages its gradients across devices.
+
+  batch: {'image': uint8 [b, H, W, C], 'label': int32 [b], 'weight': float32 [b]}, weight 0
+  marking the padding of a partial batch. `labels` is the label tree of `state.params`.
+  Returns the new state and metrics over the global batch's real examples: loss, acc,
+  trainable_params (live count), finite/loss and finite/params (1.0 when the loss and the
+  updated params are finite: the trainer's divergence guard reads them from the metrics it
+  fetches anyway) and, for each group named in `grad_norms` (what an LR controller needs),
+  grad_norm/<g> (NaN for a held or absent group). A batch with no real example (a local-SGD
+  worker whose shard ran out) leaves params and optimizer state as they were.
+  """
+  fb = _forward_backward(state, batch, task=task, tx=tx, augment=augment, labels=labels,
+                         hold=hold, axis_name=axis_name)
+  live, held = fb['live'], fb['held']
+  new_live = optax.apply_updates(live, fb['updates'])
+  opt_state = fb['opt_state']
+  if axis_name is None:  # a worker's own batch may be all padding: then no update at all
+    keep = fb['count'] > 0
+    new_live, opt_state = jax.tree.map(lambda new, old: jnp.where(keep, new, old),
+                                       (new_live, opt_state), (live, state.opt_state))
+  metrics = {'loss': fb['loss'], 'acc': fb['acc'],
+             'trainable_params': jnp.asarray(count_params(live), jnp.float32),
+             'finite/loss': jnp.isfinite(fb['loss']).astype(jnp.float32),
+             'finite/params': all_finite(new_live).astype(jnp.float32)}
+  if grad_norms:
+    metrics.update(_group_norms('grad_norm', fb['grads'], subtree_labels(live, labels),
+                                grad_norms))
   new_state = state.replace(step=state.step + 1, params=merge(new_live, held),
                             opt_state=opt_state)
   return new_state, metrics
 
 
-def _diagnostics(logits_of, live, grads, updates, live_labels, groups, axis_name):
+def _group_norms(name, tree, live_labels, groups):
   present = set(jax.tree.leaves(live_labels))
-  out = {}
-  for g in groups:
-    if g in present:
-      out[f'grad_norm/{g}'] = jnp.sqrt(_sq_norm(_only(grads, live_labels, g)))
-      out[f'update_norm/{g}'] = jnp.sqrt(_sq_norm(_only(updates, live_labels, g)))
-    else:
-      out[f'grad_norm/{g}'] = out[f'update_norm/{g}'] = jnp.float32(jnp.nan)
+  return {f'{name}/{g}': (jnp.sqrt(_sq_norm(_only(tree, live_labels, g))) if g in present
+                          else jnp.float32(jnp.nan)) for g in groups}
+
+
+def diagnostics_step(state, batch, *, task, tx, augment, labels, hold=frozenset(), groups=(),
+                     axis_name=DATA):
+  """What the step at `state` would do on `batch`, measured and not applied (SPEC §1
+  diagnostics): per group grad_norm/<g> and update_norm/<g> (NaN for a held or absent
+  group) and, for two groups (a, b), cos/a_b: the cosine between the logit changes J_a·g_a
+  and J_b·g_b that each group's gradient makes (both live in logit space; raw parameter
+  gradients of disjoint groups are orthogonal by construction, so their cosine is always 0).
+
+  Its own compiled function, run every `peft.diagnostics_every` steps outside the timed
+  training step, so step times and memory are those of training alone.
+  """
+  fb = _forward_backward(state, batch, task=task, tx=tx, augment=augment, labels=labels,
+                         hold=hold, axis_name=axis_name)
+  live, grads = fb['live'], fb['grads']
+  live_labels = subtree_labels(live, labels)
+  out = {**_group_norms('grad_norm', grads, live_labels, groups),
+         **_group_norms('update_norm', fb['updates'], live_labels, groups)}
   if len(groups) == 2:
     a, b = groups
+    present = set(jax.tree.leaves(live_labels))
     if a in present and b in present:
-      _, dza = jax.jvp(logits_of, (live,), (_only(grads, live_labels, a),))
-      _, dzb = jax.jvp(logits_of, (live,), (_only(grads, live_labels, b),))
-      dot, na, nb = jnp.sum(dza * dzb), jnp.sum(dza ** 2), jnp.sum(dzb ** 2)
+      _, dza = jax.jvp(fb['logits_of'], (live,), (_only(grads, live_labels, a),))
+      _, dzb = jax.jvp(fb['logits_of'], (live,), (_only(grads, live_labels, b),))
+      w = batch['weight'][:, None]
+      dot, na, nb = jnp.sum(w * dza * dzb), jnp.sum(w * dza ** 2), jnp.sum(w * dzb ** 2)
       if axis_name:
         dot, na, nb = jax.lax.psum((dot, na, nb), axis_name)
       out[f'cos/{a}_{b}'] = dot / jnp.sqrt(na * nb)
@@ -117,8 +165,12 @@ def _diagnostics(logits_of, live, grads, updates, live_labels, groups, axis_name
 
 
 def gather(data, idx):
-  """The batch of the device-resident data set at indices `idx`."""
-  return {'image': data['image'][idx], 'label': data['label'][idx]}
+  """The batch of the device-resident data set at indices `idx`; a negative index (PAD) is a
+  padding example of weight 0."""
+  real = idx >= 0
+  safe = jnp.where(real, idx, 0)
+  return {'image': data['image'][safe], 'label': data['label'][safe],
+          'weight': real.astype(jnp.float32)}
 
 
 LAYOUTS = ('data', 'replicas', 'workers')
@@ -160,6 +212,13 @@ def make_train_chunk(step_fn, mesh, layout='data'):
   sharded = jax.shard_map(chunk, mesh=mesh, in_specs=(state_spec, P(), idx_spec),
                           out_specs=(state_spec, metrics_spec), check_vma=False)
   return jax.jit(sharded, donate_argnums=0)
+
+
+def make_diagnostics(diag_fn, mesh):
+  """jit(shard_map): (state, data, idx [B]) -> diagnostics of one step (single-model layout)."""
+  sharded = jax.shard_map(lambda state, data, idx: diag_fn(state, gather(data, idx)), mesh=mesh,
+                          in_specs=(P(), P(), P(DATA)), out_specs=P(), check_vma=False)
+  return jax.jit(sharded)
 
 
 def make_eval_logits(task, preprocess, mesh, replicas=False):

@@ -13,14 +13,20 @@ class Task:
 
   apply(params, images, train, rng) -> logits, with float images NHWC.
   rules: ordered (regex, label) partition rules over '/'-joined paths.
-  loss(logits, labels) -> scalar mean loss over the (local) batch.
+  loss(logits, labels) -> per-example losses [b] (default: softmax cross-entropy); the
+    step takes their mean over the real examples of the global batch.
   hold_schedule(step) -> frozenset of trainable labels to hold still at that
     step (selective freezing); each distinct set compiles its own step.
   diagnostics: labels whose grad/update norms (and, for two, the cosine of
-    their logit-space effects) the step reports.
-  grad_fn(live, rest, images, labels, rng, extra) -> ((loss, logits), grads):
+    their logit-space effects) the trainer measures every `diagnostics_every`
+    steps with its own compiled function, outside the timed training step.
+  diagnostics_every: how often (in steps) to measure them; 0: every
+    train.log_every_steps.
+  grad_fn(live, rest, images, labels, rng, extra, *, weight, denom) -> ((loss, logits), grads):
     a custom gradient (e.g. a credit-assignment rule) in place of autodiff of
-    `loss`; `rest` holds the non-live params, `extra` is TrainState.extra.
+    `loss`; `rest` holds the non-live params, `extra` is TrainState.extra; the
+    loss is sum(weight · per-example loss) / denom, this device's share of the
+    global batch's mean over its real examples (weight 0 marks padding).
   extra: initial TrainState.extra (e.g. fixed feedback matrices).
   seeds: when set, `params` and `extra` carry a leading axis, one entry per
     seed, and the trainer runs all seeds together under `jax.vmap` (each
@@ -37,6 +43,7 @@ class Task:
   loss: Callable[[jax.Array, jax.Array], jax.Array] | None = None
   hold_schedule: Callable[[int], frozenset] | None = None
   diagnostics: tuple[str, ...] = ()
+  diagnostics_every: int = 0
   grad_fn: Callable[..., Any] | None = None
   extra: Any = None
   seeds: tuple[int, ...] | None = None
@@ -52,10 +59,11 @@ class Task:
   def held_at(self, step):
     return frozenset() if self.hold_schedule is None else frozenset(self.hold_schedule(step))
 
-  def loss_fn(self, logits, labels):
+  def example_loss(self, logits, labels):
+    """Per-example losses [b]."""
     if self.loss is not None:
       return self.loss(logits, labels)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
 def flax_apply(model):

@@ -1,0 +1,166 @@
+"""A run is either right or stopped: the divergence guard and the resume guard.
+
+Divergence: the step reports `finite/loss` and `finite/params` with the
+metrics the trainer fetches anyway (no extra host round-trip); the first
+non-finite one stops the run before anything is checkpointed.
+
+Resume: a workdir records the config it was started with; a rerun under a
+config that differs in anything that changes the result is refused, naming
+each differing field. Fields that only change how the run is watched or
+where files are (progress bar, logging cadence, eval batch size, the step to
+stop at, ...) may differ.
+"""
+
+import fnmatch
+import json
+import os
+
+import numpy as np
+
+from jaxlab.io.writers import _plain, write_json
+
+# Fields that do not change a run's result (fnmatch patterns over dotted names).
+NEUTRAL_FIELDS = (
+    'progress', 'simulated_cpu_devices', 'distributed.*',
+    'train.log_every_steps', 'train.eval_batch_size', 'train.steps', 'train.steps_per_dispatch',
+    'checkpoint.every_steps', 'checkpoint.keep',
+    'peft.diagnostics', 'peft.diagnostics_every',
+    'model.remat', 'model.conv_impl',
+    'data.dir', 'data.tfds_dir', 'pretrained.cache_dir',
+)
+# Fields that choose which cells of a sweep run: each cell guards its own workdir.
+SWEEP_FIELDS = ('arms', 'sweep.runs', 'credit.rules', 'credit.ks', 'mhc.arms', 'grid')
+
+
+class DivergenceError(RuntimeError):
+  """A non-finite loss or parameter: the run stopped at `step` without saving it."""
+
+  def __init__(self, step, metric, last_checkpoint, workdir, hint, details=None):
+    self.step, self.metric, self.last_checkpoint = step, metric, last_checkpoint
+    self.details = dict(details or {})  # e.g. the run's name and trainable params, for tables
+    saved = (f'the last finite checkpoint is step {last_checkpoint}' if last_checkpoint is not None
+             else 'no checkpoint was saved before it')
+    super().__init__(
+        f'non-finite {metric} at step {step} in {workdir}: the run stopped there and saved '
+        f'nothing non-finite ({saved}); {hint}')
+
+  def record(self):
+    """What a sweep writes for a diverged cell."""
+    return {**self.details, 'status': f'diverged at step {self.step}',
+            'diverged_at_step': self.step, 'diverged_metric': self.metric,
+            'last_checkpoint_step': self.last_checkpoint}
+
+
+class SweepDivergedError(DivergenceError):
+  """Every cell of a sweep diverged: there is no result at all."""
+
+  def __init__(self, records):
+    first = records[0][1]
+    RuntimeError.__init__(self, 'every run of the sweep diverged (non-finite loss or parameters): '
+                          + '; '.join(f'{name}: {r["status"]} (non-finite {r["diverged_metric"]})'
+                                      for name, r in records)
+                          + '; lower optim.lr or add a warm-up; the tables record each one')
+    self.step, self.metric = first['diverged_at_step'], first['diverged_metric']
+    self.last_checkpoint, self.details = first.get('last_checkpoint_step'), {}
+
+
+def check_sweep(records):
+  """Raise SweepDivergedError when every (name, result) of a sweep diverged."""
+  records = list(records)
+  if records and all(r.get('diverged_at_step') is not None for _, r in records):
+    raise SweepDivergedError(records)
+
+
+def run_or_diverged(fn, log=print):
+  """fn(), or the record of its divergence (a sweep goes on past a diverged cell)."""
+  try:
+    return fn()
+  except DivergenceError as e:
+    log(f'{e} — recorded as {e.record()["status"]}; the sweep goes on')
+    return e.record()
+
+
+class ResumeMismatchError(ValueError):
+  """A rerun in a workdir that was started with a different config."""
+
+
+def first_nonfinite(metrics, first_step):
+  """(step, metric) of the first step in a chunk whose loss or params are not finite, or None.
+
+  `metrics` holds per-step 'finite/loss' and 'finite/params' ([n] or [n, copies]); steps
+  are numbered by the step count after them (the chunk's first is first_step + 1).
+  """
+  bad_loss = np.asarray(metrics['finite/loss']) < 1
+  bad_params = np.asarray(metrics['finite/params']) < 1
+  per_step = (bad_loss | bad_params).reshape(bad_loss.shape[0], -1).any(axis=1)
+  if not per_step.any():
+    return None
+  i = int(np.argmax(per_step))
+  metric = 'loss' if bad_loss.reshape(bad_loss.shape[0], -1)[i].any() else 'parameters'
+  return first_step + i + 1, metric
+
+
+def divergence_hint(config):
+  """What to try after a divergence, naming the fields and their values."""
+  oc = config.optim
+  if oc.get('name') == 'lamb' and oc.get('lamb_lr', 0) > 0:
+    lrs = [f'optim.lamb_lr (now {oc.lamb_lr:g})']
+  else:
+    lrs = [f'optim.lr (now {oc.lr:g})']
+  lrs += [f'optim.groups.{g}.lr (now {v.lr:g})' for g, v in oc.get('groups', {}).items()
+          if 'lr' in v]
+  hint = 'lower ' + ', '.join(lrs)
+  if oc.get('warmup_epochs', 0) == 0 and oc.get('warmup_fraction', 0) == 0:
+    hint += ' or add a warm-up (optim.warmup_fraction)'
+  return hint + ', or use another --workdir to start afresh'
+
+
+def flat_config(tree, prefix=''):
+  """{dotted field: JSON value} of a config dict."""
+  out = {}
+  for key, value in tree.items():
+    name = f'{prefix}{key}'
+    if isinstance(value, dict) and value:
+      out.update(flat_config(value, name + '.'))
+    else:
+      out[name] = value
+  return out
+
+
+def config_diff(old, new, neutral=NEUTRAL_FIELDS):
+  """[(field, old value, new value)] for every result-changing field that differs."""
+  old, new = flat_config(old), flat_config(_jsonable(new))
+  missing = object()
+  out = []
+  for field in sorted(set(old) | set(new)):
+    if any(fnmatch.fnmatchcase(field, pattern) for pattern in neutral):
+      continue
+    a, b = old.get(field, missing), new.get(field, missing)
+    if a != b:
+      out.append((field, '(absent)' if a is missing else a, '(absent)' if b is missing else b))
+  return out
+
+
+def _jsonable(config_dict):
+  return json.loads(json.dumps(_plain(config_dict)))
+
+
+def check_resume(workdir, config_dict, filename='config.json', neutral=NEUTRAL_FIELDS):
+  """Record `config_dict` in workdir/filename, or refuse if the workdir was started with a
+  config that differs in a result-changing field (ResumeMismatchError naming each one)."""
+  path = os.path.join(workdir, filename)
+  if os.path.exists(path):
+    with open(path) as f:
+      try:
+        old = json.load(f)
+      except json.JSONDecodeError:
+        old = None
+    if old is not None:
+      diff = config_diff(old, config_dict, neutral)
+      if diff:
+        changes = '; '.join(f'{field} {a!r} → {b!r}' for field, a, b in diff)
+        raise ResumeMismatchError(
+            f'{workdir} was started with another config ({path}): {changes}. Either use '
+            f'another --workdir for the new config, or rerun with the config it was started '
+            f'with to resume it')
+  write_json(path, config_dict)

@@ -1,0 +1,39 @@
+"""Numbers that mean what the seeds' numbers mean: tuning splits, LAMB's own base lr, tables
+that report the best epoch beside the final one."""
+
+import math
+
+from configs import distributed as dist_configs
+from jaxlab.experiments import distributed, peft
+from jaxlab.train.sweep import parse_grid
+
+
+def test_seed004_tuning_variants_hold_out_20_percent_with_seed_42():
+  for name in ('tune_sgdm', 'tune_adamw'):
+    c = dist_configs.get_config(name)
+    assert c.data.validation_fraction == 0.2 and c.data.split_seed == 42
+    assert len(parse_grid(c.grid)) >= 4
+  assert dist_configs.get_config('tune_adamw').optim.name == 'adamw'
+
+
+def test_lamb_has_its_own_base_lr():
+  c = dist_configs.get_config('large_batch')
+  assert distributed.scaled_lr(c.optim, 8192) == 0.01 * math.sqrt(8192 / 64)  # LARS
+  c.optim.name = 'lamb'  # seed 004's code: LAMB 5e-4 · sqrt(B/64), not SGDM's 0.01
+  assert distributed.scaled_lr(c.optim, 8192) == 5e-4 * math.sqrt(8192 / 64)
+
+
+def test_peft_table_puts_the_reference_in_the_best_epoch_column(tmp_path, capsys):
+  from configs import hybrid
+  rows = [dict(run='norm', trainable_params=100, avg_step_time_s=0.1, throughput_img_s=10.0,
+               peak_mem_bytes=1000, acc1=0.5, acc1_best=0.6, best_epoch=2, ece=0.1),
+          dict(run='lora', trainable_params=200, status='diverged at step 7', diverged_at_step=7,
+               diverged_metric='loss')]
+  peft.write_report(str(tmp_path), rows, hybrid.get_config('quick'))
+  table = open(tmp_path / 'table.md').read()
+  assert 'Acc@1 (best epoch)' in table and 'Acc@1 (final)' in table
+  assert '| norm | 100 | 0.1000 | 10 | 1,000 | 0.5000 | 0.6000 | 2 | 0.1000 |' in table
+  assert '| lora | 200 | – | – | – | diverged at step 7 |' in table
+  assert "Seed 000 reports the best epoch's Acc@1" in table
+  assert '| hybrid_parallel | 647,524 | 0.7300 | – | – | – | 0.8950 |' in table
+  assert (tmp_path / 'accuracy_vs_trainables.png').exists()
