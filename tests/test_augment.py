@@ -86,14 +86,196 @@ def test_perspective_with_corners_in_place_is_identity():
   np.testing.assert_allclose(np.asarray(out), x, atol=1e-4)
 
 
-def test_color_adjustments_match_their_definitions():
-  x = augment.to_float(images(1)[0])
-  np.testing.assert_allclose(augment.adjust_color(x), x, atol=1e-5)  # neutral factors
-  np.testing.assert_allclose(augment.adjust_color(x, brightness=0.5), np.asarray(x) * 0.5,
+# --- Colour adjustments and jitter ---------------------------------------------------------------
+# Truth is a float64 numpy re-derivation of torchvision's definitions (transforms/
+# _functional_tensor.py), with its own HSV conversion; and torchvision itself where importable.
+
+COLOUR_FACTORS = {'brightness': (0.0, 0.3, 1.0, 1.7), 'contrast': (0.0, 0.5, 1.0, 1.9),
+                  'saturation': (0.0, 0.4, 1.0, 1.9), 'hue': (-0.5, -0.2, 0.0, 0.13, 0.5)}
+JITTER_NAMES = ('brightness', 'contrast', 'saturation', 'hue')  # torchvision's op numbering
+LUMA = np.array([0.2989, 0.587, 0.114])  # torchvision's rgb_to_grayscale weights
+
+
+def colour_images():
+  """4 uint8 images of 8×8: random pixels, primaries and secondaries, grays, black and white; the
+  second image is bright, so that factors above 1 clip."""
+  u = np.random.default_rng(5).integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
+  u[0, 0] = [[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0], [0, 255, 255], [255, 0, 255],
+             [0, 0, 0], [255, 255, 255]]
+  u[0, 1, :4] = [[128, 128, 128], [200, 50, 50], [10, 200, 10], [255, 128, 0]]
+  u[1] = 255 - u[1] // 4
+  return u
+
+
+def np_rgb_to_hsv(x):
+  """The textbook RGB -> HSV of float RGB [..., 3] in [0, 1]; h in [0, 1)."""
+  r, g, b = np.moveaxis(x, -1, 0)
+  v = x.max(-1)
+  c = v - x.min(-1)
+  s = np.where(v > 0, c / np.where(v > 0, v, 1), 0.0)
+  safe = np.where(c > 0, c, 1)
+  h = np.select([c == 0, v == r, v == g],
+                [0.0, ((g - b) / safe) % 6, (b - r) / safe + 2], (r - g) / safe + 4)
+  return h / 6, s, v
+
+
+def np_hsv_to_rgb(h, s, v):
+  """HSV -> RGB as f(n) = v - v·s·clip(min(k, 4 - k), 0, 1), k = (n + 6h) mod 6, n = 5, 3, 1."""
+  k = (np.array([5.0, 3.0, 1.0]) + 6 * h[..., None]) % 6
+  return v[..., None] - (v * s)[..., None] * np.clip(np.minimum(k, 4 - k), 0, 1)
+
+
+def np_adjust(name, images, factor):
+  """torchvision's adjust_<name> of uint8 or float images [..., H, W, 3], in float64 numpy:
+  uint8 results as levels (truncated where torchvision casts to uint8), floats in [0, 1]."""
+  uint8 = images.dtype == np.uint8
+  x = np.asarray(images, np.float64)
+  top = 255 if uint8 else 1
+  blend = lambda other: (np.floor if uint8 else np.asarray)(
+      np.clip(factor * x + (1 - factor) * other, 0, top))
+  gray = (np.floor if uint8 else np.asarray)(x @ LUMA)  # rgb_to_grayscale, .to(uint8)
+  if name == 'brightness':
+    return blend(0.0)
+  if name == 'contrast':
+    return blend(gray.mean(axis=(-2, -1), keepdims=True)[..., None])
+  if name == 'saturation':
+    return blend(gray[..., None])
+  h, s, v = np_rgb_to_hsv(x / 255 if uint8 else x)
+  out = np_hsv_to_rgb((h + factor) % 1, s, v)
+  return np.floor(out * (256 - 1e-3)) if uint8 else out  # convert_image_dtype to uint8
+
+
+def assert_close_to_reference(got, want, images):
+  """uint8: within 1 level, and only in a few pixels (where float32 and float64 truncate on
+  either side of a level); floats: to float32 round-off."""
+  assert got.dtype == images.dtype and got.shape == want.shape
+  if images.dtype == np.uint8:
+    off = np.abs(got.astype(np.float64) - want)
+    assert off.max() <= 1 and off.mean() < 0.02
+  else:
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+# One compile per op and dtype, with the factor traced and vmapped, as in the train step.
+ADJUST = {name: jax.jit(jax.vmap(getattr(augment, 'adjust_' + name), in_axes=(None, 0)))
+          for name in COLOUR_FACTORS}
+# Colour jitter of a batch, one key per image, and its parameters (strengths static).
+JITTER = jax.jit(jax.vmap(augment.random_color_jitter, in_axes=(0, 0, None)), static_argnums=2)
+JITTER_PARAMS = jax.jit(jax.vmap(augment.color_jitter_params, in_axes=(0, None)),
+                        static_argnums=1)
+JITTER_STRENGTHS = (0.5, 1.5, 0.5, 0.5)
+
+
+def jitter_batch():
+  """16 keys and 16 float images of 4×4 for the jitter tests (one compile between them)."""
+  x = colour_images()[:, :4, :4].astype(np.float32) / 255
+  return keys(4000, seed=1)[:16], np.concatenate([x] * 4)
+
+
+@pytest.mark.parametrize('name', list(COLOUR_FACTORS))
+def test_colour_adjustments_match_numpy_definitions(name):
+  u = colour_images()
+  factors = COLOUR_FACTORS[name]
+  for x in (u, u.astype(np.float32) / 255):
+    out = np.asarray(ADJUST[name](x, jnp.asarray(factors, jnp.float32)))
+    for got, factor in zip(out, factors):
+      assert_close_to_reference(got, np_adjust(name, x, factor), x)
+
+
+def test_colour_adjustments_python_factors_one_image_and_special_cases():
+  u = colour_images()
+  x = u.astype(np.float32) / 255
+  names = list(COLOUR_FACTORS)
+
+  @jax.jit  # one compile: Python factors, on one uint8 image [H, W, 3] and on float images
+  def cases(u0, x):
+    one = [getattr(augment, 'adjust_' + n)(u0, COLOUR_FACTORS[n][1]) for n in names]
+    neutral = [getattr(augment, 'adjust_' + n)(x, 0.0 if n == 'hue' else 1.0) for n in names]
+    zero = [augment.adjust_brightness(x, 0.0), augment.adjust_contrast(x, 0.0),
+            augment.adjust_saturation(x, 0.0)]
+    return one, neutral, zero
+
+  one, neutral, (black, contrast0, saturation0) = cases(u[0], x)
+  for name, got in zip(names, one):
+    assert_close_to_reference(np.asarray(got), np_adjust(name, u[0], COLOUR_FACTORS[name][1]),
+                              u[0])
+  for got in neutral:
+    np.testing.assert_allclose(got, x, atol=1e-6)
+  np.testing.assert_array_equal(black, 0)
+  means = (x @ LUMA).mean((1, 2))  # contrast 0: each image's mean gray
+  np.testing.assert_allclose(contrast0, np.broadcast_to(means[:, None, None, None], x.shape),
                              atol=1e-6)
-  gray = np.asarray(x) @ np.array([0.299, 0.587, 0.114])
-  np.testing.assert_allclose(augment.adjust_color(x, saturation=0.0),
-                             np.repeat(gray[..., None], 3, -1), atol=1e-5)
+  np.testing.assert_allclose(saturation0, np.repeat((x @ LUMA)[..., None], 3, -1), atol=1e-6)
+  with pytest.raises(ValueError, match='hue'):
+    augment.adjust_hue(x, 0.6)
+  with pytest.raises(ValueError, match='saturation'):
+    augment.adjust_saturation(x, -0.1)
+
+
+def test_uint8_contrast_mean_under_jit():
+  # The mean of the truncated uint8 grayscale. On XLA's CPU backend (jaxlib 0.10.2), a fused
+  # reduction over a batch this size ignored a float -> uint8 -> float truncation, which moved
+  # the mean by about half a level and so a fifth of the pixels by one.
+  u = np.random.default_rng(7).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+  out = np.asarray(jax.jit(augment.adjust_contrast)(u, jnp.float32(0.0)))
+  assert_close_to_reference(out, np_adjust('contrast', u, 0.0), u)
+
+
+def test_hue_is_the_hsv_rotation():
+  # A turn of 1/3 takes red to green and green to blue, 1/6 red to yellow, 1/2 red to cyan, and
+  # leaves grays alone. (The former YIQ rotation took red by 1/3 to about (24, 42, 255).)
+  u = colour_images()
+  turns = jnp.asarray([1 / 3, 1 / 6, -0.5, 0.0, 0.0])  # the shape of the compiled ADJUST['hue']
+  out = np.asarray(ADJUST['hue'](u.astype(np.float32) / 255, turns))
+  pixels = lambda i, *cols: out[i, 0, 0, list(cols)] * 255
+  np.testing.assert_allclose(pixels(0, 0, 1, 6, 7), [[0, 255, 0], [0, 0, 255], [0, 0, 0],
+                                                      [255, 255, 255]], atol=1e-3)
+  np.testing.assert_allclose(out[0, 0, 1, :4] * 255, [[128, 128, 128], [50, 200, 50],
+                                                       [10, 10, 200], [0, 255, 128]], atol=1e-3)
+  np.testing.assert_allclose(pixels(1, 0), [[255, 255, 0]], atol=1e-3)
+  np.testing.assert_allclose(pixels(2, 0, 3), [[0, 255, 255], [0, 0, 255]], atol=1e-3)
+  levels = np.asarray(ADJUST['hue'](u, turns))  # uint8 gives the same levels
+  np.testing.assert_array_equal(levels[0, 0, 0, :2], [[0, 255, 0], [0, 0, 255]])
+
+
+def np_jitter(image, order, factors, strengths):
+  """ColorJitter's forward: the ops in `order`, those of strength 0 skipped."""
+  for i in order:
+    if strengths[i]:
+      image = np_adjust(JITTER_NAMES[i], image, factors[i]).astype(image.dtype)
+  return image
+
+
+def test_color_jitter_random_order_and_factors():
+  strengths = JITTER_STRENGTHS
+  orders, factors = (np.asarray(a) for a in JITTER_PARAMS(keys(4000, seed=1), strengths))
+  # Over many keys: permutations, each op first about a quarter of the time; the factors in
+  # their ranges ([max(0, 1 - s), 1 + s] and [-h, h]), spanning them.
+  assert all(sorted(o) == [0, 1, 2, 3] for o in orders[:100])
+  first = np.bincount(orders[:, 0], minlength=4)
+  assert all(850 < c < 1150 for c in first), first
+  for f, (lo, hi) in zip(factors.T, ((0.5, 1.5), (0.0, 2.5), (0.5, 1.5), (-0.5, 0.5))):
+    assert lo <= f.min() < lo + 0.01 * (hi - lo) and hi - 0.01 * (hi - lo) < f.max() <= hi
+  with pytest.raises(ValueError, match='hue'):
+    augment.color_jitter_params(keys(1)[0], (0.1, 0.1, 0.1, 0.6))
+
+  # The first 16 keys on a batch: different orders for the images, each image in its own order,
+  # which matters: for most, the same factors in the reverse order give an image more than 2
+  # levels away.
+  ks, images = jitter_batch()
+  orders, factors = orders[:16], factors[:16]
+  out = np.asarray(JITTER(ks, images, strengths))
+  assert len({tuple(o) for o in orders}) >= 8
+  reversed_off = []
+  for got, im, o, f in zip(out, images, orders, factors):
+    np.testing.assert_allclose(got, np_jitter(im, o, f, strengths), atol=1e-5)
+    reversed_off.append(np.abs(got - np_jitter(im, o[::-1], f, strengths)).max())
+  assert sum(d > 2 / 255 for d in reversed_off) >= 12 and max(reversed_off) > 0.1
+  # Strength 0 skips the op; the others keep their order and factors.
+  off = (0.5, 0.0, 0.5, 0.0)
+  out = np.asarray(JITTER(ks, images, off))
+  for got, im, o, f in zip(out, images, orders, factors):
+    np.testing.assert_allclose(got, np_jitter(im, o, f, off), atol=1e-5)
 
 
 def test_full_sgdm_set_is_deterministic_and_in_range():
@@ -218,6 +400,17 @@ def test_randaugment_pixel_ops_match_pil():
     assert np.abs(at('Sharpness', 30 * sign) - want).max() <= 1
 
 
+def test_randaugment_colour_ops_are_the_colour_adjustments():
+  # torchvision's RandAugment calls adjust_brightness / adjust_saturation / adjust_contrast with
+  # factor 1 + magnitude.
+  x = augment.to_float(uint8_image(32))
+  for name, adjust in (('Brightness', 'brightness'), ('Color', 'saturation'),
+                       ('Contrast', 'contrast')):
+    for level in (-1.0, -0.3, 0.3, 1.0):
+      np.testing.assert_allclose(op(x, OPS.index(name), level),
+                                 np_adjust(adjust, np.asarray(x), 1 + 0.9 * level), atol=1e-5)
+
+
 def test_randaugment_geometric_ops():
   x = augment.to_float(uint8_image(32))
   # Shear by 0.3 (bin 30) about the top-left corner, as PIL's affine (1, 0.3, 0, 0, 1, 0). PIL
@@ -273,3 +466,33 @@ def test_train_augment_with_rrc_randaugment_and_erasing():
   off = np.asarray(augment.make_eval_preprocess(c)(images()))  # what training gives, all off
   assert all(not np.allclose(a, b, atol=1e-3) for a, b in zip(on, off))
 
+
+def test_colour_ops_match_torchvision():
+  torch = pytest.importorskip('torch')
+  F = pytest.importorskip('torchvision.transforms.functional')
+  to_torch = lambda a: torch.from_numpy(np.ascontiguousarray(a)).movedim(-1, -3)
+  from_torch = lambda t: t.movedim(-3, -1).numpy()
+  u = colour_images()
+  for x in (u, u.astype(np.float32) / 255):
+    for name, factors in COLOUR_FACTORS.items():
+      out = np.asarray(ADJUST[name](x, jnp.asarray(factors, jnp.float32)))
+      for got, factor in zip(out, factors):
+        want = from_torch(getattr(F, 'adjust_' + name)(to_torch(x), factor))
+        assert_close_to_reference(got, want.astype(np.float64), x)
+  # ColorJitter: torchvision's ops in our order with our factors (its own draws use torch's RNG).
+  ks, images = jitter_batch()
+  out = np.asarray(JITTER(ks, images, JITTER_STRENGTHS))
+  orders, factors = (np.asarray(a)[:16] for a in JITTER_PARAMS(keys(4000, seed=1),
+                                                                JITTER_STRENGTHS))
+  for got, im, o, f in zip(out, images, orders, factors.tolist()):
+    t = to_torch(im)
+    for i in o:
+      t = getattr(F, 'adjust_' + JITTER_NAMES[i])(t, f[i])
+    np.testing.assert_allclose(got, from_torch(t), atol=1e-5)
+  # RandAugment's colour ops.
+  x = augment.to_float(uint8_image(32))
+  for name, adjust in (('Brightness', 'brightness'), ('Color', 'saturation'),
+                       ('Contrast', 'contrast')):
+    for level in (-1.0, 0.3):
+      want = from_torch(getattr(F, 'adjust_' + adjust)(to_torch(np.asarray(x)), 1 + 0.9 * level))
+      np.testing.assert_allclose(op(x, OPS.index(name), level), want, atol=1e-5)

@@ -123,31 +123,156 @@ def random_perspective(key, image, distortion, p):
   return jnp.where(jax.random.bernoulli(apply_key, p), warped, image)
 
 
-_GRAY = jnp.array([0.299, 0.587, 0.114])
+# torchvision's colour adjustments (transforms/_functional_tensor.py), on uint8 or float images
+# [..., H, W, 3]. For uint8 they follow torchvision's uint8 path: the grayscale and each blend are
+# computed in float32 and truncated to uint8, and adjust_hue goes through float in [0, 1]. The
+# truncations are floors in float32 (the values are >= 0): XLA on CPU (jaxlib 0.10.2) drops the
+# rounding of a float -> uint8 -> float round trip that feeds a fused reduction, as the contrast
+# mean would.
 
 
-def adjust_color(image, brightness=1.0, contrast=1.0, saturation=1.0, hue=0.0):
-  """Brightness, contrast, saturation factors and a hue shift (fraction of a turn), clipped to
-  [0, 1] after each, in torchvision's definitions (hue as a rotation in YIQ space)."""
-  x = jnp.clip(image * brightness, 0, 1)
-  mean = jnp.mean(x @ _GRAY)
-  x = jnp.clip((x - mean) * contrast + mean, 0, 1)
-  gray = (x @ _GRAY)[..., None]
-  x = jnp.clip((x - gray) * saturation + gray, 0, 1)
-  to_yiq = jnp.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
-  t = 2 * jnp.pi * hue
-  rot = jnp.array([[1, 0, 0], [0, jnp.cos(t), -jnp.sin(t)], [0, jnp.sin(t), jnp.cos(t)]])
-  x = x @ (jnp.linalg.inv(to_yiq) @ rot @ to_yiq).T
-  return jnp.clip(x, 0, 1)
+def _check_rgb(images):
+  images = jnp.asarray(images)
+  if images.ndim < 3 or images.shape[-1] != 3:
+    raise ValueError(f'expected images [..., H, W, 3], got shape {images.shape}')
+  return images
+
+
+def _check_factor(name, factor, lo, hi):
+  """torchvision's range checks, where the factor is a Python number (a traced one is not)."""
+  if isinstance(factor, (int, float)) and not lo <= factor <= hi:
+    raise ValueError(f'{name} factor {factor} is not in [{lo}, {hi}]')
+
+
+def _grayscale(images):
+  """torchvision's rgb_to_grayscale, [..., H, W]: 0.2989 R + 0.587 G + 0.114 B, in the images'
+  float dtype, or for uint8 in float32 truncated to whole levels (torch's .to(uint8))."""
+  uint8 = images.dtype == jnp.uint8
+  x = images.astype(jnp.float32) if uint8 else images
+  gray = 0.2989 * x[..., 0] + 0.587 * x[..., 1] + 0.114 * x[..., 2]
+  return jnp.floor(gray) if uint8 else gray
+
+
+def _blend(images, other, factor):
+  """torchvision's _blend: factor·images + (1 - factor)·other, clipped to [0, 1] ([0, 255] for
+  uint8, then truncated), in the images' dtype."""
+  uint8 = images.dtype == jnp.uint8
+  x = images.astype(jnp.float32) if uint8 else images
+  out = jnp.clip(factor * x + (1 - factor) * other, 0, 255 if uint8 else 1)
+  return (jnp.floor(out) if uint8 else out).astype(images.dtype)
+
+
+def adjust_brightness(images, factor):
+  """torchvision's adjust_brightness: blend with black, i.e. factor·images, clipped."""
+  images = _check_rgb(images)
+  _check_factor('brightness', factor, 0, math.inf)
+  return _blend(images, jnp.zeros((), jnp.float32), factor)
+
+
+def adjust_contrast(images, factor):
+  """torchvision's adjust_contrast: blend with the mean over each image of its grayscale (for
+  uint8, the mean of the truncated uint8 grayscale, in float32), clipped."""
+  images = _check_rgb(images)
+  _check_factor('contrast', factor, 0, math.inf)
+  mean = jnp.mean(_grayscale(images), axis=(-2, -1), keepdims=True)
+  return _blend(images, mean[..., None], factor)
+
+
+def adjust_saturation(images, factor):
+  """torchvision's adjust_saturation: blend with the grayscale image, pixel by pixel, clipped.
+  Factor 0 is the grayscale image."""
+  images = _check_rgb(images)
+  _check_factor('saturation', factor, 0, math.inf)
+  return _blend(images, _grayscale(images)[..., None], factor)
+
+
+def _rgb_to_hsv(x):
+  """torchvision's _rgb2hsv of float RGB [..., 3] in [0, 1]: (h, s, v), h in [0, 1)."""
+  r, g, b = x[..., 0], x[..., 1], x[..., 2]
+  maxc, minc = jnp.max(x, axis=-1), jnp.min(x, axis=-1)
+  eqc = maxc == minc  # gray: s = h = 0, without dividing by 0
+  cr = maxc - minc
+  s = cr / jnp.where(eqc, 1, maxc)
+  div = jnp.where(eqc, 1, cr)
+  rc, gc, bc = (maxc - r) / div, (maxc - g) / div, (maxc - b) / div
+  h = jnp.where(maxc == r, bc - gc, jnp.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
+  return jnp.fmod(h / 6.0 + 1.0, 1.0), s, maxc
+
+
+def _hsv_to_rgb(h, s, v):
+  """torchvision's _hsv2rgb: RGB [..., 3] from h in [0, 1], s, v."""
+  i = jnp.floor(h * 6.0)
+  f = h * 6.0 - i
+  i = i.astype(jnp.int32) % 6
+  p = jnp.clip(v * (1.0 - s), 0.0, 1.0)
+  q = jnp.clip(v * (1.0 - s * f), 0.0, 1.0)
+  t = jnp.clip(v * (1.0 - s * (1.0 - f)), 0.0, 1.0)
+  pick = lambda *sextant: jnp.select([i == k for k in range(6)], sextant)
+  return jnp.stack([pick(v, q, p, p, t, v), pick(t, v, v, q, p, p), pick(p, p, t, v, v, q)],
+                   axis=-1)
+
+
+def adjust_hue(images, factor):
+  """torchvision's adjust_hue: to HSV, h = (h + factor) mod 1, back to RGB; factor in
+  [-0.5, 0.5] (a fraction of a turn). uint8 images go through float in [0, 1] (x / 255) and back
+  as torchvision's convert_image_dtype does it: truncating x·(256 - 1e-3)."""
+  images = _check_rgb(images)
+  _check_factor('hue', factor, -0.5, 0.5)
+  uint8 = images.dtype == jnp.uint8
+  x = images.astype(jnp.float32) / 255.0 if uint8 else images
+  h, s, v = _rgb_to_hsv(x)
+  out = _hsv_to_rgb(jnp.mod(h + factor, 1.0), s, v)
+  if uint8:
+    return jnp.floor(out * (255 + 1.0 - 1e-3)).astype(jnp.uint8)
+  return out.astype(images.dtype)
+
+
+# ColorJitter's adjustments, in torchvision's numbering (the indices of its randperm(4)).
+COLOR_JITTER_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
+
+
+def _jitter_ranges(strengths):
+  """torchvision's ColorJitter ranges for (brightness, contrast, saturation, hue) strengths:
+  [max(0, 1 - s), 1 + s] for the first three and [-h, h] for hue; None where the strength is 0."""
+  if len(strengths) != 4 or any(v < 0 for v in strengths):
+    raise ValueError(f'color jitter strengths must be 4 non-negative numbers, got {strengths}')
+  if strengths[3] > 0.5:
+    raise ValueError(f'color jitter hue strength must be at most 0.5, got {strengths[3]}')
+  ranges = [(max(0.0, 1.0 - v), 1.0 + v) for v in strengths[:3]] + [(-strengths[3], strengths[3])]
+  return [r if v else None for r, v in zip(ranges, strengths)]
+
+
+def color_jitter_params(key, strengths):
+  """torchvision's ColorJitter.get_params: (order, factors). `order` [4] is a uniformly random
+  permutation of the ops' indices in COLOR_JITTER_OPS (fn_idx); `factors` [4] are brightness,
+  contrast and saturation ~ U[max(0, 1 - s), 1 + s] and hue ~ U[-h, h] (the neutral 1, 1, 1, 0
+  where a strength is 0; those ops are skipped)."""
+  ranges = _jitter_ranges(strengths)
+  # One draw for everything (see random_resized_crop); the order sorts 4 uniforms.
+  u = jax.random.uniform(key, (8,))
+  neutral = (1.0, 1.0, 1.0, 0.0)
+  lo, hi = (jnp.asarray([n if r is None else r[j] for n, r in zip(neutral, ranges)])
+            for j in (0, 1))
+  return jnp.argsort(u[4:]), lo + (hi - lo) * u[:4]
 
 
 def random_color_jitter(key, image, strengths):
-  """ColorJitter(brightness, contrast, saturation, hue): factors U[1-s, 1+s], hue U[-h, h]."""
-  b, c, s, h = strengths
-  kb, kc, ks, kh = jax.random.split(key, 4)
-  factor = lambda k, v: jax.random.uniform(k, (), minval=1 - v, maxval=1 + v)
-  return adjust_color(image, factor(kb, b), factor(kc, c), factor(ks, s),
-                      jax.random.uniform(kh, (), minval=-h, maxval=h))
+  """torchvision's ColorJitter(brightness, contrast, saturation, hue) on one image (uint8 or
+  float in [0, 1]): the factors and the order of color_jitter_params(key, strengths), the ops
+  with strength 0 skipped."""
+  order, factors = color_jitter_params(key, strengths)
+  active = [i for i, r in enumerate(_jitter_ranges(strengths)) if r is not None]
+  if not active:
+    return image
+  branches = [lambda x, i=i: COLOR_JITTER_OPS[i](x, factors[i]) for i in active]
+  if len(active) == 1:
+    return branches[0](image)
+  # The active ops (as indices into `active`) in the order they come in `order`: one loop of
+  # len(active) steps over a switch, so each op is traced once.
+  position = jnp.argsort(order)  # where each op comes in `order`
+  steps = jnp.argsort(position[jnp.asarray(active)])
+  return jax.lax.fori_loop(0, len(active), lambda j, x: jax.lax.switch(steps[j], branches, x),
+                           image)
 
 
 # torchvision's number of box draws in RandomResizedCrop and RandomErasing.
@@ -290,7 +415,7 @@ def randaugment_op(image, index, level):
   r, c = _grid(image)
 
   # lax.switch runs one branch, but under vmap (batched index) it computes all of them, so the
-  # geometric ops share one (costly) bilinear sampling and the colour ops one adjust_color.
+  # geometric ops share one (costly) bilinear sampling and the colour ops one branch.
   def geometric(x):  # where each output pixel samples from
     rows, cols = jax.lax.switch(index - 1, (
         lambda: (r, c + 0.3 * level * (r + 0.5)),  # ShearX
@@ -300,10 +425,11 @@ def randaugment_op(image, index, level):
         lambda: _rotation_coords(x, 30 * level)))  # Rotate
     return _sample_per_channel(x, rows, cols)
 
-  def colour(x):  # factor 1 ± 0.9 for the op drawn, neutral 1 for the other two
+  def colour(x):  # factor 1 ± 0.9 for the op drawn; the neutral 1 of the others is the identity
     factor = lambda name: jnp.where(index == RANDAUGMENT_OPS.index(name), 1 + 0.9 * level, 1.0)
-    return adjust_color(x, brightness=factor('Brightness'), contrast=factor('Contrast'),
-                        saturation=factor('Color'))
+    x = adjust_brightness(x, factor('Brightness'))
+    x = adjust_saturation(x, factor('Color'))
+    return adjust_contrast(x, factor('Contrast'))
 
   branches = (lambda x: x, geometric, colour,
               lambda x: adjust_sharpness(x, 1 + 0.9 * level),
@@ -372,7 +498,8 @@ def make_train_augment(aug_cfg):
       `rrc_ratio` (width/height range, default (3/4, 4/3));
     `rotation` (max degrees); `perspective` and `perspective_p`;
     `randaugment_ops` (0 = off) and `randaugment_magnitude` (default 9 of 31 bins);
-    `color_jitter` (brightness, contrast, saturation, hue);
+    `color_jitter` (brightness, contrast, saturation, hue strengths of torchvision's
+      ColorJitter: its factor ranges, the four ops in a random order per image);
     `erasing_p` (probability of random erasing, after normalising).
   Order as in torchvision pipelines: resize, random resized crop or padded
   crop, flip, rotation, perspective, RandAugment, colour jitter, normalise,
