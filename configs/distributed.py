@@ -102,8 +102,9 @@ def large_batch():
   # each × sqrt(B/64).
   c.optim.update(name='lars', lr=0.01, lamb_lr=5e-4, lr_scaling='sqrt', base_batch=64,
                  schedule='warmup_cosine', warmup_epochs=5.0)
-  c.train.update(batch_size=8192, eval_every_epochs=10, log_every_steps=6)
-  c.checkpoint.every_steps = 60
+  # 7 steps per epoch: 50,000 images in batches of 8192, the last one partial.
+  c.train.update(batch_size=8192, eval_every_epochs=10, log_every_steps=7)
+  c.checkpoint.every_steps = 70
   return c
 
 

@@ -71,7 +71,7 @@ def quick(c):
                       dtype='float32'))
   c.augment.normalization = 'half'
   c.augment.randaugment_ops = 1
-  c.train.update(dict(batch_size=64, epochs=10, eval_batch_size=120, log_every_steps=22,
+  c.train.update(dict(batch_size=64, epochs=10, eval_batch_size=120, log_every_steps=23,
                       steps_per_dispatch=1, eval_every_epochs=5))
   c.checkpoint.every_steps = 10_000  # the end of each arm only: a CPU save stalls seconds
   if c.averaging.every_steps:

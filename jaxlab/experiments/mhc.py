@@ -9,6 +9,7 @@ The run writes `record.md` / `record.json` with everything SPEC's record lists.
 
 import copy
 import dataclasses
+import json
 import os
 import sys
 
@@ -103,6 +104,10 @@ def run_arm(config, workdir, dataset, arm):
     row['acc'] = row['status']
     write_json(os.path.join(workdir, 'arm.json'), row)
     return row
+  arm_path = os.path.join(workdir, 'arm.json')
+  if summary.get('finished_earlier') and os.path.exists(arm_path):  # embeddings measured then
+    with open(arm_path) as f:
+      return json.load(f)
   final = merge(state.params, state.frozen)
   images, labels = dataset.test.images, dataset.test.labels
   embed_fn, test_data = make_embed(task, model, c, mesh), replicate({'image': images}, mesh)

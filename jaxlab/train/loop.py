@@ -40,7 +40,8 @@ def fit(config, workdir, task, dataset, *, mesh=None, on_chunk=None, summary_ext
 
   Rerunning with the same config and workdir resumes from the latest
   checkpoint; a finished run returns its summary (and restored state) without
-  training. A workdir started with another config is refused
+  training (the returned summary then has finished_earlier=True; the file is
+  untouched). A workdir started with another config is refused
   (guards.ResumeMismatchError); a non-finite loss or parameter stops the run
   before it is saved (guards.DivergenceError). `on_chunk(step, state)` is
   called after every dispatch (tests use it to interrupt a run).
@@ -84,7 +85,7 @@ def fit(config, workdir, task, dataset, *, mesh=None, on_chunk=None, summary_ext
     if done is not None and resumed_from >= end:
       ckpt.close()
       print(f'{workdir}: finished earlier (step {end}); its summary, unchanged: {summary_path}')
-      return done, place(state)
+      return {**done, 'finished_earlier': True}, place(state)
   state = place(state)
   train_data = replicate({'image': dataset.train.images, 'label': dataset.train.labels}, mesh)
   eval_data = replicate({'image': dataset.test.images}, mesh)
