@@ -146,7 +146,7 @@ def run_grid(config, workdir, dataset):
     f.write(text)
   plot_grid(rows, fields, os.path.join(workdir, 'grid.png'), dataset.eval_split)
   print('\n' + text)
-  check_sweep([(cell_name(o), r) for o, r in zip(grid, rows)])
+  check_sweep([(cell_name(o), r) for o, r in zip(grid, rows)], config)
   return results
 
 
@@ -187,5 +187,5 @@ def run(config, workdir):
     f.write(text)
   write_json(os.path.join(workdir, 'comparison.json'), rows)
   print('\n' + text)
-  check_sweep([(r['arm'], r) for r in rows])
+  check_sweep([(r['arm'], r) for r in rows], config)
   return {'arms': rows}

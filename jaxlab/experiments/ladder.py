@@ -119,7 +119,8 @@ def run_cell(config, workdir, dataset, rule, k, image_shape):
                                         summary_extra={'rule': rule, 'k': k})[0])
   if summary.get('diverged_at_step') is not None:
     return {'rule': rule, 'k': k, 'seeds': list(config.seeds),
-            **{key: summary[key] for key in ('status', 'diverged_at_step', 'diverged_metric')}}
+            **{key: summary[key] for key in ('status', 'diverged_at_step', 'diverged_metric',
+                                             'last_checkpoint_step')}}
   return {'rule': rule, 'k': k, 'seeds': list(config.seeds), 'acc': summary['acc1_per_seed'],
           'mean': summary['acc1'], 'std': summary['acc1_std'],
           'best_mean': summary.get('acc1_best'), 'best_epoch': summary.get('best_epoch'),
@@ -151,7 +152,7 @@ def run(config, workdir):
     f.write(text)
   plot(config, results, os.path.join(workdir, 'ladder.png'))
   print('\n' + text)
-  check_sweep(results['cells'].items())
+  check_sweep(results['cells'].items(), config)
   return results
 
 

@@ -244,5 +244,5 @@ def run(config, workdir):
   text = record.write(workdir, rec, REFERENCE)
   results = text.split('## Results', 1)[1].split('## Config', 1)[0]
   print('\n## Results' + results + f'Record: {os.path.join(workdir, "record.md")}')
-  check_sweep([(r['arm'], r) for r in rows])
+  check_sweep([(r['arm'], r) for r in rows], config)
   return {'arms': rows}

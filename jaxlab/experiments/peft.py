@@ -237,7 +237,7 @@ def run(config, workdir):
     out = os.path.join(workdir, spec.replace('/', '-'))
     rows.append(run_or_diverged(lambda: run_one(c, out, dataset, pretrained)[0]))
   write_report(workdir, rows, config)
-  check_sweep([(r['run'], r) for r in rows])
+  check_sweep([(r['run'], r) for r in rows], config)
   return {'runs': rows}
 
 

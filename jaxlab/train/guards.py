@@ -54,21 +54,27 @@ class DivergenceError(RuntimeError):
 class SweepDivergedError(DivergenceError):
   """Every cell of a sweep diverged: there is no result at all."""
 
-  def __init__(self, records):
+  def __init__(self, records, hint):
     first = records[0][1]
-    RuntimeError.__init__(self, 'every run of the sweep diverged (non-finite loss or parameters): '
-                          + '; '.join(f'{name}: {r["status"]} (non-finite {r["diverged_metric"]})'
+
+    def saved(r):
+      step = r.get('last_checkpoint_step')
+      return f'last finite checkpoint: step {step}' if step is not None else 'no checkpoint saved'
+
+    RuntimeError.__init__(self, 'every run of the sweep diverged: '
+                          + '; '.join(f'{name}: non-finite {r["diverged_metric"]} at step '
+                                      f'{r["diverged_at_step"]} ({saved(r)})'
                                       for name, r in records)
-                          + '; lower optim.lr or add a warm-up; the tables record each one')
+                          + f'; {hint}; the tables record each one')
     self.step, self.metric = first['diverged_at_step'], first['diverged_metric']
     self.last_checkpoint, self.details = first.get('last_checkpoint_step'), {}
 
 
-def check_sweep(records):
+def check_sweep(records, config):
   """Raise SweepDivergedError when every (name, result) of a sweep diverged."""
   records = list(records)
   if records and all(r.get('diverged_at_step') is not None for _, r in records):
-    raise SweepDivergedError(records)
+    raise SweepDivergedError(records, divergence_hint(config))
 
 
 def run_or_diverged(fn, log=print):
@@ -112,7 +118,7 @@ def divergence_hint(config):
   hint = 'lower ' + ', '.join(lrs)
   if oc.get('warmup_epochs', 0) == 0 and oc.get('warmup_fraction', 0) == 0:
     hint += ' or add a warm-up (optim.warmup_fraction)'
-  return hint + ', or use another --workdir to start afresh'
+  return hint + ', and run it in another --workdir'
 
 
 def flat_config(tree, prefix=''):
