@@ -56,3 +56,12 @@ def test_grid_records_diverged_cells_and_each_cells_own_memory(tmp_path, capsys)
   table = open(tmp_path / 'grid.md').read()
   assert table.count('diverged at step') == 2 and os.path.exists(tmp_path / 'grid.png')
   assert 'the sweep goes on' in capsys.readouterr().out
+
+
+def test_an_attempt_that_trained_nothing_does_not_pin_the_config(tmp_path):
+  from jaxlab.train.guards import ResumeMismatchError, check_resume
+  check_resume(str(tmp_path), {'optim': {'lr': 0.05}})
+  check_resume(str(tmp_path), {'optim': {'lr': 0.1}})  # nothing trained yet: accepted
+  os.makedirs(tmp_path / 'checkpoints' / '3')
+  with pytest.raises(ResumeMismatchError, match='optim.lr 0.1 → 0.2'):
+    check_resume(str(tmp_path), {'optim': {'lr': 0.2}})

@@ -151,11 +151,25 @@ def _jsonable(config_dict):
   return json.loads(json.dumps(_plain(config_dict)))
 
 
+def has_results(workdir):
+  """Whether anything under `workdir` came from training: a checkpoint or a summary."""
+  for root, dirs, files in os.walk(workdir):
+    if 'summary.json' in files or ('checkpoints' in dirs
+                                   and os.listdir(os.path.join(root, 'checkpoints'))):
+      return True
+    dirs[:] = [d for d in dirs if d != 'checkpoints']
+  return False
+
+
 def check_resume(workdir, config_dict, filename='config.json', neutral=NEUTRAL_FIELDS):
   """Record `config_dict` in workdir/filename, or refuse if the workdir was started with a
-  config that differs in a result-changing field (ResumeMismatchError naming each one)."""
+  config that differs in a result-changing field (ResumeMismatchError naming each one).
+
+  A workdir with nothing trained in it yet (an attempt that stopped before its first
+  checkpoint, e.g. on missing data) takes the new config.
+  """
   path = os.path.join(workdir, filename)
-  if os.path.exists(path):
+  if os.path.exists(path) and has_results(workdir):
     with open(path) as f:
       try:
         old = json.load(f)
