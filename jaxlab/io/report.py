@@ -51,11 +51,14 @@ def _mark_diverged(ax, diverged):
   """Red crosses on the x axis, each labelled with its status, for runs without a result."""
   if not diverged:
     return
-  lo = ax.get_ylim()[0] if ax.has_data() else 0.0
-  for x, text in diverged:
-    ax.scatter([x], [lo], marker='x', color='red', s=50, zorder=3, clip_on=False)
-    ax.annotate(text, (x, lo), textcoords='offset points', xytext=(4, 5), fontsize=7,
-                color='red')
+  lo, hi = ax.get_ylim() if ax.has_data() else (0.0, 1.0)
+  ax.set_ylim(lo, hi)  # the crosses sit on the x axis without moving it
+  for i, (x, text) in enumerate(diverged):
+    ax.scatter([x], [lo], marker='x', color='red', s=50, zorder=3, clip_on=False,
+               label='diverged' if i == 0 else None)
+    right = ax.transAxes.inverted().transform(ax.transData.transform((x, lo)))[0] > 0.5
+    ax.annotate(text, (x, lo), textcoords='offset points', xytext=(-4 if right else 4, 5),
+                ha='right' if right else 'left', fontsize=7, color='red')
 
 
 def scatter_plot(path, points, xlabel, ylabel, title, logx=False, diverged=()):
@@ -77,6 +80,6 @@ def line_plot(path, lines, xlabel, ylabel, title, logx=False, xticks=None, diver
   if xticks is not None:
     ax.set_xticks(xticks)
   _mark_diverged(ax, diverged)
-  if lines:
+  if lines or diverged:
     ax.legend(fontsize=7)
   _save(plt, fig, ax, path, xlabel, ylabel, title, logx)
