@@ -229,6 +229,7 @@ def adjust_hue(images, factor):
 
 # ColorJitter's adjustments, in torchvision's numbering (the indices of its randperm(4)).
 COLOR_JITTER_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
+HUE = 3  # its index in COLOR_JITTER_OPS
 
 
 def _jitter_ranges(strengths):
@@ -264,15 +265,32 @@ def random_color_jitter(key, image, strengths):
   active = [i for i, r in enumerate(_jitter_ranges(strengths)) if r is not None]
   if not active:
     return image
-  branches = [lambda x, i=i: COLOR_JITTER_OPS[i](x, factors[i]) for i in active]
   if len(active) == 1:
-    return branches[0](image)
-  # The active ops (as indices into `active`) in the order they come in `order`: one loop of
-  # len(active) steps over a switch, so each op is traced once.
+    return COLOR_JITTER_OPS[active[0]](image, factors[active[0]])
   position = jnp.argsort(order)  # where each op comes in `order`
-  steps = jnp.argsort(position[jnp.asarray(active)])
-  return jax.lax.fori_loop(0, len(active), lambda j, x: jax.lax.switch(steps[j], branches, x),
-                           image)
+  cheap = [i for i in active if i != HUE]
+  # Under vmap a switch evaluates every branch, so hue (the costly HSV round trip) runs once,
+  # between the cheap ops that come before it and those after it: each of those two passes
+  # steps through the cheap ops in their drawn order, the ones on the other side of hue
+  # replaced by the identity.
+  branches = [lambda x, i=i: COLOR_JITTER_OPS[i](x, factors[i]) for i in cheap]
+  branches.append(lambda x: x)
+  steps = jnp.argsort(position[jnp.asarray(cheap)])  # cheap ops (indices into cheap) in order
+
+  before = position[jnp.asarray(cheap)] < position[HUE]  # per cheap op
+
+  def cheap_pass(x, before_hue):
+    def one(j, x):
+      op = steps[j]
+      return jax.lax.switch(jnp.where(before[op] == before_hue, op, len(cheap)), branches, x)
+    return jax.lax.fori_loop(0, len(cheap), one, x)
+
+  if HUE not in active:
+    return jax.lax.fori_loop(0, len(cheap), lambda j, x: jax.lax.switch(steps[j], branches, x),
+                             image)
+  image = cheap_pass(image, True)
+  image = COLOR_JITTER_OPS[HUE](image, factors[HUE])
+  return cheap_pass(image, False)
 
 
 # torchvision's number of box draws in RandomResizedCrop and RandomErasing.
