@@ -86,6 +86,11 @@ def fit(config, workdir, task, dataset, *, mesh=None, on_chunk=None, summary_ext
       ckpt.close()
       print(f'{workdir}: finished earlier (step {end}); its summary, unchanged: {summary_path}')
       return {**done, 'finished_earlier': True}, place(state)
+    if resumed_from > end:
+      ckpt.close()
+      raise ValueError(f'{workdir} holds a run already at step {resumed_from}, past the '
+                       f'{end} steps asked for (train.steps={tc.steps}); raise train.steps or use '
+                       'another --workdir')
   state = place(state)
   train_data = replicate({'image': dataset.train.images, 'label': dataset.train.labels}, mesh)
   eval_data = replicate({'image': dataset.test.images}, mesh)
