@@ -108,3 +108,28 @@ def test_identity_check_values(digits):
   for r in out['block_ratio']['mean']:
     assert 0.05 < r < 0.2
   assert 0.9 < out['stack_cos']['mean'] <= 1.0
+
+
+def test_a_diverged_cell_is_a_result_and_the_ladder_goes_on(tmp_path, digits, monkeypatch):
+  from jaxlab.train.guards import DivergenceError, SweepDivergedError
+  c = tiny()
+  c.credit.rules = ('bp', 'fa')
+  c.credit.ks = (1,)
+  monkeypatch.setattr(ladder, 'load_dataset', lambda _: digits)
+
+  def fake_fit(config, workdir, task, dataset, summary_extra):
+    if summary_extra['rule'] == 'fa':
+      raise DivergenceError(5, 'loss', 4, workdir, 'lower optim.lr')
+    return {'acc1_per_seed': [0.5, 0.7], 'acc1': 0.6, 'acc1_std': 0.1414, 'acc1_best': 0.65,
+            'best_epoch': 1, 'avg_step_time_s': 0.01}, None
+
+  monkeypatch.setattr(ladder, 'fit', fake_fit)
+  results = ladder.run(c, str(tmp_path / 'some'))
+  assert results['cells']['fa_k1']['status'] == 'diverged at step 5'
+  assert results['cells']['bp_k1']['mean'] == 0.6
+  table = (tmp_path / 'some' / 'ladder.md').read_text()
+  assert '| 1 | 0.600 ± 0.141 | 0.650 (epoch 1) |' in table and 'diverged at step 5' in table
+  assert (tmp_path / 'some' / 'ladder.png').exists()
+  c.credit.rules = ('fa',)  # every cell diverged: the sweep as a whole fails, naming the step
+  with pytest.raises(SweepDivergedError, match='fa_k1: non-finite loss at step 5'):
+    ladder.run(c, str(tmp_path / 'all'))
