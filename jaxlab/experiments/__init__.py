@@ -1,7 +1,6 @@
 """Experiment families by name: each module has `run(config, workdir) -> summary`."""
 
 import importlib
-import os
 
 from jaxlab.data.augment import NORMALIZATIONS
 from jaxlab.data.datasets import DATASETS, SOURCES
@@ -60,9 +59,6 @@ def run(config, workdir):
   that differs in a result-changing field is refused before anything is loaded.
   """
   validate(config)
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise ValueError(f'--workdir {workdir} is a file, not a directory; choose another --workdir')
-  os.makedirs(workdir, exist_ok=True)
   guards.check_resume(workdir, config.to_dict(), LAUNCH_CONFIG,
                       guards.NEUTRAL_FIELDS + guards.SWEEP_FIELDS)
   return importlib.import_module(EXPERIMENTS[config.experiment]).run(config, workdir)

@@ -28,7 +28,7 @@ from jaxlab.optim import averaging, schedules
 from jaxlab.parallel.mesh import make_mesh, replicate
 from jaxlab.peft.partition import flatten, merge
 from jaxlab.train.evaluate import predict
-from jaxlab.train.guards import DivergenceError, check_sweep
+from jaxlab.train.guards import check_sweep, run_or_diverged
 from jaxlab.train.loop import fit, run_keys
 from jaxlab.train.step import make_eval_logits
 from jaxlab.train.task import Task, flax_apply
@@ -96,14 +96,8 @@ def run_arm(config, workdir, dataset, arm):
   model, params = build(c, dataset.num_classes)
   task = Task(params=params, apply=flax_apply(model), rules=(('.*', 'all'),))
   mesh = make_mesh()
-  try:
-    summary, state = fit(c, workdir, task, dataset, mesh=mesh, summary_extra={'arm': arm})
-  except DivergenceError as e:  # the other arms still run; the record shows this one's status
-    print(f'{e} — recorded as {e.record()["status"]}')
-    row = dict(arm=arm, residual=_describe_residual(spec), **e.record())
-    row['acc'] = row['status']
-    write_json(os.path.join(workdir, 'arm.json'), row)
-    return row
+  summary, state = fit(c, workdir, task, dataset, mesh=mesh,
+                       summary_extra={'arm': arm, 'residual': _describe_residual(spec)})
   arm_path = os.path.join(workdir, 'arm.json')
   if summary.get('finished_earlier') and os.path.exists(arm_path):  # embeddings measured then
     with open(arm_path) as f:
@@ -239,7 +233,10 @@ def validate(config):
 
 def run(config, workdir):
   dataset = load_dataset(config.data)
-  rows = [run_arm(config, os.path.join(workdir, arm), dataset, arm) for arm in config.mhc.arms]
+  # A diverged arm is a row of its own ('diverged at step N'); the other arms still run.
+  rows = [run_or_diverged(lambda arm=arm: run_arm(config, os.path.join(workdir, arm), dataset,
+                                                  arm))
+          for arm in config.mhc.arms]
   rec = make_record(config, workdir, dataset, rows)
   text = record.write(workdir, rec, REFERENCE)
   results = text.split('## Results', 1)[1].split('## Config', 1)[0]

@@ -15,7 +15,7 @@ import json
 import os
 import subprocess
 
-from jaxlab.io.report import markdown_table
+from jaxlab.io.report import markdown_table, with_status
 from jaxlab.io.writers import write_json
 
 RESULT_COLUMNS = (
@@ -69,7 +69,8 @@ def render(record, reference=None):
   lines += [f'- {row["arm"]}: {row["residual"]}' for row in record['arms']]
   for warning in record.get('warnings', ()):
     lines += ['', f'> **Warning.** {warning}']
-  lines += ['', '## Results', '', markdown_table(record['arms'], RESULT_COLUMNS)]
+  lines += ['', '## Results', '',
+            markdown_table([with_status(r, 'acc') for r in record['arms']], RESULT_COLUMNS)]
   averaged = [r['averaged'] for r in record['arms'] if r.get('averaged')]
   if averaged:
     lines += ['', 'With checkpoint averaging (' + record.get('averaging', '') + '):', '',

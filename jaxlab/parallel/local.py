@@ -89,13 +89,10 @@ class WorkerIndices:
   """
 
   def __init__(self, key, num_examples, workers, batch_size, drop_last=False):
-    from jaxlab.data.pipeline import EpochIndices, steps_per_epoch
-    if drop_last:
-      sizes = [num_examples // workers] * workers
-    else:
-      sizes = [len(a) for a in np.array_split(np.arange(num_examples), workers)]
+    from jaxlab.data.pipeline import EpochIndices
+    sizes = _shard_sizes(num_examples, workers, drop_last)
     self.starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
-    self.steps_per_epoch = max(steps_per_epoch(n, batch_size, drop_last) for n in sizes)
+    self.steps_per_epoch = worker_steps_per_epoch(num_examples, workers, batch_size, drop_last)
     self.workers = [EpochIndices(jax.random.fold_in(key, k), n, batch_size, drop_last,
                                  steps=self.steps_per_epoch) for k, n in enumerate(sizes)]
 
@@ -105,11 +102,19 @@ class WorkerIndices:
                     axis=1).astype(np.int32)
 
 
+def _shard_sizes(num_examples, workers, drop_last):
+  """The workers' contiguous shard sizes: n // K each with drop_last, else the whole split
+  (sizes differing by at most one)."""
+  if drop_last:
+    return [num_examples // workers] * workers
+  return [len(a) for a in np.array_split(np.arange(num_examples), workers)]
+
+
 def worker_steps_per_epoch(num_examples, workers, batch_size, drop_last=False):
-  """Steps per epoch of each local-SGD worker (see WorkerIndices)."""
+  """Steps per epoch of every local-SGD worker: those of the largest shard (see WorkerIndices)."""
   from jaxlab.data.pipeline import steps_per_epoch
-  shard = num_examples // workers if drop_last else -(-num_examples // workers)
-  return steps_per_epoch(shard, batch_size, drop_last)
+  return max(steps_per_epoch(n, batch_size, drop_last)
+             for n in _shard_sizes(num_examples, workers, drop_last))
 
 
 def worker_state(state, workers):

@@ -166,8 +166,12 @@ def check_resume(workdir, config_dict, filename='config.json', neutral=NEUTRAL_F
   config that differs in a result-changing field (ResumeMismatchError naming each one).
 
   A workdir with nothing trained in it yet (an attempt that stopped before its first
-  checkpoint, e.g. on missing data) takes the new config.
+  checkpoint, e.g. on missing data) takes the new config. The workdir is created; one that
+  is a file is an error.
   """
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ValueError(f'--workdir {workdir} is a file, not a directory; choose another --workdir')
+  os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, filename)
   if os.path.exists(path) and has_results(workdir):
     with open(path) as f:

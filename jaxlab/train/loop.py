@@ -51,9 +51,6 @@ def fit(config, workdir, task, dataset, *, mesh=None, on_chunk=None, summary_ext
   mesh = mesh or make_mesh()
   workers = task.workers
   check_divisible(tc.eval_batch_size, mesh, 'eval batch size')
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise ValueError(f'--workdir {workdir} is a file, not a directory; choose another --workdir')
-  os.makedirs(workdir, exist_ok=True)
   guards.check_resume(workdir, config.to_dict())
 
   layout = layout_of(task)

@@ -95,17 +95,15 @@ def build(config, task, mesh, total_steps, steps_per_epoch):
         train_step, task=task, tx=tx, augment=augment, labels=trainable_labels, hold=hold,
         grad_norms=grad_norms, axis_name=axis_name), mesh, layout)
 
-  diagnostics_fn = None
-  if task.diagnostics:
-    if layout != 'data':
-      raise ValueError(f'gradient diagnostics support single-model runs only, not the {layout} '
-                       'layout')
+  if task.diagnostics and layout != 'data':
+    raise ValueError(f'gradient diagnostics support single-model runs only, not the {layout} '
+                     'layout')
 
-    @functools.cache
-    def diagnostics_fn(hold):
-      return make_diagnostics(functools.partial(
-          diagnostics_step, task=task, tx=tx, augment=augment, labels=trainable_labels,
-          hold=hold, groups=tuple(task.diagnostics), axis_name=axis_name), mesh)
+  @functools.cache
+  def diagnostics_fn(hold):
+    return make_diagnostics(functools.partial(
+        diagnostics_step, task=task, tx=tx, augment=augment, labels=trainable_labels,
+        hold=hold, groups=tuple(task.diagnostics), axis_name=axis_name), mesh)
 
   return Setup(layout, copies, tx, trainable_labels, averager, state, place, chunk_fn,
-               diagnostics_fn)
+               diagnostics_fn if task.diagnostics else None)

@@ -44,12 +44,14 @@ def _only(tree, labels, label):
 def all_finite(tree):
   """A bool scalar: every element of every leaf is finite."""
   leaves = jax.tree.leaves(tree)
-  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])) if leaves else True
+  if not leaves:
+    return jnp.array(True)
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
 def _forward_backward(state, batch, *, task, tx, augment, labels, hold, axis_name):
-  """Everything a step computes before it writes the state: the augmented images, the live
-  and held params, the loss (a weighted mean over the real examples of the global batch),
+  """Everything a step computes before it writes the state: the live and held params, the
+  logits function, the loss (a weighted mean over the real examples of the global batch),
   logits, the all-reduced gradients of the live params, the optimizer's updates and state."""
   aug_key, model_key = jax.random.split(jax.random.fold_in(state.rng, state.step))
   images = augment(example_keys(aug_key, batch['label'].shape[0], axis_name), batch['image'])
@@ -83,7 +85,7 @@ def _forward_backward(state, batch, *, task, tx, augment, labels, hold, axis_nam
   opt_state = hold_groups(opt_state, state.opt_state, hold)
   live_updates, _ = split(updates, labels, hold)
   correct = jnp.sum(weight * (jnp.argmax(logits, -1) == batch['label']))
-  return dict(images=images, live=live, held=held, logits_of=logits_of, loss=total(loss),
+  return dict(live=live, held=held, logits_of=logits_of, loss=total(loss),
               acc=total(correct) / denom, count=count, grads=grads, updates=live_updates,
               opt_state=opt_state)
 
