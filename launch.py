@@ -4,8 +4,13 @@ Any config field can be overridden: --config.optim.lr=3e-4. Unknown fields,
 values of the wrong type and unknown choices are errors before anything runs.
 Rerunning the same command with the same --workdir resumes from its checkpoint
 (a finished run prints its summary again); a workdir started with another config
-is refused. Exit codes: 0 done, 1 bad input, 3 diverged (a non-finite loss or
-parameter; nothing non-finite was saved).
+is refused. SIGTERM saves a checkpoint at the step reached and stops; rerun to
+resume. Exit codes: 0 done, 1 bad input, 3 diverged (a non-finite loss or
+parameter; nothing non-finite was saved), 143 preempted (SIGTERM; checkpoint saved).
+
+Several processes (hosts) run one job when each runs the same command with
+--config.distributed.initialize=true (see the README's "Several processes"):
+process 0 writes the files, every process takes part in each checkpoint.
 """
 
 import os
@@ -41,18 +46,28 @@ def main(argv):
   if simulate and 'jax' not in sys.modules:
     os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                                f' --xla_force_host_platform_device_count={simulate}')
-  from jaxlab import experiments  # after flag parsing: imports JAX
-  experiments.validate(config)
-  if config.distributed.initialize:
-    import jax
-    jax.distributed.initialize()
-  spec = next(a for a in sys.argv if a.startswith('--config=')).split('=', 1)[1]
-  from jaxlab.train.guards import DivergenceError
+  from jaxlab.parallel import processes  # after flag parsing: imports JAX
   try:
+    processes.initialize(config.distributed)  # before anything touches a JAX backend
+  except (ValueError, RuntimeError) as e:
+    sys.exit(f'error: {e}')
+  if not processes.is_main():  # process 0 alone talks to the user (errors still show)
+    sys.stdout.flush()
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # C++ libraries' prints too
+  from jaxlab import experiments
+  from jaxlab.train.guards import DivergenceError
+  from jaxlab.train.preemption import Preempted, watch
+  watch()
+  spec = next(a for a in sys.argv if a.startswith('--config=')).split('=', 1)[1]
+  try:
+    experiments.validate(config)
     experiments.run(config, _WORKDIR.value or default_workdir(spec))
   except DivergenceError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(DIVERGED)
+  except Preempted as e:
+    print(str(e), file=sys.stderr)
+    sys.exit(Preempted.EXIT_CODE)
   except (ValueError, FileNotFoundError) as e:
     if flags.FLAGS.verbosity > 0:
       raise

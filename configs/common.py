@@ -11,9 +11,14 @@ def base_config():
   c.progress = True  # tqdm bar with loss and img/s
 
   # name: digits | cifar10 | cifar100. source: tfds | archive (the original python archives).
+  # placement: device (the whole training split on every device, batches gathered in the step)
+  # | stream (the host delivers each step's batch, `prefetch` steps ahead on background threads)
+  # | auto (device when the split fits device_budget_mb, else stream; 0 = half the device's
+  # memory as the runtime reports it). Both give the same parameters.
   c.data = ml_collections.ConfigDict(dict(
       name='digits', source='tfds', dir='', tfds_dir='', label='fine',
-      validation_fraction=0.0, split_seed=0))
+      validation_fraction=0.0, split_seed=0, placement='auto', device_budget_mb=0.0,
+      prefetch=2))
   c.model = ml_collections.ConfigDict(dict(name='lenet5'))
   # resize 0 keeps the data's size; normalization: none | half | cifar10 | cifar100 | imagenet.
   # rotation: max degrees; perspective: distortion scale, applied with probability perspective_p;
@@ -50,8 +55,16 @@ def base_config():
   # every_steps steps after start_fraction of the run; the mean of all of them (window = 0)
   # or of the last `window`, evaluated at the end beside the final parameters.
   c.averaging = ml_collections.ConfigDict(dict(every_steps=0, start_fraction=0.8, window=0))
-  # initialize: call jax.distributed.initialize() first (multi-host runs).
-  c.distributed = ml_collections.ConfigDict(dict(initialize=False))
+  # initialize: call jax.distributed.initialize() before anything touches a JAX backend
+  # (multi-process runs; see the README). coordinator_address ('host:port'), num_processes and
+  # process_id: empty / -1 let JAX detect them (SLURM, Open MPI, Kubernetes, Cloud TPU).
+  # cpu_collectives: how CPU devices of different processes talk (gloo | mpi).
+  # ordered_sums: gradients and parameter averages summed over the devices in device order
+  # (all-gather, then sum), so a run is bit-identical on 1 process × 4 devices or 2 × 2;
+  # false: psum (less memory and traffic; the rounding then depends on the layout).
+  c.distributed = ml_collections.ConfigDict(dict(
+      initialize=False, coordinator_address='', num_processes=-1, process_id=-1,
+      cpu_collectives='gloo', ordered_sums=True))
   return c
 
 

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from jaxlab import models
 from jaxlab.data.datasets import load_dataset
 from jaxlab.io.report import line_plot, markdown_table, with_status
-from jaxlab.io.writers import write_json
+from jaxlab.io.writers import write_json, write_text
 from jaxlab.optim.schedules import schedule_from_config
 from jaxlab.parallel.local import METHODS as LOCAL_METHODS, LocalSpec, worker_steps_per_epoch
 from jaxlab.train.guards import check_sweep, run_or_diverged
@@ -142,8 +142,7 @@ def run_grid(config, workdir, dataset):
       ('NLL', 'nll', '{:.4f}'), ('img/s', 'throughput_img_s', '{:,.0f}')]
   text = (f'# Grid on {config.data.name}: {config.grid}\n\n'
           + markdown_table([with_status(r, 'acc1') for r in rows], columns) + '\n')
-  with open(os.path.join(workdir, 'grid.md'), 'w') as f:
-    f.write(text)
+  write_text(os.path.join(workdir, 'grid.md'), text)
   plot_grid(rows, fields, os.path.join(workdir, 'grid.png'), dataset.eval_split)
   print('\n' + text)
   check_sweep([(cell_name(o), r) for o, r in zip(grid, rows)], config)
@@ -183,8 +182,7 @@ def run(config, workdir):
                  **summary})
   text = (f'# Synchronous data parallelism vs local methods on {config.data.name}\n\n'
           + markdown_table([with_status(r, 'acc1') for r in rows], COLUMNS) + '\n')
-  with open(os.path.join(workdir, 'comparison.md'), 'w') as f:
-    f.write(text)
+  write_text(os.path.join(workdir, 'comparison.md'), text)
   write_json(os.path.join(workdir, 'comparison.json'), rows)
   print('\n' + text)
   check_sweep([(r['arm'], r) for r in rows], config)

@@ -18,7 +18,7 @@ import numpy as np
 from jaxlab.credit import rules as credit
 from jaxlab.data.datasets import load_dataset
 from jaxlab.io.report import line_plot, markdown_table
-from jaxlab.io.writers import write_json
+from jaxlab.io.writers import write_json, write_text
 from jaxlab.peft.partition import merge
 from jaxlab.train.guards import check_sweep, run_or_diverged
 from jaxlab.train.loop import fit, run_keys
@@ -148,8 +148,7 @@ def run(config, workdir):
                                              image_shape))
       for rule, k in cells(config)])
   text = report(config, results, identity)
-  with open(os.path.join(workdir, 'ladder.md'), 'w') as f:
-    f.write(text)
+  write_text(os.path.join(workdir, 'ladder.md'), text)
   plot(config, results, os.path.join(workdir, 'ladder.png'))
   print('\n' + text)
   check_sweep(results['cells'].items(), config)

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from jaxlab import models
 from jaxlab.data.datasets import load_dataset, select_classes
 from jaxlab.io.report import markdown_table, scatter_plot, with_status
-from jaxlab.io.writers import write_json
+from jaxlab.io.writers import write_json, write_text
 from jaxlab.models.vit import LORA_TARGETS, LoraSpec
 from jaxlab.peft import methods
 from jaxlab.peft.lr_parity import LrParity
@@ -254,8 +254,7 @@ def write_report(workdir, rows, config):
           + '\n\n## Reference (SPEC §1: ViT-S/16, CIFAR-100, 10 epochs, seed 000)\n\n'
           'Seed 000 reports the best epoch\'s Acc@1; its final-epoch accuracy is not '
           'published.\n\n' + markdown_table(REFERENCE, COLUMNS) + '\n')
-  with open(os.path.join(workdir, 'table.md'), 'w') as f:
-    f.write(text)
+  write_text(os.path.join(workdir, 'table.md'), text)
   scatter_plot(os.path.join(workdir, 'accuracy_vs_trainables.png'),
                [(r['trainable_params'], r['acc1'], r['run']) for r in finished],
                'trainable parameters', 'Acc@1 (final)', f'PEFT: {title}', logx=True,

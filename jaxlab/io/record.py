@@ -16,7 +16,7 @@ import os
 import subprocess
 
 from jaxlab.io.report import markdown_table, with_status
-from jaxlab.io.writers import write_json
+from jaxlab.io.writers import write_json, write_text
 
 RESULT_COLUMNS = (
     ('arm', 'arm', '{}'),
@@ -96,8 +96,7 @@ def write(workdir, record, reference=None):
   """workdir/record.json and workdir/record.md; returns the markdown."""
   write_json(os.path.join(workdir, 'record.json'), record)
   text = render(record, reference)
-  with open(os.path.join(workdir, 'record.md'), 'w') as f:
-    f.write(text)
+  write_text(os.path.join(workdir, 'record.md'), text)
   return text
 
 
@@ -139,8 +138,7 @@ def main(argv=None):
     parser.error('no record.json in ' + ', '.join(missing) + ' (a finished run writes one)')
   text = compare(args.workdirs)
   if args.out:
-    with open(args.out, 'w') as f:
-      f.write(text)
+    write_text(args.out, text)
     print(f'wrote {args.out}')
   else:
     print(text)

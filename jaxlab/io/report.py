@@ -3,6 +3,8 @@
 import math
 import os
 
+from jaxlab.io.writers import is_writer
+
 
 def _cell(value, fmt):
   if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -34,8 +36,9 @@ def _save(plt, fig, ax, path, xlabel, ylabel, title, logx):
   ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
   ax.grid(True, alpha=0.3)
   fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path)
+  if is_writer():
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path)
   plt.close(fig)
 
 

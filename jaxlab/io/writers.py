@@ -1,4 +1,9 @@
-"""Files a person reads: JSON written atomically, JSON lines appended and flushed."""
+"""Files a person reads: JSON written atomically, JSON lines appended and flushed.
+
+In a multi-process run (jax.distributed) every process computes the same
+results; only process 0 writes them (`is_writer`), so a workdir holds one copy
+of each file whichever the number of processes.
+"""
 
 import json
 import math
@@ -22,14 +27,26 @@ def _plain(x):
   return x
 
 
+def is_writer():
+  """Whether this process writes files: always, except in processes 1.. of a multi-process run."""
+  import jax  # only here: the offline tools that read files never need a backend
+  return jax.process_index() == 0
+
+
 def write_json(path, obj):
-  """Write `obj` to `path` atomically (a reader never sees half a file)."""
+  """Write `obj` to `path` atomically (a reader never sees half a file); process 0 only."""
+  write_text(path, json.dumps(_plain(obj), indent=2, sort_keys=True) + '\n')
+
+
+def write_text(path, text):
+  """Write `text` to `path` atomically; process 0 only."""
+  if not is_writer():
+    return
   path = os.fspath(path)
   os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or '.', suffix='.tmp')
   with os.fdopen(fd, 'w') as f:
-    json.dump(_plain(obj), f, indent=2, sort_keys=True)
-    f.write('\n')
+    f.write(text)
   os.replace(tmp, path)
 
 
@@ -46,20 +63,27 @@ class JsonlLog:
 
   `keep_until_step`: on a resumed run, records with a larger 'step' (written
   after the checkpoint the run resumed from) are dropped first, so that the
-  log reads as one uninterrupted run.
+  log reads as one uninterrupted run. `kept` holds the records kept (the same
+  on every process); only process 0 touches the file.
   """
 
   def __init__(self, path, keep_until_step=None):
     self.path = os.fspath(path)
+    self.kept = ([r for r in read_jsonl(self.path) if r.get('step', 0) <= keep_until_step]
+                 if keep_until_step is not None else [])
+    self.writer = is_writer()
+    if not self.writer:
+      return
     if keep_until_step is not None and os.path.exists(self.path):
-      kept = [r for r in read_jsonl(self.path) if r.get('step', 0) <= keep_until_step]
       tmp = self.path + '.tmp'
       with open(tmp, 'w') as f:
-        f.writelines(json.dumps(r, sort_keys=True) + '\n' for r in kept)
+        f.writelines(json.dumps(r, sort_keys=True) + '\n' for r in self.kept)
       os.replace(tmp, self.path)
     elif keep_until_step is None and os.path.exists(self.path):
       os.remove(self.path)
 
   def write(self, record):
+    if not self.writer:
+      return
     with open(self.path, 'a') as f:
       f.write(json.dumps(_plain(record), sort_keys=True) + '\n')

@@ -43,6 +43,8 @@ import os
 
 import numpy as np
 
+from jaxlab.io.writers import is_writer
+
 _U = np.finfo(np.float64).eps / 2  # unit roundoff of float64
 _SIL_TOL = 1e-8  # largest error of any point's silhouette coefficient
 
@@ -371,8 +373,9 @@ def embedding_plot(path, embeddings, labels, title, class_names=None, seed=0):
   name = method.upper()
   ax.set(xlabel=f'{name} 1', ylabel=f'{name} 2', title=title)
   fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, bbox_inches='tight')  # keep the legend outside the axes in the image
+  if is_writer():
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, bbox_inches='tight')  # keep the legend outside the axes in the image
   plt.close(fig)
   return method
 

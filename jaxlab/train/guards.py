@@ -26,7 +26,8 @@ NEUTRAL_FIELDS = (
     'checkpoint.every_steps', 'checkpoint.keep',
     'peft.diagnostics', 'peft.diagnostics_every',
     'model.remat', 'model.conv_impl',
-    'data.dir', 'data.tfds_dir', 'pretrained.cache_dir',
+    'data.dir', 'data.tfds_dir', 'data.placement', 'data.device_budget_mb', 'data.prefetch',
+    'pretrained.cache_dir',
 )
 # Fields that choose which cells of a sweep run: each cell guards its own workdir.
 SWEEP_FIELDS = ('arms', 'sweep.runs', 'credit.rules', 'credit.ks', 'mhc.arms', 'grid')
