@@ -27,10 +27,9 @@ from jaxlab.metrics.embedding import embedding_metrics, embedding_plot
 from jaxlab.optim import averaging, schedules
 from jaxlab.parallel.mesh import make_mesh, replicate
 from jaxlab.peft.partition import flatten, merge
-from jaxlab.train.evaluate import predict
+from jaxlab.train.evaluate import make_outputs_fn, predict
 from jaxlab.train.guards import check_sweep, run_or_diverged
 from jaxlab.train.loop import fit, run_keys
-from jaxlab.train.step import make_eval_logits
 from jaxlab.train.task import Task, flax_apply
 
 # arm name → model.residual
@@ -61,11 +60,11 @@ def build(config, num_classes):
 
 
 def make_embed(task, model, config, mesh):
-  """The trainer's sharded evaluation function, returning the normed class token [B, width]
-  in place of the logits."""
+  """The sharded outputs function (`make_outputs_fn`) of the task, returning the normed class
+  token [B, width] in place of the logits; `predict` gathers them."""
   apply = lambda p, x, train, rng: model.apply({'params': p}, x, embed=True)
-  return make_eval_logits(dataclasses.replace(task, apply=apply),
-                          make_eval_preprocess(config.augment), mesh)
+  return make_outputs_fn(dataclasses.replace(task, apply=apply),
+                         make_eval_preprocess(config.augment), mesh)
 
 
 def hres_stats(model, config, params, images):
@@ -104,7 +103,8 @@ def run_arm(config, workdir, dataset, arm):
       return json.load(f)
   final = merge(state.params, state.frozen)
   images, labels = dataset.test.images, dataset.test.labels
-  embed_fn, test_data = make_embed(task, model, c, mesh), replicate({'image': images}, mesh)
+  embed_fn = make_embed(task, model, c, mesh)
+  test_data = replicate({'image': images, 'label': labels}, mesh)
   embed = lambda p: predict(embed_fn, p, test_data, len(labels), c.train.eval_batch_size, mesh)
   emb = embed(final)
   title = f'{arm}: test embeddings ({dataset.name})'

@@ -18,6 +18,20 @@ def nll(logits, labels):
   return -jnp.mean(jnp.take_along_axis(logp, labels[:, None], axis=-1))
 
 
+def _calibration(logits, labels):
+  """Per example: the confidence (maximum softmax probability) and whether the most probable
+  class is the label (1.0 or 0.0)."""
+  probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+  conf = jnp.max(probs, axis=-1)
+  correct = (jnp.argmax(probs, axis=-1) == labels).astype(jnp.float32)
+  return conf, correct
+
+
+def _bin_of(conf, num_bins):
+  # ceil(c * B) - 1 maps (b/B, (b+1)/B] to b; conf > 0 always, clip guards c == 0.
+  return jnp.clip(jnp.ceil(conf * num_bins).astype(jnp.int32) - 1, 0, num_bins - 1)
+
+
 def expected_calibration_error(logits, labels, num_bins=ECE_BINS):
   """Global ECE with `num_bins` equal-width bins over (lo, hi].
 
@@ -26,26 +40,62 @@ def expected_calibration_error(logits, labels, num_bins=ECE_BINS):
   sum_b |B_b|/N * |acc(B_b) - conf(B_b)| over the whole set (not a mean of
   per-batch ECEs, which weights small batches wrongly).
   """
-  probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-  conf = jnp.max(probs, axis=-1)
-  correct = (jnp.argmax(probs, axis=-1) == labels).astype(jnp.float32)
-  # ceil(c * B) - 1 maps (b/B, (b+1)/B] to b; conf > 0 always, clip guards c == 0.
-  bins = jnp.clip(jnp.ceil(conf * num_bins).astype(jnp.int32) - 1, 0, num_bins - 1)
-  count = jnp.zeros(num_bins).at[bins].add(1.0)
+  conf, correct = _calibration(logits, labels)
+  bins = _bin_of(conf, num_bins)
   conf_sum = jnp.zeros(num_bins).at[bins].add(conf)
   acc_sum = jnp.zeros(num_bins).at[bins].add(correct)
   return jnp.sum(jnp.abs(acc_sum - conf_sum)) / conf.shape[0]
 
 
+def metric_sums(logits, labels, weight=None, num_bins=ECE_BINS):
+  """The additive statistics behind acc1, nll and ece, over the examples of weight > 0.
+
+  Sums of disjoint parts of a set add up to the set's (per batch, per device: `psum` them),
+  and `metrics_from_sums` turns the total into the metrics. float32 arrays:
+    count        sum of the weights (the number of real examples: weight 1, padding 0)
+    correct      weighted count of rows whose arg-max (of the logits) is the label
+    nll          weighted sum of -log softmax(logits)[label]
+    ece_count    [num_bins] weighted count per confidence bin (bins as in
+                 `expected_calibration_error`)
+    ece_conf     [num_bins] weighted sum of the confidences per bin
+    ece_correct  [num_bins] weighted count of correct (most probable class) per bin
+  A padding row (weight 0) adds exactly nothing, even if its logits are not finite.
+  """
+  logits, labels = jnp.asarray(logits), jnp.asarray(labels)
+  if weight is None:
+    weight = jnp.ones(labels.shape, jnp.float32)
+  weight = jnp.asarray(weight, jnp.float32)
+  real = weight > 0
+  masked = lambda x: jnp.where(real, weight * x, 0.0)
+  labels = jnp.where(real, labels, 0)
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  example_nll = -jnp.take_along_axis(logp, labels[:, None], axis=-1)[:, 0]
+  hit = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+  conf, correct = _calibration(logits, labels)
+  bins = _bin_of(jnp.where(real, conf, 1.0), num_bins)
+  per_bin = lambda x: jnp.zeros(num_bins, jnp.float32).at[bins].add(masked(x))
+  return {'count': jnp.sum(masked(1.0)), 'correct': jnp.sum(masked(hit)),
+          'nll': jnp.sum(masked(example_nll)), 'ece_count': per_bin(jnp.ones_like(conf)),
+          'ece_conf': per_bin(conf), 'ece_correct': per_bin(correct)}
+
+
+def metrics_from_sums(sums):
+  """acc1, nll and ece (Python floats) from `metric_sums` totals (host values, in float64).
+
+  With a leading seed axis on the sums (replicas), each metric is a list, one per seed."""
+  s = {k: np.asarray(v, np.float64) for k, v in sums.items()}
+  count = s['count']
+  with np.errstate(invalid='ignore', divide='ignore'):  # an empty set: NaN
+    out = {'acc1': s['correct'] / count, 'nll': s['nll'] / count,
+           'ece': np.sum(np.abs(s['ece_correct'] - s['ece_conf']), axis=-1) / count}
+  return {k: v.tolist() for k, v in out.items()}
+
+
 def classification_metrics(logits, labels):
-  """acc1, nll and ece of a full evaluation set, as Python floats."""
-  logits = jnp.asarray(logits)
-  labels = jnp.asarray(labels)
-  return {
-      'acc1': float(accuracy(logits, labels)),
-      'nll': float(nll(logits, labels)),
-      'ece': float(expected_calibration_error(logits, labels)),
-  }
+  """acc1, nll and ece of a full evaluation set, as Python floats (the same statistics as
+  evaluation reduced on the devices: `metrics_from_sums(metric_sums(...))`; acc1 is the
+  exact fraction correct)."""
+  return metrics_from_sums(jax.device_get(metric_sums(logits, labels)))
 
 
 def count_params(tree):

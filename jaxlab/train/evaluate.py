@@ -1,37 +1,112 @@
-"""Evaluation over a whole split: every example exactly once."""
+"""Evaluation over a whole split: every example exactly once, reduced on the devices.
+
+Evaluation never fetches logits. Per batch, a compiled `jax.shard_map` over the mesh's 'data'
+axis computes the additive statistics of acc1, NLL and ECE on each device's share of the batch
+(`metric_sums`; padding weighs 0), sums them over 'data' (`psum`) and returns them replicated;
+the host adds the batches' sums in float64 and forms the metrics. So it is the same on one
+process or many (the mesh spanning every process's devices), and every process gets the same
+result. Outputs that the host does need row by row (embeddings for kNN) come from `predict`,
+which gathers them from every process.
+
+A batch is named by its reference (see step.batch_of): int32 indices [B] into the
+device-resident split `data = {'image', 'label'}` (PAD, -1, marks padding), or the batch
+itself, {'image', 'label', 'weight'}, delivered by the host (streamed data; `data` is then
+{}). `feed(idx)` turns the host's indices into the reference on the mesh.
+"""
 
 import jax
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
-from jaxlab.data.pipeline import eval_batches
-from jaxlab.metrics.classification import classification_metrics
-from jaxlab.parallel.mesh import shard_leading
-
-
-def predict(logits_fn, params, data, num_examples, batch_size, mesh):
-  """Logits [num_examples, classes] of the device-resident split `data` (with a
-  leading seed axis when `logits_fn` is vmapped over replicas)."""
-  out = []
-  for idx, valid in eval_batches(num_examples, batch_size):
-    logits = np.asarray(jax.device_get(logits_fn(params, data, shard_leading(idx, mesh))))
-    out.append(logits[..., :valid, :])
-  return np.concatenate(out, axis=-2)
+from jaxlab.data.pipeline import PAD
+from jaxlab.metrics.classification import metric_sums, metrics_from_sums
+from jaxlab.parallel.mesh import DATA, shard_leading, to_host
+from jaxlab.train.step import batch_of
 
 
-def evaluate(logits_fn, params, data, labels, batch_size, mesh):
-  """acc1, nll and ece of the split, computed globally over all its examples.
+def eval_indices(num_examples, batch_size):
+  """Yield int32 indices [batch_size] covering 0..num_examples-1 once, in order; the last
+  batch is padded with PAD (weight 0)."""
+  for start in range(0, num_examples, batch_size):
+    idx = np.arange(start, start + batch_size)
+    yield np.where(idx < num_examples, idx, PAD).astype(np.int32)
 
-  For replicated runs (logits [R, N, C]) each metric is the mean over seeds,
+
+def _apply(task, preprocess, replicas):
+  """(params, batch) -> outputs [b, ...] ([R, b, ...] with replicas: params vmapped)."""
+  def outputs(params, batch):
+    images = preprocess(batch['image'])
+    if replicas:
+      return jax.vmap(lambda p: task.apply(p, images, False, None))(params)
+    return task.apply(params, images, False, None)
+  return outputs
+
+
+def make_outputs_fn(task, preprocess, mesh, replicas=False):
+  """jit(shard_map): (params, data, ref [B]) -> the model's outputs (task.apply in eval mode,
+  e.g. logits or embeddings) [B, ...], sharded over 'data' on B ([R, B, ...] with replicas,
+  params carrying a leading seed axis). Padding rows are included; `predict` drops them."""
+  apply = _apply(task, preprocess, replicas)
+  sharded = jax.shard_map(lambda params, data, ref: apply(params, batch_of(data, ref)),
+                          mesh=mesh, in_specs=(P(), P(), P(DATA)),
+                          out_specs=P(None, DATA) if replicas else P(DATA), check_vma=False)
+  return jax.jit(sharded)
+
+
+def make_eval_fn(task, preprocess, mesh, replicas=False):
+  """jit(shard_map): (params, data, ref [B]) -> the batch's `metric_sums` over its real
+  examples, summed over the mesh and replicated on every device (each with a leading seed
+  axis [R, ...] with replicas). One compiled function for every batch of the split."""
+  apply = _apply(task, preprocess, replicas)
+
+  def sums(params, data, ref):
+    batch = batch_of(data, ref)
+    logits = apply(params, batch)
+    one = lambda l: metric_sums(l, batch['label'], batch['weight'])
+    local = jax.vmap(one)(logits) if replicas else one(logits)
+    return jax.lax.psum(local, DATA)
+
+  sharded = jax.shard_map(sums, mesh=mesh, in_specs=(P(), P(), P(DATA)), out_specs=P(),
+                          check_vma=False)
+  return jax.jit(sharded)
+
+
+def _feed(mesh, feed):
+  return feed if feed is not None else (lambda idx: shard_leading(idx, mesh))
+
+
+def evaluate(eval_fn, params, data, num_examples, batch_size, mesh, feed=None):
+  """acc1, nll and ece of the split's `num_examples` examples, computed globally over all of
+  them (`eval_fn` from `make_eval_fn`; every process calls this together).
+
+  For replicated runs (eval_fn with replicas=True) each metric is the mean over seeds,
   with `<metric>_per_seed` (list) and `<metric>_std` (sample std, ddof 1) beside it.
   """
-  logits = predict(logits_fn, params, data, len(labels), batch_size, mesh)
-  if logits.ndim == 2:
-    return classification_metrics(logits, labels)
-  per_seed = [classification_metrics(l, labels) for l in logits]
+  feed = _feed(mesh, feed)
+  # Dispatch every batch, then fetch the (small, replicated) sums: no host wait per batch.
+  pending = [eval_fn(params, data, feed(idx)) for idx in eval_indices(num_examples, batch_size)]
+  total = None
+  for sums in to_host(pending):
+    sums = {k: np.asarray(v, np.float64) for k, v in sums.items()}
+    total = sums if total is None else {k: total[k] + v for k, v in sums.items()}
+  metrics = metrics_from_sums(total)
+  if np.ndim(total['count']) == 0:
+    return metrics
   out = {}
-  for key in per_seed[0]:
-    values = np.array([m[key] for m in per_seed])
+  for key, per_seed in metrics.items():
+    values = np.array(per_seed)
     out[key] = float(values.mean())
     out[f'{key}_per_seed'] = values.tolist()
     out[f'{key}_std'] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
   return out
+
+
+def predict(fn, params, data, num_examples, batch_size, mesh, feed=None):
+  """The outputs of `fn` (from `make_outputs_fn`) for the split's examples, in order, on the
+  host: rows [num_examples, ...] on axis -2 ([R, num_examples, D] with replicas), gathered
+  from every process (all call this together), padding rows dropped."""
+  feed = _feed(mesh, feed)
+  batches = list(eval_indices(num_examples, batch_size))
+  pending = [fn(params, data, feed(idx)) for idx in batches]
+  rows = [np.compress(idx >= 0, out, axis=-2) for idx, out in zip(batches, to_host(pending))]
+  return np.concatenate(rows, axis=-2)
