@@ -206,7 +206,7 @@ def time_workload(name, small, steps, warmup, seed=0, profile='', batch=0):
   def indices():  # one step's [1, B], or [1, copies, B]: seeds share the batch's sharding,
     # workers are themselves sharded over the devices
     idx = rng.integers(0, pool, (1, batch) if copies == 1 else (1, copies, batch)).astype(np.int32)
-    return shard_leading(idx, mesh, axis=2 if setup.layout == 'replicas' else 1)
+    return shard_leading(idx, mesh, axis=setup.layout.batch_axis)
 
   t0 = time.perf_counter()
   compiled = setup.chunk_fn(held).lower(state, data, indices()).compile()

@@ -10,6 +10,7 @@ class Checkpointer:
   """Saves the state every `every_steps` steps (and when forced), keeping the last `keep`."""
 
   def __init__(self, directory, every_steps, keep):
+    self.every = max(int(every_steps), 1)
     self.manager = ocp.CheckpointManager(
         os.path.abspath(os.fspath(directory)),
         options=ocp.CheckpointManagerOptions(
@@ -25,8 +26,12 @@ class Checkpointer:
     return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
 
   def save(self, step, state, force=False):
-    """Save if `step` is on the interval (or `force`); returns whether it saved."""
-    return self.manager.save(int(step), args=ocp.args.StandardSave(state), force=force)
+    """Save if `step` is on the interval (or `force`); returns whether it saved. (The interval
+    is decided here: orbax's own also saves the first step it is offered.) Every process of a
+    multi-process run calls it at the same steps; orbax writes one checkpoint."""
+    if not force and int(step) % self.every:
+      return False
+    return self.manager.save(int(step), args=ocp.args.StandardSave(state), force=True)
 
   def close(self):
     self.manager.wait_until_finished()

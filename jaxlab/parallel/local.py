@@ -25,7 +25,7 @@ import numpy as np
 import optax
 from jax.sharding import PartitionSpec as P
 
-from jaxlab.parallel.mesh import DATA
+from jaxlab.parallel.mesh import DATA, all_sum
 
 METHODS = ('local_sgd', 'slowmo', 'diloco', 'post_local')
 
@@ -124,26 +124,28 @@ def worker_state(state, workers):
       jnp.arange(workers)))
 
 
-def make_average(spec, mesh):
+def make_average(spec, mesh, ordered=True):
   """jit(shard_map): the state with every worker's params set to the round's result.
 
   The state carries the worker axis, sharded over DATA; the mean over workers
   is a local mean followed by `pmean` across devices. Optimizer states are
-  not touched (SPEC: the parameters only are averaged).
+  not touched (SPEC: the parameters only are averaged). ordered: the sums over devices
+  in device order (mesh.all_sum), the same on any split of the devices into processes.
   """
+  def pmean(x):
+    return all_sum(x, DATA, ordered) / jax.lax.axis_size(DATA)
 
   def average(state):
     k_local = jax.tree.leaves(state.params)[0].shape[0]
     first = lambda tree: jax.tree.map(lambda x: x[0], tree)  # identical on every worker
     spread = lambda tree: jax.tree.map(lambda x: jnp.broadcast_to(x, (k_local, *x.shape)), tree)
-    xbar = jax.tree.map(lambda x: jax.lax.pmean(jnp.mean(x, axis=0), DATA), state.params)
+    xbar = jax.tree.map(lambda x: pmean(jnp.mean(x, axis=0)), state.params)
     extra = dict(state.extra)
     if spec.dynamic_alpha:
       x0 = first(extra['anchor'])
       signal = sum(jnp.sum(jnp.square(a - b)) for a, b in
                    zip(jax.tree.leaves(x0), jax.tree.leaves(xbar)))  # ‖mean_k d_k‖²
-      spread_sq = sum(jax.lax.pmean(jnp.mean(jnp.sum(jnp.square(x - b).reshape(x.shape[0], -1),
-                                                     axis=1)), DATA)
+      spread_sq = sum(pmean(jnp.mean(jnp.sum(jnp.square(x - b).reshape(x.shape[0], -1), axis=1)))
                       for x, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(xbar)))
       lo, hi = spec.dynamic_range
       h = jnp.clip(jnp.round(spec.dynamic_alpha * signal / (spread_sq + 1e-6)), lo, hi)

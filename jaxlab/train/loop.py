@@ -13,18 +13,16 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxlab.data.augment import make_eval_preprocess
-from jaxlab.data.pipeline import EpochIndices
 from jaxlab.io.checkpoint import Checkpointer
-from jaxlab.io.writers import JsonlLog, read_jsonl, write_json
+from jaxlab.io.writers import JsonlLog, is_writer, write_json
 from jaxlab.metrics.classification import count_params
 from jaxlab.metrics.system import peak_memory
-from jaxlab.parallel.local import WorkerIndices, make_average
-from jaxlab.parallel.mesh import check_divisible, make_mesh, replicate, shard_leading
+from jaxlab.parallel.mesh import check_divisible, make_mesh, to_host
 from jaxlab.peft.partition import merge
-from jaxlab.train import guards
-from jaxlab.train.evaluate import evaluate
-from jaxlab.train.setup import build, layout_of, run_keys
-from jaxlab.train.step import make_eval_logits
+from jaxlab.train import feeds, guards, layouts, preemption
+from jaxlab.train.evaluate import evaluate, make_eval_fn
+from jaxlab.train.setup import build
+from jaxlab.train.state import run_keys
 
 __all__ = ['fit', 'run_keys']
 
@@ -43,84 +41,63 @@ def fit(config, workdir, task, dataset, *, mesh=None, on_chunk=None, summary_ext
   training (the returned summary then has finished_earlier=True; the file is
   untouched). A workdir started with another config is refused
   (guards.ResumeMismatchError); a non-finite loss or parameter stops the run
-  before it is saved (guards.DivergenceError). `on_chunk(step, state)` is
-  called after every dispatch (tests use it to interrupt a run).
-  `summary_extra` is merged into summary.json.
+  before it is saved (guards.DivergenceError); SIGTERM (or
+  `preemption.request()`) saves a checkpoint at the step reached and raises
+  preemption.Preempted. `on_chunk(step, state)` is called after every
+  dispatch (tests use it to interrupt a run). `summary_extra` is merged into
+  summary.json. With several processes (jax.distributed) every process calls
+  fit alike; process 0 alone writes the files, all of them the checkpoints.
   """
   tc = config.train
   mesh = mesh or make_mesh()
-  workers = task.workers
   check_divisible(tc.eval_batch_size, mesh, 'eval batch size')
   guards.check_resume(workdir, config.to_dict())
+  preemption.watch()
 
-  layout = layout_of(task)
-  replicas = layout == 'replicas'
-  seeds = task.seeds if replicas else (config.seed,)
-  keys = [run_keys(s) for s in seeds]
-  drop_last = bool(tc.get('drop_last', False))
-  n_train = len(dataset.train.labels)
-  if workers is not None:
-    indices = [WorkerIndices(keys[0][1], n_train, workers.workers, tc.batch_size, drop_last)]
-  else:
-    indices = [EpochIndices(k[1], n_train, tc.batch_size, drop_last) for k in keys]
-  spe = indices[0].steps_per_epoch
+  layout = layouts.choose(config, task, mesh)
+  plan = layout.batches(len(dataset.train.labels))
+  spe = plan.steps_per_epoch
   total = tc.epochs * spe
   end = min(tc.steps, total) if tc.get('steps', 0) > 0 else total  # a short run stops early
-
-  setup = build(config, task, mesh, total, spe)
-  averager, place, chunk_fn, state = setup.averager, setup.place, setup.chunk_fn, setup.state
-  if workers is not None:
-    average = make_average(workers, mesh)
+  setup = build(config, task, mesh, total, spe, layout)
+  averager, chunk_fn = setup.averager, setup.chunk_fn
 
   ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'), config.checkpoint.every_steps,
                       config.checkpoint.keep)
   resumed_from = ckpt.latest_step()
   summary_path = os.path.join(workdir, 'summary.json')
+  state = layout.place(setup.state)
   if resumed_from is not None:
-    state = ckpt.restore(state)
+    state = ckpt.restore(state)  # straight onto the mesh, each process its own shards
     done = _finished_summary(summary_path, end)
     if done is not None and resumed_from >= end:
       ckpt.close()
       print(f'{workdir}: finished earlier (step {end}); its summary, unchanged: {summary_path}')
-      return {**done, 'finished_earlier': True}, place(state)
+      return {**done, 'finished_earlier': True}, state
     if resumed_from > end:
       ckpt.close()
       raise ValueError(f'{workdir} holds a run already at step {resumed_from}, past the '
                        f'{end} steps asked for (train.steps={tc.steps}); raise train.steps or use '
                        'another --workdir')
-  state = place(state)
-  train_data = replicate({'image': dataset.train.images, 'label': dataset.train.labels}, mesh)
-  eval_data = replicate({'image': dataset.test.images}, mesh)
-
-  logits_fn = make_eval_logits(task, make_eval_preprocess(config.augment), mesh, replicas)
-
-  def batch_indices(step, n):
-    if replicas:  # [n, R, B]: each seed its own data order
-      return np.stack([ix.chunk(step, n) for ix in indices], axis=1)
-    return indices[0].chunk(step, n)  # [n, B], or [n, K, b] for workers
+  feed = feeds.make(config.data, dataset, mesh, plan, layout.batch_axis, end)
+  eval_fn = make_eval_fn(task, make_eval_preprocess(config.augment), mesh,
+                         layout.name == 'replicas')
   compiled, step_mem = {}, {}
   add_snapshot = jax.jit(averager.update) if averager is not None else None
   log = JsonlLog(os.path.join(workdir, 'metrics.jsonl'), keep_until_step=resumed_from)
+  evals = [r for r in log.kept if r.get('split') == dataset.eval_split]
   diag_every = (task.diagnostics_every or tc.log_every_steps) if setup.diagnostics_fn else 0
 
-  def next_sync(state, step):
-    """The step count of the next parameter average after `step` (workers only)."""
-    if workers.dynamic_alpha:
-      return max(int(np.max(jax.device_get(state.extra['next_sync']))), step + 1)
-    return workers.next_average(step)
-
   def run_eval(state, params=None):
-    params = merge(state.params if params is None else params, state.frozen)
-    if workers is not None:  # the workers' mean (their common value right after an average)
-      params = jax.tree.map(lambda x: x.mean(axis=0), params)
-    return evaluate(logits_fn, params, eval_data, dataset.test.labels, tc.eval_batch_size, mesh)
+    params = layout.eval_params(merge(state.params if params is None else params, state.frozen))
+    return evaluate(eval_fn, params, feed.test, len(dataset.test.labels), tc.eval_batch_size,
+                    mesh, feed=feed.eval_ref)
 
-  step = int(np.max(jax.device_get(state.step)))
-  train_time, timed_steps, compile_time, diag_time = 0.0, 0, 0.0, 0.0
-  comm_time, comm_rounds = 0.0, 0
+  step = layout.step_of(state)
+  train_time, timed_steps, compile_time, diag_time, feed_wait = 0.0, 0, 0.0, 0.0, 0.0
   window, epoch_window, diag_window, diag_epoch = [], [], [], []
   last_eval = None
-  bar = tqdm(total=end, initial=step, disable=not config.progress, unit='step',
+  bar = tqdm(total=end, initial=step, disable=not (config.progress and is_writer()), unit='step',
              desc=f'{config.experiment}', dynamic_ncols=True)
   try:
     while step < end:
@@ -128,27 +105,30 @@ def fit(config, workdir, task, dataset, *, mesh=None, on_chunk=None, summary_ext
       stop = min(_next_stop(step, end, spe, tc.log_every_steps, config.checkpoint.every_steps,
                             every, averager and averager.every, diag_every),
                  step + max(tc.steps_per_dispatch, 1))
-      if workers is not None:
-        stop = min(stop, next_sync(state, step))
+      stop = layout.stop_before(state, step, stop)
       hold = task.held_at(step)
       stop = next((s for s in range(step + 1, stop) if task.held_at(s) != hold), stop)
       n = stop - step
-      idx = shard_leading(batch_indices(step, n), mesh, axis=2 if replicas else 1)
+      t_feed = time.perf_counter()
+      batches = feed.chunk(step, n)  # streamed: waits here if the host falls behind
+      t_feed = time.perf_counter() - t_feed
       if diag_every and step % diag_every == 0:  # measured apart, outside the timed step
         t0 = time.perf_counter()
-        diag = jax.device_get(setup.diagnostics_fn(hold)(state, train_data, idx[0]))
+        first = jax.tree.map(lambda x: x[0], batches)
+        diag = to_host(setup.diagnostics_fn(hold)(state, feed.train, first))
         diag_time += time.perf_counter() - t0
         diag_window.append(diag)
         diag_epoch.append(diag)
       if (n, hold) not in compiled:
         t0 = time.perf_counter()
-        compiled[n, hold] = chunk_fn(hold).lower(state, train_data, idx).compile()
+        compiled[n, hold] = chunk_fn(hold).lower(state, feed.train, batches).compile()
         compile_time += time.perf_counter() - t0
         step_mem[n, hold] = compiled_memory(compiled[n, hold])
       t0 = time.perf_counter()
-      state, metrics = compiled[n, hold](state, train_data, idx)
-      metrics = jax.device_get(metrics)  # waits for the step: timing is device-synchronised
-      dt = time.perf_counter() - t0
+      state, metrics = compiled[n, hold](state, feed.train, batches)
+      metrics = to_host(metrics)  # waits for the step: timing is device-synchronised
+      dt = time.perf_counter() - t0 + t_feed  # a step's time includes waiting for its batch
+      feed_wait += t_feed
       bad = guards.first_nonfinite(metrics, step)
       if bad is not None:
         bar.close()
@@ -160,16 +140,13 @@ def fit(config, workdir, task, dataset, *, mesh=None, on_chunk=None, summary_ext
         raise error
       metrics = {k: v for k, v in metrics.items() if not k.startswith('finite/')}
       if task.controller is not None:
-        extra = task.controller.observe(jax.device_get(state.extra), step, metrics)
-        state = state.replace(extra=place(extra))
+        extra = task.controller.observe(to_host(state.extra), step, metrics)
+        state = state.replace(extra=layout.place(extra))
       train_time, timed_steps, step = train_time + dt, timed_steps + n, stop
       if averager is not None and averager.due(step):
         state = state.replace(extra={**state.extra, 'average': add_snapshot(
             state.extra['average'], state.params)})
-      if workers is not None and (step == next_sync(state, step - n) or step == end):  # ends as one model
-        t0 = time.perf_counter()
-        state = jax.block_until_ready(average(state))
-        comm_time, comm_rounds = comm_time + time.perf_counter() - t0, comm_rounds + 1
+      state = layout.after(state, step, step - n, end)
       window.append((metrics, dt, n))
       epoch_window.append((metrics, dt, n))
       bar.update(n)
@@ -179,7 +156,8 @@ def fit(config, workdir, task, dataset, *, mesh=None, on_chunk=None, summary_ext
       if step % tc.log_every_steps == 0 or step == end:
         log.write(_train_record(window, step, spe, tc.batch_size, diag_window))
         window, diag_window = [], []
-      ckpt.save(step, state, force=step == end)
+      stopping = preemption.requested()  # every process agrees on the step it stops at
+      ckpt.save(step, state, force=step == end or stopping)
       epoch_done = step % spe == 0
       if epoch_done:
         # A resumed epoch averages only the steps run since the restart.
@@ -188,20 +166,30 @@ def fit(config, workdir, task, dataset, *, mesh=None, on_chunk=None, summary_ext
         epoch_window, diag_epoch = [], []
       if epoch_done and ((step // spe) % tc.eval_every_epochs == 0 or step == end):
         last_eval = (step, run_eval(state))
-        log.write({'step': step, 'epoch': step // spe, 'split': dataset.eval_split,
-                   **last_eval[1]})
+        record = {'step': step, 'epoch': step // spe, 'split': dataset.eval_split,
+                  **last_eval[1]}
+        log.write(record)
+        evals.append(record)
+      if stopping:
+        if window:  # the steps since the last log line, so none is missing on resume
+          log.write(_train_record(window, step, spe, tc.batch_size, diag_window))
+        preemption.clear()
+        raise preemption.Preempted(step, workdir)
       if on_chunk is not None:
         on_chunk(step, state)
   finally:
     bar.close()
     ckpt.close()
+    feed.close()
 
   if last_eval and last_eval[0] == end:
     final = last_eval[1]
   else:
     final = run_eval(state)
-    log.write({'step': end, 'epoch': end / spe, 'split': dataset.eval_split, **final})
-  best = _best_eval(read_jsonl(log.path), dataset.eval_split)
+    record = {'step': end, 'epoch': end / spe, 'split': dataset.eval_split, **final}
+    log.write(record)
+    evals.append(record)
+  best = _best_eval(evals)
   if averager is not None:
     averaged = averager.average(state.extra['average'], state.params)
     summary_extra = {**(summary_extra or {}), 'averaged': {
@@ -210,16 +198,6 @@ def fit(config, workdir, task, dataset, *, mesh=None, on_chunk=None, summary_ext
         'start_step': averager.start, 'every_steps': averager.every, 'window': averager.window}}
   runtime_bytes, runtime_source = peak_memory()
   copies = setup.copies
-  if workers is not None:
-    param_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state.params)) // copies
-    summary_extra = {
-        'workers': workers.workers, 'sync_every': workers.sync_every, 'method': workers.method,
-        # Computation (the local steps, incl. the first dispatch of each shape) and
-        # communication (the parameter averages) measured apart.
-        'compute_time_s': train_time, 'comm_time_s': comm_time, 'comm_rounds': comm_rounds,
-        # Each worker sends and receives its parameters once per round (an all-reduce).
-        'comm_bytes_per_round_per_worker': int(param_bytes),
-        **(summary_extra or {})}
   step_bytes = max(step_mem.values(), default=None)
   summary = {
       **final,
@@ -230,19 +208,23 @@ def fit(config, workdir, task, dataset, *, mesh=None, on_chunk=None, summary_ext
       'steps': end,
       'planned_steps': total,
       'steps_per_epoch': spe,
-      'drop_last': drop_last,
+      'drop_last': bool(tc.drop_last),
+      'data_placement': feed.placement,
       'epochs': tc.epochs,
       'batch_size': tc.batch_size,
       'num_devices': int(mesh.devices.size),
       'trainable_params': count_params(state.params) // copies,
       'total_params': (count_params(state.params) + count_params(state.frozen)) // copies,
-      'seeds': list(seeds),
+      'seeds': list(layout.seeds),
+      'num_processes': jax.process_count(),
       # The training step alone: diagnostics and evaluation run outside it.
       'avg_step_time_s': train_time / timed_steps if timed_steps else None,
       # Images per second summed over the seeds or workers trained together.
       'throughput_img_s': (timed_steps * tc.batch_size * copies / train_time
                            if timed_steps else None),
       'timed_steps': timed_steps,
+      # Of the step time, the time spent waiting for batches (the host's share when streaming).
+      'input_wait_s': feed_wait,
       'compile_time_s': compile_time,
       'diagnostics_time_s': diag_time,
       # This run's own figure: XLA's memory analysis of its compiled training step
@@ -253,6 +235,7 @@ def fit(config, workdir, task, dataset, *, mesh=None, on_chunk=None, summary_ext
       'runtime_peak_mem_bytes': runtime_bytes,
       'runtime_peak_mem_source': runtime_source,
       'resumed_from_step': resumed_from,
+      **layout.summary(state, train_time),
       **(summary_extra or {}),
   }
   write_json(summary_path, summary)
@@ -286,10 +269,10 @@ def _finished_summary(path, end):
   return None
 
 
-def _best_eval(records, split):
-  """acc1_best and best_epoch over the run's evaluations (seed 000 reports the best epoch);
-  with several seeds, the best of their mean."""
-  evals = [r for r in records if r.get('split') == split and r.get('acc1') is not None]
+def _best_eval(records):
+  """acc1_best and best_epoch over the run's evaluation records (seed 000 reports the best
+  epoch); with several seeds, the best of their mean."""
+  evals = [r for r in records if r.get('acc1') is not None]
   if not evals:
     return {}
   best = max(evals, key=lambda r: (r['acc1'], -r['step']))

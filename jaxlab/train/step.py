@@ -17,7 +17,7 @@ from jax.sharding import PartitionSpec as P
 
 from jaxlab.metrics.classification import count_params
 from jaxlab.optim.optimizers import hold_groups
-from jaxlab.parallel.mesh import DATA
+from jaxlab.parallel.mesh import DATA, all_sum
 from jaxlab.peft.partition import merge, split, subtree_labels
 
 
@@ -49,7 +49,8 @@ def all_finite(tree):
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
-def _forward_backward(state, batch, *, task, tx, augment, labels, hold, axis_name):
+def _forward_backward(state, batch, *, task, tx, augment, labels, hold, axis_name,
+                      ordered=True):
   """Everything a step computes before it writes the state: the live and held params, the
   logits function, the loss (a weighted mean over the real examples of the global batch),
   logits, the all-reduced gradients of the live params, the optimizer's updates and state."""
@@ -57,7 +58,7 @@ def _forward_backward(state, batch, *, task, tx, augment, labels, hold, axis_nam
   images = augment(example_keys(aug_key, batch['label'].shape[0], axis_name), batch['image'])
   if axis_name:
     model_key = jax.random.fold_in(model_key, jax.lax.axis_index(axis_name))
-  total = (lambda x: jax.lax.psum(x, axis_name)) if axis_name else (lambda x: x)
+  total = (lambda x: all_sum(x, axis_name, ordered)) if axis_name else (lambda x: x)
   weight = batch['weight']
   # Real examples in the global batch: the loss is their mean, as PyTorch's over a partial
   # batch; padding (weight 0) adds nothing to the loss, its gradient or the metrics.
@@ -91,7 +92,7 @@ def _forward_backward(state, batch, *, task, tx, augment, labels, hold, axis_nam
 
 
 def train_step(state, batch, *, task, tx, augment, labels, hold=frozenset(), grad_norms=(),
-               axis_name=DATA):
+               axis_name=DATA, ordered=True):
   """One optimizer step on this device's part of the batch; collectives over `axis_name`.
 
   axis_name=None makes the step local: a worker of local SGD, which neither
@@ -105,9 +106,11 @@ def train_step(state, batch, *, task, tx, augment, labels, hold=frozenset(), gra
   fetches anyway) and, for each group named in `grad_norms` (what an LR controller needs),
   grad_norm/<g> (NaN for a held or absent group). A batch with no real example (a local-SGD
   worker whose shard ran out) leaves params and optimizer state as they were.
+  ordered: sums over the devices in device order (mesh.all_sum), the same on any
+  split of the devices into processes.
   """
   fb = _forward_backward(state, batch, task=task, tx=tx, augment=augment, labels=labels,
-                         hold=hold, axis_name=axis_name)
+                         hold=hold, axis_name=axis_name, ordered=ordered)
   live, held = fb['live'], fb['held']
   new_live = optax.apply_updates(live, fb['updates'])
   opt_state = fb['opt_state']
@@ -168,11 +171,18 @@ def diagnostics_step(state, batch, *, task, tx, augment, labels, hold=frozenset(
 
 def gather(data, idx):
   """The batch of the device-resident data set at indices `idx`; a negative index (PAD) is a
-  padding example of weight 0."""
+  padding example of weight 0 (it reads example 0, as a streamed batch does)."""
   real = idx >= 0
   safe = jnp.where(real, idx, 0)
   return {'image': data['image'][safe], 'label': data['label'][safe],
           'weight': real.astype(jnp.float32)}
+
+
+def batch_of(data, ref):
+  """A step's batch from its reference: batch indices into the device-resident split `data`
+  (data placement 'device'), or the batch itself, {'image', 'label', 'weight'}, delivered by
+  the host ('stream'; `data` is then empty)."""
+  return ref if isinstance(ref, dict) else gather(data, ref)
 
 
 LAYOUTS = ('data', 'replicas', 'workers')
@@ -195,14 +205,14 @@ def make_train_chunk(step_fn, mesh, layout='data'):
 
   def one(state, data, idx):
     if layout == 'data':
-      return step_fn(state, gather(data, idx))
-    return jax.vmap(lambda s, i: step_fn(s, gather(data, i)))(state, idx)
+      return step_fn(state, batch_of(data, idx))
+    return jax.vmap(lambda s, i: step_fn(s, batch_of(data, i)))(state, idx)
 
   def chunk(state, data, idx):
-    if idx.shape[0] == 1:
+    if jax.tree.leaves(idx)[0].shape[0] == 1:
       # No loop for one step: XLA:CPU runs convolution gradients ~25x slower
       # inside a while loop (seen with jax 0.10.2), so conv nets use S = 1 there.
-      state, metrics = one(state, data, idx[0])
+      state, metrics = one(state, data, jax.tree.map(lambda x: x[0], idx))
       return state, jax.tree.map(lambda m: m[None], metrics)
     return jax.lax.scan(lambda s, i: one(s, data, i), state, idx)
 
@@ -218,20 +228,6 @@ def make_train_chunk(step_fn, mesh, layout='data'):
 
 def make_diagnostics(diag_fn, mesh):
   """jit(shard_map): (state, data, idx [B]) -> diagnostics of one step (single-model layout)."""
-  sharded = jax.shard_map(lambda state, data, idx: diag_fn(state, gather(data, idx)), mesh=mesh,
+  sharded = jax.shard_map(lambda state, data, idx: diag_fn(state, batch_of(data, idx)), mesh=mesh,
                           in_specs=(P(), P(), P(DATA)), out_specs=P(), check_vma=False)
-  return jax.jit(sharded)
-
-
-def make_eval_logits(task, preprocess, mesh, replicas=False):
-  """jit(shard_map): (params, data, idx [B]) -> logits [B, classes] ([R, B, classes] with
-  replicas), batch sharded."""
-  def logits(params, data, idx):
-    images = preprocess(data['image'][idx])
-    if replicas:
-      return jax.vmap(lambda p: task.apply(p, images, False, None))(params)
-    return task.apply(params, images, False, None)
-
-  sharded = jax.shard_map(logits, mesh=mesh, in_specs=(P(), P(), P(DATA)),
-                          out_specs=P(None, DATA) if replicas else P(DATA), check_vma=False)
   return jax.jit(sharded)
