@@ -3,7 +3,6 @@
 import collections
 import pathlib
 import pickle
-import socket
 
 import ml_collections
 import numpy as np
@@ -106,17 +105,6 @@ def _write_cifar100(root: pathlib.Path):
       {b'fine_label_names': [b'f'] * 100, b'coarse_label_names': [b'c'] * 20},
   )
   return source
-
-
-@pytest.fixture(name='no_network')
-def _no_network(monkeypatch):
-  """Makes any attempt to open a network connection fail the test."""
-
-  def refuse(*args, **kwargs):
-    raise AssertionError(f'network access attempted: {args}')
-
-  monkeypatch.setattr(socket.socket, 'connect', refuse)
-  monkeypatch.setattr(socket, 'create_connection', refuse)
 
 
 # ----------------------------------------------------------------------------

@@ -1,8 +1,14 @@
-"""Image-classification data sets as in-memory NumPy arrays.
+"""Image-classification data sets as in-memory NumPy arrays, or lazily read.
 
 `load_dataset(data_cfg)` is the single entry point. It returns a `Dataset` whose
 splits hold uint8 NHWC images of shape [N, 32, 32, 3] and int32 labels, whatever
 the data set ('digits', 'cifar10', 'cifar100') and source ('tfds', 'archive').
+
+`data_cfg.placement` ('auto' | 'device' | 'stream') says where the training
+split's images go (see `jaxlab.data.stream`). A TFDS training split that is to
+be streamed is not decoded into memory: its images are a lazy
+`stream.TfdsImages` (decoded per batch), its labels an in-memory int32 array.
+Every other split is a NumPy array.
 
 The readers live in `digits.py` and `cifar.py`; they are imported lazily so that
 the offline default (digits) never imports TensorFlow Datasets.
@@ -11,6 +17,7 @@ the offline default (digits) never imports TensorFlow Datasets.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import numpy as np
@@ -31,13 +38,18 @@ IMAGE_SHAPE = (32, 32, 3)
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-  """One split: `images` uint8 [N, 32, 32, 3] (NHWC) and `labels` int32 [N]."""
+  """One split: `images` uint8 [N, 32, 32, 3] (NHWC) and `labels` int32 [N].
 
-  images: np.ndarray
+  `images` is a NumPy array, or a lazy array (anything with `.shape`, `.dtype`,
+  `__len__` and `__getitem__` of an int array returning uint8 NumPy images,
+  e.g. `stream.TfdsImages`); `np.asarray(images)` reads a lazy one whole.
+  """
+
+  images: Any
   labels: np.ndarray
 
   def __post_init__(self):
-    if self.images.dtype != np.uint8 or self.images.shape[1:] != IMAGE_SHAPE:
+    if self.images.dtype != np.uint8 or tuple(self.images.shape[1:]) != IMAGE_SHAPE:
       raise ValueError(
           'Split.images must be uint8 [N, 32, 32, 3], got '
           f'{self.images.dtype} {self.images.shape}.'
@@ -53,6 +65,17 @@ class Split:
   def __len__(self) -> int:
     return self.labels.shape[0]
 
+  @property
+  def lazy(self) -> bool:
+    """Whether `images` is read on demand rather than held as a NumPy array."""
+    return not isinstance(self.images, np.ndarray)
+
+  def materialize(self) -> 'Split':
+    """This split with its images read into a NumPy array (itself if they already are)."""
+    if not self.lazy:
+      return self
+    return Split(images=np.asarray(self.images, dtype=np.uint8), labels=self.labels)
+
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
@@ -61,6 +84,11 @@ class Dataset:
   `test` is the split the trainer evaluates on: the real test set when
   `eval_split == 'test'`, or a hold-out of the train split when
   `eval_split == 'validation'` (the test set is then not returned).
+
+  `placement` is where the training split's images should go, 'device' or
+  'stream' (data.placement with 'auto' resolved), and `placement_reason` a
+  sentence saying why, for the user. A streamed TFDS training split has lazy
+  images (`train.lazy`).
   """
 
   name: str
@@ -68,6 +96,8 @@ class Dataset:
   test: Split
   num_classes: int
   eval_split: str
+  placement: str = 'device'
+  placement_reason: str = ''
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,20 +111,31 @@ class _Request:
   label: str
   validation_fraction: float
   split_seed: int
+  placement: str = 'auto'
+  device_budget_mb: float = 0.0
+  prefetch: int = 2
 
 
-def load_dataset(data_cfg: Any) -> Dataset:
+def load_dataset(data_cfg: Any, devices=None) -> Dataset:
   """Loads the data set that `data_cfg` describes.
 
   Args:
     data_cfg: a `ConfigDict` (or any object with these attributes): `name`,
       `source`, `dir`, `tfds_dir`, `label`, `validation_fraction`,
-      `split_seed` (empty `dir`/`tfds_dir` mean unset).
+      `split_seed` (empty `dir`/`tfds_dir` mean unset); optionally
+      `placement` ('auto' | 'device' | 'stream', default 'auto'),
+      `device_budget_mb` (default 0 = automatic) and `prefetch` (default 2).
+    devices: the devices that would hold the training split, for the
+      automatic budget of placement 'auto' (default: `jax.local_devices()`;
+      JAX is only asked when placement is 'auto' and device_budget_mb is 0).
 
   Returns:
     A `Dataset`. With `validation_fraction > 0`, `test` is a stratified
     hold-out of that fraction of the train split (deterministic for
-    `split_seed`) and `eval_split == 'validation'`.
+    `split_seed`) and `eval_split == 'validation'`. `placement` is 'device' or
+    'stream'; with 'stream' and source 'tfds' (CIFAR), the train split's images
+    are a lazy `stream.TfdsImages` (a validation hold-out is then read into
+    memory, the rest stays lazy).
 
   Raises:
     ValueError: a config value is not one of its valid choices.
@@ -102,7 +143,8 @@ def load_dataset(data_cfg: Any) -> Dataset:
       message says how to get it.
   """
   request = _parse(data_cfg)
-  train, test = _load_splits(request)
+  decide = functools.partial(_decide, request, devices)
+  train, test, (placement, reason) = _load_splits(request, decide)
   eval_split = 'test'
   if request.validation_fraction > 0:
     train, test = hold_out(
@@ -115,7 +157,20 @@ def load_dataset(data_cfg: Any) -> Dataset:
       test=test,
       num_classes=_NUM_CLASSES[request.name][request.label],
       eval_split=eval_split,
+      placement=placement,
+      placement_reason=reason,
   )
+
+
+def _decide(request: _Request, devices, nbytes: int) -> tuple[str, str]:
+  """(placement, reason) for a training split of `nbytes` image bytes."""
+  from jaxlab.data import stream  # pylint: disable=g-import-not-at-top
+
+  if request.placement == 'auto' or request.device_budget_mb > 0:
+    budget = stream.device_budget_bytes(request.device_budget_mb, devices)
+  else:
+    budget = float('inf')  # an explicit choice: no need to ask the devices
+  return stream.choose_placement(request.placement, nbytes, budget)
 
 
 def hold_out(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
@@ -123,13 +178,14 @@ def hold_out(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
 
   The hold-out has `fraction` of the examples (rounded up, as sklearn does),
   every class in proportion; the two parts are disjoint, keep the original
-  order, and depend only on `seed`.
+  order, and depend only on `seed`. A lazy `split` gives a lazy rest and an
+  in-memory hold-out.
   """
   indices = np.arange(len(split))
   rest, held = model_selection.train_test_split(
       indices, test_size=fraction, random_state=seed, stratify=split.labels
   )
-  return _take(split, np.sort(rest)), _take(split, np.sort(held))
+  return _take(split, np.sort(rest)), _take(split, np.sort(held), lazy=False)
 
 
 def select_classes(dataset: Dataset, classes) -> Dataset:
@@ -147,29 +203,63 @@ def select_classes(dataset: Dataset, classes) -> Dataset:
   relabel[classes] = np.arange(len(classes), dtype=np.int32)
 
   def keep(split):
-    mask = relabel[split.labels] >= 0
-    return Split(images=split.images[mask], labels=relabel[split.labels[mask]])
+    kept = _take(split, np.flatnonzero(relabel[split.labels] >= 0))
+    return Split(images=kept.images, labels=relabel[kept.labels])
 
   return dataclasses.replace(dataset, train=keep(dataset.train), test=keep(dataset.test),
                              num_classes=len(classes))
 
 
-def _take(split: Split, indices: np.ndarray) -> Split:
-  return Split(images=split.images[indices], labels=split.labels[indices])
+def _take(split: Split, indices: np.ndarray, lazy: bool = True) -> Split:
+  """The examples at `indices`; lazy images stay lazy (a view) unless `lazy=False`."""
+  images = split.images
+  if isinstance(images, np.ndarray):
+    images = images[indices]
+  elif lazy and hasattr(images, 'subset'):
+    images = images.subset(indices)
+  else:
+    images = np.asarray(images[indices], dtype=np.uint8)
+  return Split(images=images, labels=split.labels[indices])
 
 
-def _load_splits(request: _Request) -> tuple[Split, Split]:
-  """Returns (train, test) from the reader that `request` selects."""
+def _load_splits(request: _Request, decide) -> tuple[Split, Split, tuple[str, str]]:
+  """Returns (train, test, (placement, reason)) from the reader that `request` selects.
+
+  `decide(nbytes)` resolves the placement of a training split of that size.
+  """
   if request.name == 'digits':
     from jaxlab.data import digits  # pylint: disable=g-import-not-at-top
 
-    return digits.load_digits_splits()
+    train, test = digits.load_digits_splits()
+    return train, test, decide(train.images.nbytes)
 
   from jaxlab.data import cifar  # pylint: disable=g-import-not-at-top
 
   if request.source == 'archive':
-    return cifar.load_archive(request.name, request.dir, request.label)
-  return cifar.load_tfds(request.name, request.tfds_dir, request.label)
+    train, test = cifar.load_archive(request.name, request.dir, request.label)
+    return train, test, decide(train.images.nbytes)
+  if request.placement == 'device':
+    train, test = cifar.load_tfds(request.name, request.tfds_dir, request.label)
+    return train, test, decide(train.images.nbytes)
+  return _load_tfds_streamable(request, decide)
+
+
+def _load_tfds_streamable(request: _Request, decide):
+  """CIFAR from TFDS, the train split left lazy when it is to be streamed."""
+  from jaxlab.data import cifar  # pylint: disable=g-import-not-at-top
+  from jaxlab.data import stream  # pylint: disable=g-import-not-at-top
+
+  key = cifar._LAYOUTS[request.name].tfds_label_keys[request.label]  # pylint: disable=protected-access
+  source = cifar._open_tfds_split(request.name, 'train', request.tfds_dir)  # pylint: disable=protected-access
+  images = stream.TfdsImages(source)
+  placement, reason = decide(images.nbytes)
+  if placement == 'stream':
+    train = Split(images=images, labels=images.read_labels(key))
+  else:
+    train = cifar._stack_examples(source, key)  # pylint: disable=protected-access
+  test = cifar._read_tfds_split(  # pylint: disable=protected-access
+      request.name, 'test', request.tfds_dir, key)
+  return train, test, (placement, reason)
 
 
 def _choices(values) -> str:
@@ -178,6 +268,8 @@ def _choices(values) -> str:
 
 def _parse(data_cfg: Any) -> _Request:
   """Reads and validates the fields of `data_cfg`."""
+  from jaxlab.data import stream  # pylint: disable=g-import-not-at-top
+
   request = _Request(
       name=data_cfg.name,
       source=data_cfg.source,
@@ -186,7 +278,24 @@ def _parse(data_cfg: Any) -> _Request:
       label=data_cfg.label,
       validation_fraction=float(data_cfg.validation_fraction),
       split_seed=int(data_cfg.split_seed),
+      placement=getattr(data_cfg, 'placement', 'auto'),
+      device_budget_mb=float(getattr(data_cfg, 'device_budget_mb', 0.0)),
+      prefetch=int(getattr(data_cfg, 'prefetch', 2)),
   )
+  if request.placement not in stream.PLACEMENTS:
+    raise ValueError(
+        f'Unknown data placement {request.placement!r} (--config.data.placement=); '
+        f'valid choices: {_choices(stream.PLACEMENTS)}.'
+    )
+  if request.device_budget_mb < 0:
+    raise ValueError(
+        'config.data.device_budget_mb must be >= 0 (0 = automatic), got '
+        f'{request.device_budget_mb}.'
+    )
+  if request.prefetch < 0:
+    raise ValueError(
+        f'config.data.prefetch must be >= 0 (steps prepared ahead), got {request.prefetch}.'
+    )
   if request.name not in DATASETS:
     raise ValueError(
         f'Unknown data set {request.name!r} (config.data.name); valid '

@@ -1,0 +1,78 @@
+"""data.placement: streamed batches train to the same parameters as the device-resident split,
+on the digits and on a CIFAR read lazily through tfds.data_source (tfds.testing.mock_data)."""
+
+import dataclasses
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from jaxlab.data.datasets import load_dataset
+from jaxlab.experiments.distributed import local_spec, make_task
+from jaxlab.parallel.local import worker_steps_per_epoch
+from jaxlab.parallel.mesh import make_mesh
+from jaxlab.peft.partition import flatten
+from jaxlab.train.loop import fit
+from tests.test_trainer import small_digits, tiny_config  # noqa: F401  (fixture)
+
+
+def train(config, workdir, dataset, mesh):
+  workers = None
+  if config.local.method != 'none':
+    spe = worker_steps_per_epoch(len(dataset.train.labels), config.local.workers,
+                                 config.train.batch_size)
+    workers = local_spec(config, spe)
+  task = make_task(config, dataset.num_classes, (32, 32, 3), workers)
+  summary, state = fit(config, str(workdir), task, dataset, mesh=mesh)
+  return summary, {k: np.asarray(v) for k, v in flatten(jax.device_get(state.params)).items()}
+
+
+def local_config(method, **train_fields):
+  c = tiny_config(**train_fields)
+  c.local = ml_collections.ConfigDict(dict(
+      method=method, workers=4, sync_every=2, slowmo_alpha=1.0, slowmo_beta=0.0, outer_lr=0.7,
+      outer_momentum=0.9, switch_epochs=0.0, dynamic_alpha=0.0))
+  return c
+
+
+def assert_same(a, b):
+  (sa, pa), (sb, pb) = a, b
+  assert pa.keys() == pb.keys()
+  for k in pa:
+    np.testing.assert_array_equal(pa[k], pb[k], err_msg=k)
+  for key in ('acc1', 'nll', 'ece', 'steps'):
+    assert sa[key] == sb[key], key
+
+
+@pytest.mark.parametrize('method', ['none', 'local_sgd'])
+def test_stream_equals_device_on_digits(tmp_path, small_digits, method):
+  c = local_config(method, epochs=1, steps_per_dispatch=2)  # 4 steps, chunks of 2
+  mesh = make_mesh(jax.devices()[:4])
+  device = train(c, tmp_path / 'device', small_digits, mesh)
+  streamed = dataclasses.replace(small_digits, placement='stream')
+  stream = train(c, tmp_path / 'stream', streamed, mesh)
+  assert device[0]['data_placement'] == 'device' and stream[0]['data_placement'] == 'stream'
+  assert_same(device, stream)
+  init = flatten(make_task(c, 10, (32, 32, 3)).params)
+  assert any(not np.array_equal(device[1][k], np.asarray(init[k])) for k in init)
+
+
+def test_stream_equals_device_on_tfds_cifar(tmp_path):
+  c = local_config('none', epochs=1)
+  c.data.update(name='cifar10', source='tfds')
+  mesh = make_mesh(jax.devices()[:2])
+  # mock_data stays active while training: the streamed split is read record by record from
+  # the prefetch threads.
+  with tfds.testing.mock_data(num_examples=40):
+    c.data.placement = 'stream'
+    lazy = load_dataset(c.data)
+    assert lazy.placement == 'stream' and lazy.train.lazy
+    stream = train(c, tmp_path / 'stream', lazy, mesh)
+    c.data.placement = 'device'
+    resident = load_dataset(c.data)
+    assert resident.placement == 'device' and not resident.train.lazy
+    device = train(c, tmp_path / 'device', resident, mesh)
+  assert stream[0]['data_placement'] == 'stream' and stream[0]['steps'] == 3  # 40 / 16
+  assert_same(device, stream)
