@@ -1,0 +1,154 @@
+"""Beyond one process, through the command line as a user runs it: two processes × two
+simulated CPU devices (jax.distributed over gloo on 127.0.0.1), killed with SIGKILL after a
+checkpoint and restarted, against one process × four; SIGTERM to a single-process run.
+
+One shared short run of configs/distributed.py:quick (both arms: synchronous data
+parallelism and local SGD) is the reference; every other run must end bit-identical to it
+(device sums in device order: distributed.ordered_sums)."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = 12  # about half an epoch of the quick sync arm, two of local SGD
+COMMON = ['--config=configs/distributed.py:quick', '--config.progress=false',
+          f'--config.train.steps={STEPS}', '--config.checkpoint.every_steps=4']
+ARMS = ('sync', 'local_sgd')
+COMPARED = ('acc1', 'nll', 'ece', 'acc1_best', 'steps')
+
+
+def _env():
+  # No inherited device count: each run sets its own through simulated_cpu_devices.
+  return dict(os.environ, XLA_FLAGS='', PYTHONPATH=ROOT, JAX_PLATFORMS='cpu')
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def start(workdir, *args, devices=4):
+  return subprocess.Popen(
+      [sys.executable, 'launch.py', *COMMON, f'--workdir={workdir}',
+       f'--config.simulated_cpu_devices={devices}', *args],
+      cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def start_two(workdir, *args):
+  """The same command in two processes of one run, two devices each."""
+  port = _free_port()
+  return [start(workdir, f'--config.distributed.coordinator_address=127.0.0.1:{port}',
+                '--config.distributed.num_processes=2', f'--config.distributed.process_id={i}',
+                *args, devices=2) for i in range(2)]
+
+
+def finish(procs, timeout=300):
+  outs = []
+  for p in procs:
+    out, err = p.communicate(timeout=timeout)
+    outs.append((p.returncode, out, err))
+  return outs
+
+
+def summary(workdir, arm):
+  with open(os.path.join(workdir, arm, 'summary.json')) as f:
+    return json.load(f)
+
+
+def final_params(workdir, arm):
+  """The trainable params of the arm's last checkpoint, as numpy (whatever device layout
+  saved it)."""
+  directory = os.path.join(workdir, arm, 'checkpoints')
+  step = max(int(d) for d in os.listdir(directory) if d.isdigit())
+  path = os.path.join(directory, str(step), 'default')
+  ckptr = ocp.StandardCheckpointer()
+  one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one),
+                        ckptr.metadata(path).item_metadata)
+  return step, jax.tree.map(np.asarray, ckptr.restore(path, target)['params'])
+
+
+def assert_same_run(workdir, reference, arms=ARMS):
+  for arm in arms:
+    ours, ref = summary(workdir, arm), summary(reference, arm)
+    for key in COMPARED:
+      assert ours[key] == pytest.approx(ref[key], abs=1e-6), (arm, key, ours[key], ref[key])
+    (step, params), (ref_step, ref_params) = final_params(workdir, arm), final_params(reference,
+                                                                                      arm)
+    assert step == ref_step == STEPS
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params)):
+      np.testing.assert_array_equal(a, b)
+
+
+@pytest.fixture(scope='module')
+def reference(tmp_path_factory):
+  """One process × four devices, uninterrupted."""
+  workdir = tmp_path_factory.mktemp('one_process')
+  ((rc, out, err),) = finish([start(workdir)])
+  assert rc == 0, err[-3000:]
+  return workdir
+
+
+def _wait_for(path, timeout=240):
+  t0 = time.time()
+  while not os.path.exists(path):
+    if time.time() - t0 > timeout:
+      raise TimeoutError(path)
+    time.sleep(0.1)
+
+
+def test_two_processes_equal_one_and_write_once_even_killed_and_restarted(reference, tmp_path):
+  # Both arms in two processes; the run is killed (SIGKILL, both processes) after the sync
+  # arm's first checkpoint and restarted: sync resumes, local SGD then runs start to end.
+  procs = start_two(tmp_path)
+  _wait_for(tmp_path / 'sync' / 'checkpoints' / '4' / 'commit_success.txt')
+  for p in procs:
+    p.send_signal(signal.SIGKILL)
+  finish(procs)
+  assert not (tmp_path / 'sync' / 'summary.json').exists()  # killed before the end
+  outs = finish(start_two(tmp_path))
+  for i, (rc, _, err) in enumerate(outs):
+    assert rc == 0, f'process {i}: {err[-3000:]}'
+  assert 'local_sgd' in outs[0][1] and outs[1][1] == ''  # process 0 alone prints
+  assert summary(tmp_path, 'sync')['resumed_from_step'] >= 4
+  assert summary(tmp_path, 'local_sgd')['resumed_from_step'] is None
+  assert_same_run(tmp_path, reference)
+  for arm in ARMS:
+    lines = open(tmp_path / arm / 'metrics.jsonl').read().splitlines()
+    ref_lines = open(reference / arm / 'metrics.jsonl').read().splitlines()
+    assert len(lines) == len(set(lines)) == len(ref_lines)  # one writer, no duplicate
+    assert [json.loads(l)['step'] for l in lines] == [json.loads(l)['step'] for l in ref_lines]
+    assert summary(tmp_path, arm)['num_processes'] == 2
+    assert sorted(os.listdir(tmp_path / arm / 'checkpoints')) == sorted(
+        os.listdir(reference / arm / 'checkpoints'))  # one checkpoint series
+
+
+def test_sigterm_saves_the_step_reached_and_the_rerun_ends_as_uninterrupted(reference, tmp_path):
+  args = ("--config.arms=('sync',)", '--config.checkpoint.every_steps=1000')
+  proc = start(tmp_path, *args)
+  _wait_for(tmp_path / 'sync' / 'metrics.jsonl')  # training has begun (first log at step 5)
+  sent = time.time()
+  proc.send_signal(signal.SIGTERM)
+  ((rc, _, err),) = finish([proc])
+  assert time.time() - sent < 15
+  assert rc == 143, err[-3000:]
+  assert 'preempted' in err and 'rerun the same command' in err
+  saved = int(err.split('checkpoint at step ')[1].split()[0])
+  assert 0 < saved < STEPS  # mid-run, off the checkpoint interval
+  assert sorted(int(d) for d in os.listdir(tmp_path / 'sync' / 'checkpoints')
+                if d.isdigit()) == [saved]
+  ((rc, out, err),) = finish([start(tmp_path, *args)])
+  assert rc == 0, err[-3000:]
+  assert summary(tmp_path, 'sync')['resumed_from_step'] == saved
+  assert_same_run(tmp_path, reference, arms=('sync',))
