@@ -9,10 +9,8 @@ same parameters. In a multi-process run each process gathers and places only the
 own devices hold.
 """
 
-import functools
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -37,6 +35,10 @@ class DeviceFeed:
   def chunk(self, step, n):
     """What the compiled run of steps step..step+n-1 reads beside the split: their indices."""
     return shard_leading(self.plan.chunk(step, n), self.mesh, axis=self.batch_axis)
+
+  def first(self, chunk):
+    """The first step's part of `chunk`."""
+    return jax.tree.map(lambda x: x[0], chunk)
 
   def eval_ref(self, idx):
     return shard_leading(idx, self.mesh)
@@ -65,11 +67,11 @@ class StreamFeed:
   threads `depth` steps ahead; the splits never sit on the devices whole."""
   placement = 'stream'
 
-  def __init__(self, dataset, mesh, plan, batch_axis, end, depth=2):
+  def __init__(self, dataset, mesh, plan, batch_axis, start, end, depth=2):
     self.mesh, self.plan, self.batch_axis = mesh, plan, batch_axis
     self.dataset = dataset
     self.train, self.test = {}, {}
-    self.prefetch = _stream().StepPrefetcher(self._make, 0, end, depth=max(int(depth), 2))
+    self.prefetch = _stream().StepPrefetcher(self._make, start, end, depth=max(int(depth), 2))
 
   def _make(self, step):
     """Step `step`'s batch on the mesh (on a prefetch thread: the transfer finishes there)."""
@@ -78,14 +80,12 @@ class StreamFeed:
         self.dataset.train.images, self.dataset.train.labels, idx, self.mesh,
         self.batch_axis - 1))
 
-  @functools.cache
-  def _stack(self, n):
-    spec = P(*([None] * self.batch_axis + [DATA]))
-    return jax.jit(lambda *steps: jax.tree.map(lambda *x: jnp.stack(x), *steps),
-                   out_shardings=NamedSharding(self.mesh, spec))
-
   def chunk(self, step, n):
-    return self._stack(n)(*[self.prefetch.get(s) for s in range(step, step + n)])
+    """The batches of steps step..step+n-1, one per step (the compiled chunk stacks them)."""
+    return tuple(self.prefetch.get(s) for s in range(step, step + n))
+
+  def first(self, chunk):
+    return chunk[0]
 
   def eval_ref(self, idx):
     return place_batch(self.dataset.test.images, self.dataset.test.labels, idx, self.mesh, 0)
@@ -94,9 +94,12 @@ class StreamFeed:
     self.prefetch.close()
 
 
-def make(data_cfg, dataset, mesh, plan, batch_axis, end, log=print):
+def make(data_cfg, dataset, mesh, plan, batch_axis, start, end, steps_per_dispatch=1,
+         log=print):
   """The feed of `dataset` for the batch plan `plan` (indices [steps, ...] split over the mesh on
-  `batch_axis`), at the placement `load_dataset` resolved from data.placement."""
+  `batch_axis`) from step `start` to `end`, at the placement `load_dataset` resolved from
+  data.placement. Streamed batches are prepared data.prefetch steps ahead, and at least one
+  dispatch's worth (the next run of steps is ready when the current one ends)."""
   placement = getattr(dataset, 'placement', 'device')
   if jax.process_count() > 1:  # hosts may differ in memory: all stream if any must
     from jax.experimental import multihost_utils
@@ -105,5 +108,6 @@ def make(data_cfg, dataset, mesh, plan, batch_axis, end, log=print):
   if placement == 'stream':
     if getattr(dataset, 'placement_reason', ''):
       log(dataset.placement_reason)
-    return StreamFeed(dataset, mesh, plan, batch_axis, end, getattr(data_cfg, 'prefetch', 2))
+    depth = max(getattr(data_cfg, 'prefetch', 2), steps_per_dispatch)
+    return StreamFeed(dataset, mesh, plan, batch_axis, start, end, depth)
   return DeviceFeed(dataset, mesh, plan, batch_axis)

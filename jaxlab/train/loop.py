@@ -79,7 +79,10 @@ def fit(config, workdir, task, dataset, *, mesh=None, on_chunk=None, summary_ext
       raise ValueError(f'{workdir} holds a run already at step {resumed_from}, past the '
                        f'{end} steps asked for (train.steps={tc.steps}); raise train.steps or use '
                        'another --workdir')
-  feed = feeds.make(config.data, dataset, mesh, plan, layout.batch_axis, end)
+  step = layout.step_of(state)
+  plan.chunk(step, 1)  # this epoch's order drawn (and its program compiled) before any timing
+  feed = feeds.make(config.data, dataset, mesh, plan, layout.batch_axis, step, end,
+                    tc.steps_per_dispatch)
   eval_fn = make_eval_fn(task, make_eval_preprocess(config.augment), mesh,
                          layout.name == 'replicas')
   compiled, step_mem = {}, {}
@@ -93,7 +96,6 @@ def fit(config, workdir, task, dataset, *, mesh=None, on_chunk=None, summary_ext
     return evaluate(eval_fn, params, feed.test, len(dataset.test.labels), tc.eval_batch_size,
                     mesh, feed=feed.eval_ref)
 
-  step = layout.step_of(state)
   train_time, timed_steps, compile_time, diag_time, feed_wait = 0.0, 0, 0.0, 0.0, 0.0
   window, epoch_window, diag_window, diag_epoch = [], [], [], []
   last_eval = None
@@ -114,8 +116,7 @@ def fit(config, workdir, task, dataset, *, mesh=None, on_chunk=None, summary_ext
       t_feed = time.perf_counter() - t_feed
       if diag_every and step % diag_every == 0:  # measured apart, outside the timed step
         t0 = time.perf_counter()
-        first = jax.tree.map(lambda x: x[0], batches)
-        diag = to_host(setup.diagnostics_fn(hold)(state, feed.train, first))
+        diag = to_host(setup.diagnostics_fn(hold)(state, feed.train, feed.first(batches)))
         diag_time += time.perf_counter() - t0
         diag_window.append(diag)
         diag_epoch.append(diag)

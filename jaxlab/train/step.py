@@ -192,7 +192,8 @@ def make_train_chunk(step_fn, mesh, layout='data'):
   """jit(shard_map(scan(step_fn))): (state, data, idx) -> (state, metrics [S, ...]).
 
   `data` is the whole training split, replicated; `idx` holds the batch
-  indices of S consecutive steps. The state is donated. Layouts:
+  indices of S consecutive steps (or, streamed, a tuple of the S steps' batches,
+  `data` then empty). The state is donated. Layouts:
     data      one model, state replicated; idx [S, B] sharded over DATA on B.
     replicas  a leading seed axis on the state (replicated), vmapped; idx
               [S, R, B] sharded on B: every seed's batch is split over devices.
@@ -223,7 +224,12 @@ def make_train_chunk(step_fn, mesh, layout='data'):
   # check_vma=False: gradients are per-device values until the explicit pmean.
   sharded = jax.shard_map(chunk, mesh=mesh, in_specs=(state_spec, P(), idx_spec),
                           out_specs=(state_spec, metrics_spec), check_vma=False)
-  return jax.jit(sharded, donate_argnums=0)
+
+  def run(state, data, idx):
+    if isinstance(idx, tuple):  # streamed: one batch per step, stacked in the same program
+      idx = jax.tree.map(lambda *steps: jnp.stack(steps), *idx)
+    return sharded(state, data, idx)
+  return jax.jit(run, donate_argnums=0)
 
 
 def make_diagnostics(diag_fn, mesh):
