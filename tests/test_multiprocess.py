@@ -100,6 +100,22 @@ def reference(tmp_path_factory):
   return workdir
 
 
+def test_one_process_run_writes_its_files(reference):
+  # The distributed quick run: synchronous data parallelism and local SGD on 4 simulated devices.
+  sync, local = summary(reference, 'sync'), summary(reference, 'local_sgd')
+  # Every example every epoch: 1437 training images are 23 steps of 64 (the last one partial).
+  assert sync['num_devices'] == 4 and sync['steps_per_epoch'] == 23 and sync['steps'] == STEPS
+  assert sync['eval_split'] == 'test' and sync['num_processes'] == 1
+  # 4 workers, each on its own quarter (359 or 360) of the 1437 training images: 6 steps of 64
+  # per epoch; averages after step 8 and at the end (12).
+  assert local['workers'] == 4 and local['steps_per_epoch'] == 6 and local['comm_rounds'] == 2
+  assert sync['acc1'] > 0.5 and local['acc1'] > 0.5  # 12 steps of LeNet: far above chance
+  for arm in ARMS:
+    assert os.path.exists(reference / arm / 'config.json')
+    assert sorted(os.listdir(reference / arm / 'checkpoints')) == ['12', '8']  # checkpoint.keep=2
+  assert '| local_sgd | 4 | 8 |' in open(reference / 'comparison.md').read()
+
+
 def _wait_for(path, timeout=240):
   t0 = time.time()
   while not os.path.exists(path):
