@@ -1,12 +1,11 @@
-"""Batch indices into a device-resident data set.
+"""Training batch indices (the step gathers them from the device-resident split, or the host
+streams the batch they name: jaxlab.train.feeds; evaluation batches: train.evaluate).
 
-The whole split lives on the device as uint8; the host only decides which
-indices form each batch. Training batches come from a permutation per epoch
+The host only decides which indices form each batch. Training batches come from a permutation per epoch
 drawn from the PRNG key. Every example is seen once per epoch: the last,
 partial batch is padded to the static batch shape with the index -1, which
 the step reads as a masked example of weight 0 (PyTorch's DataLoader with
 drop_last=False). With drop_last=True the partial batch is dropped instead.
-Evaluation visits every example exactly once, the last batch padded and masked.
 """
 
 import jax
@@ -60,15 +59,3 @@ class EpochIndices:
     b = self.batch_size
     rows = self.permutation(epoch)[first * b:(first + num_steps) * b]
     return rows.reshape(num_steps, b).astype(np.int32)
-
-
-def eval_batches(num_examples, batch_size):
-  """Yield (indices [batch_size], number of real examples) covering 0..n-1 once.
-
-  The last batch is padded by repeating index n-1; only its first `valid`
-  rows are real.
-  """
-  for start in range(0, num_examples, batch_size):
-    idx = np.arange(start, start + batch_size)
-    valid = min(batch_size, num_examples - start)
-    yield np.minimum(idx, num_examples - 1).astype(np.int32), valid
