@@ -36,6 +36,17 @@ def default_workdir(spec):
   return os.path.join('workdirs', f'{name}-{variant}' if variant else name)
 
 
+def _env_device_count(argv):
+  """Whether the environment already sets the CPU device count (XLA_FLAGS or
+  JAX_NUM_CPU_DEVICES) and the command line does not ask for simulated_cpu_devices: a
+  config's own default (e.g. quick's 4) then gives way, so that
+  `XLA_FLAGS=--xla_force_host_platform_device_count=2 python launch.py ...` runs on 2."""
+  if any(a.startswith('--config.simulated_cpu_devices') for a in argv):
+    return False
+  return ('xla_force_host_platform_device_count' in os.environ.get('XLA_FLAGS', '')
+          or bool(os.environ.get('JAX_NUM_CPU_DEVICES')))
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
@@ -43,7 +54,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   config = _CONFIG.value
   simulate = config.get('simulated_cpu_devices', 0)
-  if simulate and 'jax' not in sys.modules:
+  if simulate and 'jax' not in sys.modules and not _env_device_count(sys.argv):
     os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                                f' --xla_force_host_platform_device_count={simulate}')
   from jaxlab.parallel import processes  # after flag parsing: imports JAX

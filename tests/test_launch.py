@@ -66,3 +66,16 @@ def test_launch_errors_are_one_clean_line(tmp_path):
              f'--config.data.dir={tmp_path}/missing', f'--workdir={tmp_path}')
   assert r.returncode != 0 and 'cifar-100-python' in r.stderr and 'Traceback' not in r.stderr
   assert not os.path.exists(tmp_path / 'checkpoints')
+
+
+def test_a_device_count_in_the_environment_beats_the_configs_default(monkeypatch):
+  import launch
+  monkeypatch.delenv('JAX_NUM_CPU_DEVICES', raising=False)
+  monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=2')
+  assert launch._env_device_count(['launch.py', f'--config={QUICK}'])
+  # ... unless the command line asks for simulated devices itself.
+  assert not launch._env_device_count(['launch.py', '--config.simulated_cpu_devices=4'])
+  monkeypatch.setenv('XLA_FLAGS', '')
+  assert not launch._env_device_count(['launch.py', f'--config={QUICK}'])
+  monkeypatch.setenv('JAX_NUM_CPU_DEVICES', '2')
+  assert launch._env_device_count(['launch.py', f'--config={QUICK}'])

@@ -37,7 +37,7 @@ def initialize(dist_cfg):
       raise
     raise RuntimeError(
         f'jax.distributed.initialize({", ".join(f"{k}={v!r}" for k, v in given.items() if v is not None)}) '
-        f'failed: {e}. Outside a cluster manager JAX cannot detect the run: pass '
+        f'failed: {str(e).rstrip(".")}. Outside a cluster manager JAX cannot detect the run: pass '
         '--config.distributed.coordinator_address=HOST:PORT (process 0\'s address), '
         '--config.distributed.num_processes=N and --config.distributed.process_id=I '
         '(0..N-1, a different one in each process)') from e
