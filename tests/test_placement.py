@@ -76,3 +76,27 @@ def test_stream_equals_device_on_tfds_cifar(tmp_path):
     device = train(c, tmp_path / 'device', resident, mesh)
   assert stream[0]['data_placement'] == 'stream' and stream[0]['steps'] == 3  # 40 / 16
   assert_same(device, stream)
+
+
+def test_place_batch_reads_each_devices_rows_once_and_equals_the_gather(small_digits):
+  from jaxlab.train.feeds import place_batch
+  from jaxlab.train.step import gather
+
+  class Counting:  # a lazy split that counts its reads (a streamed TFDS split decodes on each)
+    def __init__(self, images):
+      self.images, self.shape, self.dtype, self.reads = images, images.shape, images.dtype, []
+
+    def __getitem__(self, index):
+      self.reads.append(np.asarray(index))
+      return self.images[index]
+
+  images = Counting(small_digits.train.images)
+  idx = np.array([5, 0, 63, 7, 12, -1, 3, -1], np.int32)
+  mesh = make_mesh(jax.devices()[:4])
+  placed = place_batch(images, small_digits.train.labels, idx, mesh, 0)
+  # One read per device's two rows; a padding row (-1) reads example 0.
+  assert sorted(tuple(map(int, r)) for r in images.reads) == [(3, 0), (5, 0), (12, 0), (63, 7)]
+  want = gather({'image': small_digits.train.images, 'label': small_digits.train.labels}, idx)
+  for key in want:
+    np.testing.assert_array_equal(np.asarray(placed[key]), np.asarray(want[key]), err_msg=key)
+    assert placed[key].sharding.spec[0] == 'data'

@@ -53,9 +53,15 @@ def place_batch(images, labels, idx, mesh, axis):
   spec = P(*([None] * axis + [DATA]))
   sharding = NamedSharding(mesh, spec)
 
+  gathered = {}  # one host gather per device slice, shared by its image, label and weight
+
   def part(key):
     def fetch(index):
-      return _stream().host_batch(images, labels, idx[index[:idx.ndim]])[key]
+      rows = index[:idx.ndim]
+      slot = tuple((r.start, r.stop, r.step) for r in rows)
+      if slot not in gathered:
+        gathered[slot] = _stream().host_batch(images, labels, idx[rows])
+      return gathered[slot][key]
     return fetch
 
   shapes = {'image': (*idx.shape, *images.shape[1:]), 'label': idx.shape, 'weight': idx.shape}
