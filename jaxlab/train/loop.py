@@ -1,7 +1,10 @@
 """The one training loop: init or restore → steps → periodic eval → checkpoint → summary.
 
 Side effects (files, progress bar, checkpoints) live here; the step itself is
-pure (see step.py). An experiment family supplies a `Task` and a data set.
+pure (see step.py). An experiment family supplies a `Task` and a data set. What
+depends on how the models sit on the devices is the layout's (layouts.py), how
+batches reach the step the feed's (feeds.py): the loop is the same for one model,
+seeds under vmap, local-SGD workers, resident or streamed data, one process or many.
 """
 
 import json
