@@ -55,6 +55,9 @@ def base_config():
   # every_steps steps after start_fraction of the run; the mean of all of them (window = 0)
   # or of the last `window`, evaluated at the end beside the final parameters.
   c.averaging = ml_collections.ConfigDict(dict(every_steps=0, start_fraction=0.8, window=0))
+  # tensorboard: TensorBoard scalars of every metrics.jsonl record in workdir/tensorboard
+  # (pip install 'jaxlab[tensorboard]'; view with tensorboard --logdir WORKDIR).
+  c.log = ml_collections.ConfigDict(dict(tensorboard=False))
   # initialize: call jax.distributed.initialize() before anything touches a JAX backend
   # (multi-process runs; see the README). coordinator_address ('host:port'), num_processes and
   # process_id: empty / -1 let JAX detect them (SLURM, Open MPI, Kubernetes, Cloud TPU).

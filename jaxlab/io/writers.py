@@ -67,8 +67,9 @@ class JsonlLog:
   on every process); only process 0 touches the file.
   """
 
-  def __init__(self, path, keep_until_step=None):
+  def __init__(self, path, keep_until_step=None, also=None):
     self.path = os.fspath(path)
+    self.also = also  # e.g. a TensorBoardLog: written every record too (it trims itself)
     self.kept = ([r for r in read_jsonl(self.path) if r.get('step', 0) <= keep_until_step]
                  if keep_until_step is not None else [])
     self.writer = is_writer()
@@ -83,6 +84,8 @@ class JsonlLog:
       os.remove(self.path)
 
   def write(self, record):
+    if self.also is not None:
+      self.also.write(record)
     if not self.writer:
       return
     with open(self.path, 'a') as f:

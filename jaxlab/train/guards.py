@@ -21,7 +21,7 @@ from jaxlab.io.writers import _plain, write_json
 
 # Fields that do not change a run's result (fnmatch patterns over dotted names).
 NEUTRAL_FIELDS = (
-    'progress', 'simulated_cpu_devices', 'distributed.*',
+    'progress', 'simulated_cpu_devices', 'distributed.*', 'log.*',
     'train.log_every_steps', 'train.eval_batch_size', 'train.steps', 'train.steps_per_dispatch',
     'checkpoint.every_steps', 'checkpoint.keep',
     'peft.diagnostics', 'peft.diagnostics_every',

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from jaxlab.data.augment import make_eval_preprocess
 from jaxlab.io.checkpoint import Checkpointer
+from jaxlab.io.tensorboard import TensorBoardLog
 from jaxlab.io.writers import JsonlLog, is_writer, write_json
 from jaxlab.metrics.classification import count_params
 from jaxlab.metrics.system import peak_memory
@@ -90,7 +91,10 @@ def fit(config, workdir, task, dataset, *, mesh=None, on_chunk=None, summary_ext
                          layout.name == 'replicas')
   compiled, step_mem = {}, {}
   add_snapshot = jax.jit(averager.update) if averager is not None else None
-  log = JsonlLog(os.path.join(workdir, 'metrics.jsonl'), keep_until_step=resumed_from)
+  board = (TensorBoardLog(os.path.join(workdir, 'tensorboard'), resumed_from)
+           if config.get('log', {}).get('tensorboard', False) else None)
+  log = JsonlLog(os.path.join(workdir, 'metrics.jsonl'), keep_until_step=resumed_from,
+                 also=board)
   evals = [r for r in log.kept if r.get('split') == dataset.eval_split]
   diag_every = (task.diagnostics_every or tc.log_every_steps) if setup.diagnostics_fn else 0
 
@@ -243,6 +247,8 @@ def fit(config, workdir, task, dataset, *, mesh=None, on_chunk=None, summary_ext
       **(summary_extra or {}),
   }
   write_json(summary_path, summary)
+  if board is not None:
+    board.close()
   return summary, state
 
 
