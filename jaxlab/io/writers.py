@@ -29,8 +29,8 @@ def _plain(x):
 
 def is_writer():
   """Whether this process writes files: always, except in processes 1.. of a multi-process run."""
-  import jax  # only here: the offline tools that read files never need a backend
-  return jax.process_index() == 0
+  from jaxlab.parallel import processes  # only here: tools that read files never import JAX
+  return processes.is_main()
 
 
 def write_json(path, obj):

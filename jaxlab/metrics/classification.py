@@ -70,11 +70,10 @@ def metric_sums(logits, labels, weight=None, num_bins=ECE_BINS):
   labels = jnp.where(real, labels, 0)
   logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
   example_nll = -jnp.take_along_axis(logp, labels[:, None], axis=-1)[:, 0]
-  hit = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
   conf, correct = _calibration(logits, labels)
   bins = _bin_of(jnp.where(real, conf, 1.0), num_bins)
   per_bin = lambda x: jnp.zeros(num_bins, jnp.float32).at[bins].add(masked(x))
-  return {'count': jnp.sum(masked(1.0)), 'correct': jnp.sum(masked(hit)),
+  return {'count': jnp.sum(masked(1.0)), 'correct': jnp.sum(masked(correct)),
           'nll': jnp.sum(masked(example_nll)), 'ece_count': per_bin(jnp.ones_like(conf)),
           'ece_conf': per_bin(conf), 'ece_correct': per_bin(correct)}
 

@@ -84,7 +84,3 @@ def to_host(tree):
     return np.asarray(jax.device_get(x))
   return jax.tree.map(get, tree)
 
-
-def is_main_process():
-  """Whether this process writes files and draws progress (process 0 of a multi-process run)."""
-  return jax.process_index() == 0
