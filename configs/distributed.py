@@ -40,7 +40,7 @@ be reproduced without torch.
 
 import ml_collections
 
-from configs.common import base_config, pick
+from jaxlab.configs.common import base_config, pick
 
 
 def centralized_sgdm():

@@ -21,7 +21,7 @@ CIFAR-100 and the weights must be on the machine (see README "Data" and "Pretrai
 
 import ml_collections
 
-from configs.common import base_config, pick
+from jaxlab.configs.common import base_config, pick
 
 
 def week4(method='hybrid_layerwise', policy='deep_lora'):

@@ -12,7 +12,7 @@ Rules: bp, fa, dfa, usf (sign symmetry). --config.credit.rules="('bp','usf')" pi
 
 import ml_collections
 
-from configs.common import base_config, pick
+from jaxlab.configs.common import base_config, pick
 
 
 def d256_L4():

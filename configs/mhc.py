@@ -24,7 +24,7 @@ The CIFAR-10 data must be on the machine (see README "Data").
 
 import ml_collections
 
-from configs.common import base_config
+from jaxlab.configs.common import base_config
 
 
 def default():
