@@ -2,6 +2,7 @@
 
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -11,7 +12,7 @@ import pytest
 from configs.common import base_config
 from jaxlab.data.augment import make_train_augment
 from jaxlab.models.resmlp import ResMLP
-from jaxlab.optim.optimizers import make_optimizer
+from jaxlab.optim.optimizers import optimizer_from_config
 from jaxlab.parallel.local import LocalSpec, make_average, worker_state
 from jaxlab.parallel.mesh import make_mesh, replicate, shard_leading
 from jaxlab.peft.partition import flatten, label_tree
@@ -38,7 +39,7 @@ def world():
 def make_tx(task, name, lr=0.1, momentum=0.9):
   c = base_config().optim
   c.update(name=name, lr=lr, momentum=momentum, weight_decay=1e-3, schedule='constant')
-  return make_optimizer(c, label_tree(task.params, task.rules), 100, 10)
+  return optimizer_from_config(c, label_tree(task.params, task.rules), 100, 10)
 
 
 def step_fn(task, tx, axis_name):
@@ -77,10 +78,7 @@ def run_local(task, tx, data, idx, spec, devices=4, inspect=None):
 
 
 def assert_trees_close(a, b, rtol=1e-5, atol=1e-6):
-  fa, fb = flatten(a), flatten(b)
-  assert fa.keys() == fb.keys()
-  for k in fa:
-    np.testing.assert_allclose(fa[k], fb[k], rtol=rtol, atol=atol, err_msg=k)
+  chex.assert_trees_all_close(a, b, rtol=rtol, atol=atol)  # same structure; names the leaf
 
 
 def worker0(params):
@@ -156,7 +154,7 @@ def run_optax(name, **over):
   c.update(name=name, lr=0.5, momentum=0.9, weight_decay=0.01, schedule='constant',
            trust_coefficient=0.002, **over)
   labels = jax.tree.map(lambda _: 'base', PARAMS)
-  tx = make_optimizer(c, labels, 10, 1)
+  tx = optimizer_from_config(c, labels, 10, 1)
   params = jax.tree.map(jnp.asarray, PARAMS)
   state = tx.init(params)
   for step, g in enumerate(GRADS):
