@@ -1,3 +1,50 @@
-"""jaxlab: pure-function JAX experiments on one device or many."""
+"""jaxlab: pure-function JAX experiments on one device or many.
+
+Use it in your own code without configs (names load on first use, so `import jaxlab` is
+cheap):
+
+    model, params, labels = jaxlab.vit_with_peft(weights, num_classes=10, method='lora')
+    trainable, frozen = jaxlab.split(params, labels)
+    tx = jaxlab.make_optimizer(jaxlab.subtree_labels(trainable, labels), name='adamw', lr=1e-3)
+
+See examples/own_loop.py for a whole training loop.
+"""
+
+import importlib
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    # models and pretrained weights
+    'ViT': 'jaxlab.models.vit',
+    'LoraSpec': 'jaxlab.models.vit',
+    'from_timm': 'jaxlab.models.vit',
+    'from_big_vision': 'jaxlab.models.vit',
+    'resample_pos_embed': 'jaxlab.io.pretrained',
+    'resample_patch_kernel': 'jaxlab.io.pretrained',
+    # PEFT
+    'vit_with_peft': 'jaxlab.peft.api',
+    'merge_lora': 'jaxlab.peft.merge',
+    'label_tree': 'jaxlab.peft.partition',
+    'split': 'jaxlab.peft.partition',
+    'merge': 'jaxlab.peft.partition',
+    'subtree_labels': 'jaxlab.peft.partition',
+    # optimizers and data
+    'make_optimizer': 'jaxlab.optim.optimizers',
+    'make_schedule': 'jaxlab.optim.schedules',
+    'load_dataset': 'jaxlab.data.datasets',
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+  if name in _EXPORTS:
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value  # later look-ups skip __getattr__
+    return value
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+
+
+def __dir__():
+  return sorted(set(globals()) | set(_EXPORTS))

@@ -453,3 +453,144 @@ def fetch_augreg(name=AUGREG_S16, cache_dir='~/.cache/jaxlab', base_url=AUGREG_B
         f'{TIMM_S16} (model.safetensors from the Hugging Face hub repo timm/{TIMM_S16}), '
         'with jaxlab.models.vit.from_timm(path).') from e
   return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Other image sizes and patch sizes
+#
+# jaxlab's ViT (as timm's) orders the patch tokens row-major after the class token: token
+# 1 + r·g + c is the patch in row r, column c of the g×g grid. Both resamplings below use
+# bilinear interpolation with half-pixel centres and clamped edges and no antialiasing:
+# PyTorch's F.interpolate(mode='bilinear', align_corners=False), TF's and jax.image.resize's
+# bilinear without antialias. (timm defaults to bicubic with antialias for both; big_vision
+# zooms position embeddings with scipy.ndimage.zoom(order=1), corners aligned, and FlexiViT
+# builds its patch-kernel resize from tf.image.resize bilinear, the choice here.)
+
+
+def linear_resize_matrix(n_in, n_out):
+  """(n_out, n_in) matrix M of 1-D linear interpolation: M @ x resizes x from n_in to n_out
+  samples. Output j reads the input at (j + 0.5)·n_in/n_out − 0.5, clamped to [0, n_in − 1]."""
+  if n_in < 1 or n_out < 1:
+    raise ValueError(f'sizes must be positive, got {n_in} -> {n_out}')
+  src = np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0, n_in - 1)
+  lo = np.floor(src).astype(np.int64)
+  hi = np.minimum(lo + 1, n_in - 1)
+  frac = src - lo
+  m = np.zeros((n_out, n_in))
+  np.add.at(m, (np.arange(n_out), lo), 1.0 - frac)
+  np.add.at(m, (np.arange(n_out), hi), frac)
+  return m
+
+
+def _pair(size, what):
+  h, w = (size, size) if np.ndim(size) == 0 else tuple(size)
+  if int(h) != h or int(w) != w or h < 1 or w < 1:
+    raise ValueError(f'{what} must be a positive int or (h, w), got {size!r}')
+  return int(h), int(w)
+
+
+def resample_pos_embed(pos, new_grid, num_prefix=1, old_grid=None):
+  """A learned position embedding [1, num_prefix + h·w, D] resampled to a new patch grid.
+
+  The first `num_prefix` tokens (the class token) are kept as they are; the h×w grid
+  (row-major, `old_grid`, default the square one) is resized bilinearly (half-pixel
+  centres, clamped edges, no antialias) to `new_grid` (an int for a square grid, or (h, w)).
+  The same grid returns `pos` unchanged (as numpy). Takes numpy or jax arrays; returns numpy
+  in `pos`'s dtype (computed in float64).
+  """
+  pos = _to_numpy(pos)
+  if pos.ndim != 3 or pos.shape[0] != 1:
+    raise ValueError(f'position embedding has shape {pos.shape}; want (1, tokens, width)')
+  n = pos.shape[1] - num_prefix
+  if old_grid is None:
+    side = int(round(max(n, 0) ** 0.5))
+    if n <= 0 or side * side != n:
+      raise ValueError(f'position embedding has {pos.shape[1]} tokens: {num_prefix} prefix '
+                       'token(s) + not a square grid; pass old_grid=(h, w)')
+    old_grid = side
+  (gh, gw), (nh, nw) = _pair(old_grid, 'old_grid'), _pair(new_grid, 'new_grid')
+  if gh * gw != n:
+    raise ValueError(f'old_grid {(gh, gw)} does not hold the {n} grid tokens')
+  if (gh, gw) == (nh, nw):
+    return pos
+  grid = pos[0, num_prefix:].astype(np.float64).reshape(gh, gw, -1)
+  grid = np.einsum('ir,rcd,jc->ijd', linear_resize_matrix(gh, nh), grid,
+                   linear_resize_matrix(gw, nw))
+  grid = grid.reshape(1, nh * nw, -1).astype(pos.dtype)
+  return np.concatenate([pos[:, :num_prefix], grid], axis=1)
+
+
+def patch_resize_matrix(old_patch, new_patch):
+  """(q_h·q_w, p_h·p_w) matrix R that resizes a p×p patch, flattened row-major, to q×q:
+  the Kronecker product of the two 1-D `linear_resize_matrix`es."""
+  (ph, pw), (qh, qw) = _pair(old_patch, 'old_patch'), _pair(new_patch, 'new_patch')
+  return np.kron(linear_resize_matrix(ph, qh), linear_resize_matrix(pw, qw))
+
+
+def resample_patch_kernel(kernel, new_patch):
+  """A patch-embedding kernel (HWIO: [p, p, C, D]) resized to [q, q, C, D] as FlexiViT does.
+
+  With R the bilinear resize of a p×p patch to q×q (`patch_resize_matrix`), the new kernel
+  is pinv(Rᵀ)·w for each input/output channel pair (w flattened row-major). It minimises
+  E‖⟨x, w⟩ − ⟨Rx, ŵ⟩‖² over white-noise patches x, and when q ≥ p (upsampling) it keeps
+  the patch embedding exactly: ⟨x, w⟩ = ⟨resize(x), ŵ⟩ for every p×p patch x. So a model
+  with patch q on images resized by q/p computes what the original computes (up to the
+  patch borders). The same size returns `kernel` unchanged (as numpy). Returns numpy in the
+  kernel's dtype (computed in float64).
+  (FlexiViT, Beyer et al. 2023; big_vision's flexi `resample_patchemb`, timm's
+  `resample_patch_embed`.)
+  """
+  w = _to_numpy(kernel)
+  if w.ndim != 4:
+    raise ValueError(f'patch kernel has shape {w.shape}; want (p, p, in, out) (HWIO)')
+  (ph, pw), (qh, qw) = w.shape[:2], _pair(new_patch, 'new_patch')
+  if (ph, pw) == (qh, qw):
+    return w
+  resize = patch_resize_matrix((ph, pw), (qh, qw))
+  new = np.linalg.pinv(resize.T) @ w.astype(np.float64).reshape(ph * pw, -1)
+  return new.reshape(qh, qw, *w.shape[2:]).astype(w.dtype)
+
+
+def resample_leaf(path, value, shape):
+  """`value` (the pretrained leaf at `path`) fitted to `shape`, or None when it cannot be.
+
+  'pos_embed' [1, 1 + g², D] takes another square grid (`resample_pos_embed`) and
+  'patch_embed/kernel' [p, p, C, D] another patch size (`resample_patch_kernel`); only
+  their grid or patch may differ. Every other leaf fits only at its own shape.
+  """
+  shape = tuple(shape)
+  if tuple(value.shape) == shape:
+    return value
+  if path == 'pos_embed' and len(shape) == 3 and value.ndim == 3 and \
+      value.shape[::2] == shape[::2]:
+    side = int(round((shape[1] - 1) ** 0.5))
+    if side * side == shape[1] - 1 and side > 0:
+      return resample_pos_embed(value, side)
+  if path == 'patch_embed/kernel' and len(shape) == 4 and value.ndim == 4 and \
+      value.shape[2:] == shape[2:]:
+    return resample_patch_kernel(value, shape[:2])
+  return None
+
+
+def resize_vit(arch, params, image_size=None, patch=None):
+  """(arch, params) of a converted checkpoint refitted to `image_size` and `patch`.
+
+  The position embedding is resampled to the new grid image_size // patch and the patch
+  kernel to the new patch (each only where it changes); the other leaves are shared.
+  Raises ValueError when the patch does not divide the image size.
+  """
+  image_size = arch['image_size'] if image_size is None else int(image_size)
+  patch = arch['patch'] if patch is None else int(patch)
+  if patch < 1 or image_size % patch:
+    raise ValueError(f'patch {patch} does not divide image_size {image_size}')
+  if (image_size, patch) == (arch['image_size'], arch['patch']):
+    return arch, params
+  params = dict(params)
+  grid = image_size // patch
+  if grid != arch['image_size'] // arch['patch']:
+    params['pos_embed'] = resample_pos_embed(params['pos_embed'], grid)
+  if patch != arch['patch']:
+    params['patch_embed'] = dict(params['patch_embed'],
+                                 kernel=resample_patch_kernel(params['patch_embed']['kernel'],
+                                                              patch))
+  return {**arch, 'image_size': image_size, 'patch': patch}, params

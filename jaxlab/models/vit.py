@@ -293,25 +293,43 @@ class ViT(nn.Module):
 def _pretrained(convert, source, reader, suffixes, kw):
   """(ViT, params) from a converter of jaxlab.io.pretrained and a path or a mapping."""
   import os
+  from jaxlab.io.pretrained import resize_vit
   heads = kw.pop('heads', None)
+  seed = kw.pop('seed', 0)
   if isinstance(source, (str, os.PathLike)):
     path = os.fspath(source)
     if not path.endswith(suffixes):
       raise ValueError(f'{path}: expected a {" or ".join(suffixes)} file, or a mapping of arrays')
     source = reader(path)
   arch, params = convert(source, heads=heads)
-  clash = sorted(k for k in kw if k in arch and kw[k] != arch[k])
+  clash = sorted(k for k in ('width', 'depth', 'mlp_dim') if k in kw and kw[k] != arch[k])
   if clash:
     raise ValueError('the checkpoint fixes ' + ', '.join(f'{k}={arch[k]!r} (got {kw[k]!r})'
-                                                         for k in clash))
-  return ViT(**{**arch, **kw}), params
+                                                         for k in clash)
+                     + '; num_classes, image_size and patch may differ')
+  model = ViT(**{**arch, **kw})
+  _, params = resize_vit(arch, params, model.image_size, model.patch)
+  if model.num_classes != arch['num_classes'] or model.lora is not None:
+    from jaxlab.peft.api import graft, init_vit
+    params = graft(init_vit(model, seed), params,
+                   fresh_head=model.num_classes != arch['num_classes'])
+  return model, params
 
 
 def from_timm(state_dict, **kw):
   """(model, params) of a timm ViT state dict, or of a path to its .safetensors file.
 
-  `heads=` goes to the converter (default width // 64, timm's head_dim); every other
-  keyword goes to ViT (e.g. dtype, lora). See jaxlab.io.pretrained.timm_to_params.
+  `heads=` goes to the converter (default width // 64, timm's head_dim), `seed=` is the
+  key of any fresh leaves; every other keyword goes to ViT (e.g. dtype, lora, num_classes,
+  image_size, patch). width, depth and mlp_dim must match the checkpoint. Another
+  num_classes gets a fresh head, initialised as `ViT.init` does (default weight_init:
+  kernel and bias U(±1/sqrt(width)), PyTorch nn.Linear's default) from the key
+  jaxlab.train.state.run_keys(seed)[0] (seed default 0): the head vit_with_peft gives for
+  that seed. A `lora=` LoraSpec gets fresh adapters (B = 0, so the model starts as the
+  checkpoint). Another image_size or patch resamples the position embedding bilinearly
+  (class token kept) and the patch kernel by FlexiViT's pseudo-inverse resize
+  (jaxlab.io.pretrained.resample_pos_embed, resample_patch_kernel). See
+  jaxlab.io.pretrained.timm_to_params.
   """
   from jaxlab.io import pretrained
   return _pretrained(pretrained.timm_to_params, state_dict, pretrained.read_safetensors,
@@ -321,8 +339,9 @@ def from_timm(state_dict, **kw):
 def from_big_vision(npz_mapping_or_path, **kw):
   """(model, params) of a big_vision / AugReg ViT npz, given as a path or as a mapping.
 
-  Keywords go to ViT (e.g. dtype, lora); `heads=` is only checked against the file.
-  See jaxlab.io.pretrained.big_vision_to_params and fetch_augreg.
+  Keywords as `from_timm` (num_classes, image_size and patch may differ, seed= keys the
+  fresh leaves), except that `heads=` is only checked against the file. See
+  jaxlab.io.pretrained.big_vision_to_params and fetch_augreg.
   """
   from jaxlab.io import pretrained
   return _pretrained(pretrained.big_vision_to_params, npz_mapping_or_path, pretrained.load_npz,

@@ -1,34 +1,51 @@
 """Optimizers by name, one per parameter group, joined with `optax.partition`.
 
-The learning rate of every group follows the run's global step (passed to
-`update` as the extra argument `global_step`), not the group's own update
-count: a group held still for a while resumes at the schedule's current
+`make_optimizer(labels, name='adamw', lr=..., groups={...})` is a plain
+`optax.GradientTransformation`: `update(grads, state, params)` follows the
+schedule at the optimizer's own step count, kept in its state. The trainer
+passes the run's global step instead (`update(..., global_step=step)`), so that
+the learning rate of every group follows the global step, not the group's own
+update count: a group held still for a while resumes at the schedule's current
 value, as a PyTorch scheduler stepping globally would have it, while its
-optimizer statistics (Adam's moments and bias-correction count) stay where
-they were.
+optimizer statistics (Adam's moments and bias-correction count) stay where they
+were. `optimizer_from_config` builds the same from an `optim` ConfigDict.
 """
 
+from typing import NamedTuple
+
 import jax
+import jax.numpy as jnp
 import optax
 
-from jaxlab.optim.schedules import schedule_from_config
+from jaxlab.optim.schedules import SCHEDULES, decay_start_of, make_schedule, warmup_steps_of
+from jaxlab.peft.partition import FROZEN
 
 OPTIMIZERS = ('sgd', 'sgdm', 'adamw', 'lars', 'lamb')
 
 
+class ScheduleState(NamedTuple):
+  """The number of updates a group has made: its schedule's step when no global step is given."""
+  count: jax.Array
+
+
 def scale_by_global_schedule(schedule, label):
-  """Multiply updates by -schedule(global_step) · lr_scales[label] (default scale 1)."""
+  """Multiply updates by -schedule(step) · lr_scales[label] (default scale 1).
+
+  step is the `global_step` extra argument when given, else the transform's own
+  update count (0 at the first update, as optax's schedules count).
+  """
 
   def init(params):
     del params
-    return optax.EmptyState()
+    return ScheduleState(count=jnp.zeros([], jnp.int32))
 
-  def update(updates, state, params=None, *, global_step, lr_scales=None, **extra):
+  def update(updates, state, params=None, *, global_step=None, lr_scales=None, **extra):
     del params, extra
-    lr = schedule(global_step)
+    lr = schedule(state.count if global_step is None else global_step)
     if lr_scales is not None and label in lr_scales:
       lr = lr * lr_scales[label]
-    return jax.tree.map(lambda u: -lr * u, updates), state
+    updates = jax.tree.map(lambda u: -lr * u, updates)
+    return updates, ScheduleState(count=optax.safe_int32_increment(state.count))
 
   return optax.GradientTransformationExtraArgs(init, update)
 
@@ -38,54 +55,115 @@ def matrices_only(params):
   return jax.tree.map(lambda x: x.ndim > 1, params)
 
 
-def _around_lr(name, weight_decay, cfg):
-  """(before, after): the optimizer's transforms before and after the learning-rate scaling."""
+def _around_lr(name, weight_decay, hp):
+  """(before, after): the optimizer's transforms before and after the learning-rate scaling.
+
+  hp: the hyper-parameters momentum, nesterov, b1, b2, eps, trust_coefficient."""
   if name == 'sgd':
     return optax.add_decayed_weights(weight_decay), optax.identity()
   if name == 'sgdm':
     # PyTorch SGD: decay added to the gradient, then momentum (buf = m·buf + g).
     return (optax.chain(optax.add_decayed_weights(weight_decay),
-                        optax.trace(cfg.momentum, nesterov=cfg.nesterov)), optax.identity())
+                        optax.trace(hp['momentum'], nesterov=hp['nesterov'])), optax.identity())
   if name == 'adamw':
     # AdamW: Adam direction plus decoupled decay, both scaled by the lr.
-    return (optax.chain(optax.scale_by_adam(cfg.b1, cfg.b2, cfg.eps),
+    return (optax.chain(optax.scale_by_adam(hp['b1'], hp['b2'], hp['eps']),
                         optax.add_decayed_weights(weight_decay)), optax.identity())
   if name == 'lars':
     # optax.lars: decay and trust ratio skip biases and norms; momentum after the lr.
     return (optax.chain(optax.add_decayed_weights(weight_decay, mask=matrices_only),
-                        optax.masked(optax.scale_by_trust_ratio(trust_coefficient=cfg.trust_coefficient),
-                                     matrices_only)),
-            optax.trace(cfg.momentum, nesterov=cfg.nesterov))
+                        optax.masked(optax.scale_by_trust_ratio(
+                            trust_coefficient=hp['trust_coefficient']), matrices_only)),
+            optax.trace(hp['momentum'], nesterov=hp['nesterov']))
   if name == 'lamb':
     # optax.lamb: Adam direction + decay (matrices), then the trust ratio ‖w‖/‖u‖.
-    return (optax.chain(optax.scale_by_adam(cfg.b1, cfg.b2, cfg.eps),
+    return (optax.chain(optax.scale_by_adam(hp['b1'], hp['b2'], hp['eps']),
                         optax.add_decayed_weights(weight_decay, mask=matrices_only),
                         optax.masked(optax.scale_by_trust_ratio(), matrices_only)), optax.identity())
   raise ValueError(f'unknown optimizer {name!r}; choose one of {", ".join(OPTIMIZERS)}')
 
 
-def group_settings(optim_cfg, label):
-  """(lr, weight_decay) for a parameter group: its entry in optim.groups, else the defaults."""
-  group = optim_cfg.groups.get(label, None)
-  lr = optim_cfg.lr if group is None or 'lr' not in group else group.lr
-  wd = optim_cfg.weight_decay if group is None or 'weight_decay' not in group else group.weight_decay
-  return lr, wd
+GROUP_FIELDS = ('lr', 'weight_decay')
 
 
-def make_optimizer(optim_cfg, labels, total_steps, steps_per_epoch):
-  """optax.partition over the trainable labels, each group with its own lr and weight decay.
+def group_settings(groups, label, lr, weight_decay):
+  """(lr, weight_decay) of a parameter group: its entry in `groups`, else the defaults."""
+  group = (groups or {}).get(label, None)
+  if group is None:
+    return lr, weight_decay
+  unknown = sorted(set(group.keys()) - set(GROUP_FIELDS))
+  if unknown:
+    raise ValueError(f'optimizer group {label!r} sets {unknown}; a group sets only '
+                     f'{", ".join(GROUP_FIELDS)}')
+  return (group['lr'] if 'lr' in group else lr,
+          group['weight_decay'] if 'weight_decay' in group else weight_decay)
 
-  `labels` is the label tree of the trainable parameters. Every distinct label
-  gets `optim_cfg.name` with the schedule `optim_cfg.schedule` scaled to that
-  group's peak lr. Call `update(grads, state, params, global_step=step)`.
+
+def make_optimizer(labels, name='adamw', lr=1e-3, weight_decay=0.0, schedule='constant',
+                   total_steps=None, *, groups=None, warmup_steps=0, lr_floor=0.0,
+                   decay_start=None, decay_shape='1-sqrt', momentum=0.9, nesterov=False,
+                   b1=0.9, b2=0.999, eps=1e-8, trust_coefficient=0.001):
+  """An `optax.GradientTransformationExtraArgs`: `optax.partition` over the labels of `labels`.
+
+  labels: a label tree shaped like the params it will update (e.g.
+    `jaxlab.peft.partition.label_tree(params, rules)`, or the labels of `vit_with_peft`).
+    Every distinct label is a group trained by `name` (sgd | sgdm | adamw | lars | lamb)
+    at its peak lr along `schedule`; the label 'frozen' gets zero updates
+    (`optax.set_to_zero`; better still, leave frozen leaves out of the differentiated tree
+    with `jaxlab.peft.partition.split`).
+  lr, weight_decay: each group's defaults; groups={label: {'lr': ..., 'weight_decay': ...}}
+    overrides them per group (labels absent from `labels` are ignored).
+  schedule: constant | cosine | warmup_cosine | whd over `total_steps` (needed by all but
+    constant), with warmup_steps, lr_floor (floor = lr_floor · lr), and for whd decay_start
+    (default 80% of the steps) and decay_shape; see jaxlab.optim.schedules.make_schedule.
+  momentum, nesterov (sgdm, lars), b1, b2, eps (adamw, lamb), trust_coefficient (lars).
+
+  `update(grads, state, params)` takes the schedule at the optimizer's own step count
+  (0 at the first update); with `global_step=` it takes that step instead (the trainer's
+  global schedule), and `lr_scales={label: factor}` multiplies a group's lr.
   """
+  if not _is_label_tree(labels):
+    raise TypeError('make_optimizer(labels, name=..., lr=..., ...) takes a label tree first; '
+                    'for an optim ConfigDict use optimizer_from_config(optim_cfg, labels, '
+                    'total_steps, steps_per_epoch)')
+  if name not in OPTIMIZERS:
+    raise ValueError(f'unknown optimizer {name!r}; choose one of {", ".join(OPTIMIZERS)}')
+  if schedule not in SCHEDULES:
+    raise ValueError(f'unknown schedule {schedule!r}; choose one of {", ".join(SCHEDULES)}')
+  if schedule != 'constant' and not total_steps:
+    raise ValueError(f'schedule {schedule!r} needs total_steps (the length of the run)')
+  hp = dict(momentum=momentum, nesterov=nesterov, b1=b1, b2=b2, eps=eps,
+            trust_coefficient=trust_coefficient)
   transforms = {}
   for label in sorted(set(jax.tree.leaves(labels))):
-    lr, wd = group_settings(optim_cfg, label)
-    schedule = schedule_from_config(optim_cfg, lr, total_steps, steps_per_epoch)
-    before, after = _around_lr(optim_cfg.name, wd, optim_cfg)
-    transforms[label] = optax.chain(before, scale_by_global_schedule(schedule, label), after)
+    if label == FROZEN:
+      transforms[label] = optax.set_to_zero()
+      continue
+    group_lr, group_wd = group_settings(groups, label, lr, weight_decay)
+    group_schedule = make_schedule(schedule, group_lr, total_steps or 0, warmup_steps, lr_floor,
+                                   decay_start=decay_start, decay_shape=decay_shape)
+    before, after = _around_lr(name, group_wd, hp)
+    transforms[label] = optax.chain(before, scale_by_global_schedule(group_schedule, label), after)
   return optax.partition(transforms, labels)
+
+
+def _is_label_tree(labels):
+  return not hasattr(labels, 'to_dict') and all(isinstance(x, str) for x in jax.tree.leaves(labels))
+
+
+def optimizer_from_config(optim_cfg, labels, total_steps, steps_per_epoch):
+  """`make_optimizer` with the fields of an optim config (configs/common.py): name, lr,
+  weight_decay, groups, schedule, warmup_epochs or warmup_fraction, lr_floor,
+  decay_start_fraction, decay_shape, momentum, nesterov, b1, b2, eps, trust_coefficient.
+  The trainer calls `update(..., global_step=step)`."""
+  c = optim_cfg
+  return make_optimizer(
+      labels, c.name, c.lr, c.weight_decay, c.schedule, total_steps,
+      groups=c.get('groups', None), warmup_steps=warmup_steps_of(c, total_steps, steps_per_epoch),
+      lr_floor=c.get('lr_floor', 0.0), decay_start=decay_start_of(c, total_steps),
+      decay_shape=c.get('decay_shape', '1-sqrt'), momentum=c.get('momentum', 0.9),
+      nesterov=c.get('nesterov', False), b1=c.get('b1', 0.9), b2=c.get('b2', 0.999),
+      eps=c.get('eps', 1e-8), trust_coefficient=c.get('trust_coefficient', 0.001))
 
 
 def hold_groups(new_state, old_state, held):

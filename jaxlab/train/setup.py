@@ -9,7 +9,7 @@ import jax
 
 from jaxlab.data.augment import make_train_augment
 from jaxlab.optim import averaging
-from jaxlab.optim.optimizers import make_optimizer
+from jaxlab.optim.optimizers import optimizer_from_config
 from jaxlab.parallel.local import worker_state
 from jaxlab.parallel.mesh import DATA
 from jaxlab.train import layouts
@@ -49,7 +49,7 @@ def build(config, task, mesh, total_steps, steps_per_epoch, layout=None):
     raise ValueError(f'the partition rules {list(task.rules)} freeze every parameter; '
                      'nothing would train.')
   trainable_labels = subtree_labels(trainable, labels)
-  tx = make_optimizer(config.optim, trainable_labels, total_steps, steps_per_epoch)
+  tx = optimizer_from_config(config.optim, trainable_labels, total_steps, steps_per_epoch)
   averager = averaging.from_config(config.get('averaging'), total_steps)
   if averager is not None and kind != 'data':
     raise ValueError('checkpoint averaging (averaging.every_steps > 0) supports single-model '

@@ -1,0 +1,189 @@
+"""A PEFT ViT from pretrained weights (or none) in one call, no config needed.
+
+    model, params, labels = vit_with_peft('vit_small_patch16_224.safetensors', num_classes=100,
+                                          method='lora', rank=8, image_size=32, patch=4)
+
+`labels` is the label tree of `params` (head, norm, lora, base or frozen, from
+jaxlab.peft.methods.rules): split the params with jaxlab.peft.partition.split
+and differentiate only the trainable part; feed the labels of that part to
+jaxlab.make_optimizer or optax.partition. The config path
+(jaxlab.experiments.peft.make_task) builds its model with the same `peft_vit`.
+"""
+
+import os
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+
+from jaxlab.io import pretrained as pt
+from jaxlab.models.vit import LORA_TARGETS, VARIANTS, LoraSpec, ViT
+from jaxlab.peft import methods
+from jaxlab.peft.partition import flatten, label_tree, unflatten
+from jaxlab.train.state import run_keys
+
+ARCH_FIELDS = ('patch', 'width', 'depth', 'heads', 'mlp_dim')  # the order of VARIANTS' tuples
+FIXED = ('width', 'depth', 'heads', 'mlp_dim')  # what pretrained weights fix (patch and image
+                                                 # size are resampled)
+
+
+# The module is a static argument: equal modules (Linen modules compare by their fields) share
+# one compiled init, so building the same ViT again (another seed, a sweep) does not recompile.
+_init = jax.jit(lambda model, key, images: model.init(key, images)['params'], static_argnums=0)
+
+
+def init_vit(model, seed=0):
+  """`model.init` params for images of `model.image_size`, from the run's init key
+  (jaxlab.train.state.run_keys(seed)[0], as the trainer's runs)."""
+  size = model.image_size
+  return _init(model, run_keys(seed)[0], jnp.zeros((1, size, size, 3)))
+
+
+def graft(fresh, pretrained, fresh_head=True):
+  """`fresh` with every backbone leaf taken from `pretrained`; LoRA (and the head) stay fresh.
+
+  The head is new by default (transfer to a new label set); fresh_head=False takes it from
+  `pretrained` too. A pretrained position embedding of another grid or patch kernel of
+  another patch size is resampled to the fresh one's shape (`resample_leaf` of
+  jaxlab.io.pretrained); any other leaf missing from `pretrained` or of another shape is an error
+  that lists them.
+  """
+  out, problems = {}, []
+  flat_pre = flatten(pretrained)
+  for path, leaf in flatten(fresh).items():
+    if (fresh_head and path.startswith('head/')) or '/lora_' in path:
+      out[path] = leaf
+    elif path not in flat_pre:
+      problems.append(f'{path} missing')
+    else:
+      value = pt.resample_leaf(path, flat_pre[path], leaf.shape)
+      if value is None:
+        problems.append(f'{path} {tuple(flat_pre[path].shape)} != {tuple(leaf.shape)}')
+      else:
+        out[path] = jnp.asarray(value, leaf.dtype)
+  if problems:
+    raise ValueError('pretrained weights do not fit the configured model: ' + '; '.join(problems))
+  return unflatten(out)
+
+
+def lora_spec(method, depth, policy='deep_lora', rank=8, alpha=16.0, dropout=0.0, lora_blocks=(),
+              targets=LORA_TARGETS):
+  """(blocks with LoRA, LoraSpec or None) of a PEFT method and layer policy."""
+  blocks = methods.lora_blocks(method, depth, policy, tuple(lora_blocks))
+  return blocks, (LoraSpec(rank, alpha, dropout, blocks, tuple(targets)) if blocks else None)
+
+
+def peft_vit(arch, num_classes, method='lora', policy='deep_lora', rank=8, alpha=16.0,
+             dropout=0.0, lora_blocks=(), targets=LORA_TARGETS, seed=0, pretrained=None):
+  """(model, params, rules): the ViT of `arch` (ViT keyword arguments) with the method's LoRA,
+  initialised from `seed` (`init_vit`), its backbone grafted from `pretrained` (a jaxlab param
+  tree, e.g. of jaxlab.io.pretrained.timm_to_params; None keeps the random init), and the
+  method's partition rules. Both vit_with_peft and the config path build with this."""
+  if arch['image_size'] % arch['patch']:
+    raise ValueError(f'patch {arch["patch"]} does not divide image_size {arch["image_size"]}')
+  blocks, lora = lora_spec(method, arch['depth'], policy, rank, alpha, dropout, lora_blocks,
+                           targets)
+  model = ViT(num_classes=num_classes, **arch, lora=lora)
+  params = init_vit(model, seed)
+  if pretrained is not None:
+    params = graft(params, pretrained)
+  return model, params, methods.rules(method, arch['depth'], blocks)
+
+
+def read_weights(weights, heads=None):
+  """(arch, params) of pretrained weights: a timm state dict or .safetensors path, a
+  big_vision / AugReg npz mapping or .npz path, or a jaxlab ViT param tree; arch holds what
+  they fix (image_size, patch, width, depth, heads, mlp_dim, num_classes)."""
+  if isinstance(weights, (str, os.PathLike)):
+    path = os.fspath(weights)
+    if path.endswith('.safetensors'):
+      return pt.timm_to_params(pt.read_safetensors(path), heads=heads)
+    if path.endswith('.npz'):
+      return pt.big_vision_to_params(pt.load_npz(path), heads=heads)
+    raise ValueError(f'{path}: expected a timm .safetensors or a big_vision .npz file')
+  if not isinstance(weights, Mapping):
+    raise TypeError(f'weights must be None, a path or a mapping, not {type(weights).__name__}')
+  keys = [str(k) for k in weights]
+  if 'patch_embed.proj.weight' in keys:
+    return pt.timm_to_params(weights, heads=heads)
+  if 'patch_embed' in keys and isinstance(weights['patch_embed'], Mapping):
+    return _jaxlab_arch(weights, heads), weights
+  prefix = next((k[:-len('embedding/kernel')] for k in keys if k.endswith('embedding/kernel')),
+                None)
+  if prefix is not None:
+    return pt.big_vision_to_params(weights, heads=heads, prefix=prefix)
+  raise ValueError('weights are neither a timm state dict (patch_embed.proj.weight), a '
+                   'big_vision npz (embedding/kernel) nor a jaxlab ViT param tree (patch_embed)')
+
+
+def _jaxlab_arch(params, heads):
+  """What a jaxlab ViT param tree fixes, read from its shapes (heads: given, else width // 64)."""
+  kernel = params['patch_embed']['kernel']
+  patch, width = int(kernel.shape[0]), int(kernel.shape[-1])
+  depth = sum(1 for k in params if k.startswith('blocks_'))
+  grid = int(round((params['pos_embed'].shape[1] - 1) ** 0.5))
+  if heads is None:
+    if width % 64:
+      raise ValueError(f'width {width} is not a multiple of 64; pass heads= explicitly')
+    heads = width // 64
+  return dict(num_classes=int(params['head']['kernel'].shape[-1]), image_size=grid * patch,
+              patch=patch, width=width, depth=depth, heads=int(heads),
+              mlp_dim=int(params['blocks_0']['mlp']['fc1']['kernel'].shape[-1]))
+
+
+def vit_with_peft(weights, num_classes, method='lora', policy='deep_lora', rank=8, alpha=16.0, *,
+                  image_size=None, variant=None, patch=None, width=None, depth=None, heads=None,
+                  mlp_dim=None, seed=0, dtype=jnp.float32, lora_blocks=(), attn_only=False,
+                  targets=None, dropout=0.0, **vit_kw):
+  """(model, params, labels): a ViT with a PEFT method, ready to fine-tune.
+
+  weights: a timm ViT state dict or the path of its .safetensors file, a big_vision /
+    AugReg npz mapping or .npz path, a jaxlab ViT param tree, or None for a random init.
+    With weights, the architecture comes from them (timm files do not store the number of
+    heads: it is width // 64 unless `heads=` says otherwise); width, depth, heads and
+    mlp_dim given here must agree. Without, give `variant` (one of
+    jaxlab.models.vit.VARIANTS, e.g. 'S/16') and/or patch, width, depth, heads, mlp_dim.
+  num_classes: the head's classes; the head is always fresh (see init_vit).
+  image_size, patch: the input size (default: the weights', else 224) and patch size
+    (default: the weights' or the variant's). A position embedding of another grid is
+    resampled bilinearly, a patch kernel of another size by FlexiViT's pseudo-inverse
+    resize (jaxlab.io.pretrained); the class token is kept.
+  method: full | linear | norm | lora | hybrid_parallel | hybrid_layerwise; policy (for
+    hybrid_layerwise): deep_lora | even_lora | odd_lora | explicit (with lora_blocks).
+  rank, alpha, dropout: LoRA's; targets: the layers it adapts (default qkv, proj, fc1, fc2;
+    attn_only=True: qkv and proj).
+  seed: the init key of the fresh leaves (head, LoRA; the whole model without weights).
+  dtype: the computation dtype (params stay float32); other keywords go to ViT.
+
+  labels: the label tree of params ('head', 'norm', 'lora', 'base' or 'frozen').
+  """
+  given = dict(patch=patch, width=width, depth=depth, heads=heads, mlp_dim=mlp_dim)
+  if variant is not None:
+    if variant not in VARIANTS:
+      raise ValueError(f'unknown variant {variant!r}; choose one of {", ".join(VARIANTS)}')
+    for k, v in zip(ARCH_FIELDS, VARIANTS[variant]):
+      given[k] = v if given[k] is None else given[k]
+  pretrained = None
+  if weights is None:
+    missing = [k for k in ARCH_FIELDS if given[k] is None]
+    if missing:
+      raise ValueError(f'without weights, give variant= (one of {", ".join(VARIANTS)}) or '
+                       f'{", ".join(missing)}')
+    arch = dict(given, image_size=224 if image_size is None else image_size)
+  else:
+    fixed, pretrained = read_weights(weights, heads=given['heads'])
+    clash = {k: (fixed[k], given[k]) for k in FIXED if given[k] is not None and given[k] != fixed[k]}
+    if clash:
+      raise ValueError('the weights fix ' + ', '.join(f'{k}={a!r} (got {b!r})'
+                                                      for k, (a, b) in clash.items())
+                       + '; image_size and patch may differ (resampled)')
+    arch = {k: fixed[k] for k in ARCH_FIELDS}
+    arch['patch'] = fixed['patch'] if given['patch'] is None else given['patch']
+    arch['image_size'] = fixed['image_size'] if image_size is None else image_size
+  arch = {k: int(v) for k, v in arch.items()}
+  if targets is None:
+    targets = ('qkv', 'proj') if attn_only else LORA_TARGETS
+  model, params, rules = peft_vit(
+      dict(arch, dtype=jnp.dtype(dtype), **vit_kw), num_classes, method, policy, rank, alpha,
+      dropout, lora_blocks, targets, seed, pretrained)
+  return model, params, label_tree(params, rules)
