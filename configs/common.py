@@ -50,7 +50,10 @@ def base_config():
   c.train = ml_collections.ConfigDict(dict(
       batch_size=64, epochs=1, eval_batch_size=500, steps_per_dispatch=1,
       log_every_steps=50, eval_every_epochs=1, steps=0, drop_last=False))
-  c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=2))
+  # params: all | trainable (leave the frozen parameters, e.g. a PEFT backbone, out of every
+  # checkpoint; workdir/backbone.json records their source and fingerprint, and a resume or an
+  # export rebuilds them from the same config).
+  c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=2, params='all'))
   # Checkpoint averaging (off while every_steps = 0): a snapshot of the parameters every
   # every_steps steps after start_fraction of the run; the mean of all of them (window = 0)
   # or of the last `window`, evaluated at the end beside the final parameters.

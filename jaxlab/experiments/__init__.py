@@ -4,6 +4,7 @@ import importlib
 
 from jaxlab.data.augment import NORMALIZATIONS
 from jaxlab.data.datasets import DATASETS, SOURCES
+from jaxlab.io.checkpoint import PARAMS
 from jaxlab.models import MODELS
 from jaxlab.optim.optimizers import OPTIMIZERS
 from jaxlab.optim.schedules import DECAY_SHAPES, SCHEDULES
@@ -26,6 +27,7 @@ CHOICES = (
     ('optim.schedule', SCHEDULES),
     ('optim.decay_shape', DECAY_SHAPES),
     ('augment.normalization', tuple(NORMALIZATIONS)),
+    ('checkpoint.params', PARAMS),
 )
 
 

@@ -8,21 +8,22 @@ figure of accuracy against trainable parameters. With
 """
 
 import copy
+import dataclasses
 import os
 
 import jax
-import jax.numpy as jnp
 
 from jaxlab import models
 from jaxlab.data.datasets import load_dataset, select_classes
+from jaxlab.io import pretrained as pt
 from jaxlab.io.report import markdown_table, scatter_plot, with_status
 from jaxlab.io.writers import write_json, write_text
-from jaxlab.models.vit import LORA_TARGETS, LoraSpec
-from jaxlab.peft import methods
+from jaxlab.models.vit import LORA_TARGETS
+from jaxlab.peft import api, methods
 from jaxlab.peft.lr_parity import LrParity
-from jaxlab.peft.partition import flatten, label_paths, merge, unflatten
+from jaxlab.peft.partition import flatten, label_paths, merge
 from jaxlab.train.guards import check_sweep, run_or_diverged
-from jaxlab.train.loop import fit, run_keys
+from jaxlab.train.loop import fit
 from jaxlab.train.report import print_summary
 from jaxlab.train.task import Task, flax_apply
 
@@ -75,41 +76,21 @@ def apply_recipe(config):
     config.augment.resize = config.model.image_size
 
 
-def graft(fresh, pretrained):
-  """`fresh` with every backbone leaf taken from `pretrained`; LoRA and head stay fresh.
-
-  The head is always new (transfer to a new label set); any other leaf missing
-  from `pretrained` or of another shape is an error that lists them.
-  """
-  out, problems = {}, []
-  flat_pre = flatten(pretrained)
-  for path, leaf in flatten(fresh).items():
-    if path.startswith('head/') or '/lora_' in path:
-      out[path] = leaf
-    elif path not in flat_pre:
-      problems.append(f'{path} missing')
-    elif flat_pre[path].shape != leaf.shape:
-      problems.append(f'{path} {flat_pre[path].shape} != {leaf.shape}')
-    else:
-      out[path] = jnp.asarray(flat_pre[path], leaf.dtype)
-  if problems:
-    raise ValueError('pretrained weights do not fit the configured model: ' + '; '.join(problems))
-  return unflatten(out)
+graft = api.graft  # the backbone grafting that make_task does, under its historical name
 
 
 def make_task(config, num_classes, pretrained=None):
-  """The ViT with the method's LoRA, its partition rules and freezing schedule."""
+  """The ViT with the method's LoRA, its partition rules and freezing schedule.
+
+  Built by jaxlab.peft.api.peft_vit, as `vit_with_peft` builds it: the same seed gives the
+  same params. A `pretrained` backbone of another image size or patch is resampled."""
   p = config.peft
-  depth = models.vit_arch(config.model)['depth']
-  blocks = methods.lora_blocks(p.method, depth, p.policy, tuple(p.lora_blocks))
+  if config.model.name != 'vit':
+    raise ValueError(f'the peft family fine-tunes a ViT; model.name is {config.model.name!r}')
   targets = ('qkv', 'proj') if p.attn_only else LORA_TARGETS
-  lora = LoraSpec(p.rank, p.alpha, p.dropout, blocks, targets) if blocks else None
-  model = models.build(config.model, num_classes, lora=lora)
-  size = config.model.image_size
-  params = jax.jit(model.init)(run_keys(config.seed)[0], jnp.zeros((1, size, size, 3)))['params']
-  if pretrained is not None:
-    params = graft(params, pretrained)
-  rules = methods.rules(p.method, depth, blocks)
+  model, params, rules = api.peft_vit(models.vit_arch(config.model), num_classes, p.method,
+                                      p.policy, p.rank, p.alpha, p.dropout, tuple(p.lora_blocks),
+                                      targets, config.seed, pretrained)
   groups = set(label_paths(flatten(params), rules).values())
   parity = None
   if p.lr_parity:
@@ -126,7 +107,10 @@ def make_task(config, num_classes, pretrained=None):
 
 
 def load_pretrained(config):
-  """Backbone params from `config.pretrained` (None for 'none'); checks the architecture."""
+  """Backbone params from `config.pretrained` (None for 'none'); checks the architecture.
+
+  Width, depth and MLP size must match the configured model; another image size or patch
+  is fine (make_task resamples the position embedding and the patch kernel)."""
   from jaxlab.io import pretrained as pt
   src = config.pretrained
   if src.source == 'none':
@@ -141,10 +125,11 @@ def load_pretrained(config):
     raise ValueError(f'unknown pretrained.source {src.source!r}; choose one of '
                      f'{", ".join(PRETRAINED_SOURCES)}')
   want = models.vit_arch(config.model)
-  clash = {k: (arch[k], want[k]) for k in ('patch', 'width', 'depth', 'mlp_dim') if arch[k] != want[k]}
+  clash = {k: (arch[k], want[k]) for k in ('width', 'depth', 'mlp_dim') if arch[k] != want[k]}
   if clash:
     raise ValueError(f'pretrained weights ({src.source}) have {clash} (theirs, configured); '
-                     'set --config.model.* to match')
+                     'set --config.model.* to match (model.image_size and model.patch may '
+                     'differ: the position embedding and patch kernel are resampled)')
   return params
 
 
@@ -175,13 +160,28 @@ def _inputs(config):
   return dataset, pretrained
 
 
-def run_one(config, workdir, dataset, pretrained):
-  """Train one method; returns its summary (also in workdir/summary.json)."""
+def backbone_source(config, workdir):
+  """Where the frozen backbone of the runs in `workdir` comes from (backbone.json records it
+  beside adapter-only checkpoints; jaxlab.export reads it back)."""
+  src = config.pretrained
+  if src.source == 'pretrain':
+    return {'source': 'pretrain', 'path': os.path.abspath(os.path.join(workdir, 'pretrain'))}
+  if src.source in ('npz', 'timm'):
+    return {'source': src.source, 'path': os.path.abspath(os.path.expanduser(src.path))}
+  if src.source == 'augreg':
+    return {'source': 'augreg', 'path': os.path.join(src.cache_dir, pt.AUGREG_S16)}
+  return {'source': src.source, 'seed': config.seed}  # 'none': initialised from the seed
+
+
+def run_one(config, workdir, dataset, pretrained, backbone=None):
+  """Train one method; returns its summary (also in workdir/summary.json). `backbone`: the
+  frozen weights' source (backbone_source), recorded with adapter-only checkpoints."""
   config = copy.deepcopy(config)
   apply_recipe(config)
   if config.data.classes:
     dataset = select_classes(dataset, config.data.classes)
-  task = make_task(config, dataset.num_classes, pretrained)
+  task = dataclasses.replace(make_task(config, dataset.num_classes, pretrained),
+                             backbone=backbone)
   p = config.peft
   name = methods.describe(p.method, p.policy, tuple(p.lora_blocks))
   summary, state = fit(config, workdir, task, dataset,
@@ -223,8 +223,9 @@ def run(config, workdir):
   dataset, pretrained = _inputs(config)
   if config.pretrained.source == 'pretrain':
     pretrained = pretrain(config, os.path.join(workdir, 'pretrain'), dataset)
+  backbone = backbone_source(config, workdir)
   if not config.sweep.runs:
-    summary, _ = run_one(config, workdir, dataset, pretrained)
+    summary, _ = run_one(config, workdir, dataset, pretrained, backbone)
     print_summary(summary, workdir)
     return summary
   rows = []
@@ -235,7 +236,7 @@ def run(config, workdir):
       c.peft.method = method
       c.peft.policy = policy or c.peft.policy
     out = os.path.join(workdir, spec.replace('/', '-'))
-    rows.append(run_or_diverged(lambda: run_one(c, out, dataset, pretrained)[0]))
+    rows.append(run_or_diverged(lambda: run_one(c, out, dataset, pretrained, backbone)[0]))
   write_report(workdir, rows, config)
   check_sweep([(r['run'], r) for r in rows], config)
   return {'runs': rows}
@@ -243,7 +244,22 @@ def run(config, workdir):
 
 def write_report(workdir, rows, config):
   """workdir/table.md (ours beside SPEC's reference) and workdir/accuracy_vs_trainables.png."""
-  title = f'{config.model.variant or "custom ViT"} on {config.data.name}, {config.train.epochs} epochs'
+  mc, classes = config.model, tuple(config.data.classes)
+
+  def span(cs):  # (5, 6, 7, 8, 9) → '5–9'
+    if len(cs) > 2 and list(cs) == list(range(cs[0], cs[-1] + 1)):
+      return f'{cs[0]}–{cs[-1]}'
+    return ', '.join(map(str, cs)) or '(all classes)'
+
+  model = (f'ViT-{mc.variant}' if mc.variant else
+           f'ViT (patch {mc.patch}, width {mc.width}, depth {mc.depth}, {mc.image_size} px)')
+  data = f'{config.data.name} {span(classes)}' if classes else config.data.name
+  title = f'{model} on {data}, {config.train.epochs} epochs'
+  if config.pretrained.source == 'pretrain':
+    title += (f'; backbone trained from scratch on {config.data.name} '
+              f'{span(tuple(config.sweep.pretrain_classes))} ({config.sweep.pretrain_epochs} epochs)')
+  elif config.pretrained.source != 'none':
+    title += f'; backbone {config.pretrained.source}'
   note = ('\n\nStep time and img/s are the training step alone (diagnostics run apart). Peak '
           'memory is each run\'s own: XLA\'s memory analysis of its compiled training step '
           '(arguments, incl. the device-resident data set, + outputs − donated + temporaries); '
@@ -257,7 +273,8 @@ def write_report(workdir, rows, config):
   write_text(os.path.join(workdir, 'table.md'), text)
   scatter_plot(os.path.join(workdir, 'accuracy_vs_trainables.png'),
                [(r['trainable_params'], r['acc1'], r['run']) for r in finished],
-               'trainable parameters', 'Acc@1 (final)', f'PEFT: {title}', logx=True,
+               'trainable parameters', 'Acc@1 (final)',
+               f'PEFT, {len(rows)} method{"s" * (len(rows) != 1)}: {title}', logx=True,
                diverged=[(r['trainable_params'], f'{r["run"]}: {r["status"]}') for r in rows
                          if r.get('diverged_at_step') is not None])
   write_json(os.path.join(workdir, 'sweep.json'), rows)

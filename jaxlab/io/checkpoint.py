@@ -1,16 +1,72 @@
-"""Orbax checkpoints of the train state: periodic, atomic, resumable."""
+"""Orbax checkpoints of the train state: periodic, atomic, resumable.
 
+With `trainable_only` (config `checkpoint.params='trainable'`) a checkpoint leaves out the
+frozen parameters (for PEFT, the whole pretrained backbone): a resumed run takes them from
+the state it rebuilt from the same config, and `backbone.json` in the workdir records where
+they came from and their fingerprint, so a resume or an export with other weights is refused
+instead of silently mixing adapters with the wrong backbone.
+"""
+
+import hashlib
+import json
 import os
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+
+from jaxlab.io.writers import write_json
+from jaxlab.peft.partition import flatten
+
+PARAMS = ('all', 'trainable')  # checkpoint.params: what a checkpoint holds
+BACKBONE = 'backbone.json'
+
+
+def fingerprint(tree):
+  """sha256 of a tree of arrays: every leaf's path, dtype, shape and bytes, in path order."""
+  h = hashlib.sha256()
+  for path, leaf in sorted(flatten(tree).items()):
+    a = np.ascontiguousarray(jax.device_get(leaf))
+    h.update(f'{path}|{a.dtype}|{a.shape}|'.encode())
+    h.update(a.tobytes())
+  return h.hexdigest()
+
+
+def backbone_record(frozen, source=None):
+  """What backbone.json holds: the frozen parameters' source (a dict the family gives, e.g.
+  {'source': 'timm', 'path': ...}), fingerprint, count and bytes."""
+  leaves = jax.tree.leaves(frozen)
+  return {**(source or {}), 'fingerprint': fingerprint(frozen),
+          'frozen_parameters': int(sum(np.size(x) for x in leaves)),
+          'frozen_bytes': int(sum(np.size(x) * np.dtype(x.dtype).itemsize for x in leaves))}
+
+
+def check_backbone(workdir, record):
+  """Write workdir/backbone.json, or check it against `record` when it exists (a resume):
+  a different fingerprint is a ValueError that names both sources."""
+  path = os.path.join(workdir, BACKBONE)
+  if os.path.exists(path):
+    with open(path) as f:
+      saved = json.load(f)
+    if saved.get('fingerprint') != record['fingerprint']:
+      describe = lambda r: (f"{r.get('source', '?')} {r.get('path', '')}".strip()
+                            + f" (fingerprint {r.get('fingerprint', '?')[:12]})")
+      raise ValueError(
+          f'{workdir} saves only the trained parameters (checkpoint.params=trainable) of a run '
+          f'on the frozen backbone {describe(saved)}, but the backbone now is {describe(record)}. '
+          'Resume it with the same weights, or use another --workdir')
+    return saved
+  write_json(path, record)
+  return record
 
 
 class Checkpointer:
-  """Saves the state every `every_steps` steps (and when forced), keeping the last `keep`."""
+  """Saves the state every `every_steps` steps (and when forced), keeping the last `keep`;
+  with `trainable_only`, without `state.frozen` (restored from the state given to `restore`)."""
 
-  def __init__(self, directory, every_steps, keep):
+  def __init__(self, directory, every_steps, keep, trainable_only=False):
     self.every = max(int(every_steps), 1)
+    self.trainable_only = trainable_only
     self.manager = ocp.CheckpointManager(
         os.path.abspath(os.fspath(directory)),
         options=ocp.CheckpointManagerOptions(
@@ -22,8 +78,12 @@ class Checkpointer:
   def restore(self, like, step=None):
     """The saved state at `step` (default: the latest) with the structure of `like`."""
     step = self.latest_step() if step is None else step
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-    return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, self._saved(like))
+    restored = self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    return restored.replace(frozen=like.frozen) if self.trainable_only else restored
+
+  def _saved(self, state):
+    return state.replace(frozen={}) if self.trainable_only else state
 
   def save(self, step, state, force=False):
     """Save if `step` is on the interval (or `force`); returns whether it saved. (The interval
@@ -31,7 +91,8 @@ class Checkpointer:
     multi-process run calls it at the same steps; orbax writes one checkpoint."""
     if not force and int(step) % self.every:
       return False
-    return self.manager.save(int(step), args=ocp.args.StandardSave(state), force=True)
+    return self.manager.save(int(step), args=ocp.args.StandardSave(self._saved(state)),
+                             force=True)
 
   def close(self):
     self.manager.wait_until_finished()

@@ -16,7 +16,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxlab.data.augment import make_eval_preprocess
-from jaxlab.io.checkpoint import Checkpointer
+from jaxlab.io.checkpoint import Checkpointer, backbone_record, check_backbone
 from jaxlab.io.tensorboard import TensorBoardLog
 from jaxlab.io.writers import JsonlLog, is_writer, write_json
 from jaxlab.metrics.classification import count_params
@@ -66,9 +66,12 @@ def fit(config, workdir, task, dataset, *, mesh=None, on_chunk=None, summary_ext
   setup = build(config, task, mesh, total, spe, layout)
   averager, chunk_fn = setup.averager, setup.chunk_fn
 
+  trainable_only = config.checkpoint.get('params', 'all') == 'trainable'
   ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'), config.checkpoint.every_steps,
-                      config.checkpoint.keep)
+                      config.checkpoint.keep, trainable_only)
   resumed_from = ckpt.latest_step()
+  if trainable_only:  # before the first save or any restore: a different backbone is refused
+    check_backbone(workdir, backbone_record(setup.state.frozen, task.backbone))
   summary_path = os.path.join(workdir, 'summary.json')
   state = layout.place(setup.state)
   if resumed_from is not None:

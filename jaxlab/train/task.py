@@ -36,6 +36,9 @@ class Task:
   controller: optional host-side controller with `init_extra()` (the initial
     TrainState.extra, e.g. learning-rate scales) and `observe(extra,
     first_step, metrics) -> extra`, called after every dispatch.
+  backbone: where the frozen parameters come from (e.g. {'source': 'timm', 'path': FILE}),
+    recorded in workdir/backbone.json when checkpoints leave them out
+    (checkpoint.params='trainable').
   """
   params: Any
   apply: Callable[..., jax.Array]
@@ -49,6 +52,7 @@ class Task:
   seeds: tuple[int, ...] | None = None
   workers: Any = None
   controller: Any = None
+  backbone: dict | None = None
 
   def initial_extra(self):
     out = dict(self.extra or {})
