@@ -16,9 +16,9 @@ Variants combine with commas (python launch.py --config=configs/mhc.py:mhc_stati
              every 1/50 of the run over the last 20% in place of the cooldown)
   others     n1 (one stream: the seed's setting; warns that mHC is then the plain network)
              learned_pos (learned position embeddings instead of RoPE)
-             quick (offline demo on the embedded digits: a 4-block ViT with patch 8, 10 epochs,
-                    regular vs mhc_dynamic unless arms are named, record + PNGs; about 2.5
-                    minutes on two CPU cores)
+             quick (offline demo on the embedded digits: a 4-block ViT with patch 8, 15 epochs
+                    of batch 32, regular vs mhc_dynamic unless arms are named, record + PNGs;
+                    test acc ≈ 0.96 for both arms, about 2 minutes on two CPU cores)
 The CIFAR-10 data must be on the machine (see README "Data").
 """
 
@@ -66,16 +66,26 @@ def average(c):
 
 
 def quick(c):
+  """The offline demo: a 4-block ViT (patch 8, width 64, 8 heads) on the embedded digits.
+
+  8 heads of width 8 rather than 2 of 32: from SPEC's trunc-normal(0.02) init on ~1,400 images
+  they leave the loss plateau at ln 10 within an epoch or two (2 heads: after 3-4). Batch 32:
+  on two CPU cores mHC's step costs ~2.5 ms an image at batch 16-32 and ~3.6 at 64. The
+  augmentation is what digits take: small shifts and zooms (random-resized-crop 0.75-1, square)
+  and rotations up to 10°; no flip (a mirrored 2 is not a digit), no colour (grey images),
+  no RandAugment or erasing (too strong for 8×8 glyphs in 15 epochs).
+  """
   c.data.name = 'digits'
-  c.model.update(dict(variant='', patch=8, width=64, depth=4, heads=2, mlp_dim=128,
+  c.model.update(dict(variant='', patch=8, width=64, depth=4, heads=8, mlp_dim=128,
                       dtype='float32'))
-  c.augment.normalization = 'half'
-  c.augment.randaugment_ops = 1
-  c.train.update(dict(batch_size=64, epochs=10, eval_batch_size=120, log_every_steps=23,
-                      steps_per_dispatch=1, eval_every_epochs=5))
+  c.augment.update(dict(normalization='half', flip=False, rotation=10.0, randaugment_ops=0,
+                        color_jitter=(0.0, 0.0, 0.0, 0.0), erasing_p=0.0))
+  # One dispatch per epoch: 45 steps of 32 over the 1,437 training images (the last one partial).
+  c.train.update(dict(batch_size=32, epochs=15, eval_batch_size=120, log_every_steps=45,
+                      steps_per_dispatch=45, eval_every_epochs=5))
   c.checkpoint.every_steps = 10_000  # the end of each arm only: a CPU save stalls seconds
   if c.averaging.every_steps:
-    c.averaging.every_steps = 4
+    c.averaging.every_steps = 9  # five snapshots an epoch, dividing the dispatch evenly
 
 
 VARIANTS = {

@@ -44,6 +44,15 @@ def test_record_has_every_field_and_both_arms(two_arms):
   assert static['extra_params'] == 48 and regular['extra_params'] == 0
   for row in (regular, static, regular['averaged']):
     assert 0 <= row['acc'] <= 1 and 0 <= row['knn_acc'] <= 1 and -1 <= row['silhouette'] <= 1
+  # Step time and its overhead over the regular arm, for every arm, in the record and its page.
+  assert regular['step_time_s'] > 0 and static['step_time_s'] > 0
+  assert regular['step_overhead'] == 0 and static['step_overhead'] > -1
+  assert regular['compile_time_s'] > 0
+  results = text.split('## Results', 1)[1].split('\n\n')[1].splitlines()
+  columns = [c.strip() for c in results[0].strip('|').split('|')]
+  for line in results[2:4]:
+    cells = dict(zip(columns, (c.strip() for c in line.strip('|').split('|'))))
+    assert '–' not in (cells['step time (s)'], cells['step-time overhead']), line
   assert static['hres_row_error'] < 1e-3
   # SPEC's static initialisation (−8 off the diagonal, τ = 0.05) leaves no gradient to the
   # H_res logits (exp(−160) underflows), so H_res stays exactly the identity; the record says so.
@@ -51,6 +60,19 @@ def test_record_has_every_field_and_both_arms(two_arms):
   for arm in ('regular', 'mhc_static'):
     with open(os.path.join(two_arms, arm, 'embeddings.png'), 'rb') as f:
       assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+
+
+def test_step_time_of_an_arm_that_timed_no_step_comes_from_its_log(tmp_path):
+  # An arm resumed at its last step times no step in this process: the record takes the
+  # step-weighted mean of its logged train records instead of showing '–'.
+  from jaxlab.experiments import mhc
+  records = [dict(split='train', step=10, step_time_s=0.2), dict(split='test', step=10),
+             dict(split='train_epoch', step=10, step_time_s=9.0),
+             dict(split='train', step=40, step_time_s=0.1)]
+  (tmp_path / 'metrics.jsonl').write_text('\n'.join(map(json.dumps, records)) + '\n')
+  assert mhc.step_time({'avg_step_time_s': 0.3}, str(tmp_path)) == 0.3
+  assert mhc.step_time({'avg_step_time_s': None}, str(tmp_path)) == pytest.approx(0.125)
+  assert mhc.step_time({}, str(tmp_path / 'elsewhere')) is None
 
 
 def test_compare_puts_runs_side_by_side(two_arms, tmp_path):

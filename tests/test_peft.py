@@ -105,8 +105,9 @@ def tiny_config(**peft_fields):
   c.pretrained.source = 'none'
   c.data.classes = ()
   c.model.update(image_size=16, patch=8, width=16, depth=2, heads=2, mlp_dim=32)
-  c.peft.update(method='hybrid_parallel', rank=2)
+  c.peft.update(method='hybrid_parallel', rank=2, diagnostics=True)  # quick turns them off
   c.peft.update(peft_fields)
+  c.augment.rrc_scale = (0.0, 0.0)  # quick's random zoom off: only the recipe's augmentation
   c.train.update(batch_size=8, epochs=2, eval_batch_size=8, steps_per_dispatch=1, log_every_steps=1)
   c.checkpoint.every_steps = 100
   peft.apply_recipe(c)

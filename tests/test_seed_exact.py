@@ -23,8 +23,11 @@ def test_lamb_has_its_own_base_lr():
   assert distributed.scaled_lr(c.optim, 8192) == 5e-4 * math.sqrt(8192 / 64)
 
 
-def test_peft_table_puts_the_reference_in_the_best_epoch_column(tmp_path, capsys):
+def test_peft_table_puts_the_reference_in_the_best_epoch_column(tmp_path, capsys, monkeypatch):
   from configs import hybrid
+  titles = []
+  draw = peft.scatter_plot
+  monkeypatch.setattr(peft, 'scatter_plot', lambda *a, **k: titles.append(a[4]) or draw(*a, **k))
   rows = [dict(run='norm', trainable_params=100, avg_step_time_s=0.1, throughput_img_s=10.0,
                peak_mem_bytes=1000, acc1=0.5, acc1_best=0.6, best_epoch=2, ece=0.1),
           dict(run='lora', trainable_params=200, status='diverged at step 7', diverged_at_step=7,
@@ -37,3 +40,8 @@ def test_peft_table_puts_the_reference_in_the_best_epoch_column(tmp_path, capsys
   assert "Seed 000 reports the best epoch's Acc@1" in table
   assert '| hybrid_parallel | 647,524 | 0.7300 | – | – | – | 0.8950 |' in table
   assert (tmp_path / 'accuracy_vs_trainables.png').exists()
+  # The title says what ran: model, data, epochs, where the backbone came from, how many methods.
+  what = ('ViT (patch 8, width 64, depth 4, 32 px) on digits 5–9, 20 epochs; backbone trained '
+          'from scratch on digits 0–4 (60 epochs)')
+  assert f'# PEFT methods: {what}' in table
+  assert titles == [f'PEFT, 2 methods: {what}']

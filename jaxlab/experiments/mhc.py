@@ -86,6 +86,27 @@ def _describe_residual(spec):
   return 'plain residual' if spec is None else spec.describe()
 
 
+def step_time(summary, workdir):
+  """The arm's mean training-step time (s): the summary's, or, when this process timed no
+  step (an arm resumed at its last step), the step-weighted mean of the train records of
+  workdir/metrics.jsonl; None if neither has one."""
+  if summary.get('avg_step_time_s'):
+    return summary['avg_step_time_s']
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    records = [r for r in map(json.loads, f) if r.get('split') == 'train']
+  seconds = steps = 0.0
+  last = 0
+  for r in sorted(records, key=lambda r: r['step']):
+    if r.get('step_time_s') is not None and r['step'] > last:
+      seconds += r['step_time_s'] * (r['step'] - last)
+      steps += r['step'] - last
+    last = r['step']
+  return seconds / steps if steps else None
+
+
 def run_arm(config, workdir, dataset, arm):
   """Train one arm; returns its row of the record (also in workdir/arm.json)."""
   c = arm_config(config, arm)
@@ -100,7 +121,10 @@ def run_arm(config, workdir, dataset, arm):
   arm_path = os.path.join(workdir, 'arm.json')
   if summary.get('finished_earlier') and os.path.exists(arm_path):  # embeddings measured then
     with open(arm_path) as f:
-      return json.load(f)
+      row = json.load(f)
+    if row.get('step_time_s') is None:  # an arm.json written without it
+      row['step_time_s'] = step_time(summary, workdir)
+    return row
   final = merge(state.params, state.frozen)
   images, labels = dataset.test.images, dataset.test.labels
   embed_fn = make_embed(task, model, c, mesh)
@@ -112,8 +136,8 @@ def run_arm(config, workdir, dataset, arm):
   row = dict(arm=arm, residual=_describe_residual(spec), loss=summary['nll'],
              acc=summary['acc1'], acc_best=summary.get('acc1_best'),
              best_epoch=summary.get('best_epoch'), **embedding_metrics(emb, labels),
-             params=summary['total_params'], step_time_s=summary['avg_step_time_s'],
-             img_s=summary['throughput_img_s'],
+             params=summary['total_params'], step_time_s=step_time(summary, workdir),
+             img_s=summary['throughput_img_s'], compile_time_s=summary.get('compile_time_s'),
              **(hres_stats(model, c, final, images[:c.train.eval_batch_size])
                 if spec is not None else {}),
              projection=method)
@@ -175,7 +199,7 @@ def make_record(config, workdir, dataset, rows):
     if r.get('params') is None:  # a diverged arm
       continue
     r['extra_params'] = r['params'] - base
-    if regular is not None and r['step_time_s'] and regular.get('step_time_s'):
+    if regular is not None and r.get('step_time_s') and regular.get('step_time_s'):
       r['step_overhead'] = r['step_time_s'] / regular['step_time_s'] - 1
   avg = averaging.from_config(config.averaging, total)
   warnings, notes = [], []
@@ -195,6 +219,11 @@ def make_record(config, workdir, dataset, rows):
       notes.append('An H_res still exactly the identity: with logits −8 off the diagonal and '
                    'τ = 0.05, exp(−160) underflows in float32, so those logits get no gradient '
                    'and the streams never mix (the static reference initialisation).')
+  if any(r.get('step_time_s') for r in rows):
+    notes.append('Step time: the mean time of one training step (up to '
+                 f'{max(tc.steps_per_dispatch, 1)} steps per dispatch; compilation, evaluation '
+                 'and embeddings excluded; device-synchronised). Step-time overhead: the arm\'s '
+                 'step time over the regular arm\'s, minus 1.')
   projection = {r['projection'] for r in rows if r.get('projection')}
   notes.append(f'Embedding pictures: {", ".join(sorted(projection)).upper()} of the normed class '
                'token of each test image, coloured by class.')

@@ -30,6 +30,7 @@ RESULT_COLUMNS = (
     ('extra params', 'extra_params', '{:+,}'),
     ('step time (s)', 'step_time_s', '{:.4f}'),
     ('step-time overhead', 'step_overhead', '{:+.1%}'),
+    ('compile (s)', 'compile_time_s', '{:.1f}'),
 )
 
 # The columns of the averaged-parameter rows and of the reference rows.

@@ -2,6 +2,7 @@
 
 import math
 import os
+import textwrap
 
 from jaxlab.io.writers import is_writer
 
@@ -27,19 +28,54 @@ def _figure():
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
-  return plt, *plt.subplots(figsize=(6, 4), dpi=120)
+  return plt, *plt.subplots(figsize=(6.4, 4.4), dpi=120)
 
 
-def _save(plt, fig, ax, path, xlabel, ylabel, title, logx):
+def plain_number(value):
+  """A tick label without exponents: 2,000 and 20,000; 0.003; 1.5."""
+  if value >= 1000:
+    return f'{value:,.0f}'
+  return f'{value:g}'
+
+
+def _log_ticks(ax, explicit=False):
+  """Plain-number labels on a log x axis: majors at 1, 2, 5 × 10^k over up to three decades (1 ×
+  10^k beyond), no labels on the minor ticks (matplotlib's default crowds 2×10³ 3×10³ ...)."""
+  from matplotlib import ticker
+  axis = ax.xaxis
+  if not explicit:
+    lo, hi = ax.get_xlim()
+    decades = math.log10(hi / lo) if lo > 0 and hi > lo else 1.0
+    subs = (1.0, 2.0, 5.0) if decades <= 3 else (1.0,)
+    axis.set_major_locator(ticker.LogLocator(base=10, subs=subs))
+  axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: plain_number(v)))
+  axis.set_minor_formatter(ticker.NullFormatter())
+
+
+def _finish(fig, ax, xlabel, ylabel, title, logx, xticks=None):
+  """Axis titles, log scale with plain ticks, the (wrapped) title, the layout."""
   if logx:
     ax.set_xscale('log')
-  ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+  if xticks is not None:
+    ax.set_xticks(list(xticks))
+  if logx:
+    _log_ticks(ax, explicit=xticks is not None)
+  ax.set(xlabel=xlabel, ylabel=ylabel)
+  ax.set_title(textwrap.fill(title, 72), fontsize=10)
   ax.grid(True, alpha=0.3)
   fig.tight_layout()
+
+
+def _write(plt, fig, path):
   if is_writer():
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path)
   plt.close(fig)
+
+
+def _save(plt, fig, ax, path, xlabel, ylabel, title, logx, xticks=None):
+  _finish(fig, ax, xlabel, ylabel, title, logx, xticks)
+  _write(plt, fig, path)
 
 
 def with_status(row, key):
@@ -64,14 +100,92 @@ def _mark_diverged(ax, diverged):
                 ha='right' if right else 'left', fontsize=7, color='red')
 
 
-def scatter_plot(path, points, xlabel, ylabel, title, logx=False, diverged=()):
-  """Save a labelled scatter plot. points: (x, y, label) triples; diverged: (x, text) pairs."""
+# Where a point's label may go, in offset points from the point (dx, dy, ha, va), tried in
+# order: beside it first, then above and below, then further out.
+_LABEL_SPOTS = tuple((sx * dx, sy * dy, ha, va)
+                     for dx, dy in ((7, 3), (7, 12), (0, 10), (7, 22), (0, 22), (14, 34))
+                     for sy, va in ((1, 'bottom'), (-1, 'top'))
+                     for sx, ha in ((1, 'left' if dx else 'center'),
+                                    (-1, 'right' if dx else 'center')))
+
+
+def _overlap(a, b):
+  """Area shared by two display-space boxes."""
+  w = min(a.x1, b.x1) - max(a.x0, b.x0)
+  h = min(a.y1, b.y1) - max(a.y0, b.y0)
+  return w * h if w > 0 and h > 0 else 0.0
+
+
+def place_labels(fig, ax, points, colors, fontsize=8):
+  """Annotate each (x, y, label) where its text overlaps no other text, no marker and stays
+  inside the axes: the first free spot of _LABEL_SPOTS, else the least crowded one. A label
+  set away from its point gets a thin leader line. Returns the annotations."""
+  from matplotlib.transforms import Bbox
+  renderer = fig.canvas.get_renderer()
+  frame = ax.get_window_extent(renderer)
+  taken = [t.get_window_extent(renderer) for t in ax.texts]  # e.g. the diverged runs' notes
+  for x, y, _ in points:  # the markers themselves
+    px, py = ax.transData.transform((x, y))
+    taken.append(Bbox.from_extents(px - 5, py - 5, px + 5, py + 5))
+
+  def cost(box):
+    outside = ((max(frame.x0 - box.x0, 0) + max(box.x1 - frame.x1, 0)) * box.height
+               + (max(frame.y0 - box.y0, 0) + max(box.y1 - frame.y1, 0)) * box.width)
+    return 4 * outside + sum(_overlap(box, t) for t in taken)
+
+  out = []
+  for (x, y, label), color in zip(points, colors):
+    best = None
+    for dx, dy, ha, va in _LABEL_SPOTS:
+      ann = ax.annotate(label, (x, y), textcoords='offset points', xytext=(dx, dy), ha=ha,
+                        va=va, fontsize=fontsize, color=color)
+      box = ann.get_window_extent(renderer).expanded(1.04, 1.15)
+      ann.remove()
+      c = cost(box)
+      if best is None or c < best[0]:
+        best = (c, box, (dx, dy, ha, va))
+      if c == 0:
+        break
+    _, box, (dx, dy, ha, va) = best
+    far = abs(dx) > 10 or abs(dy) > 15
+    out.append(ax.annotate(
+        label, (x, y), textcoords='offset points', xytext=(dx, dy), ha=ha, va=va,
+        fontsize=fontsize, color=color,
+        arrowprops=dict(arrowstyle='-', color=color, lw=0.6, shrinkA=0, shrinkB=4)
+        if far else None))
+    taken.append(box)
+  return out
+
+
+def draw_scatter(points, xlabel, ylabel, title, logx=False, diverged=()):
+  """(plt, fig, ax, label annotations) of scatter_plot's figure, not yet saved."""
   plt, fig, ax = _figure()
-  for x, y, label in points:
-    ax.scatter([x], [y], s=40)
-    ax.annotate(label, (x, y), textcoords='offset points', xytext=(5, 4), fontsize=8)
+  colors = [f'C{i % 10}' for i in range(len(points))]
+  for (x, y, _), color in zip(points, colors):
+    ax.scatter([x], [y], s=40, color=color, zorder=3)
+  if points:
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    if logx:  # room for the labels: a fifth of the span (at least a quarter-decade) each side
+      lo, hi = math.log10(min(xs)), math.log10(max(xs))
+      pad = max(0.2 * (hi - lo), 0.25)
+      ax.set_xlim(10 ** (lo - pad), 10 ** (hi + 1.6 * pad))
+    else:
+      span = (max(xs) - min(xs)) or abs(max(xs)) or 1.0
+      ax.set_xlim(min(xs) - 0.2 * span, max(xs) + 0.35 * span)
+    span = (max(ys) - min(ys)) or 0.05
+    ax.set_ylim(min(ys) - 0.25 * span, max(ys) + 0.3 * span)
   _mark_diverged(ax, diverged)
-  _save(plt, fig, ax, path, xlabel, ylabel, title, logx)
+  _finish(fig, ax, xlabel, ylabel, title, logx)
+  return plt, fig, ax, place_labels(fig, ax, points, colors)
+
+
+def scatter_plot(path, points, xlabel, ylabel, title, logx=False, diverged=()):
+  """Save a labelled scatter plot. points: (x, y, label) triples; diverged: (x, text) pairs.
+
+  No label overlaps another or a marker; a log x axis has plain-number ticks; the title is
+  wrapped to the figure's width."""
+  plt, fig, _, _ = draw_scatter(points, xlabel, ylabel, title, logx, diverged)
+  _write(plt, fig, path)
 
 
 def line_plot(path, lines, xlabel, ylabel, title, logx=False, xticks=None, diverged=()):
@@ -80,9 +194,7 @@ def line_plot(path, lines, xlabel, ylabel, title, logx=False, xticks=None, diver
   plt, fig, ax = _figure()
   for label, xs, ys, yerr in lines:
     ax.errorbar(xs, ys, yerr=yerr, marker='o', capsize=3 if yerr is not None else 0, label=label)
-  if xticks is not None:
-    ax.set_xticks(xticks)
   _mark_diverged(ax, diverged)
   if lines or diverged:
     ax.legend(fontsize=7)
-  _save(plt, fig, ax, path, xlabel, ylabel, title, logx)
+  _save(plt, fig, ax, path, xlabel, ylabel, title, logx, xticks)
