@@ -12,6 +12,7 @@ import dataclasses
 import os
 
 import jax
+import ml_collections
 
 from jaxlab import models
 from jaxlab.data.datasets import load_dataset, select_classes
@@ -61,7 +62,7 @@ def apply_recipe(config):
   weights: resize, flip, the pretrained weights' own normalisation (0.5/0.5);
   week3: resize, crop with padding 4, flip, no normalisation (hybrid_parallel
   in the seed); standard: resize, flip, CIFAR-100 statistics (the seed's other
-  methods); seed: week3 for hybrid_parallel, standard otherwise.
+  methods); seed: week3 for hybrid_parallel, standard otherwise. Digits are never flipped.
   """
   recipe = config.augment.recipe
   if recipe not in RECIPES:
@@ -71,6 +72,8 @@ def apply_recipe(config):
   settings = {'weights': dict(crop_padding=0, flip=True, normalization='half'),
               'week3': dict(crop_padding=4, flip=True, normalization='none'),
               'standard': dict(crop_padding=0, flip=True, normalization='cifar100')}[recipe]
+  if config.data.name == 'digits':
+    settings['flip'] = False  # a mirrored digit is another glyph (or none)
   with config.unlocked():
     config.augment.update(settings)
     config.augment.resize = config.model.image_size
@@ -197,7 +200,10 @@ def pretrain(config, workdir, dataset):
     c.peft.update(method='full', freeze_lora_steps=0, freeze_norm_steps=0, alt_freeze_every=0,
                   diagnostics=False)
     c.train.epochs = config.sweep.pretrain_epochs
-    c.optim.update(lr=config.sweep.pretrain_lr, groups={})
+    c.optim.lr = config.sweep.pretrain_lr
+    # Every group at pretrain_lr: ConfigDict.update(groups={}) would merge, keeping the
+    # transfer's per-group rates for the head and the norms.
+    c.optim.groups = ml_collections.ConfigDict()
     c.augment.recipe = 'weights'
   summary, state = run_one(c, workdir, dataset, None)
   print(f'pretrained on classes {list(c.data.classes)}: acc@1 {summary["acc1"]:.4f}')
