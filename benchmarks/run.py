@@ -89,6 +89,7 @@ def _peft(spec, small):
     if policy:
       c.peft.policy = policy
     c.train.batch_size = 8 if small else 128
+    c.augment.rrc_scale = (0.0, 0.0)  # quick's random zoom: not in the PyTorch reference
   apply_recipe(c)
   return c, make_task(c, 100), (32, 32, 3), frozenset([held] if held else [])
 

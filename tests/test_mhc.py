@@ -32,7 +32,8 @@ def two_arms(tmp_path_factory):
 
 def test_record_has_every_field_and_both_arms(two_arms):
   text = open(os.path.join(two_arms, 'record.md')).read()
-  for field in ('Date-time', 'Dataset: digits', 'Model: ViT', 'Optimizer: adamw, base lr 0.003',
+  for field in ('Date-time', 'Dataset: digits', 'rotation up to 10°', 'Model: ViT',
+                'Optimizer: adamw, base lr 0.003',
                 'Schedule: warmup-hold-decay', 'Checkpoint averaging', 'mHC static: n = 4 streams',
                 '10 Sinkhorn iterations, τ = 0.05', 'Git commit', '## Config', 'seed 003',
                 '## Hypothesis', '## Run status'):

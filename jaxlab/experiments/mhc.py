@@ -179,6 +179,10 @@ def describe_augment(ac):
     parts.append(f'crop with padding {ac.crop_padding}')
   if ac.flip:
     parts.append('flip')
+  if ac.get('rotation'):
+    parts.append(f'rotation up to {ac.rotation:g}°')
+  if ac.get('perspective'):
+    parts.append(f'perspective {ac.perspective:g} (p {ac.get("perspective_p", 0.5):g})')
   if ac.get('randaugment_ops'):
     parts.append(f'RandAugment({ac.randaugment_ops}, {ac.randaugment_magnitude})')
   if any(ac.color_jitter):
