@@ -23,7 +23,7 @@ import numpy as np
 
 from jaxlab.io.checkpoint import BACKBONE, fingerprint
 from jaxlab.io.export import to_big_vision, to_timm
-from jaxlab.io.pretrained import read_safetensors, write_safetensors
+from jaxlab.io.pretrained import read_safetensors, read_safetensors_metadata, write_safetensors
 from jaxlab.peft.merge import has_lora
 from jaxlab.peft.partition import flatten, label_tree, merge, split, unflatten
 
@@ -110,10 +110,7 @@ def run_params(run_dir, step=None):
 
 def read_adapters(path):
   """(trainable params tree, metadata dict) of a file written with --format=adapters."""
-  with open(path, 'rb') as f:
-    n = int.from_bytes(f.read(8), 'little')
-    header = json.loads(f.read(n))
-  meta = header.get('__metadata__', {})
+  meta = read_safetensors_metadata(path)
   if meta.get('jaxlab_format') != 'adapters':
     raise ValueError(f'{path} is not a jaxlab adapters file (metadata: {sorted(meta)})')
   info = {k: json.loads(v) for k, v in meta.items() if k != 'jaxlab_format'}

@@ -66,17 +66,8 @@ def read_safetensors(path):
   U8 and BOOL.
   """
   with open(os.fspath(path), 'rb') as f:
-    head = f.read(8)
-    if len(head) != 8:
-      raise ValueError(f'{path}: not a safetensors file (shorter than 8 bytes)')
-    (n,) = struct.unpack('<Q', head)
-    if n > _MAX_HEADER:
-      raise ValueError(f'{path}: safetensors header length {n} is implausible (corrupt file?)')
-    header_bytes = f.read(n)
-    if len(header_bytes) != n:
-      raise ValueError(f'{path}: truncated safetensors header')
+    header = _read_header(f, path)
     data = bytearray(f.read())  # one writable buffer; the arrays below are views into it
-  header = json.loads(header_bytes.decode('utf-8'))
   out = {}
   for name, info in header.items():
     if name == '__metadata__':
@@ -95,6 +86,26 @@ def read_safetensors(path):
     arr = np.frombuffer(data, dtype=dtype, count=count, offset=begin).reshape(shape)
     out[name] = arr.astype(arr.dtype.newbyteorder('='), copy=False)
   return out
+
+
+def _read_header(f, path):
+  """The JSON header of the safetensors file open as `f` (left at the start of the data)."""
+  head = f.read(8)
+  if len(head) != 8:
+    raise ValueError(f'{path}: not a safetensors file (shorter than 8 bytes)')
+  (n,) = struct.unpack('<Q', head)
+  if n > _MAX_HEADER:
+    raise ValueError(f'{path}: safetensors header length {n} is implausible (corrupt file?)')
+  header_bytes = f.read(n)
+  if len(header_bytes) != n:
+    raise ValueError(f'{path}: truncated safetensors header')
+  return json.loads(header_bytes.decode('utf-8'))
+
+
+def read_safetensors_metadata(path):
+  """The {str: str} `__metadata__` of a .safetensors file ({} when it has none)."""
+  with open(os.fspath(path), 'rb') as f:
+    return _read_header(f, path).get('__metadata__', {})
 
 
 def write_safetensors(path, arrays, metadata=None):
