@@ -582,26 +582,3 @@ def resample_leaf(path, value, shape):
     return resample_patch_kernel(value, shape[:2])
   return None
 
-
-def resize_vit(arch, params, image_size=None, patch=None):
-  """(arch, params) of a converted checkpoint refitted to `image_size` and `patch`.
-
-  The position embedding is resampled to the new grid image_size // patch and the patch
-  kernel to the new patch (each only where it changes); the other leaves are shared.
-  Raises ValueError when the patch does not divide the image size.
-  """
-  image_size = arch['image_size'] if image_size is None else int(image_size)
-  patch = arch['patch'] if patch is None else int(patch)
-  if patch < 1 or image_size % patch:
-    raise ValueError(f'patch {patch} does not divide image_size {image_size}')
-  if (image_size, patch) == (arch['image_size'], arch['patch']):
-    return arch, params
-  params = dict(params)
-  grid = image_size // patch
-  if grid != arch['image_size'] // arch['patch']:
-    params['pos_embed'] = resample_pos_embed(params['pos_embed'], grid)
-  if patch != arch['patch']:
-    params['patch_embed'] = dict(params['patch_embed'],
-                                 kernel=resample_patch_kernel(params['patch_embed']['kernel'],
-                                                              patch))
-  return {**arch, 'image_size': image_size, 'patch': patch}, params

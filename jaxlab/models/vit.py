@@ -293,7 +293,6 @@ class ViT(nn.Module):
 def _pretrained(convert, source, reader, suffixes, kw):
   """(ViT, params) from a converter of jaxlab.io.pretrained and a path or a mapping."""
   import os
-  from jaxlab.io.pretrained import resize_vit
   heads = kw.pop('heads', None)
   seed = kw.pop('seed', 0)
   if isinstance(source, (str, os.PathLike)):
@@ -308,8 +307,12 @@ def _pretrained(convert, source, reader, suffixes, kw):
                                                          for k in clash)
                      + '; num_classes, image_size and patch may differ')
   model = ViT(**{**arch, **kw})
-  _, params = resize_vit(arch, params, model.image_size, model.patch)
-  if model.num_classes != arch['num_classes'] or model.lora is not None:
+  if model.patch < 1 or model.image_size % model.patch:
+    raise ValueError(f'patch {model.patch} does not divide image_size {model.image_size}')
+  changed = ('num_classes', 'image_size', 'patch')
+  if any(getattr(model, k) != arch[k] for k in changed) or model.lora is not None:
+    # graft resamples the position embedding and patch kernel (jaxlab.io.pretrained
+    # resample_leaf) and keeps the fresh head and LoRA leaves.
     from jaxlab.peft.api import graft, init_vit
     params = graft(init_vit(model, seed), params,
                    fresh_head=model.num_classes != arch['num_classes'])
