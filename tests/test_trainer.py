@@ -169,6 +169,96 @@ def test_nonfinite_loss_stops_the_run_and_nothing_nonfinite_is_saved(tmp_path, s
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(restored.params))
 
 
+def _settles(monkeypatch):
+  """The number of steps taken in at each of the loop's waits for the device."""
+  from jaxlab.train import loop
+  seen, settle = [], loop._Queue.settle
+
+  def counted(self):
+    got = settle(self)
+    if got is not None:
+      seen.append(got[2])
+    return got
+  monkeypatch.setattr(loop._Queue, 'settle', counted)
+  return seen
+
+
+def _train_records(workdir):
+  return [json.loads(line) for line in open(workdir / 'metrics.jsonl')
+          if json.loads(line)['split'] == 'train']
+
+
+def test_metrics_fetched_lazily_equal_the_eager_ones(tmp_path, small_digits, monkeypatch):
+  # log every 4 steps, no checkpoint in between: four dispatches queue before one wait. An
+  # on_chunk callback makes the loop wait after every dispatch (the eager fetch).
+  c = tiny_config(epochs=2, log_every_steps=4)
+  c.checkpoint.every_steps = 100
+  mesh = make_mesh(jax.devices()[:1])
+  seen = _settles(monkeypatch)
+  _, lazy = run(c, tmp_path / 'lazy', small_digits, mesh)
+  assert seen == [4, 4]
+  seen.clear()
+  _, eager = run(c, tmp_path / 'eager', small_digits, mesh, on_chunk=lambda step, state: None)
+  assert seen == [1] * 8
+  a, b = _train_records(tmp_path / 'lazy'), _train_records(tmp_path / 'eager')
+  assert [r['step'] for r in a] == [r['step'] for r in b] == [4, 8]
+  for ra, rb in zip(a, b):
+    assert (ra['loss'], ra['acc']) == (rb['loss'], rb['acc'])
+  p_lazy, p_eager = params_of(lazy), params_of(eager)
+  for k in p_lazy:
+    np.testing.assert_array_equal(p_lazy[k], p_eager[k], err_msg=k)
+  # A divergence inside a queue is reported at the step it happened, as when fetched eagerly.
+  c.optim.lr = 1e4
+  from jaxlab.train.guards import DivergenceError
+  steps = []
+  for name, kw in (('lazy_bad', {}), ('eager_bad', {'on_chunk': lambda step, state: None})):
+    with pytest.raises(DivergenceError) as e:
+      run(c, tmp_path / name, small_digits, mesh, **kw)
+    steps.append(e.value.step)
+  assert steps[0] == steps[1] and steps[0] < 8
+
+
+def test_the_loop_times_the_device_not_the_dispatch(tmp_path, small_digits):
+  # Every training step also runs a chain of matrix products whose time alone is measured
+  # here: a dispatch returns long before it ends, so the time the loop counts for a step
+  # must come from waiting for the device.
+  import dataclasses
+  import time
+
+  import jax.numpy as jnp
+
+  def heavy(s):
+    x = jnp.eye(384) + s * 1e-3
+    for _ in range(16):
+      x = jnp.tanh(x @ x)
+    return jnp.mean(x)
+
+  timed = jax.jit(heavy)
+  timed(1.0).block_until_ready()
+  alone = []
+  for _ in range(3):
+    t0 = time.perf_counter()
+    timed(1.0).block_until_ready()
+    alone.append(time.perf_counter() - t0)
+  c = tiny_config(epochs=2, log_every_steps=4)
+  c.checkpoint.every_steps = 100
+  task = make_task(c, small_digits.num_classes, (32, 32, 3))
+
+  def apply(params, images, train, key):
+    logits = task.apply(params, images, train, key)
+    if not train:
+      return logits
+    return logits + jax.lax.stop_gradient(heavy(jnp.mean(images)) * 0)
+
+  summary, _ = fit(c, str(tmp_path), dataclasses.replace(task, apply=apply), small_digits,
+                   mesh=make_mesh(jax.devices()[:1]))
+  assert summary['timed_steps'] == 8
+  # Generous for a noisy machine; a dispatch alone takes a small fraction of it.
+  assert summary['avg_step_time_s'] > 0.5 * min(alone), (summary['avg_step_time_s'], alone)
+  records = _train_records(tmp_path)
+  assert len(records) == 2 and all(r['step_time_s'] > 0.5 * min(alone) for r in records)
+
+
 def test_rerun_with_another_config_is_refused_and_a_finished_run_is_not_retrained(
     tmp_path, small_digits, capsys):
   from jaxlab.train.guards import ResumeMismatchError

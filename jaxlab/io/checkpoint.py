@@ -85,11 +85,15 @@ class Checkpointer:
   def _saved(self, state):
     return state.replace(frozen={}) if self.trainable_only else state
 
+  def due(self, step):
+    """Whether `save` saves at `step` without being forced."""
+    return int(step) % self.every == 0
+
   def save(self, step, state, force=False):
     """Save if `step` is on the interval (or `force`); returns whether it saved. (The interval
     is decided here: orbax's own also saves the first step it is offered.) Every process of a
     multi-process run calls it at the same steps; orbax writes one checkpoint."""
-    if not force and int(step) % self.every:
+    if not force and not self.due(step):
       return False
     return self.manager.save(int(step), args=ocp.args.StandardSave(self._saved(state)),
                              force=True)

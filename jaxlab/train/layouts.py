@@ -53,8 +53,13 @@ class Layout:
     del state, step
     return stop
 
+  def acts_after(self, state, step, first, end):
+    """Whether the layout acts (see `after`) once the steps first..step (of `end`) ran."""
+    del state, step, first, end
+    return False
+
   def after(self, state, step, first, end):
-    """The state after the steps first..step (of `end`) ran."""
+    """The state after the steps first..step (of `end`) ran, where `acts_after` says so."""
     del step, first, end
     return state
 
@@ -124,8 +129,11 @@ class Workers(Layout):
   def stop_before(self, state, step, stop):
     return min(stop, self.next_sync(state, step))
 
+  def acts_after(self, state, step, first, end):
+    return step == self.next_sync(state, first) or step == end  # the run ends as one model
+
   def after(self, state, step, first, end):
-    if step != self.next_sync(state, first) and step != end:  # the run ends as one model
+    if not self.acts_after(state, step, first, end):
       return state
     if self._average is None:
       self._average = make_average(self.spec, self.mesh, ordered_sums(self.config))

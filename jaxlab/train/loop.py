@@ -111,6 +111,34 @@ def fit(config, workdir, task, dataset, *, mesh=None, on_chunk=None, summary_ext
   last_eval = None
   bar = tqdm(total=end, initial=step, disable=not (config.progress and is_writer()), unit='step',
              desc=f'{config.experiment}', dynamic_ncols=True)
+  queue = _Queue()
+
+  def settle():
+    """Wait for the queued steps and take in their metrics: the divergence guard, the log
+    windows, the progress bar. Their time, device-synchronised here, is the span from the
+    first one's batch to now."""
+    nonlocal train_time, timed_steps
+    got = queue.settle()
+    if got is None:
+      return
+    metrics, dt, n, first = got
+    bad = guards.first_nonfinite(metrics, first)
+    if bad is not None:
+      bar.close()
+      error = guards.DivergenceError(
+          *bad, ckpt.latest_step(), workdir, guards.divergence_hint(config),
+          details={**(summary_extra or {}),
+                   'trainable_params': count_params(setup.state.params) // setup.copies})
+      write_json(summary_path, error.record())
+      raise error
+    metrics = {k: v for k, v in metrics.items() if not k.startswith('finite/')}
+    train_time, timed_steps = train_time + dt, timed_steps + n
+    window.append((metrics, dt, n))
+    epoch_window.append((metrics, dt, n))
+    bar.set_postfix(loss=f"{float(np.mean(metrics['loss'][-1])):.4f}",
+                    img_s=f'{n * tc.batch_size / dt:,.0f}')
+    return metrics
+
   try:
     while step < end:
       every = getattr(task.controller, 'every', None)
@@ -121,10 +149,14 @@ def fit(config, workdir, task, dataset, *, mesh=None, on_chunk=None, summary_ext
       hold = task.held_at(step)
       stop = next((s for s in range(step + 1, stop) if task.held_at(s) != hold), stop)
       n = stop - step
+      diagnose = bool(diag_every) and step % diag_every == 0
+      if diagnose or (n, hold) not in compiled:
+        settle()  # diagnostics and compiles are measured apart, outside the steps' time
       t_feed = time.perf_counter()
       batches = feed.chunk(step, n)  # streamed: waits here if the host falls behind
       t_feed = time.perf_counter() - t_feed
-      if diag_every and step % diag_every == 0:  # measured apart, outside the timed step
+      feed_wait += t_feed
+      if diagnose:
         t0 = time.perf_counter()
         diag = to_host(setup.diagnostics_fn(hold)(state, feed.train, feed.first(batches)))
         diag_time += time.perf_counter() - t0
@@ -135,41 +167,36 @@ def fit(config, workdir, task, dataset, *, mesh=None, on_chunk=None, summary_ext
         compiled[n, hold] = chunk_fn(hold).lower(state, feed.train, batches).compile()
         compile_time += time.perf_counter() - t0
         step_mem[n, hold] = compiled_memory(compiled[n, hold])
-      t0 = time.perf_counter()
+      # A step's time includes waiting for its batch; the metrics stay on the device until
+      # settle() fetches them, so dispatches queue while the device computes.
+      queue.open(step, t_feed)
       state, metrics = compiled[n, hold](state, feed.train, batches)
-      metrics = to_host(metrics)  # waits for the step: timing is device-synchronised
-      dt = time.perf_counter() - t0 + t_feed  # a step's time includes waiting for its batch
-      feed_wait += t_feed
-      bad = guards.first_nonfinite(metrics, step)
-      if bad is not None:
-        bar.close()
-        error = guards.DivergenceError(
-            *bad, ckpt.latest_step(), workdir, guards.divergence_hint(config),
-            details={**(summary_extra or {}),
-                     'trainable_params': count_params(setup.state.params) // setup.copies})
-        write_json(summary_path, error.record())
-        raise error
-      metrics = {k: v for k, v in metrics.items() if not k.startswith('finite/')}
+      queue.add(metrics, n)
+      step = stop
+      bar.update(n)
+
+      logged = step % tc.log_every_steps == 0 or step == end
+      epoch_done = step % spe == 0
+      stopping = preemption.requested()  # every process agrees on the step it stops at
+      saving = step == end or stopping or ckpt.due(step)
+      averaging = averager is not None and averager.due(step)
+      acting = layout.acts_after(state, step, step - n, end)
+      if (logged or epoch_done or stopping or saving or averaging or acting
+          or task.controller is not None or on_chunk is not None):
+        metrics = settle()  # nothing is saved, logged or averaged before its steps are checked
       if task.controller is not None:
-        extra = task.controller.observe(to_host(state.extra), step, metrics)
+        extra = task.controller.observe(to_host(state.extra), step - n, metrics)
         state = state.replace(extra=layout.place(extra))
-      train_time, timed_steps, step = train_time + dt, timed_steps + n, stop
-      if averager is not None and averager.due(step):
+      if averaging:
         state = state.replace(extra={**state.extra, 'average': add_snapshot(
             state.extra['average'], state.params)})
-      state = layout.after(state, step, step - n, end)
-      window.append((metrics, dt, n))
-      epoch_window.append((metrics, dt, n))
-      bar.update(n)
-      bar.set_postfix(loss=f"{float(np.mean(metrics['loss'])):.4f}",
-                      img_s=f'{n * tc.batch_size / dt:,.0f}')
+      if acting:
+        state = layout.after(state, step, step - n, end)
 
-      if step % tc.log_every_steps == 0 or step == end:
+      if logged:
         log.write(_train_record(window, step, spe, tc.batch_size, diag_window))
         window, diag_window = [], []
-      stopping = preemption.requested()  # every process agrees on the step it stops at
       ckpt.save(step, state, force=step == end or stopping)
-      epoch_done = step % spe == 0
       if epoch_done:
         # A resumed epoch averages only the steps run since the restart.
         log.write({**_train_record(epoch_window, step, spe, tc.batch_size, diag_epoch),
@@ -269,6 +296,33 @@ def compiled_memory(compiled):
     return None
   return int(m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
              + m.temp_size_in_bytes)
+
+
+class _Queue:
+  """Dispatched steps whose metrics are still on the device, and when the first was fed."""
+
+  def __init__(self):
+    self.pending, self.t0, self.first = [], None, None
+
+  def open(self, step, t_feed):
+    """Before a dispatch: the queue's clock starts at the first one's batch."""
+    if not self.pending:
+      self.t0, self.first = time.perf_counter() - t_feed, step
+
+  def add(self, metrics, n):
+    self.pending.append((metrics, n))
+
+  def settle(self):
+    """(host metrics of the queued steps, each [steps, ...]; their seconds; their count; the
+    step before the first) after waiting for them, or None if none is queued."""
+    if not self.pending:
+      return None
+    host = to_host([m for m, _ in self.pending])  # waits for the last of them
+    dt = time.perf_counter() - self.t0
+    n = sum(k for _, k in self.pending)
+    metrics = {k: np.concatenate([np.asarray(m[k]) for m in host]) for k in host[0]}
+    self.pending = []
+    return metrics, dt, n, self.first
 
 
 def _finished_summary(path, end):
