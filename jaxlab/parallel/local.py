@@ -132,21 +132,22 @@ def make_average(spec, mesh, ordered=True):
   not touched (SPEC: the parameters only are averaged). ordered: the sums over devices
   in device order (mesh.all_sum), the same on any split of the devices into processes.
   """
-  def pmean(x):
-    return all_sum(x, DATA, ordered) / jax.lax.axis_size(DATA)
+  def pmean(tree):  # one collective for the whole tree (mesh.all_sum)
+    return jax.tree.map(lambda x: x / jax.lax.axis_size(DATA), all_sum(tree, DATA, ordered))
 
   def average(state):
     k_local = jax.tree.leaves(state.params)[0].shape[0]
     first = lambda tree: jax.tree.map(lambda x: x[0], tree)  # identical on every worker
     spread = lambda tree: jax.tree.map(lambda x: jnp.broadcast_to(x, (k_local, *x.shape)), tree)
-    xbar = jax.tree.map(lambda x: pmean(jnp.mean(x, axis=0)), state.params)
+    xbar = pmean(jax.tree.map(lambda x: jnp.mean(x, axis=0), state.params))
     extra = dict(state.extra)
     if spec.dynamic_alpha:
       x0 = first(extra['anchor'])
       signal = sum(jnp.sum(jnp.square(a - b)) for a, b in
                    zip(jax.tree.leaves(x0), jax.tree.leaves(xbar)))  # ‖mean_k d_k‖²
-      spread_sq = sum(pmean(jnp.mean(jnp.sum(jnp.square(x - b).reshape(x.shape[0], -1), axis=1)))
-                      for x, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(xbar)))
+      spread_sq = sum(pmean([jnp.mean(jnp.sum(jnp.square(x - b).reshape(x.shape[0], -1), axis=1))
+                             for x, b in zip(jax.tree.leaves(state.params),
+                                             jax.tree.leaves(xbar))]))
       lo, hi = spec.dynamic_range
       h = jnp.clip(jnp.round(spec.dynamic_alpha * signal / (spread_sq + 1e-6)), lo, hi)
       extra['next_sync'] = jnp.broadcast_to(state.step[0] + h.astype(jnp.int32), (k_local,))

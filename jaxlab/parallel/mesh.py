@@ -69,10 +69,26 @@ def all_sum(tree, axis_name, ordered=True):
   processes with two give bit-identical runs. A plain psum leaves the order to the
   collective's implementation (in-process, or gloo/NCCL across processes): less
   memory and traffic, the same result up to float rounding.
+
+  The leaves go as one flat vector per dtype, so a tree costs one collective per dtype and not
+  one per leaf (each is a rendezvous of the devices: on simulated CPU devices, the bulk of
+  the time of a small model's sum). Elementwise, the result is the same as leaf by leaf.
   """
-  if not ordered:
-    return jax.lax.psum(tree, axis_name)
-  return jax.tree.map(lambda x: jax.numpy.sum(jax.lax.all_gather(x, axis_name), axis=0), tree)
+  if ordered:
+    reduce = lambda x: jax.numpy.sum(jax.lax.all_gather(x, axis_name), axis=0)
+  else:
+    reduce = lambda x: jax.lax.psum(x, axis_name)
+  leaves, treedef = jax.tree.flatten(tree)
+  out = list(leaves)
+  for dtype in sorted({x.dtype for x in leaves}, key=str):  # the same order in every process
+    which = [i for i, x in enumerate(leaves) if x.dtype == dtype]
+    flat = reduce(jax.numpy.concatenate([jax.numpy.ravel(leaves[i]) for i in which]))
+    start = 0
+    for i in which:
+      size = leaves[i].size
+      out[i] = flat[start:start + size].reshape(leaves[i].shape)
+      start += size
+  return jax.tree.unflatten(treedef, out)
 
 
 def to_host(tree):
