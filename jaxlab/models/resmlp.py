@@ -12,7 +12,6 @@ forward pass is the same for every rule.
 """
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from jaxlab.credit.feedback import feedback_matmul

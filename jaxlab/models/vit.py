@@ -24,6 +24,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxlab.models import autodiff
+
 from jaxlab.models.hyper_connections import HyperConnection, HyperSpec, expand, reduce
 
 LORA_TARGETS = ('qkv', 'proj', 'fc1', 'fc2')
@@ -77,8 +79,72 @@ class LoraDense(nn.Module):
       a = self.param('lora_a', uniform_fan_in(self.rank), (x.shape[-1], self.rank))
       b = self.param('lora_b', nn.initializers.zeros, (self.rank, self.features))
       h = nn.Dropout(self.dropout, deterministic=not train)(x) if self.dropout else x
-      y = y + (self.alpha / self.rank) * ((h @ a.astype(self.dtype)) @ b.astype(self.dtype))
+      y = y + (self.alpha / self.rank) * low_rank(h, a.astype(self.dtype), b.astype(self.dtype))
     return y
+
+
+@jax.custom_vjp
+def _low_rank(h, a, b):
+  """(h·A)·B for h [..., in], A [in, r], B [r, out]; its gradient is written out so that every
+  product contracting over the tokens transposes a rank-r operand, never an [tokens, width]
+  one (autodiff's order made XLA:CPU transpose the output gradient, fused with its producers,
+  once per adapter)."""
+  return (h @ a) @ b
+
+
+def _low_rank_fwd(h, a, b):
+  u = h @ a
+  return u @ b, (h, a, b, u)
+
+
+def _low_rank_bwd(res, g):
+  h, a, b, u = res
+  tokens = lambda x: x.reshape(-1, x.shape[-1])
+  g2, u2, h2 = tokens(g), tokens(u), tokens(h)
+  du = g @ b.T  # [..., r]
+  db = u2.T @ g2  # [r, tokens] · [tokens, out]
+  da = (tokens(du).T @ h2).T  # ([r, tokens] · [tokens, in])ᵀ
+  return du @ a.T, da.astype(a.dtype), db.astype(b.dtype)
+
+
+_low_rank.defvjp(_low_rank_fwd, _low_rank_bwd)
+low_rank = autodiff.fast_or_plain(_low_rank, lambda h, a, b: (h @ a) @ b)
+
+
+@jax.custom_vjp
+def _materialize_grad(x):
+  """The identity; its gradient leaves here as one buffer.
+
+  Between blocks the residual stream's gradient is a sum of elementwise terms (each
+  LayerNorm's backward) reaching down through every block above. Left alone, XLA:CPU fuses
+  that whole chain into each consumer that reads the gradient in another layout (the LoRA
+  and weight gradients' dots) and recomputes it there: quadratic in the depth, about 3× the
+  step of ViT-S/16 with LoRA at batch 8 (jax 0.10.2). An optimization barrier would say
+  "materialise" but XLA:CPU removes barriers before fusing, so on the CPU the gradient passes
+  through a loop XLA cannot see through (its trip count is 1, read from the data; 0 for a
+  NaN, which returns the same value). Other platforms get the identity.
+  """
+  return x
+
+
+def _materialize_fwd(x):
+  return x, None
+
+
+def _through_loop(g):
+  def body(carry):
+    i, x = carry
+    return i + 1, jnp.where(i >= 0, x, -x)  # i >= 0 always: x unchanged
+  once = 1 - jnp.isnan(g.reshape(-1)[0]).astype(jnp.int32)
+  return jax.lax.while_loop(lambda carry: carry[0] < once, body, (jnp.int32(0), g))[1]
+
+
+def _materialize_bwd(_, g):
+  return (jax.lax.platform_dependent(g, cpu=_through_loop, default=lambda g: g),)
+
+
+_materialize_grad.defvjp(_materialize_fwd, _materialize_bwd)
+materialize_grad = autodiff.fast_or_plain(_materialize_grad, lambda x: x)
 
 
 def layer_norm(eps, dtype, name):
@@ -212,6 +278,7 @@ class Block(nn.Module):
     mlp = Mlp(self.width, self.mlp_dim, self.gelu_approximate, self.lora, self.dtype,
               self.kernel_init, name='mlp')
     branches = (lambda h: attn(norm1(h), train), lambda h: mlp(norm2(h), train))
+    x = materialize_grad(x)
     for j, (name, branch) in enumerate(zip(('hc_attn', 'hc_mlp'), branches)):
       if self.residual is None:
         x = x + branch(x)

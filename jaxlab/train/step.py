@@ -16,6 +16,7 @@ import optax
 from jax.sharding import PartitionSpec as P
 
 from jaxlab.metrics.classification import count_params
+from jaxlab.models import autodiff
 from jaxlab.optim.optimizers import hold_groups
 from jaxlab.parallel.mesh import DATA, all_sum
 from jaxlab.peft.partition import merge, split, subtree_labels
@@ -157,8 +158,9 @@ def diagnostics_step(state, batch, *, task, tx, augment, labels, hold=frozenset(
     a, b = groups
     present = set(jax.tree.leaves(live_labels))
     if a in present and b in present:
-      _, dza = jax.jvp(fb['logits_of'], (live,), (_only(grads, live_labels, a),))
-      _, dzb = jax.jvp(fb['logits_of'], (live,), (_only(grads, live_labels, b),))
+      with autodiff.forward_mode():  # the models' custom backward passes give way
+        _, dza = jax.jvp(fb['logits_of'], (live,), (_only(grads, live_labels, a),))
+        _, dzb = jax.jvp(fb['logits_of'], (live,), (_only(grads, live_labels, b),))
       w = batch['weight'][:, None]
       dot, na, nb = jnp.sum(w * dza * dzb), jnp.sum(w * dza ** 2), jnp.sum(w * dzb ** 2)
       if axis_name:
