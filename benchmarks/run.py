@@ -6,20 +6,31 @@ the way the trainer runs it, with XLA's FLOP count and the fraction of the devic
   python -m benchmarks --small --only=lenet/64,vit_tiny/plain
   python -m benchmarks --small --torch_python=/tmp/tvenv/bin/python   # race PyTorch too
 
-Workloads (real size; --small in brackets):
-  peft/<method>[@held]  ViT-S/16 at 224 px from 32 px CIFAR images, batch 128 [the quick ViT,
-                        batch 8], for norm, lora, hybrid_parallel, deep_lora and the hybrids'
-                        freeze states; with --largest also at the largest batch that fits
+Workloads (real size on a GPU; real size on a CPU in parentheses; --small in brackets):
+  peft/<method>[@held]  ViT-S/16 at 224 px from 32 px CIFAR images, batch 128 (8) [the quick
+                        ViT, batch 8], for norm, lora, hybrid_parallel, deep_lora and the
+                        hybrids' freeze states (a CPU runs the four methods only); with
+                        --largest also at the largest batch that fits
   ladder                a ResMLP ladder cell (BP, every block trainable) with 3 seeds vmapped,
                         d 256, L 4, batch 128 [d 64, L 2]
   vit_tiny/<residual>   ViT-Ti/4 at 32 px, batch 256, plain / mhc_static / mhc_dynamic, bf16
-                        [the mhc quick ViT, batch 64, fp32]
-  lenet/<batch>         LeNet-5 at batch 64 and 8192 [64 and 1024]
+                        (batch 64, fp32) [the mhc quick ViT, batch 64, fp32]
+  vit_tiny/race         the plain ViT-Ti/4 as PyTorch's reference has it: learned position
+                        embedding, flip + normalisation only (no RandAugment, no erasing)
+  lenet/<batch>         LeNet-5 at batch 64 and 8192 (64 and 1024) [64 and 1024]
   local/<arm>           LeNet-5, 4 workers (or one per device if more) × batch 64 [16] a step:
                         sync (one model, the same images a step in one global batch over the
                         devices) or local SGD averaging every 1, 8, 32 steps
                         (j1, j8, j32); the average is compiled and timed apart and its cost
-                        spread over the J steps of a round
+                        spread over the J steps of a round; on a CPU, 4 simulated devices
+  loop/<workload>       loop efficiency: the trainer's img/s over a bare loop of the same
+                        compiled step, one step per dispatch (ladder and the PEFT methods at
+                        the --small sizes; see benchmarks/loop.py)
+  ladder_time/<variant> one epoch of each rule's k = L ladder cell by the trainer, compile
+                        included, and both ladders' projected time (benchmarks/ladder_time.py)
+
+With --torch_python, the PEFT, ladder, LeNet-5 and vit_tiny/race rows race PyTorch eager and
+torch.compile (the model compiled; see benchmarks/torch_refs.py), the same batch and precision.
 
 Each workload runs in its own process (its peak memory is its own): the step is compiled ahead
 of time, run --warmup times, then timed over --steps steps, each ended by block_until_ready.
@@ -59,10 +70,36 @@ PEAK_FLOPS = (
 PEFT_CELLS = ('norm', 'lora', 'hybrid_parallel', 'hybrid_parallel@lora', 'hybrid_parallel@norm',
               'hybrid_layerwise/deep_lora', 'hybrid_layerwise/deep_lora@lora',
               'hybrid_layerwise/deep_lora@norm')
+PEFT_METHODS = tuple(c for c in PEFT_CELLS if '@' not in c)
+RESIDUALS = ('plain', 'mhc_static', 'mhc_dynamic', 'race')
+LOCAL_ARMS = ('sync', 'j1', 'j8', 'j32')
+LADDER_VARIANTS = ('d256_L4', 'd512_L2')
 WORKLOADS = (tuple(f'peft/{c}' for c in PEFT_CELLS) + ('ladder',)
-             + tuple(f'vit_tiny/{r}' for r in ('plain', 'mhc_static', 'mhc_dynamic'))
-             + ('lenet/64', 'lenet/8192')
-             + tuple(f'local/{arm}' for arm in ('sync', 'j1', 'j8', 'j32')))
+             + tuple(f'vit_tiny/{r}' for r in RESIDUALS)
+             + ('lenet/64', 'lenet/1024', 'lenet/8192')
+             + tuple(f'local/{arm}' for arm in LOCAL_ARMS)
+             + tuple(f'loop/{w}' for w in ('ladder',) + tuple(f'peft/{m}' for m in PEFT_METHODS))
+             + tuple(f'ladder_time/{v}' for v in LADDER_VARIANTS))
+
+
+def default_workloads(sizes):
+  """The suite's rows at `sizes` ('gpu', 'cpu': real models, small batches, or 'small')."""
+  peft = PEFT_CELLS if sizes == 'gpu' else PEFT_METHODS if sizes == 'cpu' else PEFT_CELLS
+  lenet = ('lenet/64', 'lenet/8192') if sizes == 'gpu' else ('lenet/64', 'lenet/1024')
+  loops = () if sizes == 'gpu' else tuple(w for w in WORKLOADS if w.startswith('loop/'))
+  return (tuple(f'peft/{c}' for c in peft) + ('ladder',)
+          + tuple(f'vit_tiny/{r}' for r in RESIDUALS) + lenet
+          + tuple(f'local/{arm}' for arm in LOCAL_ARMS) + loops
+          + tuple(f'ladder_time/{v}' for v in LADDER_VARIANTS))
+
+
+def sizes_of(small):
+  """'small' (--small), else 'cpu' or 'gpu' by the default backend: a CPU runs the real models
+  at small batches (PEFT 8, ViT-Ti/4 64 in fp32)."""
+  if small:
+    return 'small'
+  import jax
+  return 'cpu' if jax.default_backend() == 'cpu' else 'gpu'
 LOCAL_WORKERS = 4
 
 
@@ -88,7 +125,7 @@ def _peft(spec, small):
     c.peft.update(dict(method=name, diagnostics=False))
     if policy:
       c.peft.policy = policy
-    c.train.batch_size = 8 if small else 128
+    c.train.batch_size = 8 if small or sizes_of(small) == 'cpu' else 128
     c.augment.rrc_scale = (0.0, 0.0)  # quick's random zoom: not in the PyTorch reference
   apply_recipe(c)
   return c, make_task(c, 100), (32, 32, 3), frozenset([held] if held else [])
@@ -106,8 +143,17 @@ def _vit_tiny(residual, small):
   from configs.mhc import get_config
   from jaxlab.experiments.mhc import arm_config, build
   from jaxlab.train.task import Task, flax_apply
-  arm = {'plain': 'regular'}.get(residual, residual)
+  arm = {'plain': 'regular', 'race': 'regular'}.get(residual, residual)
   c = arm_config(get_config('quick' if small else None), arm)
+  with c.unlocked():
+    if sizes_of(small) != 'gpu':
+      c.train.batch_size = 64
+      c.model.dtype = 'float32'
+    if residual == 'race':  # as benchmarks/torch_refs.py:time_vit_tiny has it
+      c.model.pos = 'learned'
+      c.augment.update(randaugment_ops=0, erasing_p=0.0, rotation=0.0, perspective=0.0,
+                       color_jitter=(0.0, 0.0, 0.0, 0.0), crop_padding=0, rrc_scale=(0.0, 0.0),
+                       flip=not small)
   model, params = build(c, 10)
   return c, Task(params=params, apply=flax_apply(model), rules=(('.*', 'all'),)), (32, 32, 3), \
       frozenset()
@@ -264,19 +310,27 @@ def time_workload(name, small, steps, warmup, seed=0, profile='', batch=0):
   }
 
 
-def time_torch_reference(name, batch, small, steps, warmup, amp):
-  """The PyTorch reference of a workload (run with a Python that has torch), or a record with
-  'error' where there is none."""
+def has_torch_reference(name):
+  family, _, rest = name.partition('/')
+  return ((family == 'peft' and '@' not in rest) or name in ('ladder', 'vit_tiny/race')
+          or family == 'lenet')
+
+
+def time_torch_reference(name, batch, small, steps, warmup, amp, compile=False):
+  """The PyTorch reference of a workload (run with a Python that has torch), eager or with the
+  model under torch.compile; or a record with 'error' where there is none."""
   from benchmarks import torch_refs
   ok, reason = torch_refs.available()
   if not ok:
     return {'error': reason}
   family, _, rest = name.partition('/')
-  common = dict(steps=steps, warmup=warmup, amp=amp)
+  common = dict(steps=steps, warmup=warmup, amp=amp, compile=compile)
   if family == 'peft' and '@' not in rest:
     return torch_refs.time_vit_peft(rest, batch=batch, small=small, classes=100, **common)
   if name == 'ladder':
     return torch_refs.time_resmlp(batch=batch, seeds=3, small=small, **common)
+  if name == 'vit_tiny/race':
+    return torch_refs.time_vit_tiny(batch=batch, small=small, **common)
   if family == 'lenet':
     return torch_refs.time_lenet5(batch=batch, **common)
   return {'error': f'no PyTorch reference for {name}'}
@@ -303,11 +357,16 @@ def largest_batch(start, run, cap=LARGEST_CAP):
   return best or {'error': f'batch {2 * start} did not fit'}
 
 
-def run_child(argv, python=None, module='benchmarks.run', prefix=RESULT_PREFIX, timeout=1800):
+def run_child(argv, python=None, module='benchmarks.run', prefix=RESULT_PREFIX, timeout=1800,
+              devices=0):
   """Run `python -m module *argv` from the repository root; its record is the JSON on the
-  stdout line starting with `prefix`, with process_wall_s added; else {'error': ...}."""
+  stdout line starting with `prefix`, with process_wall_s added; else {'error': ...}.
+  devices > 0: that many simulated CPU devices (XLA_FLAGS)."""
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = dict(os.environ)
+  if devices:
+    env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') +
+                        f' --xla_force_host_platform_device_count={devices}').strip()
   env['PYTHONPATH'] = root + (os.pathsep + env['PYTHONPATH'] if env.get('PYTHONPATH') else '')
   t0 = time.perf_counter()
   try:
@@ -327,24 +386,77 @@ def _fmt(value, spec):
   return '–' if value is None else format(value, spec)
 
 
+def is_step_row(row):
+  """A row of the main table (a timed training step), not a loop or ladder-time row."""
+  return not row['workload'].startswith(('loop/', 'ladder_time/'))
+
+
+def torch_ratio(row, key):
+  """Our img/s over PyTorch's (`key`: 'torch' eager or 'torch_compile'), or None."""
+  ref = row.get(key) or {}
+  return row['img_s'] / ref['img_s'] if ref.get('img_s') and row.get('img_s') else None
+
+
 def markdown(rows):
   head = ('| workload | batch | dtype | img/s | s/step | GFLOP/img | TFLOP/s | % of peak | '
-          'peak mem (MiB) | PyTorch img/s | ours / PyTorch |')
-  lines = [head, '| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |']
-  for r in rows:
+          'peak mem (MiB) | PyTorch eager img/s | ours / eager | torch.compile img/s | '
+          'ours / compiled |')
+  lines = [head, '| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: '
+                 '| ---: | ---: |']
+  for r in filter(is_step_row, rows):
     if 'error' in r:
-      lines.append(f'| {r["workload"]} | error: {r["error"][:80]} |' + ' |' * 9)
+      lines.append(f'| {r["workload"]} | error: {r["error"][:80]} |' + ' |' * 11)
       continue
-    torch = r.get('torch') or {}
-    ratio = r['img_s'] / torch['img_s'] if torch.get('img_s') else None
     batch = f'{r["batch"]}×{r["copies"]}' if r['copies'] > 1 else str(r['batch'])
     pct = None if r['fraction_of_peak'] is None else 100 * r['fraction_of_peak']
+    compiled = r.get('torch_compile') or {}
+    compiled_img_s = (_fmt(compiled.get('img_s'), ',.0f') if 'error' not in compiled
+                      else 'did not compile')
     lines.append(
         f'| {r["workload"]} | {batch} | {r["dtype"]} | {r["img_s"]:,.0f} | '
         f'{r["step_time_s"]:.4f} | {_fmt(r["gflop_per_image"], ".2f")} | '
         f'{_fmt(r["achieved_tflop_s"], ".3f")} | {_fmt(pct, ".1f")} | '
-        f'{r["peak_mem_bytes"] / 2**20:,.0f} | {_fmt(torch.get("img_s"), ",.0f")} | '
-        f'{_fmt(ratio, ".2f")} |')
+        f'{r["peak_mem_bytes"] / 2**20:,.0f} | {_fmt((r.get("torch") or {}).get("img_s"), ",.0f")} | '
+        f'{_fmt(torch_ratio(r, "torch"), ".2f")} | {compiled_img_s} | '
+        f'{_fmt(torch_ratio(r, "torch_compile"), ".2f")} |')
+  return '\n'.join(lines)
+
+
+MHC_TARGETS = {'mhc_static': 1.3, 'mhc_dynamic': 1.6}  # × the plain step (issue 15)
+
+
+def mhc_report(rows):
+  """Markdown: each mHC arm's step time over the plain ViT's, beside its target."""
+  ok = {r['workload']: r for r in rows if 'error' not in r and r['workload'].startswith('vit_tiny/')}
+  plain = ok.get('vit_tiny/plain')
+  if plain is None:
+    return ''
+  lines = ['| residual | s/step | × plain | target |', '| --- | ---: | ---: | ---: |',
+           f'| plain | {plain["step_time_s"]:.4f} | 1.00 | |']
+  for arm, target in MHC_TARGETS.items():
+    r = ok.get(f'vit_tiny/{arm}')
+    if r is not None:
+      lines.append(f'| {arm} | {r["step_time_s"]:.4f} | '
+                   f'{r["step_time_s"] / plain["step_time_s"]:.2f} | ≤ {target} |')
+  return '\n'.join(lines)
+
+
+def local_report(rows):
+  """Markdown: each local-SGD arm's img/s over the synchronous step's, and the average's own
+  time per round."""
+  ok = {r['workload']: r for r in rows if 'error' not in r and r['workload'].startswith('local/')}
+  sync = ok.get('local/sync')
+  if sync is None:
+    return ''
+  lines = ['| local SGD | img/s | × sync (target ≥ 0.95 for J = 8, 32) | average per round (s) '
+           '| its share of a round |', '| --- | ---: | ---: | ---: | ---: |',
+           f'| sync | {sync["img_s"]:,.0f} | 1.00 | | |']
+  for arm in LOCAL_ARMS[1:]:
+    r = ok.get(f'local/{arm}')
+    if r is not None:
+      share = r['average_s'] / (r['average_s'] + r['sync_every'] * r['step_time_median_s'])
+      lines.append(f'| {arm} | {r["img_s"]:,.0f} | {r["img_s"] / sync["img_s"]:.2f} | '
+                   f'{r["average_s"]:.4f} | {share:.1%} |')
   return '\n'.join(lines)
 
 
@@ -380,6 +492,36 @@ def freeze_report(rows):
                              '(not comparable to a run on another device).')
 
 
+def report(rows):
+  """Every table of the suite's rows, in markdown."""
+  from benchmarks import ladder_time, loop
+  parts = [markdown(rows), mhc_report(rows), local_report(rows), freeze_report(rows),
+           loop.markdown([r for r in rows if r['workload'].startswith('loop/')]),
+           ladder_time.markdown([r for r in rows if r['workload'].startswith('ladder_time/')])]
+  return '\n\n'.join(p for p in parts if p and p.count('\n') > 1)
+
+
+def _one_line(row):
+  if row['workload'].startswith('loop/'):
+    return f'loop efficiency {row["loop_efficiency"]:.3f}'
+  if row['workload'].startswith('ladder_time/'):
+    return f'projected {row["projected_h"]:.2f} h for the ladder'
+  return f'{row["img_s"]:,.0f} img/s, {row["step_time_s"]:.4f} s/step'
+
+
+def time_child(args):
+  """The child process's row of workload `args.workload`."""
+  family, _, rest = args.workload.partition('/')
+  if family == 'loop':
+    from benchmarks.loop import time_loop
+    return time_loop(rest, True, args.loop_steps)  # where the loop's overhead shows: small
+  if family == 'ladder_time':
+    from benchmarks.ladder_time import time_ladder_epoch
+    return time_ladder_epoch(rest, args.small)
+  return time_workload(args.workload, args.small, args.steps or 20, args.warmup,
+                       profile=args.profile, batch=args.batch)
+
+
 def default_out(benchmark, device_kind, small):
   """benchmarks/results/<benchmark>_<device>_<date>[_small].json"""
   device = re.sub(r'[^A-Za-z0-9]+', '-', device_kind or '').strip('-').lower() or 'unknown'
@@ -407,19 +549,22 @@ def main(argv=None):
   p.add_argument('--workload', default='', help=argparse.SUPPRESS)  # child mode
   p.add_argument('--torch_workload', default='', help=argparse.SUPPRESS)  # torch child mode
   p.add_argument('--batch', type=int, default=0, help=argparse.SUPPRESS)
+  p.add_argument('--loop_steps', type=int, default=100,
+                 help='steps of each loop-efficiency round (loop/* rows)')
   p.add_argument('--amp', action='store_true', help=argparse.SUPPRESS)
+  p.add_argument('--torch_compile', action='store_true', help=argparse.SUPPRESS)
   args = p.parse_args(argv)
   steps = args.steps or 20
   if args.torch_workload:
     print(RESULT_PREFIX + json.dumps(time_torch_reference(
-        args.torch_workload, args.batch, args.small, steps, args.warmup, args.amp)), flush=True)
+        args.torch_workload, args.batch, args.small, steps, args.warmup, args.amp,
+        compile=args.torch_compile)), flush=True)
     return
   if args.workload:
-    print(RESULT_PREFIX + json.dumps(time_workload(args.workload, args.small, steps, args.warmup,
-                                                   profile=args.profile, batch=args.batch)),
-          flush=True)
+    print(RESULT_PREFIX + json.dumps(time_child(args)), flush=True)
     return
-  chosen = [w for w in args.only.split(',') if w] or list(WORKLOADS)
+  sizes = sizes_of(args.small)
+  chosen = [w for w in args.only.split(',') if w] or list(default_workloads(sizes))
   unknown = [w for w in chosen if w not in WORKLOADS]
   if unknown:
     p.error(f'unknown workload(s) {unknown}; choose from {", ".join(WORKLOADS)}')
@@ -429,29 +574,35 @@ def main(argv=None):
     child = ['--workload', name, '--steps', str(steps), '--warmup', str(args.warmup)]
     if args.profile:
       child += ['--profile', os.path.join(os.path.abspath(args.profile), name.replace('/', '-'))]
-    row = {'workload': name, **run_child(child + (['--small'] if args.small else []))}
-    if args.torch_python and 'error' not in row:
+    if name.startswith('loop/'):
+      child += ['--loop_steps', str(args.loop_steps)]
+    # Local SGD on a CPU: one simulated device per worker, as the distributed family runs.
+    devices = LOCAL_WORKERS if name.startswith('local/') and sizes != 'gpu' else 0
+    row = {'workload': name, **run_child(child + (['--small'] if args.small else []),
+                                         devices=devices)}
+    if args.torch_python and 'error' not in row and has_torch_reference(name):
       # Same batch, same precision (bf16 autocast where ours computes in bf16).
-      row['torch'] = run_child(['--torch_workload', name, '--batch', str(row['batch']),
-                             '--steps', str(steps), '--warmup', str(args.warmup)]
-                            + (['--small'] if args.small else [])
-                            + (['--amp'] if row['dtype'] == 'bfloat16' else []),
-                            python=args.torch_python)
+      race = (['--torch_workload', name, '--batch', str(row['batch']), '--steps', str(steps),
+               '--warmup', str(args.warmup)] + (['--small'] if args.small else [])
+              + (['--amp'] if row['dtype'] == 'bfloat16' else []))
+      row['torch'] = run_child(race, python=args.torch_python)
+      row['torch_compile'] = run_child(race + ['--torch_compile'], python=args.torch_python)
     rows.append(row)
     if args.largest and name.startswith('peft/') and 'error' not in row:
       child_small = child + (['--small'] if args.small else [])
       big = largest_batch(row['batch'], lambda b: run_child(child_small + ['--batch', str(b)]))
       rows.append({**big, 'workload': f'{name} (largest batch)'})
       print(f'    largest batch: {big.get("batch", big.get("error"))}', file=sys.stderr, flush=True)
-    summary = row.get('error') or f'{row["img_s"]:,.0f} img/s, {row["step_time_s"]:.4f} s/step'
-    if row.get('torch', {}).get('img_s'):
-      summary += (f'; PyTorch {row["torch"]["img_s"]:,.0f} img/s, ratio '
-                  f'{row["img_s"] / row["torch"]["img_s"]:.2f}')
+    summary = row.get('error') or _one_line(row)
+    for key in ('torch', 'torch_compile'):
+      if torch_ratio(row, key):
+        summary += (f'; {key} {row[key]["img_s"]:,.0f} img/s, ratio '
+                    f'{torch_ratio(row, key):.2f}')
     print(f'    {summary}', file=sys.stderr, flush=True)
   ok = [r for r in rows if 'error' not in r]
   first = ok[0] if ok else {}
   result = {
-      'benchmark': 'suite', 'small': args.small,
+      'benchmark': 'suite', 'small': args.small, 'sizes': sizes,
       'device_kind': first.get('device_kind'), 'platform': first.get('platform'),
       'num_devices': first.get('num_devices'), 'jax_version': first.get('jax_version'),
       'cpu_count': os.cpu_count(),
@@ -464,10 +615,7 @@ def main(argv=None):
   with open(out, 'w') as f:
     json.dump(result, f, indent=2)
   print(f'\n{result["device_kind"]} ({result["platform"]}), jax {result["jax_version"]}, '
-        f'{result["date"]}\n\n' + markdown(rows))
-  freeze = freeze_report(rows)
-  if freeze:
-    print('\n' + freeze)
+        f'{result["date"]}\n\n' + report(rows))
   print(f'\nwrote {out}')
 
 

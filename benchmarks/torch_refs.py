@@ -20,17 +20,38 @@ have requires_grad=False), the config's optimizer and cosine schedule.
              resized bilinearly inside the step, augmentation of the 'seed' recipe
              (jaxlab/experiments/peft.py); AdamW groups head/norm/lora (configs/hybrid.py).
              small: configs/hybrid.py:quick's tiny ViT and its 'weights' recipe.
+  vit_tiny   configs/mhc.py's plain residual ViT-Ti/4 from scratch: 32 px (no resize), patch 4,
+             width 192, depth 12, 3 heads, MLP 768, 10 classes, LayerNorm eps 1e-6, exact GELU,
+             class token, learned position embedding (the learned_pos variant; the race's JAX
+             row uses pos='learned' too); flip + CIFAR-10 normalisation (no crop, RandAugment,
+             colour or erasing); AdamW lr 3e-3, wd 0.01, all parameters trainable, cosine.
+             small: configs/mhc.py:quick's sizes (patch 8, width 64, depth 4, 8 heads, MLP 128)
+             with 0.5/0.5 normalisation and no flip.
 
 The sizes are written out here rather than read from configs/: the torch
 environment need not have jax or ml_collections. torch is imported inside the
 functions, so this module imports without it; see `available()`.
 
-  PYTHONPATH=. python -m benchmarks.torch_refs --small [--json=PATH]
+  PYTHONPATH=. python -m benchmarks.torch_refs --small [--compile] [--json=PATH]
 
 Timing: warm-up steps are excluded; every timed step ends with a device sync;
 time.perf_counter; median and mean. On CUDA the forward runs under bf16
 autocast (amp) by default; on CPU in float32 with torch.set_num_threads(cpu count)
 unless OMP_NUM_THREADS or num_threads says otherwise.
+
+torch.compile (compile=True, --compile): the model alone is wrapped, as
+torch.compile(model, dynamic=False) in the default mode with the inductor backend, so what is
+compiled is the model's forward and, through AOTAutograd, its backward; the augmentation, the
+cross-entropy and accuracy, zero_grad, the optimizer step (fused/foreach AdamW or SGD, as in
+eager) and the LR schedule stay eager. Dynamo's caches are reset first. The compile happens in
+the warm-up steps: the first step's seconds are the record's compile_s, and warm-up goes on past
+`warmup` (up to COMPILE_EXTRA_WARMUP more steps) while the last warm-up step still compiled
+something, so no (re)compile falls in the timed steps; compiles_in_timed_steps counts any that
+do anyway (Dynamo's counters). A failure at compile or in a warm-up step gives a record
+{'error': 'torch.compile failed: <Type: first line>', 'torch_compile': True, ...}: never a
+silent fall back to eager. Every record has torch_compile (True/False) and compile_s (None in
+eager). compile_s depends on inductor's on-disk cache (a warm cache loads kernels instead of
+building them): the record's inductor_cache counts the hits and misses.
 """
 
 import argparse
@@ -72,6 +93,12 @@ VIT = {  # configs/hybrid.py: week4 (ViT-S/16) and quick
     'quick': dict(image_size=32, patch=8, width=64, depth=4, heads=8, mlp_dim=128,
                   classes=10, epochs=20,
                   groups=dict(head=(5e-2, 0.05), norm=(5e-2, 0.0), lora=(5e-3, 0.0))),
+}
+MHC = {  # configs/mhc.py: default (ViT-Ti/4, here with learned_pos) and quick
+    'Ti/4': dict(image_size=32, patch=4, width=192, depth=12, heads=3, mlp_dim=768, classes=10,
+                 flip=True, normalization='cifar10', lr=3e-3, weight_decay=0.01, epochs=200),
+    'quick': dict(image_size=32, patch=8, width=64, depth=4, heads=8, mlp_dim=128, classes=10,
+                  flip=False, normalization='half', lr=3e-3, weight_decay=0.01, epochs=15),
 }
 LORA_RANK, LORA_ALPHA = 8, 16.0
 LORA_TARGETS = ('attn.qkv', 'attn.proj', 'mlp.fc1', 'mlp.fc2')
@@ -199,21 +226,124 @@ def _pool(torch, device, batch, classes, steps, seed, copies=1):
   return images, labels, idx
 
 
-def _time(torch, device, run_step, steps, warmup):
-  """Wall times of run_step(i) for i < warmup + steps, each ended by a device sync.
-  Returns (timed step times, first step time, CPU seconds per wall second when timed)."""
+COMPILE_EXTRA_WARMUP = 10  # at most this many warm-up steps beyond `warmup` in compile mode
+
+
+class CompileFailed(Exception):
+  """torch.compile raised, at compile or in a warm-up step; str() is the record's 'error'."""
+
+
+def _compile_failed(e):
+  lines = str(e).strip().splitlines()
+  return f'torch.compile failed: {type(e).__name__}' + (f': {lines[0]}' if lines else '')
+
+
+def _maybe_compile(torch, model, compile):
+  """`model`, or torch.compile(model, dynamic=False) (default mode, inductor) with Dynamo's
+  caches reset first, so that earlier runs in this process neither hit nor fill them."""
+  if not compile:
+    return model
+  try:
+    torch._dynamo.reset()
+    return torch.compile(model, dynamic=False)
+  except Exception as e:
+    raise CompileFailed(_compile_failed(e)) from e
+
+
+def _dynamo_counts(torch):
+  """Running totals of Dynamo's counters: what was compiled (frames, graphs, inductor graphs
+  built or loaded from its cache), graph breaks."""
+  from torch._dynamo.utils import counters
+  ind = counters['inductor']
+  return {'frames': counters['frames']['total'], 'frames_ok': counters['frames']['ok'],
+          'graphs': counters['stats']['unique_graphs'],
+          'aot': counters['aot_autograd']['total'], 'cache_hit': ind['fxgraph_cache_hit'],
+          'cache_miss': ind['fxgraph_cache_miss'],
+          'graph_breaks': sum(counters['graph_break'].values()),
+          'why': tuple(counters['unimplemented'])}
+
+
+def _check_no_skipped_frames(start, now):
+  """Raises CompileFailed when Dynamo gave up on a frame since `start`: it then runs that
+  frame eager without an error (e.g. a graph break inside a loop), a silent fall back."""
+  skipped = (now['frames'] - start['frames']) - (now['frames_ok'] - start['frames_ok'])
+  if skipped > 0:
+    new = [w for w in now['why'] if w not in start['why']] or list(now['why'])
+    why = new[0].strip().splitlines() if new else []
+    raise CompileFailed(f'torch.compile failed: FrameSkipped: Dynamo skipped {skipped} frame(s), '
+                        'which would run eager' + (f' ({why[0]})' if why else ''))
+
+
+def _compiled_something(before, after):
+  return any(after[k] != before[k] for k in ('frames', 'graphs', 'aot', 'cache_hit', 'cache_miss'))
+
+
+def _time(torch, device, run_step, steps, warmup, compile=False):
+  """Wall times of run_step(i) for i = 0, 1, ..., each ended by a device sync: `warmup`
+  untimed steps, then `steps` timed ones. With compile (the model under torch.compile), at
+  least one warm-up step, and warm-up goes on, up to COMPILE_EXTRA_WARMUP more steps, while its
+  last step still compiled; an exception in a warm-up step is raised as CompileFailed.
+  Returns (timed step times, first step time, CPU seconds per wall second when timed,
+  info: warmup_steps run and, with compile, the compile fields of the record)."""
   times, cpu, first = [], 0.0, None
-  for i in range(warmup + steps):
+  warmup = max(warmup, 1) if compile else warmup
+  counts = (lambda: _dynamo_counts(torch)) if compile else (lambda: None)
+  start = counts()
+  warm, warming, timed_compiles, i = 0, warmup > 0, 0, 0
+  while len(times) < steps:
+    before = counts()
     c0, t0 = time.process_time(), time.perf_counter()
-    run_step(i)
-    _sync(torch, device)
+    try:
+      run_step(i)
+      _sync(torch, device)
+    except Exception as e:
+      if compile and warming:
+        raise CompileFailed(_compile_failed(e)) from e
+      raise
     dt = time.perf_counter() - t0
+    compiled = compile and _compiled_something(before, counts())
     if first is None:
       first = dt
-    if i >= warmup:
+    if warming:
+      warm += 1
+      warming = warm < warmup or (compiled and warm < warmup + COMPILE_EXTRA_WARMUP)
+      if compile and not warming:
+        _check_no_skipped_frames(start, counts())
+    else:
       times.append(dt)
       cpu += time.process_time() - c0
-  return times, first, cpu / max(sum(times), 1e-12)
+      timed_compiles += compiled
+    i += 1
+  info = {'warmup_steps': warm}
+  if compile:
+    end = counts()
+    info.update(compile_s=first, compile_extra_warmup_steps=warm - warmup,
+                compiles_in_timed_steps=timed_compiles,
+                compiled_graphs=end['graphs'] - start['graphs'],
+                graph_breaks=end['graph_breaks'] - start['graph_breaks'],
+                inductor_cache={'hit': end['cache_hit'] - start['cache_hit'],
+                                'miss': end['cache_miss'] - start['cache_miss']})
+  return times, first, cpu / max(sum(times), 1e-12), info
+
+
+def _compile_note(compile):
+  if not compile:
+    return 'eager PyTorch (no torch.compile)'
+  return ('torch.compile(model, dynamic=False), default mode, inductor: the model forward and '
+          'its backward compiled; augmentation, loss, optimizer step and schedule eager')
+
+
+def _timed_record(torch, device, workload, batch, compile, make_run, steps, warmup,
+                  make_record):
+  """Times the step function make_run() returns (it wraps the model with _maybe_compile) and
+  returns make_record(times, first, cpu_per_wall, info), or the error record when
+  torch.compile failed."""
+  try:
+    times, first, cpw, info = _time(torch, device, make_run(), steps, warmup, compile)
+  except CompileFailed as e:
+    return {'workload': workload, 'framework': 'torch', 'batch': batch, 'error': str(e),
+            'torch_compile': True}
+  return make_record(times, first, cpw, info)
 
 
 def _train_step(torch, model, opt, sched, aug, amp, device, after_backward=None):
@@ -237,15 +367,17 @@ def _train_step(torch, model, opt, sched, aug, amp, device, after_backward=None)
   return step
 
 
-def _record(torch, device, workload, batch, times, first, cpu_per_wall, warmup, model_params,
+def _record(torch, device, workload, batch, times, first, cpu_per_wall, info, model_params,
             notes, copies=1, **extra):
+  """The record of a timed run; `info` is _time's (warmup_steps and the compile fields)."""
   trainable = sum(p.numel() for p in model_params if p.requires_grad)
   median, mean = statistics.median(times), statistics.fmean(times)
+  info = {'torch_compile': 'compile_s' in info, 'compile_s': None, **info}
   return {
       'workload': workload, 'framework': 'torch', 'batch': batch,
       'step_time_median_s': median, 'step_time_mean_s': mean,
       'img_s': batch * copies / median, 'img_s_mean': batch * copies / mean,
-      'timed_steps': len(times), 'warmup_steps': warmup, 'compile_or_first_step_s': first,
+      'timed_steps': len(times), 'compile_or_first_step_s': first, **info,
       'step_times_s': times, 'cpu_per_wall': cpu_per_wall,
       'torch_version': torch.__version__, 'device': _device_name(torch, device),
       'num_threads': torch.get_num_threads(), 'cpu_count': os.cpu_count(),
@@ -287,8 +419,10 @@ def _lenet5(torch, classes):
   return LeNet5()
 
 
-def time_lenet5(batch=64, steps=20, warmup=3, device=None, amp=None, num_threads=None, seed=0):
-  """Times LeNet-5 training steps (configs/distributed.py:centralized_sgdm); a record dict."""
+def time_lenet5(batch=64, steps=20, warmup=3, compile=False, device=None, amp=None,
+                num_threads=None, seed=0):
+  """Times LeNet-5 training steps (configs/distributed.py:centralized_sgdm); a record dict.
+  compile: the model under torch.compile (see the module's docstring)."""
   torch, device, amp, notes = _setup(device, amp, num_threads)
   c = LENET
   torch.manual_seed(seed)
@@ -298,15 +432,18 @@ def time_lenet5(batch=64, steps=20, warmup=3, device=None, amp=None, num_threads
   sched = _cosine(torch, opt, c['epochs'] * (TRAIN_SIZE // batch))
   aug = lambda x: augment(torch, x, crop_padding=c['crop_padding'], flip=c['flip'],
                           normalization=c['normalization'])
-  step = _train_step(torch, model, opt, sched, aug, amp, device)
   images, labels, idx = _pool(torch, device, batch, c['classes'], warmup + steps, seed)
-  run = lambda i: step(images[idx[i][0]], labels[idx[i][0]])
-  times, first, cpw = _time(torch, device, run, steps, warmup)
   notes += [f'SGD momentum 0.9 wd 4e-4 ({impl}), cosine', 'crop pad 4 + flip + cifar100 norm',
-            'eager PyTorch (no torch.compile)']
-  return _record(torch, device, 'lenet5', batch, times, first, cpw, warmup,
-                 list(model.parameters()), notes, amp=amp, image_size=SOURCE_SIZE,
-                 classes=c['classes'])
+            _compile_note(compile)]
+  record = lambda times, first, cpw, info: _record(
+      torch, device, 'lenet5', batch, times, first, cpw, info, list(model.parameters()), notes,
+      amp=amp, image_size=SOURCE_SIZE, classes=c['classes'])
+
+  def make_run():
+    step = _train_step(torch, _maybe_compile(torch, model, compile), opt, sched, aug, amp, device)
+    return lambda i: step(images[idx[i % len(idx)][0]], labels[idx[i % len(idx)][0]])
+
+  return _timed_record(torch, device, 'lenet5', batch, compile, make_run, steps, warmup, record)
 
 
 # ----------------------------------------------------------------------------- ResMLP
@@ -315,7 +452,12 @@ def time_lenet5(batch=64, steps=20, warmup=3, device=None, amp=None, num_threads
 def _resmlp(torch, pixels, classes, width, depth, trainable_blocks):
   """jaxlab.models.resmlp.ResMLP (rule 'bp'): embed → h += fc2(relu(fc1(h))) per block →
   out_ln → out_head. Frozen blocks get requires_grad=False. `block_rms` holds, after a
-  backward, rms(δ) at each trainable block's output, for the ladder's gradient scaling."""
+  backward, rms(δ) at each trainable block's output, for the ladder's gradient scaling.
+
+  A backward hook on the block output records δ, but Dynamo cannot trace that hook (it mutates
+  `block_rms` from inside the graph: it skips the whole frame and runs it eager), so under
+  torch.compile `use_probes` replaces it: a zero tensor with requires_grad is added to each
+  trainable block's output (f + 0), and its .grad after the backward is that δ."""
   nn = torch.nn
   branch_scale = 0.1 * 2 ** 0.5  # jaxlab.models.resmlp.BRANCH_SCALE
 
@@ -333,12 +475,20 @@ def _resmlp(torch, pixels, classes, width, depth, trainable_blocks):
       for i, block in enumerate(self.blocks):
         block.requires_grad_(i in trainable_blocks)
       self.block_rms = {}
+      self.probes = None
+
+    def use_probes(self, batch, dtype, device):
+      self.probes = {i: torch.zeros(batch, width, dtype=dtype, device=device, requires_grad=True)
+                     for i in trainable_blocks}
 
     def forward(self, x):
       h = self.embed(x.flatten(1))
       for i, block in enumerate(self.blocks):
         f = block['fc2'](torch.relu(block['fc1'](h)))
-        if i in trainable_blocks and f.requires_grad:
+        if self.probes is not None:
+          if i in self.probes:
+            f = f + self.probes[i]
+        elif i in trainable_blocks and f.requires_grad:
           f.register_hook(lambda g, i=i: self.block_rms.__setitem__(
               i, g.float().square().mean().sqrt() + 1e-12))
         h = h + f
@@ -347,6 +497,10 @@ def _resmlp(torch, pixels, classes, width, depth, trainable_blocks):
     def scale_block_grads(self):
       # credit_value_and_grad (rms_normalize=True): a trainable block's parameter gradient
       # is that of <δ/rms(δ), f_l>, while the input gradient passes δ on unscaled.
+      if self.probes is not None:
+        for i, probe in self.probes.items():
+          self.block_rms[i] = probe.grad.float().square().mean().sqrt() + 1e-12
+          probe.grad = None
       for i, rms in self.block_rms.items():
         for p in self.blocks[i].parameters():
           p.grad.div_(rms)
@@ -354,10 +508,12 @@ def _resmlp(torch, pixels, classes, width, depth, trainable_blocks):
   return ResMLP()
 
 
-def time_resmlp(batch=128, steps=20, warmup=3, seeds=3, small=False, k=None, device=None,
-                amp=None, num_threads=None):
+def time_resmlp(batch=128, steps=20, warmup=3, seeds=3, small=False, k=None, compile=False,
+                device=None, amp=None, num_threads=None):
   """Times ladder training steps of `seeds` ResMLPs (configs/ladder.py d256_L4, or quick when
-  small), rule bp, the last k blocks trainable (default all); img_s sums over the seeds."""
+  small), rule bp, the last k blocks trainable (default all); img_s sums over the seeds.
+  compile: each seed's model under its own torch.compile (see the module's docstring); the
+  first step compiles them all."""
   torch, device, amp, notes = _setup(device, amp, num_threads)
   c = LADDER['quick' if small else 'd256_L4']
   depth = c['depth']
@@ -366,34 +522,44 @@ def time_resmlp(batch=128, steps=20, warmup=3, seeds=3, small=False, k=None, dev
     raise ValueError(f'k must be in 0..{depth}, got {k}')
   seed_list = list(LADDER_SEEDS[:seeds]) + list(range(seeds - len(LADDER_SEEDS)))
   total = c['epochs'] * (TRAIN_SIZE // batch)
-  copies = []
+  models, opts = [], []
   for s in seed_list:
     torch.manual_seed(s)
     model = _resmlp(torch, SOURCE_SIZE * SOURCE_SIZE * 3, c['classes'], c['width'], depth,
                     tuple(range(depth - k, depth))).to(device)
+    if compile:
+      model.use_probes(batch, torch.bfloat16 if amp else torch.float32, device)
     opt, impl = _optimizer(torch, 'AdamW', [p for p in model.parameters() if p.requires_grad],
                            lr=c['lr'], weight_decay=c['weight_decay'], betas=(0.9, 0.999),
                            eps=1e-8)
-    aug = lambda x: augment(torch, x, normalization=c['normalization'])
-    copies.append(_train_step(torch, model, opt, _cosine(torch, opt, total), aug, amp, device,
-                              model.scale_block_grads))
-  images, labels, idx = _pool(torch, device, batch, c['classes'], warmup + steps, 0,
-                              copies=len(copies))
+    models.append(model)
+    opts.append(opt)
+  aug = lambda x: augment(torch, x, normalization=c['normalization'])
+  n = len(models)
+  images, labels, idx = _pool(torch, device, batch, c['classes'], warmup + steps, 0, copies=n)
 
-  def run(i):
-    for step, j in zip(copies, idx[i]):  # each seed its own batch, as the JAX replicas
-      step(images[j], labels[j])
+  def make_run():
+    copies = [_train_step(torch, _maybe_compile(torch, m, compile), opt,
+                          _cosine(torch, opt, total), aug, amp, device, m.scale_block_grads)
+              for m, opt in zip(models, opts)]
 
-  times, first, cpw = _time(torch, device, run, steps, warmup)
-  notes += [f'{len(copies)} seeds trained one after another in a Python loop (JAX vmaps them '
+    def run(i):
+      for step, j in zip(copies, idx[i % len(idx)]):  # each seed its own batch, as the replicas
+        step(images[j], labels[j])
+    return run
+
+  notes += [f'{n} seeds trained one after another in a Python loop (JAX vmaps them '
             'in one compiled step; PyTorch has no vmap-of-training by default)',
             f'AdamW lr 1e-3 wd 0.01 ({impl}), cosine', f'{c["normalization"]} norm, no crop/flip',
-            'block grads scaled by 1/rms(delta) as the ladder rule bp',
-            'trainable/total params are per seed', 'eager PyTorch (no torch.compile)']
-  return _record(torch, device, 'resmlp', batch, times, first, cpw, warmup,
-                 list(model.parameters()), notes, copies=len(copies), amp=amp, seeds=len(copies),
-                 width=c['width'], depth=depth, k=k, classes=c['classes'],
-                 config='ladder:quick' if small else 'ladder:d256_L4')
+            'block grads scaled by 1/rms(delta) as the ladder rule bp'
+            + (' (delta read from zero probes added to the block outputs, not hooks)'
+               if compile else ''),
+            'trainable/total params are per seed', _compile_note(compile)]
+  record = lambda times, first, cpw, info: _record(
+      torch, device, 'resmlp', batch, times, first, cpw, info, list(models[-1].parameters()),
+      notes, copies=n, amp=amp, seeds=n, width=c['width'], depth=depth, k=k,
+      classes=c['classes'], config='ladder:quick' if small else 'ladder:d256_L4')
+  return _timed_record(torch, device, 'resmlp', batch, compile, make_run, steps, warmup, record)
 
 
 # ----------------------------------------------------------------------------- ViT + PEFT
@@ -562,9 +728,10 @@ def build_vit_peft(method, small=False, use_timm=None, classes=None):
 
 
 def time_vit_peft(method, batch=128, steps=5, warmup=2, small=False, use_timm=None,
-                  classes=None, device=None, amp=None, num_threads=None, seed=0):
+                  classes=None, compile=False, device=None, amp=None, num_threads=None, seed=0):
   """Times PEFT training steps of ViT-S/16 at 224 px (or the quick tiny ViT when small) for
-  `method` in PEFT_METHODS (configs/hybrid.py); a record dict."""
+  `method` in PEFT_METHODS (configs/hybrid.py); a record dict. compile: the model under
+  torch.compile (see the module's docstring); the resize stays eager, in the augmentation."""
   torch, device, amp, notes = _setup(device, amp, num_threads)
   c = VIT['quick' if small else 'S/16']
   torch.manual_seed(seed)
@@ -583,36 +750,87 @@ def time_vit_peft(method, batch=128, steps=5, warmup=2, small=False, use_timm=No
   else:
     recipe = dict(crop_padding=0, flip=True, normalization='cifar100')
   aug = lambda x: augment(torch, x, resize=c['image_size'], **recipe)
-  step = _train_step(torch, model, opt, sched, aug, amp, device)
   n_classes = model.head.out_features
   images, labels, idx = _pool(torch, device, batch, n_classes, warmup + steps, seed)
-  run = lambda i: step(images[idx[i][0]], labels[idx[i][0]])
-  times, first, cpw = _time(torch, device, run, steps, warmup)
+
+  def make_run():
+    step = _train_step(torch, _maybe_compile(torch, model, compile), opt, sched, aug, amp, device)
+    return lambda i: step(images[idx[i % len(idx)][0]], labels[idx[i % len(idx)][0]])
+
   notes += [desc, f'AdamW groups {sorted(groups)} ({impl}), cosine',
             f'{SOURCE_SIZE} px uint8 resized to {c["image_size"]} in the step, '
-            + ', '.join(f'{k} {v}' for k, v in recipe.items()),
-            'eager PyTorch (no torch.compile)']
-  return _record(torch, device, f'vit_peft/{method}', batch, times, first, cpw, warmup,
-                 list(model.parameters()), notes, amp=amp, method=method,
-                 model='quick tiny ViT' if small else 'S/16', image_size=c['image_size'],
-                 classes=n_classes, groups=sorted(groups))
+            + ', '.join(f'{k} {v}' for k, v in recipe.items()), _compile_note(compile)]
+  record = lambda times, first, cpw, info: _record(
+      torch, device, f'vit_peft/{method}', batch, times, first, cpw, info,
+      list(model.parameters()), notes, amp=amp, method=method,
+      model='quick tiny ViT' if small else 'S/16', image_size=c['image_size'],
+      classes=n_classes, groups=sorted(groups))
+  return _timed_record(torch, device, f'vit_peft/{method}', batch, compile, make_run, steps,
+                       warmup, record)
+
+
+# ----------------------------------------------------------------------------- ViT-Ti/4 (mHC)
+
+
+def time_vit_tiny(batch=64, steps=20, warmup=3, small=False, compile=False, device=None,
+                  amp=None, num_threads=None, seed=0):
+  """Times from-scratch training steps of configs/mhc.py's plain residual ViT-Ti/4 (or quick's
+  4-block ViT when small) with a learned position embedding; a record dict. All parameters
+  train. compile: the model under torch.compile (see the module's docstring)."""
+  torch, device, amp, notes = _setup(device, amp, num_threads)
+  c = MHC['quick' if small else 'Ti/4']
+  torch.manual_seed(seed)
+  # _plain_vit: class token, learned pos_embed, pre-LN blocks (eps 1e-6, exact GELU, fused qkv),
+  # final norm, head on the class token; PyTorch's default inits (the init does not change the
+  # work of a step).
+  model = _plain_vit(torch, c['image_size'], c['patch'], c['width'], c['depth'], c['heads'],
+                     c['mlp_dim'], c['classes']).to(device)
+  opt, impl = _optimizer(torch, 'AdamW', model.parameters(), lr=c['lr'],
+                         weight_decay=c['weight_decay'], betas=(0.9, 0.999), eps=1e-8)
+  # configs/mhc.py schedules warm-up, hold, 1-sqrt decay ('whd'); a plain cosine here: the
+  # schedule only sets the learning rate each step, its cost is negligible either way.
+  sched = _cosine(torch, opt, c['epochs'] * (TRAIN_SIZE // batch))
+  recipe = dict(flip=c['flip'], normalization=c['normalization'])  # no crop, resize, RandAugment,
+  aug = lambda x: augment(torch, x, **recipe)  # colour jitter or erasing: as the race's JAX row
+  images, labels, idx = _pool(torch, device, batch, c['classes'], warmup + steps, seed)
+
+  def make_run():
+    step = _train_step(torch, _maybe_compile(torch, model, compile), opt, sched, aug, amp, device)
+    return lambda i: step(images[idx[i % len(idx)][0]], labels[idx[i % len(idx)][0]])
+
+  notes += ['built-in ViT with timm layout, learned pos_embed',
+            f'AdamW lr 3e-3 wd 0.01 ({impl}), cosine (the config: warmup-hold-decay)',
+            ', '.join(f'{k} {v}' for k, v in recipe.items()) + ', no crop/resize',
+            _compile_note(compile)]
+  record = lambda times, first, cpw, info: _record(
+      torch, device, 'vit_tiny', batch, times, first, cpw, info, list(model.parameters()),
+      notes, amp=amp, model='quick ViT' if small else 'Ti/4', pos='learned',
+      image_size=c['image_size'], patch=c['patch'], width=c['width'], depth=c['depth'],
+      heads=c['heads'], mlp_dim=c['mlp_dim'], classes=c['classes'],
+      config='mhc:quick,regular' if small else 'mhc:regular,learned_pos')
+  return _timed_record(torch, device, 'vit_tiny', batch, compile, make_run, steps, warmup,
+                       record)
 
 
 # ----------------------------------------------------------------------------- CLI
 
 
 def run_all(small=False, steps=None, warmup=None, vit_batch=None, methods=PEFT_METHODS,
-            use_timm=None, device=None):
-  """Records of every workload; a workload that cannot run gets {'workload', 'skipped'}."""
+            use_timm=None, device=None, compile=False):
+  """Records of every workload; a workload that cannot run gets {'workload', 'skipped'}, one
+  where torch.compile failed {'workload', 'error', 'torch_compile'}."""
+  kw = dict(device=device, compile=compile)
   jobs = [('lenet5', lambda: time_lenet5(64, steps or 20, 3 if warmup is None else warmup,
-                                         device=device)),
+                                         **kw)),
           # --small keeps the ladder's d=256, L=4 and only takes fewer steps (an MLP step is cheap).
           ('resmlp', lambda: time_resmlp(128, steps or (10 if small else 20),
-                                         2 if warmup is None else warmup, device=device))]
+                                         2 if warmup is None else warmup, **kw)),
+          ('vit_tiny', lambda: time_vit_tiny(64, steps or (10 if small else 20),
+                                             3 if warmup is None else warmup, small=small, **kw))]
   for m in methods:
     jobs.append((f'vit_peft/{m}', lambda m=m: time_vit_peft(
         m, vit_batch or (8 if small else 128), steps or 5, 2 if warmup is None else warmup,
-        small=small, use_timm=use_timm, device=device)))
+        small=small, use_timm=use_timm, **kw)))
   ok, why = available()
   records = []
   for name, job in jobs:
@@ -630,7 +848,7 @@ def run_all(small=False, steps=None, warmup=None, vit_batch=None, methods=PEFT_M
 def print_table(records):
   head = (f'{"workload":36} {"batch":>5} {"median s":>9} {"mean s":>9} {"img/s":>9} '
           f'{"trainable":>10} {"total":>11} {"first s":>8} {"cpu/wall":>8}')
-  done = [r for r in records if 'skipped' not in r]
+  done = [r for r in records if 'skipped' not in r and 'error' not in r]
   if done:
     r = done[0]
     print(f'PyTorch references: torch {r["torch_version"]}, {r["device"]}, '
@@ -638,21 +856,32 @@ def print_table(records):
   print(head)
   print('-' * len(head))
   for r in records:
-    if 'skipped' in r:
-      print(f'{r["workload"]:36} skipped: {r["skipped"]}')
+    name = r['workload'] + (' (compiled)' if r.get('torch_compile') else '')
+    if 'skipped' in r or 'error' in r:
+      print(f'{name:36} {"skipped" if "skipped" in r else "error"}: '
+            f'{r.get("skipped") or r.get("error")}')
       continue
-    print(f'{r["workload"]:36} {r["batch"]:>5} {r["step_time_median_s"]:>9.4f} '
+    print(f'{name:36} {r["batch"]:>5} {r["step_time_median_s"]:>9.4f} '
           f'{r["step_time_mean_s"]:>9.4f} {r["img_s"]:>9.1f} {r["trainable_params"]:>10,} '
           f'{r["total_params"]:>11,} {r["compile_or_first_step_s"]:>8.3f} '
           f'{r["cpu_per_wall"]:>8.2f}')
   for r in done:
     print(f'  {r["workload"]}: {r["notes"]}')
+    if r['torch_compile']:
+      print(f'    compile: first step {r["compile_s"]:.1f} s, {r["warmup_steps"]} warm-up steps '
+            f'({r["compile_extra_warmup_steps"]} extra), {r["compiled_graphs"]} graphs, '
+            f'{r["graph_breaks"]} graph breaks, inductor cache {r["inductor_cache"]}, '
+            f'{r["compiles_in_timed_steps"]} compiles in timed steps')
 
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--small', action='store_true',
-                 help='LeNet batch 64, ResMLP d=256 L=4 with few steps, tiny ViT batch 8')
+                 help='LeNet batch 64, ResMLP d=256 L=4 with few steps, quick ViT-Ti sizes, '
+                 'tiny PEFT ViT batch 8')
+  p.add_argument('--compile', action='store_true',
+                 help='the models under torch.compile (default mode, inductor, dynamic=False); '
+                 'the compiling warm-up steps are not timed')
   p.add_argument('--json', default='', help='write the records to this path')
   p.add_argument('--steps', type=int, default=None, help='timed steps (default per workload)')
   p.add_argument('--warmup', type=int, default=None, help='untimed steps first')
@@ -664,7 +893,8 @@ def main(argv=None):
   args = p.parse_args(argv)
   records = run_all(args.small, args.steps, args.warmup, args.vit_batch,
                     [m for m in args.methods.split(',') if m],
-                    {'auto': None, 'yes': True, 'no': False}[args.timm], args.device)
+                    {'auto': None, 'yes': True, 'no': False}[args.timm], args.device,
+                    args.compile)
   print_table(records)
   if args.json:
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)

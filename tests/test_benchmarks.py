@@ -50,3 +50,46 @@ def test_largest_batch_doubles_until_out_of_memory_and_reports_other_errors():
   assert 'did not fit' in run.largest_batch(128, fake(100))['error']
   broken = run.largest_batch(128, fake(300, error='exit status 1: ValueError: bad config'))
   assert broken['batch_tried'] == 512 and 'ValueError' in broken['error']  # not read as a limit
+
+
+def test_torch_refs_vit_tiny_and_torch_compile_mode():
+  torch = pytest.importorskip('torch')
+  from benchmarks import torch_refs
+  eager = torch_refs.time_vit_tiny(batch=4, steps=1, warmup=1, small=True, num_threads=1)
+  assert eager['workload'] == 'vit_tiny' and eager['pos'] == 'learned'
+  assert eager['torch_compile'] is False and eager['compile_s'] is None
+  assert eager['trainable_params'] == eager['total_params']  # from scratch: all of it trains
+
+  # A failing torch.compile gives an error record, never an eager run.
+  def broken(model, **kw):
+    def call(*a, **k):
+      raise RuntimeError('boom\nsecond line')
+    return call
+  real = torch.compile
+  torch.compile = broken
+  try:
+    r = torch_refs.time_lenet5(batch=2, steps=1, warmup=1, compile=True, num_threads=1)
+  finally:
+    torch.compile = real
+  assert r['error'] == 'torch.compile failed: RuntimeError: boom' and r['torch_compile'] is True
+
+  # The ladder's compile-mode probes give the hooks' scaled gradients.
+  x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+  grads = []
+  for probes in (False, True):
+    torch.manual_seed(0)
+    m = torch_refs._resmlp(torch, 3072, 10, 16, 3, (1, 2))
+    if probes:
+      m.use_probes(4, torch.float32, 'cpu')
+    torch.nn.functional.cross_entropy(m(x), y).backward()
+    m.scale_block_grads()
+    grads.append([p.grad for p in m.parameters()])
+  for a, b in zip(*grads):
+    assert (a is None) == (b is None) and (a is None or torch.allclose(a, b))
+
+  r = torch_refs.time_vit_tiny(batch=4, steps=2, warmup=1, small=True, compile=True)
+  if 'error' in r:  # no working compiler toolchain here: say so rather than pass
+    assert r['error'].startswith('torch.compile failed: ')
+    pytest.skip(r['error'])
+  assert r['torch_compile'] is True and r['compile_s'] > 0 and r['warmup_steps'] >= 2
+  assert r['compiles_in_timed_steps'] == 0 and r['compiled_graphs'] >= 1

@@ -1,0 +1,105 @@
+"""Loop efficiency: the trainer's own images per second over a bare loop of the same compiled
+step, one step per dispatch (`loop/<workload>` rows of the suite).
+
+The bare loop is the least a Python driver can do: the compiled step called back to back on
+batch indices drawn and placed beforehand, one wait at the end. The trainer (`fit`) does
+what a run does: draws each batch's indices, places them, dispatches, logs, evaluates (outside
+its timing) and reports `throughput_img_s`. Both run in this process, alternately, `rounds`
+times; the row gives the median of each and of their ratio.
+"""
+
+import statistics
+import tempfile
+import time
+
+import numpy as np
+
+LOOP_WORKLOADS = ('ladder', 'peft/lora', 'peft/norm', 'peft/hybrid_parallel',
+                  'peft/hybrid_layerwise/deep_lora')
+
+
+def _dataset(shape, examples, classes, seed=0):
+  from jaxlab.data.datasets import Dataset, Split
+  rng = np.random.default_rng(seed)
+  split = lambda n: Split(rng.integers(0, 256, (n, *shape), dtype=np.uint8),
+                          rng.integers(0, classes, (n,), dtype=np.int32))
+  return Dataset(name='random', train=split(examples), test=split(64), num_classes=classes,
+                 eval_split='test')
+
+
+def time_loop(name, small, steps, rounds=3):
+  """The `loop/<name>` row: trainer and bare-loop img/s of `steps` steps, `rounds` times."""
+  import jax
+
+  from benchmarks.run import make_workload
+  from jaxlab.parallel.mesh import make_mesh, replicate, shard_leading
+  from jaxlab.train.loop import fit
+  from jaxlab.train.setup import build
+
+  def workload():
+    config, task, shape, held = make_workload(name, small)
+    if held:
+      raise ValueError(f'loop/{name}: a held group is not a run of its own')
+    with config.unlocked():
+      config.progress = False
+      config.train.update(steps_per_dispatch=1, log_every_steps=50, steps=steps,
+                          epochs=1, eval_batch_size=32)
+      config.checkpoint.every_steps = 10 * steps  # the last step's save only, outside timing
+      config.data.placement = 'device'
+    return config, task, shape
+
+  config, task, shape = workload()
+  batch, mesh = config.train.batch_size, make_mesh()
+  dataset = _dataset(shape, batch * steps, 10)
+  setup = build(config, task, mesh, total_steps=steps, steps_per_epoch=steps)
+  copies = setup.copies
+  data = replicate({'image': dataset.train.images, 'label': dataset.train.labels}, mesh)
+  rng = np.random.default_rng(1)
+  size = (1, batch) if copies == 1 else (1, copies, batch)
+  draw = lambda: shard_leading(rng.integers(0, len(dataset.train.labels), size).astype(np.int32),
+                               mesh, axis=setup.layout.batch_axis)
+  state = setup.place(setup.state)
+  compiled = setup.chunk_fn(frozenset()).lower(state, data, draw()).compile()
+  state, _ = jax.block_until_ready(compiled(state, data, draw()))  # warm-up
+
+  def bare():
+    nonlocal state
+    idx = [draw() for _ in range(steps)]
+    t0 = time.perf_counter()
+    for i in idx:
+      state, metrics = compiled(state, data, i)
+    jax.block_until_ready((state, metrics))
+    return steps * batch * copies / (time.perf_counter() - t0)
+
+  def trainer():
+    config, task, _ = workload()
+    with tempfile.TemporaryDirectory() as workdir:
+      summary, _ = fit(config, workdir, task, dataset, mesh=mesh)
+    return summary['throughput_img_s']
+
+  bares, trainers = [], []
+  for _ in range(rounds):
+    bares.append(bare())
+    trainers.append(trainer())
+  ratios = [t / b for t, b in zip(trainers, bares)]
+  device = jax.devices()[0]
+  return {'workload': f'loop/{name}', 'batch': batch, 'copies': copies, 'steps': steps,
+          'rounds': rounds, 'bare_img_s': bares, 'trainer_img_s': trainers,
+          'bare_img_s_median': statistics.median(bares),
+          'trainer_img_s_median': statistics.median(trainers),
+          'loop_efficiency': statistics.median(ratios), 'loop_efficiency_rounds': ratios,
+          'device_kind': device.device_kind, 'platform': device.platform,
+          'num_devices': int(mesh.devices.size), 'jax_version': jax.__version__}
+
+
+def markdown(rows):
+  lines = ['| loop | batch | bare loop img/s | trainer img/s | trainer / bare (target ≥ 0.97) |',
+           '| --- | ---: | ---: | ---: | ---: |']
+  for r in rows:
+    if 'error' in r:
+      lines.append(f'| {r["workload"]} | error: {r["error"][:80]} | | | |')
+      continue
+    batch = f'{r["batch"]}×{r["copies"]}' if r['copies'] > 1 else str(r['batch'])
+    lines.append(f'| {r["workload"]} | {batch} | {r["bare_img_s_median"]:,.0f} | '
+                 f'{r["trainer_img_s_median"]:,.0f} | {r["loop_efficiency"]:.3f} |')
+  return '\n'.join(lines)
