@@ -25,7 +25,7 @@ def time_ladder_epoch(variant, small, rules=('bp', 'fa', 'dfa')):
   """The `ladder_time/<variant>` row: one epoch of each rule's k = L cell, and the projection."""
   import jax
 
-  from benchmarks.loop import _dataset
+  from benchmarks.loop import random_dataset
   from configs.ladder import get_config
   from jaxlab.experiments.ladder import cells, make_task
   from jaxlab.train.loop import fit
@@ -33,10 +33,7 @@ def time_ladder_epoch(variant, small, rules=('bp', 'fa', 'dfa')):
   config = get_config('quick' if small else variant)  # small: quick's cell, digits' size
   examples, test = (1437, 360) if small else (50_000, 10_000)
   shape, classes = (32, 32, 3), 10
-  dataset = _dataset(shape, examples, classes)
-  dataset = type(dataset)(name='random', train=dataset.train,
-                          test=_dataset(shape, test, classes, seed=1).train,
-                          num_classes=classes, eval_split='test')
+  dataset = random_dataset(shape, examples, classes, test=test)
   epochs, eval_every = config.train.epochs, config.train.eval_every_epochs
   depth = config.model.depth
   per_rule = {}

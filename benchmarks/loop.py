@@ -16,16 +16,13 @@ import time
 
 import numpy as np
 
-LOOP_WORKLOADS = ('ladder', 'peft/lora', 'peft/norm', 'peft/hybrid_parallel',
-                  'peft/hybrid_layerwise/deep_lora')
-
-
-def _dataset(shape, examples, classes, seed=0):
+def random_dataset(shape, examples, classes, test=64, seed=0):
+  """A Dataset of random uint8 images and labels: `examples` to train on, `test` to evaluate."""
   from jaxlab.data.datasets import Dataset, Split
   rng = np.random.default_rng(seed)
   split = lambda n: Split(rng.integers(0, 256, (n, *shape), dtype=np.uint8),
                           rng.integers(0, classes, (n,), dtype=np.int32))
-  return Dataset(name='random', train=split(examples), test=split(64), num_classes=classes,
+  return Dataset(name='random', train=split(examples), test=split(test), num_classes=classes,
                  eval_split='test')
 
 
@@ -33,8 +30,8 @@ def time_loop(name, small, steps, rounds=3):
   """The `loop/<name>` row: trainer and bare-loop img/s of `steps` steps, `rounds` times."""
   import jax
 
-  from benchmarks.run import make_workload
-  from jaxlab.parallel.mesh import make_mesh, replicate, shard_leading
+  from benchmarks.run import index_drawer, make_workload
+  from jaxlab.parallel.mesh import make_mesh, replicate
   from jaxlab.train.loop import fit
   from jaxlab.train.setup import build
 
@@ -52,14 +49,11 @@ def time_loop(name, small, steps, rounds=3):
 
   config, task, shape = workload()
   batch, mesh = config.train.batch_size, make_mesh()
-  dataset = _dataset(shape, batch * steps, 10)
+  dataset = random_dataset(shape, batch * steps, 10)
   setup = build(config, task, mesh, total_steps=steps, steps_per_epoch=steps)
   copies = setup.copies
   data = replicate({'image': dataset.train.images, 'label': dataset.train.labels}, mesh)
-  rng = np.random.default_rng(1)
-  size = (1, batch) if copies == 1 else (1, copies, batch)
-  draw = lambda: shard_leading(rng.integers(0, len(dataset.train.labels), size).astype(np.int32),
-                               mesh, axis=setup.layout.batch_axis)
+  draw = index_drawer(np.random.default_rng(1), len(dataset.train.labels), batch, setup, mesh)
   state = setup.place(setup.state)
   compiled = setup.chunk_fn(frozenset()).lower(state, data, draw()).compile()
   state, _ = jax.block_until_ready(compiled(state, data, draw()))  # warm-up
@@ -100,7 +94,8 @@ def time_loop(name, small, steps, rounds=3):
           'bare_img_s_median': statistics.median(bares),
           'trainer_img_s_median': statistics.median(trainers),
           'loop_efficiency': statistics.median(ratios), 'loop_efficiency_rounds': ratios,
-          'trainer_after_first_window_img_s': steadies, 'log_every_steps': 50,
+          'trainer_after_first_window_img_s': steadies,
+          'log_every_steps': config.train.log_every_steps,
           'loop_efficiency_after_first_window': (statistics.median(steady_ratios)
                                                  if steady_ratios else None),
           'device_kind': device.device_kind, 'platform': device.platform,

@@ -223,6 +223,18 @@ def step_flops(name, small, held, data, indices):
   return float(cost['flops']) if cost and cost.get('flops', -1) >= 0 else None
 
 
+def index_drawer(rng, pool, batch, setup, mesh):
+  """A function drawing one step's random batch indices into a pool of `pool` examples, placed
+  as the step reads them: [1, B], or [1, copies, B] (seeds share the batch's sharding, workers
+  are themselves sharded over the devices)."""
+  import numpy as np
+
+  from jaxlab.parallel.mesh import shard_leading
+  size = (1, batch) if setup.copies == 1 else (1, setup.copies, batch)
+  return lambda: shard_leading(rng.integers(0, pool, size).astype(np.int32), mesh,
+                               axis=setup.layout.batch_axis)
+
+
 def time_workload(name, small, steps, warmup, seed=0, profile='', batch=0):
   """Compile and time one workload in this process; returns its record. With `profile` (a
   directory), the timed steps are also captured as a jax.profiler trace there; `batch` > 0
@@ -233,7 +245,7 @@ def time_workload(name, small, steps, warmup, seed=0, profile='', batch=0):
   from jaxlab.metrics.classification import count_params
   from jaxlab.metrics.system import peak_memory
   from jaxlab.parallel.local import make_average
-  from jaxlab.parallel.mesh import make_mesh, replicate, shard_leading
+  from jaxlab.parallel.mesh import make_mesh, replicate
   from jaxlab.train.setup import build
 
   config, task, shape, held = make_workload(name, small)
@@ -250,10 +262,7 @@ def time_workload(name, small, steps, warmup, seed=0, profile='', batch=0):
   data = replicate({'image': rng.integers(0, 256, (pool, *shape), dtype=np.uint8),
                     'label': rng.integers(0, 10, (pool,), dtype=np.int32)}, mesh)
 
-  def indices():  # one step's [1, B], or [1, copies, B]: seeds share the batch's sharding,
-    # workers are themselves sharded over the devices
-    idx = rng.integers(0, pool, (1, batch) if copies == 1 else (1, copies, batch)).astype(np.int32)
-    return shard_leading(idx, mesh, axis=setup.layout.batch_axis)
+  indices = index_drawer(rng, pool, batch, setup, mesh)
 
   t0 = time.perf_counter()
   compiled = setup.chunk_fn(held).lower(state, data, indices()).compile()

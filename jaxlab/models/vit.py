@@ -25,7 +25,6 @@ import jax
 import jax.numpy as jnp
 
 from jaxlab.models import autodiff
-
 from jaxlab.models.hyper_connections import HyperConnection, HyperSpec, expand, reduce
 
 LORA_TARGETS = ('qkv', 'proj', 'fc1', 'fc2')
@@ -108,7 +107,7 @@ def _low_rank_bwd(res, g):
 
 
 _low_rank.defvjp(_low_rank_fwd, _low_rank_bwd)
-low_rank = autodiff.fast_or_plain(_low_rank, lambda h, a, b: (h @ a) @ b)
+low_rank = autodiff.fast_or_plain(_low_rank, _low_rank.fun)
 
 
 @jax.custom_vjp
@@ -144,7 +143,7 @@ def _materialize_bwd(_, g):
 
 
 _materialize_grad.defvjp(_materialize_fwd, _materialize_bwd)
-materialize_grad = autodiff.fast_or_plain(_materialize_grad, lambda x: x)
+materialize_grad = autodiff.fast_or_plain(_materialize_grad, _materialize_grad.fun)
 
 
 def layer_norm(eps, dtype, name):

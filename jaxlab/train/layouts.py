@@ -54,12 +54,13 @@ class Layout:
     return stop
 
   def acts_after(self, state, step, first, end):
-    """Whether the layout acts (see `after`) once the steps first..step (of `end`) ran."""
+    """Whether the layout acts (`after`, which the loop calls only then) once the steps
+    first..step (of `end`) ran."""
     del state, step, first, end
     return False
 
   def after(self, state, step, first, end):
-    """The state after the steps first..step (of `end`) ran, where `acts_after` says so."""
+    """The state after the steps first..step (of `end`) ran; called where `acts_after` is true."""
     del step, first, end
     return state
 
@@ -133,8 +134,7 @@ class Workers(Layout):
     return step == self.next_sync(state, first) or step == end  # the run ends as one model
 
   def after(self, state, step, first, end):
-    if not self.acts_after(state, step, first, end):
-      return state
+    del step, first, end  # the loop asked acts_after: the round ends here
     if self._average is None:
       self._average = make_average(self.spec, self.mesh, ordered_sums(self.config))
     t0 = time.perf_counter()
