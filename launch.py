@@ -10,7 +10,8 @@ values of the wrong type and unknown choices are errors before anything runs.
 Rerunning the same command with the same --workdir resumes from its checkpoint
 (a finished run prints its summary again); a workdir started with another config
 is refused. SIGTERM saves a checkpoint at the step reached and stops; rerun to
-resume. Exit codes: 0 done, 1 bad input, 3 diverged (a non-finite loss or
+resume. Exit codes: 0 done, 2 bad input (one line: error: <what> (<field or path>): <fix>;
+--verbosity=1 adds the traceback), 3 diverged (a non-finite loss or
 parameter; nothing non-finite was saved), 143 preempted (SIGTERM; checkpoint saved).
 
 Several processes (hosts) run one job when each runs the same command with

@@ -2,6 +2,8 @@
 
 import ml_collections
 
+from jaxlab.checks import BadInput
+
 
 def base_config():
   """The shared skeleton: data, model, augmentation, optimizer, trainer, checkpoints."""
@@ -78,5 +80,6 @@ def pick(variants, arg, default):
   """variants[arg or default](), or an error that lists the variants."""
   name = arg or default
   if name not in variants:
-    raise ValueError(f'unknown config variant {name!r}; choose one of {", ".join(variants)}')
+    raise BadInput(f'unknown config variant {name!r}', '--config',
+                   f'choose one of {", ".join(variants)} (--config=FILE:variant)')
   return variants[name]()

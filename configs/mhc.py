@@ -24,6 +24,7 @@ The CIFAR-10 data must be on the machine (see README "Data").
 
 import ml_collections
 
+from jaxlab.checks import BadInput
 from jaxlab.configs.common import base_config
 
 
@@ -114,8 +115,8 @@ def get_config(arg=None):
   names = [n for n in (arg or '').split(',') if n]
   unknown = [n for n in names if n not in VARIANTS]
   if unknown:
-    raise ValueError(f'unknown config variant(s) {unknown}; choose from {", ".join(VARIANTS)} '
-                     '(combine them with commas)')
+    raise BadInput(f'unknown config variant(s) {unknown}', '--config',
+                   f'choose from {", ".join(VARIANTS)} (combine them with commas)')
   c = default()
   if 'quick' in names and not set(names) & set(ARM_VARIANTS):
     names.insert(0, 'quick_arms')

@@ -16,12 +16,14 @@ import os
 
 import ml_collections
 
+from jaxlab import checks
+
 _SCALARS = (bool, int, float, str)
 _FLAG = '--config'
 
 
-class CommandLineError(ValueError):
-  pass
+class CommandLineError(checks.BadInput):
+  """A bad --config or --config.FIELD=value: BadInput(what, where, fix)."""
 
 
 def packaged_configs():
@@ -58,9 +60,9 @@ def resolve_spec(spec):
   choices = ', '.join(configs) or '(none found: is jaxlab installed?)'
   what = (f'config file {path!r} does not exist' if head not in ('', 'configs')
           else f'no config file {path!r} here and no packaged config {name!r}')
-  raise CommandLineError(f'{what}; packaged configs: {choices} '
-                         f'(e.g. --config=hybrid:quick), or give a path: '
-                         f'--config=path/to/file.py[:variant]')
+  raise CommandLineError(what, f'--config={spec}',
+                         f'name a packaged config ({choices}; e.g. --config=hybrid:quick) '
+                         'or give a path: --config=path/to/file.py[:variant]')
 
 
 def resolve_argv(argv):
@@ -71,7 +73,8 @@ def resolve_argv(argv):
     if arg == _FLAG:
       value = next(rest, None)
       if value is None:
-        raise CommandLineError('--config needs a value: --config=NAME[:variant]')
+        raise CommandLineError('--config needs a value', '--config',
+                               'give --config=NAME[:variant], e.g. --config=hybrid:quick')
       arg = f'{_FLAG}={value}'
     if arg.startswith(_FLAG + '='):
       arg = f'{_FLAG}={resolve_spec(arg[len(_FLAG) + 1:])}'
@@ -99,6 +102,10 @@ def _coerce(text, like):
   return type(like)(text)
 
 
+def _a(noun):
+  return f'{"an" if noun[:1] in "aeiou" else "a"} {noun}'
+
+
 def check_override(config, dotted, text):
   """Raise CommandLineError unless `dotted` names a field and `text` fits its type."""
   node, walked = config, []
@@ -107,7 +114,7 @@ def check_override(config, dotted, text):
       where = '.'.join(walked) or 'config'
       choices = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
       raise CommandLineError(
-          f'unknown config field {dotted!r}: {where} has no {key!r}; '
+          f'unknown config field {dotted!r}: {where} has no {key!r}', f'--config.{dotted}',
           f'valid fields of {where}: {", ".join(choices) or "(none: it is a value)"}')
     node = node[key]
     walked.append(key)
@@ -116,8 +123,8 @@ def check_override(config, dotted, text):
       _coerce(text, node)
     except ValueError:
       raise CommandLineError(
-          f'config field {dotted!r} is a {type(node).__name__} (now {node!r}); '
-          f'{text!r} is not a valid {type(node).__name__}') from None
+          f'{text!r} is not a valid {type(node).__name__}', f'--config.{dotted}',
+          f'config field {dotted!r} is {_a(type(node).__name__)} (now {node!r}); give one') from None
 
 
 def check_command_line(argv):
@@ -132,9 +139,9 @@ def check_command_line(argv):
       overrides.append((name, value))
   if spec is None:
     raise CommandLineError(
-        'missing --config=NAME[:variant] (a packaged config: '
-        f'{", ".join(packaged_configs())}) or --config=path/to/file.py[:variant]; '
-        'e.g. --config=distributed:quick')
+        'no config given', '--config',
+        f'add --config=NAME[:variant] (a packaged config: {", ".join(packaged_configs())}) or '
+        '--config=path/to/file.py[:variant]; e.g. --config=distributed:quick')
   config = load_config(spec)
   for name, value in overrides:
     check_override(config, name, value)

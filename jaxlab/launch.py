@@ -10,7 +10,8 @@ The run writes to workdirs/NAME[-variant] in the current directory unless --work
 says otherwise. Rerunning the same command with the same --workdir resumes from its
 checkpoint (a finished run prints its summary again); a workdir started with another
 config is refused. SIGTERM saves a checkpoint at the step reached and stops; rerun to
-resume. Exit codes: 0 done, 1 bad input, 3 diverged (a non-finite loss or
+resume. Exit codes: 0 done, 2 bad input (one line: error: <what> (<field or path>): <fix>;
+--verbosity=1 adds the traceback), 3 diverged (a non-finite loss or
 parameter; nothing non-finite was saved), 143 preempted (SIGTERM; checkpoint saved).
 
 Several processes (hosts) run one job when each runs the same command with
@@ -26,6 +27,7 @@ from ml_collections import config_flags
 
 from jaxlab import cli
 
+BAD_INPUT = 2  # exit code of a bad value, file or directory (nothing computed or written)
 DIVERGED = 3  # exit code of a run stopped by a non-finite loss or parameter
 _HELP = ('--help', '--helpshort', '--helpfull', '--helpxml', '-?', '-h')
 
@@ -68,7 +70,7 @@ def main(argv):
   try:
     processes.initialize(config.distributed)  # before anything touches a JAX backend
   except (ValueError, RuntimeError) as e:
-    sys.exit(f'error: {e}')
+    bad_input(e)
   if not processes.is_main():  # process 0 alone talks to the user (errors still show)
     sys.stdout.flush()
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # C++ libraries' prints too
@@ -79,18 +81,28 @@ def main(argv):
   # console() has rewritten every --config to a file path; absl reads the last one.
   spec = [a for a in sys.argv if a.startswith('--config=')][-1].split('=', 1)[1]
   try:
-    experiments.validate(config)
-    experiments.run(config, _WORKDIR.value or default_workdir(spec))
+    experiments.run(config, _WORKDIR.value or default_workdir(spec), overridden(sys.argv))
   except DivergenceError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(DIVERGED)
   except Preempted as e:
     print(str(e), file=sys.stderr)
     sys.exit(Preempted.EXIT_CODE)
-  except (ValueError, FileNotFoundError) as e:
+  except (ValueError, FileNotFoundError) as e:  # checks.BadInput among them
     if flags.FLAGS.verbosity > 0:
       raise
-    sys.exit(f'error: {e}\n(run with --verbosity=1 for the traceback)')
+    bad_input(e)
+
+
+def bad_input(error):
+  """Exit with BAD_INPUT after one line on stderr: `error: <what> (<field or path>): <fix>`."""
+  print('error: ' + ' '.join(str(error).split()), file=sys.stderr)  # one line, always
+  sys.exit(BAD_INPUT)
+
+
+def overridden(argv):
+  """The dotted config fields a command line sets (--config.optim.lr=... -> 'optim.lr')."""
+  return {a[len('--config.'):].split('=', 1)[0] for a in argv if a.startswith('--config.')}
 
 
 def console():
@@ -104,5 +116,5 @@ def console():
     if not any(a in _HELP for a in sys.argv[1:]):
       cli.check_command_line(sys.argv)
   except (cli.CommandLineError, ValueError) as e:
-    sys.exit(f'error: {e}')
+    bad_input(e)
   app.run(main)

@@ -140,7 +140,7 @@ def test_installed_wheel_runs_a_family_from_another_directory(wheel, tmp_path):
   for line in r.stdout.split():
     assert line.startswith(str(site) + os.sep), f'{line} is not from the installed wheel'
   r = run(sys.executable, '-m', 'jaxlab', '--config=nope')
-  assert r.returncode == 1 and 'distributed, hybrid, ladder, mhc' in r.stderr
+  assert r.returncode == 2 and 'distributed, hybrid, ladder, mhc' in r.stderr
   r = run(str(site / 'bin' / 'jaxlab'), *TINY_LADDER)
   assert r.returncode == 0, r.stdout + r.stderr
   workdir = elsewhere / 'workdirs' / 'ladder-quick'

@@ -105,6 +105,34 @@ def _find_archive_folder(layout: _Layout, directory: str) -> pathlib.Path:
   raise FileNotFoundError(_archive_missing_message(layout, directory))
 
 
+def check_archive(name: str, directory: str) -> None:
+  """Raise before anything is read if the python archive of `name` under `directory` is
+  missing (FileNotFoundError), partial (a file of the archive absent) or truncated (a
+  pickle that does not end with its STOP opcode: an interrupted download or copy);
+  ValueError for the latter two, naming the file."""
+  layout = _LAYOUTS[name]
+  required = layout.train_files + layout.test_files
+  root = pathlib.Path(directory).expanduser() if directory else None
+  if root is not None:
+    for folder in (root, root / layout.archive_folder):
+      present = [f for f in required if (folder / f).is_file()]
+      if not present:
+        continue
+      missing = [f for f in required if f not in present]
+      if missing:
+        raise ValueError(f'{layout.title} archive in {folder} is partial: '
+                         f'{", ".join(missing)} missing (have {", ".join(present)})')
+      for f in required:
+        with open(folder / f, 'rb') as fh:
+          size = fh.seek(0, os.SEEK_END)
+          fh.seek(max(size - 1, 0))
+          if size < 2 or fh.read(1) != b'.':
+            raise ValueError(f'{layout.title} archive file {folder / f} is truncated '
+                             f'({size} bytes; a pickle ends with its STOP byte)')
+      return
+  raise FileNotFoundError(_archive_missing_message(layout, directory))
+
+
 def _archive_missing_message(layout: _Layout, directory: str) -> str:
   where = (
       f'neither {directory!r} nor {os.path.join(directory, layout.archive_folder)!r}'

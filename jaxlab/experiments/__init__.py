@@ -2,8 +2,10 @@
 
 import importlib
 
+from jaxlab import checks
 from jaxlab.data.augment import NORMALIZATIONS
 from jaxlab.data.datasets import DATASETS, SOURCES
+from jaxlab.experiments import preflight
 from jaxlab.io.checkpoint import PARAMS
 from jaxlab.models import MODELS
 from jaxlab.optim.optimizers import OPTIMIZERS
@@ -31,36 +33,57 @@ CHOICES = (
 )
 
 
-def _get(config, dotted):
-  for key in dotted.split('.'):
-    config = config[key]
-  return config
-
-
-def validate(config):
-  """Raise ValueError naming the valid choices for any field outside them."""
+def validate(config, overridden=(), devices=None):
+  """Raise checks.BadInput for the first field outside its range or choices, or a relation
+  between fields that cannot hold (a batch the devices cannot split, a warm-up longer than
+  the run, ...), before anything is loaded or computed. `overridden`: the dotted fields the
+  command line set, so that an override the config would ignore (a field a sweep sets per
+  run) is an error too. `devices`: the devices the run's mesh spans (default: all of them)."""
   for field, choices in CHOICES:
-    value = _get(config, field)
-    if value not in choices:
-      raise ValueError(f'unknown {field} {value!r}; choose one of {", ".join(choices)} '
-                       f'(--config.{field}=...)')
-  module = importlib.import_module(EXPERIMENTS[config.experiment])
-  if hasattr(module, 'validate'):
-    module.validate(config)
+    checks.one_of(config, field, choices)
+  preflight.check_fields(config)
+  if devices is None:
+    import jax  # pylint: disable=g-import-not-at-top
+    devices = jax.device_count()
+  preflight.check_divisible(config, 'train.eval_batch_size', devices)
+  family = importlib.import_module(EXPERIMENTS[config.experiment])
+  family.validate(config, frozenset(overridden), devices)
+
+
+def check_files(config, workdir):
+  """The workdir, the data's files, the family's own inputs (pretrained weights) and any
+  checkpoint a rerun would restore: checks.BadInput naming the path."""
+  preflight.check_workdir(workdir)
+  family = importlib.import_module(EXPERIMENTS[config.experiment])
+  missing = []  # data and weights that are not here: reported together
+  for check in (preflight.check_data, getattr(family, 'check_files', None)):
+    try:
+      if check:
+        check(config)
+    except checks.Missing as e:
+      missing.append(e)
+  if len(missing) == 1:
+    raise missing[0]
+  if missing:
+    raise checks.Missing(' and '.join(e.what for e in missing),
+                         '; '.join(e.where for e in missing),
+                         ' | '.join(e.fix for e in missing))
+  preflight.check_checkpoints(workdir)
 
 
 # What the workdir of a launch records: the config as launched (after command-line overrides).
 LAUNCH_CONFIG = 'launch_config.json'
 
 
-def run(config, workdir):
-  """Validate `config` and run its experiment family in `workdir`.
+def run(config, workdir, overridden=()):
+  """Validate `config` and the files it names, then run its experiment family in `workdir`.
 
   The workdir remembers the config it was started with (launch_config.json; each
   run inside it also keeps its own effective config.json): a rerun with a config
   that differs in a result-changing field is refused before anything is loaded.
   """
-  validate(config)
+  validate(config, overridden)
+  check_files(config, workdir)
   guards.check_resume(workdir, config.to_dict(), LAUNCH_CONFIG,
                       guards.NEUTRAL_FIELDS + guards.SWEEP_FIELDS)
   return importlib.import_module(EXPERIMENTS[config.experiment]).run(config, workdir)

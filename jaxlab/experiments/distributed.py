@@ -14,10 +14,13 @@ import os
 
 import jax.numpy as jnp
 
-from jaxlab import models
+from jaxlab import checks, experiments, models
+from jaxlab.checks import at_least, positive, within
 from jaxlab.data.datasets import load_dataset
+from jaxlab.experiments import preflight
 from jaxlab.io.report import line_plot, markdown_table, with_status
 from jaxlab.io.writers import write_json, write_text
+from jaxlab.models import conv
 from jaxlab.optim.schedules import schedule_from_config
 from jaxlab.parallel.local import METHODS as LOCAL_METHODS, LocalSpec, worker_steps_per_epoch
 from jaxlab.train.guards import check_sweep, run_or_diverged
@@ -88,18 +91,60 @@ def make_task(config, num_classes, image_shape, workers=None):
   return Task(params=params, apply=flax_apply(model), rules=[('.*', 'base')], workers=workers)
 
 
-def validate(config):
-  if config.local.method not in ('none', *LOCAL_METHODS):
-    raise ValueError(f'unknown local.method {config.local.method!r}; choose one of none, '
-                     f'{", ".join(LOCAL_METHODS)}')
-  scaled_lr(config.optim, config.train.batch_size)
-  if config.aug_set not in ('', *AUG_SETS):
-    raise ValueError(f'unknown aug_set {config.aug_set!r}; choose one of "", {", ".join(AUG_SETS)}')
-  for overrides in parse_grid(config.grid):  # fields and literals checked before any run
-    apply_overrides(copy.deepcopy(config), overrides)
-  bad = [arm for arm in config.arms if arm not in ('sync', *LOCAL_METHODS)]
+def validate(config, overridden=frozenset(), devices=1):
+  """The family's fields, the devices' split of each arm's batch or workers, overrides
+  that `arms`, `aug_set` or `grid` would ignore, and every grid cell as a config of its own."""
+  c = config
+  checks.one_of(c, 'local.method', ('none', *LOCAL_METHODS))
+  checks.one_of(c, 'aug_set', ('', *AUG_SETS))
+  checks.one_of(c, 'model.conv_impl', conv.IMPLS)
+  bad = [arm for arm in c.arms if arm not in ('sync', *LOCAL_METHODS)]
   if bad:
-    raise ValueError(f'unknown arms {bad}; choose from sync, {", ".join(LOCAL_METHODS)}')
+    checks.fail('arms', f'unknown arms {bad}', f'choose from sync, {", ".join(LOCAL_METHODS)}')
+  for field in ('local.workers', 'local.sync_every'):
+    at_least(c, field, 1)
+  positive(c, 'local.slowmo_alpha')
+  within(c, 'local.slowmo_beta', 0, 1, high_open=True)
+  positive(c, 'local.outer_lr')
+  within(c, 'local.outer_momentum', 0, 1, high_open=True)
+  at_least(c, 'local.dynamic_alpha', 0, ' (0: fixed rounds of local.sync_every)')
+  at_least(c, 'optim.lamb_lr', 0, ' (0 uses optim.lr)')
+  methods = [('none' if arm == 'sync' else arm) for arm in c.arms] or [c.local.method]
+  if 'post_local' in methods:
+    within(c, 'local.switch_epochs', 0, c.train.epochs, high_open=True,
+           why=' (the epoch where post-local SGD turns local, inside train.epochs)')
+  if c.arms:
+    checks.ignored_override('local.method', overridden, f'arms {tuple(c.arms)}',
+                            'name the methods in --config.arms, or give --config.arms="()" to '
+                            'run local.method alone')
+  if c.aug_set:
+    for key in AUG_SETS[c.aug_set]:
+      checks.ignored_override(f'augment.{key}', overridden, f'aug_set {c.aug_set!r}',
+                              "add --config.aug_set='' to use the augment fields as given")
+  for method in methods:
+    if method == 'none':
+      preflight.check_divisible(c, 'train.batch_size', devices)
+    else:
+      preflight.check_divisible(c, 'local.workers', devices,
+                                'devices (each device holds whole workers)')
+  if c.grid:
+    with checks.about('grid', 'write it as "field=v1,v2;field=v1,v2" with Python literals and '
+                      'config fields'):
+      cells = parse_grid(c.grid)
+      for overrides in cells:
+        apply_overrides(copy.deepcopy(c), overrides)
+    for field in cells[0]:
+      checks.ignored_override(field, overridden, f'grid {c.grid!r}',
+                              f'give its values in --config.grid (or drop {field} from the grid)')
+    for overrides in cells:  # every cell is a run: its values pass the same checks
+      cell = apply_overrides(copy.deepcopy(c), overrides)
+      with cell.unlocked():
+        cell.grid = ''
+      try:
+        experiments.validate(cell, devices=devices)
+      except checks.BadInput as e:
+        raise checks.BadInput(f'grid cell {cell_name(overrides)}: {e.what}', e.where,
+                              e.fix + ' (in --config.grid)') from e
 
 
 def run_one(config, workdir, dataset):

@@ -15,8 +15,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxlab import checks
+from jaxlab.checks import at_least
 from jaxlab.credit import rules as credit
 from jaxlab.data.datasets import load_dataset
+from jaxlab.experiments import preflight
 from jaxlab.io.report import line_plot, markdown_table
 from jaxlab.io.writers import write_json, write_text
 from jaxlab.peft.partition import merge
@@ -127,14 +130,23 @@ def run_cell(config, workdir, dataset, rule, k, image_shape):
           'avg_step_time_s': summary['avg_step_time_s']}
 
 
-def validate(config):
-  for rule in config.credit.rules:
-    credit.make_model(rule, 10, 1, 1)
-  bad = [k for k in config.credit.ks if not 0 <= k <= config.model.depth]
+def validate(config, overridden=frozenset(), devices=1):
+  """Rules, depths and seeds of the ladder; each seed's batch split over the devices."""
+  del overridden  # no field here is set per cell
+  c = config
+  for field in ('model.width', 'model.depth'):
+    at_least(c, field, 1)
+  bad = [rule for rule in c.credit.rules if rule not in credit.RULES]
+  if bad or not c.credit.rules:
+    checks.fail('credit.rules', f'credit.rules {tuple(c.credit.rules)} must name one or more '
+                'known rules', f'choose from {", ".join(credit.RULES)}')
+  bad = [k for k in c.credit.ks if not 0 <= k <= c.model.depth]
   if bad:
-    raise ValueError(f'credit.ks must lie in 0..{config.model.depth} (model.depth); got {bad}')
-  if len(config.seeds) < 1:
-    raise ValueError('seeds must list at least one seed')
+    checks.fail('credit.ks', f'credit.ks {bad} lie outside 0..{c.model.depth} (model.depth)',
+                f'list trainable depths in 0..{c.model.depth}, or () for all of them')
+  if len(c.seeds) < 1:
+    checks.fail('seeds', 'seeds is empty', 'list at least one seed, e.g. --config.seeds="(42,)"')
+  preflight.check_divisible(c, 'train.batch_size', devices)
 
 
 def run(config, workdir):

@@ -16,10 +16,11 @@ import sys
 import jax
 import jax.numpy as jnp
 
-from jaxlab import models
+from jaxlab import checks, models
 from jaxlab.data.augment import make_eval_preprocess
 from jaxlab.data.pipeline import steps_per_epoch
-from jaxlab.data.datasets import load_dataset
+from jaxlab.data.datasets import IMAGE_SHAPE, load_dataset
+from jaxlab.experiments import preflight
 from jaxlab.io import record
 from jaxlab.io.writers import write_json
 from jaxlab.metrics.classification import count_params
@@ -253,15 +254,27 @@ def make_record(config, workdir, dataset, rows):
   return rec
 
 
-def validate(config):
-  arms = tuple(config.mhc.arms)
-  if not arms:
-    raise ValueError('mhc.arms is empty; name one or more of ' + ', '.join(ARMS))
+def validate(config, overridden=frozenset(), devices=1):
+  """Arms, the ViT and its hyper-connections, the image size the data gives; each arm sets
+  model.residual, so an override of it would be ignored."""
+  c = config
+  arms = tuple(c.mhc.arms)
   unknown = [a for a in arms if a not in ARMS]
-  if unknown:
-    raise ValueError(f'unknown mhc.arms {unknown}; choose from {", ".join(ARMS)}')
-  for arm in arms:
-    models.residual_spec(arm_config(config, arm).model)
+  if not arms or unknown:
+    checks.fail('mhc.arms', f'mhc.arms {arms} must name one or more known arms',
+                f'choose from {", ".join(ARMS)}, e.g. --config.mhc.arms="(\'regular\',)"')
+  checks.ignored_override('model.residual', overridden, f'mhc.arms {arms}',
+                          'name the arms instead: --config.mhc.arms (regular = plain, '
+                          'mhc_static, mhc_dynamic)')
+  preflight.check_vit(c, overridden)
+  size = c.augment.resize or IMAGE_SHAPE[0]
+  if size != c.model.image_size:
+    checks.fail('model.image_size', f'model.image_size {c.model.image_size} is not the size of '
+                f'the images the model gets ({size}: '
+                + ('augment.resize)' if c.augment.resize else f'{c.data.name}, augment.resize=0)'),
+                f'set --config.model.image_size={size} (or --config.augment.resize to the model\'s '
+                'size)')
+  preflight.check_divisible(c, 'train.batch_size', devices)
 
 
 def run(config, workdir):

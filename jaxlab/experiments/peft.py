@@ -14,8 +14,10 @@ import os
 import jax
 import ml_collections
 
-from jaxlab import models
+from jaxlab import checks, models
+from jaxlab.checks import at_least, positive, within
 from jaxlab.data.datasets import load_dataset, select_classes
+from jaxlab.experiments import preflight
 from jaxlab.io import pretrained as pt
 from jaxlab.io.report import markdown_table, scatter_plot, with_status
 from jaxlab.io.writers import write_json, write_text
@@ -114,16 +116,13 @@ def load_pretrained(config):
 
   Width, depth and MLP size must match the configured model; another image size or patch
   is fine (make_task resamples the position embedding and the patch kernel)."""
-  from jaxlab.io import pretrained as pt
   src = config.pretrained
   if src.source == 'none':
     return None
   if src.source == 'augreg':
-    arch, params = pt.big_vision_to_params(pt.load_npz(pt.fetch_augreg(cache_dir=src.cache_dir)))
-  elif src.source == 'npz':
-    arch, params = pt.big_vision_to_params(pt.load_npz(src.path))
-  elif src.source == 'timm':
-    arch, params = pt.timm_to_params(pt.read_safetensors(src.path))
+    arch, params = _converted('augreg', pt.fetch_augreg(cache_dir=src.cache_dir))
+  elif src.source in ('npz', 'timm'):
+    arch, params = _converted(src.source, src.path)
   else:
     raise ValueError(f'unknown pretrained.source {src.source!r}; choose one of '
                      f'{", ".join(PRETRAINED_SOURCES)}')
@@ -134,6 +133,23 @@ def load_pretrained(config):
                      'set --config.model.* to match (model.image_size and model.patch may '
                      'differ: the position embedding and patch kernel are resampled)')
   return params
+
+
+_LOADED = {}  # the last weights file converted: {(source, path, mtime, size): (arch, params)}
+
+
+def _converted(source, path):
+  """(arch, params) of a weights file, converted once per process: the preflight check and
+  the run read the same file (a changed file is read again)."""
+  path = os.path.abspath(os.path.expanduser(os.fspath(path)))
+  stat = os.stat(path)
+  key = (source, path, stat.st_mtime_ns, stat.st_size)
+  if key not in _LOADED:
+    read = (lambda: pt.big_vision_to_params(pt.load_npz(path))) if source != 'timm' else (
+        lambda: pt.timm_to_params(pt.read_safetensors(path)))
+    _LOADED.clear()
+    _LOADED[key] = read()
+  return _LOADED[key]
 
 
 def _offline_message(errors):
@@ -210,19 +226,94 @@ def pretrain(config, workdir, dataset):
   return jax.device_get(merge(state.params, state.frozen))
 
 
-def validate(config):
-  """Check the family's choices before anything is loaded or computed."""
-  p = config.peft
-  for spec in (config.sweep.runs or (f'{p.method}/{p.policy}',)):
+# What augment.recipe sets in every run (apply_recipe): a command-line value would be ignored.
+RECIPE_FIELDS = ('resize', 'crop_padding', 'flip', 'normalization')
+
+
+def validate(config, overridden=frozenset(), devices=1):
+  """The family's fields before anything is loaded or computed: methods, LoRA blocks inside
+  the depth, freezing, classes inside the data set, the ViT, and overrides that sweep.runs
+  or augment.recipe would ignore."""
+  c, p = config, config.peft
+  if c.model.name != 'vit':
+    checks.fail('model.name', f'the peft family fine-tunes a ViT; model.name is '
+                f'{c.model.name!r}', 'use --config.model.name=vit')
+  checks.one_of(c, 'augment.recipe', RECIPES)
+  checks.one_of(c, 'pretrained.source', PRETRAINED_SOURCES)
+  arch = preflight.check_vit(c, overridden)
+  runs = tuple(c.sweep.runs)
+  for spec in (runs or (f'{p.method}/{p.policy}',)):
     method, _, policy = spec.partition('/')
-    methods.lora_blocks(method, models.vit_arch(config.model)['depth'], policy or p.policy,
-                        tuple(p.lora_blocks))
-  methods.hold_schedule(order=p.alt_order)
-  for field, value, choices in (('augment.recipe', config.augment.recipe, RECIPES),
-                                ('pretrained.source', config.pretrained.source,
-                                 PRETRAINED_SOURCES)):
-    if value not in choices:
-      raise ValueError(f'unknown {field} {value!r}; choose one of {", ".join(choices)}')
+    field = 'sweep.runs' if runs else 'peft.method'
+    if method not in methods.METHODS:
+      checks.fail(field, f'unknown method {method!r}', f'choose one of '
+                  f'{", ".join(methods.METHODS)}')
+    with checks.about('peft.lora_blocks' if (policy or p.policy) == 'explicit'
+                      else ('sweep.runs' if runs else 'peft.policy'),
+                      f'policies: {", ".join(methods.POLICIES)}; block indices lie in '
+                      f'0..{arch["depth"] - 1}'):
+      methods.lora_blocks(method, arch['depth'], policy or p.policy, tuple(p.lora_blocks))
+  if runs:
+    for field in ('peft.method', 'peft.policy'):
+      checks.ignored_override(field, overridden, f'sweep.runs {runs}',
+                              'give the methods in --config.sweep.runs (e.g. '
+                              '--config.sweep.runs=norm), or run a single-method variant '
+                              'such as --config=hybrid:norm')
+  for key in RECIPE_FIELDS:
+    checks.ignored_override(f'augment.{key}', overridden,
+                            f'augment.recipe {c.augment.recipe!r} (resize = model.image_size)',
+                            'choose a recipe with --config.augment.recipe (weights, week3, '
+                            'standard, seed)')
+  with checks.about('peft.alt_order', f'choose one of {", ".join(methods.ORDERS)}'):
+    methods.hold_schedule(order=p.alt_order)
+  at_least(c, 'peft.rank', 1)
+  positive(c, 'peft.alpha')
+  within(c, 'peft.dropout', 0, 1, high_open=True)
+  for field in ('peft.freeze_lora_steps', 'peft.freeze_norm_steps', 'peft.alt_freeze_every',
+                'peft.diagnostics_every'):
+    at_least(c, field, 0, ' (0 turns it off)')
+  classes = preflight.num_classes(c)
+  preflight.check_classes(c, 'data.classes', classes)
+  if c.pretrained.source == 'pretrain':
+    if not c.sweep.pretrain_classes:
+      checks.fail('sweep.pretrain_classes', 'pretrained.source=pretrain needs the classes to '
+                  'pretrain on', 'list them, e.g. --config.sweep.pretrain_classes="(0, 1, 2, 3, 4)"')
+    preflight.check_classes(c, 'sweep.pretrain_classes', classes)
+    at_least(c, 'sweep.pretrain_epochs', 1)
+    positive(c, 'sweep.pretrain_lr')
+  if c.pretrained.source in ('npz', 'timm') and not c.pretrained.path:
+    checks.fail('pretrained.path', f'pretrained.source={c.pretrained.source} needs a file',
+                f'give --config.pretrained.path=FILE (a {"big_vision .npz" if c.pretrained.source == "npz" else "timm .safetensors"})')
+  preflight.check_divisible(c, 'train.batch_size', devices)
+
+
+def check_files(config):
+  """The pretrained weights of source npz or timm: a readable file of the configured ViT
+  (loaded once here; the run reuses it)."""
+  src = config.pretrained
+  if src.source == 'augreg':  # the cached file, or a download (offline: not here)
+    try:
+      load_pretrained(config)
+    except FileNotFoundError as e:
+      raise checks.Missing('the AugReg ViT-S/16 weights are not here and cannot be downloaded',
+                           os.path.join(src.cache_dir, pt.AUGREG_S16),
+                           'download the .npz elsewhere and put it there, or give weights on '
+                           'disk: --config.pretrained.source=npz|timm '
+                           '--config.pretrained.path=FILE') from e
+    return
+  if src.source not in ('npz', 'timm'):
+    return
+  path = os.path.expanduser(src.path)
+  if not os.path.isfile(path):
+    raise checks.BadInput(f'pretrained weights not found ({"a directory" if os.path.isdir(path) else "no such file"})',
+                          src.path, 'give the file with --config.pretrained.path')
+  try:
+    load_pretrained(config)
+  except (ValueError, KeyError, OSError, EOFError) as e:
+    reason = str(e).replace(f'{os.path.abspath(path)}: ', '')  # the path is named once, below
+    raise checks.BadInput(f'unusable pretrained weights: {reason}', src.path,
+                          f'give a {"big_vision/AugReg .npz" if src.source == "npz" else "timm .safetensors"} '
+                          'file of the configured ViT (model.*), or fix the file') from e
 
 
 def run(config, workdir):

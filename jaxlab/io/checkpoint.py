@@ -15,6 +15,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jaxlab import checks
 from jaxlab.io.writers import write_json
 from jaxlab.peft.partition import flatten
 
@@ -60,6 +61,38 @@ def check_backbone(workdir, record):
   return record
 
 
+def saved_steps(directory):
+  """The steps saved in a checkpoint directory (orbax's numbered step folders), ascending."""
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(n) for n in os.listdir(directory)
+                if n.isdigit() and os.path.isdir(os.path.join(directory, n)))
+
+
+def unreadable_latest(directory):
+  """(step, folder, reason) when the latest step under `directory` (the one a resume
+  restores) lacks what orbax needs to read it: its item folder `default/` and that
+  folder's tree metadata (`_METADATA`, JSON). None when it looks whole or nothing is saved.
+  Checks files only: the arrays are read by the restore itself."""
+  steps = saved_steps(directory)
+  if not steps:
+    return None
+  step = steps[-1]
+  folder = os.path.join(directory, str(step))
+  item = os.path.join(folder, 'default')
+  if not os.path.isdir(item):
+    return step, folder, 'it has no default/ item folder'
+  meta = os.path.join(item, '_METADATA')
+  try:
+    with open(meta, encoding='utf-8') as f:
+      json.load(f)
+  except FileNotFoundError:
+    return step, folder, 'default/_METADATA is missing'
+  except (OSError, ValueError) as e:
+    return step, folder, f'default/_METADATA is not readable JSON ({type(e).__name__})'
+  return None
+
+
 class Checkpointer:
   """Saves the state every `every_steps` steps (and when forced), keeping the last `keep`;
   with `trainable_only`, without `state.frozen` (restored from the state given to `restore`)."""
@@ -79,7 +112,13 @@ class Checkpointer:
     """The saved state at `step` (default: the latest) with the structure of `like`."""
     step = self.latest_step() if step is None else step
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, self._saved(like))
-    restored = self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    try:
+      restored = self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    except Exception as e:  # pylint: disable=broad-except  # whatever orbax raised, named
+      folder = os.path.join(os.fspath(self.manager.directory), str(step))
+      raise checks.BadInput(
+          f'checkpoint step {step} cannot be restored ({type(e).__name__}: {e})', folder,
+          f'delete {folder} to resume from the step before it, or use another --workdir') from e
     return restored.replace(frozen=like.frozen) if self.trainable_only else restored
 
   def _saved(self, state):

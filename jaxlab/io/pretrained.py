@@ -31,6 +31,7 @@ import struct
 import tempfile
 import urllib.error
 import urllib.request
+import zipfile
 
 import ml_dtypes
 import numpy as np
@@ -140,6 +141,9 @@ def write_safetensors(path, arrays, metadata=None):
 
 def load_npz(path):
   """All arrays of an .npz file as {name: np.ndarray} (no pickles)."""
+  if not zipfile.is_zipfile(os.fspath(path)):
+    raise ValueError(f'{path}: not an npz archive (no zip directory: a truncated download or '
+                     'another format)')
   with np.load(os.fspath(path), allow_pickle=False) as f:
     return {k: f[k] for k in f.files}
 

@@ -17,6 +17,7 @@ import os
 
 import numpy as np
 
+from jaxlab import checks
 from jaxlab.io.writers import _plain, write_json
 
 # Fields that do not change a run's result (fnmatch patterns over dotted names).
@@ -87,7 +88,7 @@ def run_or_diverged(fn, log=print):
     return e.record()
 
 
-class ResumeMismatchError(ValueError):
+class ResumeMismatchError(checks.BadInput):
   """A rerun in a workdir that was started with a different config."""
 
 
@@ -171,7 +172,8 @@ def check_resume(workdir, config_dict, filename='config.json', neutral=NEUTRAL_F
   is a file is an error.
   """
   if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise ValueError(f'--workdir {workdir} is a file, not a directory; choose another --workdir')
+    raise checks.BadInput('the workdir is a file, not a directory', workdir,
+                          'choose another --workdir (or move the file away)')
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, filename)
   if os.path.exists(path) and has_results(workdir):
@@ -185,7 +187,7 @@ def check_resume(workdir, config_dict, filename='config.json', neutral=NEUTRAL_F
       if diff:
         changes = '; '.join(f'{field} {a!r} → {b!r}' for field, a, b in diff)
         raise ResumeMismatchError(
-            f'{workdir} was started with another config ({path}): {changes}. Either use '
-            f'another --workdir for the new config, or rerun with the config it was started '
-            f'with to resume it')
+            f'the workdir was started with another config ({changes})', path,
+            'use another --workdir for the new config, or rerun with the config it was '
+            'started with to resume it')
   write_json(path, config_dict)
