@@ -119,3 +119,11 @@ def ignored_override(field, overridden, setter, fix):
   if field in overridden:
     raise BadInput(f'{field} is set by {setter}, so this override would be ignored',
                    flag(field), fix)
+
+
+def unread_override(field, overridden, why, fix):
+  """A field given on the command line that this run never reads (an Adam setting under SGD,
+  a warm-up under a schedule without one, ...): the override would have no effect."""
+  if field in overridden:
+    raise BadInput(f'{field} is not read {why}, so this override would have no effect',
+                   flag(field), fix)

@@ -42,6 +42,7 @@ def validate(config, overridden=(), devices=None):
   for field, choices in CHOICES:
     checks.one_of(config, field, choices)
   preflight.check_fields(config)
+  preflight.check_unread(config, frozenset(overridden))
   if devices is None:
     import jax  # pylint: disable=g-import-not-at-top
     devices = jax.device_count()

@@ -113,6 +113,18 @@ def validate(config, overridden=frozenset(), devices=1):
   if 'post_local' in methods:
     within(c, 'local.switch_epochs', 0, c.train.epochs, high_open=True,
            why=' (the epoch where post-local SGD turns local, inside train.epochs)')
+  unread = lambda field, why, fix: checks.unread_override(field, overridden, why, fix)
+  if c.optim.name != 'lamb':
+    unread('optim.lamb_lr', f'by optim.name={c.optim.name!r}', 'set --config.optim.name=lamb too')
+  local = [m for m in methods if m != 'none']
+  for name, needs in (('workers', None), ('sync_every', None), ('dynamic_alpha', None),
+                      ('slowmo_alpha', 'slowmo'), ('slowmo_beta', 'slowmo'),
+                      ('outer_lr', 'diloco'), ('outer_momentum', 'diloco'),
+                      ('switch_epochs', 'post_local')):
+    if (needs is None and not local) or (needs is not None and needs not in local):
+      unread(f'local.{name}', f'by the methods run here ({", ".join(methods)})',
+             f'run {needs or "a local method"} too: --config.local.method='
+             f'{needs or "local_sgd"}' + (' or add it to --config.arms' if c.arms else ''))
   if c.arms:
     checks.ignored_override('local.method', overridden, f'arms {tuple(c.arms)}',
                             'name the methods in --config.arms, or give --config.arms="()" to '

@@ -266,6 +266,10 @@ def validate(config, overridden=frozenset(), devices=1):
   checks.ignored_override('model.residual', overridden, f'mhc.arms {arms}',
                           'name the arms instead: --config.mhc.arms (regular = plain, '
                           'mhc_static, mhc_dynamic)')
+  if set(arms) == {'regular'}:
+    for name in ('streams', 'tau', 'iterations', 'reduce'):
+      checks.unread_override(f'model.hc.{name}', overridden, 'by the regular arm alone (plain '
+                             'residual connections)', 'add an mHC arm to --config.mhc.arms')
   preflight.check_vit(c, overridden)
   size = c.augment.resize or IMAGE_SHAPE[0]
   if size != c.model.image_size:

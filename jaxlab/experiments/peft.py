@@ -254,7 +254,9 @@ def validate(config, overridden=frozenset(), devices=1):
                       f'0..{arch["depth"] - 1}'):
       methods.lora_blocks(method, arch['depth'], policy or p.policy, tuple(p.lora_blocks))
   if runs:
-    for field in ('peft.method', 'peft.policy'):
+    # A run 'hybrid_layerwise' without '/policy' takes peft.policy; every other run sets both.
+    bare = any(spec == 'hybrid_layerwise' for spec in runs)
+    for field in ('peft.method',) + (() if bare else ('peft.policy',)):
       checks.ignored_override(field, overridden, f'sweep.runs {runs}',
                               'give the methods in --config.sweep.runs (e.g. '
                               '--config.sweep.runs=norm), or run a single-method variant '
@@ -264,6 +266,37 @@ def validate(config, overridden=frozenset(), devices=1):
                             f'augment.recipe {c.augment.recipe!r} (resize = model.image_size)',
                             'choose a recipe with --config.augment.recipe (weights, week3, '
                             'standard, seed)')
+  unread = lambda field, why, fix: checks.unread_override(field, overridden, why, fix)
+  src = c.pretrained.source
+  if src not in ('npz', 'timm'):
+    unread('pretrained.path', f'with pretrained.source={src!r}',
+           'set --config.pretrained.source=npz (big_vision .npz) or timm (.safetensors) too')
+  if src != 'augreg':
+    unread('pretrained.cache_dir', f'with pretrained.source={src!r}',
+           'it is where the AugReg download is kept: drop it')
+  if src != 'pretrain':
+    for name in ('pretrain_classes', 'pretrain_epochs', 'pretrain_lr'):
+      unread(f'sweep.{name}', f'with pretrained.source={src!r}',
+             'set --config.pretrained.source=pretrain too (or drop it)')
+  specs = [spec.partition('/') for spec in (runs or (f'{p.method}/{p.policy}',))]
+  used = {m for m, _, _ in specs}
+  policies = {pol or p.policy for m, _, pol in specs if m == 'hybrid_layerwise'}
+  if not used & {'lora', 'hybrid_parallel', 'hybrid_layerwise'}:
+    for name in ('rank', 'alpha', 'dropout', 'attn_only'):
+      unread(f'peft.{name}', f'by the methods run here ({", ".join(sorted(used))}: no LoRA)',
+             'run a LoRA method too (lora, hybrid_parallel, hybrid_layerwise), or drop it')
+  if not runs and p.method != 'hybrid_layerwise':
+    unread('peft.policy', f'by peft.method={p.method!r}',
+           'set --config.peft.method=hybrid_layerwise too (or drop it)')
+  if 'explicit' not in policies:
+    unread('peft.lora_blocks', 'unless a hybrid_layerwise run has policy explicit',
+           'set --config.peft.method=hybrid_layerwise --config.peft.policy=explicit too')
+  if not p.alt_freeze_every:
+    unread('peft.alt_order', 'while peft.alt_freeze_every=0 (no alternation)',
+           'set --config.peft.alt_freeze_every too')
+  if not p.diagnostics:
+    unread('peft.diagnostics_every', 'while peft.diagnostics=false',
+           'set --config.peft.diagnostics=true too')
   with checks.about('peft.alt_order', f'choose one of {", ".join(methods.ORDERS)}'):
     methods.hold_schedule(order=p.alt_order)
   at_least(c, 'peft.rank', 1)

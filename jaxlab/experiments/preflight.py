@@ -12,6 +12,15 @@ from jaxlab.checks import BadInput, at_least, positive, within
 LR_SCALINGS = ('none', 'sqrt', 'linear')
 CPU_COLLECTIVES = ('gloo', 'mpi')
 WARMUP_SCHEDULES = ('warmup_cosine', 'whd')
+# The optim fields each optimizer reads besides lr and weight_decay (optim.optimizers._around_lr).
+OPTIMIZER_READS = {'sgd': (), 'sgdm': ('momentum', 'nesterov'), 'adamw': ('b1', 'b2', 'eps'),
+                   'lars': ('momentum', 'nesterov', 'trust_coefficient'),
+                   'lamb': ('b1', 'b2', 'eps')}
+# The fields each schedule reads (optim.schedules.make_schedule).
+SCHEDULE_READS = {'constant': (), 'cosine': ('lr_floor',),
+                  'warmup_cosine': ('lr_floor', 'warmup_epochs', 'warmup_fraction'),
+                  'whd': ('lr_floor', 'warmup_epochs', 'warmup_fraction', 'decay_start_fraction',
+                          'decay_shape')}
 
 
 def check_fields(c):
@@ -80,6 +89,45 @@ def _optimizer(c):
                 f'whd\'s warm-up ({o.warmup_fraction:g} of the run) ends after its decay starts '
                 f'(optim.decay_start_fraction={o.decay_start_fraction:g})',
                 'set --config.optim.warmup_fraction at most optim.decay_start_fraction')
+
+
+def check_unread(c, overridden):
+  """Command-line overrides of shared fields that this run would never read."""
+  o = c.optim
+  if o.name in OPTIMIZER_READS:
+    for name in ('momentum', 'nesterov', 'b1', 'b2', 'eps', 'trust_coefficient'):
+      if name not in OPTIMIZER_READS[o.name]:
+        users = [n for n, reads in OPTIMIZER_READS.items() if name in reads]
+        checks.unread_override(f'optim.{name}', overridden, f'by optim.name={o.name!r}',
+                               f'only {", ".join(users)} read it: set --config.optim.name too, '
+                               'or drop it')
+  if o.schedule in SCHEDULE_READS:
+    for name in ('lr_floor', 'warmup_epochs', 'warmup_fraction', 'decay_start_fraction',
+                 'decay_shape'):
+      if name not in SCHEDULE_READS[o.schedule]:
+        users = [n for n, reads in SCHEDULE_READS.items() if name in reads]
+        checks.unread_override(f'optim.{name}', overridden, f'by optim.schedule={o.schedule!r}',
+                               f'only the schedules {", ".join(users)} read it: set '
+                               '--config.optim.schedule too, or drop it')
+    if o.warmup_fraction:
+      checks.unread_override('optim.warmup_epochs', overridden,
+                             f'while optim.warmup_fraction={o.warmup_fraction:g} sets the warm-up',
+                             'add --config.optim.warmup_fraction=0.0 to give it in epochs')
+  if not c.averaging.every_steps:
+    for name in ('start_fraction', 'window'):
+      checks.unread_override(f'averaging.{name}', overridden, 'while averaging.every_steps=0 '
+                             '(averaging off)', 'set --config.averaging.every_steps too')
+  d = c.data
+  if d.name == 'digits':
+    for name in ('source', 'dir', 'tfds_dir', 'label'):
+      checks.unread_override(f'data.{name}', overridden, 'for the embedded digits',
+                             'set --config.data.name=cifar10 or cifar100 too (or drop it)')
+  else:
+    unread = {'tfds': 'dir', 'archive': 'tfds_dir'}.get(d.source)
+    if unread:
+      checks.unread_override(f'data.{unread}', overridden, f'with data.source={d.source!r}',
+                             f'set --config.data.source={"archive" if unread == "dir" else "tfds"} '
+                             'too (or drop it)')
 
 
 def _color_jitter(c):
