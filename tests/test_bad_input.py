@@ -269,3 +269,21 @@ def test_a_sound_config_passes_every_check(files):
   with contextlib.suppress(FileNotFoundError):
     os.rmdir(files['root'] / 'fresh')
   assert pathlib.Path(files['weights']).is_file()
+
+
+def test_a_checkpoint_orbax_cannot_restore_names_the_step(tmp_path):
+  """Files that look whole but do not decode (checked only by the restore itself): the
+  restore's error names the step folder and how to go on."""
+  import jax.numpy as jnp
+  from jaxlab.checks import BadInput
+  from jaxlab.io.checkpoint import Checkpointer, unreadable_latest
+  state = {'w': jnp.ones((4, 4)), 'b': jnp.zeros(3)}
+  saver = Checkpointer(tmp_path, 1, 2)
+  saver.save(2, state, force=True)
+  saver.close()
+  (tmp_path / '2' / 'default' / 'manifest.ocdbt').write_bytes(b'garbage')
+  assert unreadable_latest(str(tmp_path)) is None  # its metadata is intact
+  with pytest.raises(BadInput) as e:
+    Checkpointer(tmp_path, 1, 2).restore(state)
+  assert e.value.where == str(tmp_path / '2') and 'checkpoint step 2' in e.value.what
+  assert f'delete {tmp_path / "2"}' in e.value.fix and '\n' not in str(e.value)
