@@ -122,9 +122,9 @@ def inputs(tmp_path_factory):
   root = tmp_path_factory.mktemp('headline_inputs')
   write_cifar10(root)
   write_cifar100(root)
-  # JAXLAB_TEST_XLA_CACHE=DIR keeps the compilation cache between sessions (opt-in: a warm
-  # cache skips most of this module's compile time; entries are keyed by program and JAX version).
-  cache = os.environ.get('JAXLAB_TEST_XLA_CACHE') or tmp_path_factory.mktemp('headline_xla_cache')
+  # The session's compilation cache (tests/conftest.py; JAXLAB_TEST_XLA_CACHE=DIR keeps it
+  # between sessions): shared with the other tests' commands and the other xdist worker's.
+  cache = os.environ.get('JAX_COMPILATION_CACHE_DIR') or tmp_path_factory.mktemp('headline_xla_cache')
   return {'data': str(root), 'weights': write_augreg_npz(root / 'vit_s16_augreg_random.npz'),
           'xla_cache': str(cache)}
 
