@@ -68,7 +68,8 @@ def base_config():
   # process_id: empty / -1 let JAX detect them (SLURM, Open MPI, Kubernetes, Cloud TPU).
   # cpu_collectives: how CPU devices of different processes talk (gloo | mpi).
   # ordered_sums: gradients and parameter averages summed over the devices in device order
-  # (all-gather, then sum), so a run is bit-identical on 1 process × 4 devices or 2 × 2;
+  # (all-gather, then sum), so a run is the same on 1 process × 4 devices or 2 × 2 (bit for
+  # bit where XLA:CPU compiles both alike: not for synchronous steps on AVX2-only CPUs);
   # false: psum (less memory and traffic; the rounding then depends on the layout).
   c.distributed = ml_collections.ConfigDict(dict(
       initialize=False, coordinator_address='', num_processes=-1, process_id=-1,

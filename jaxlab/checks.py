@@ -1,12 +1,15 @@
-"""Bad input, told in one line: `BadInput(what, where, fix)` and the field checks that raise it.
+"""Failures told in one line, and the field checks that raise them.
 
 Every check that runs before compute (jaxlab.experiments.validate and preflight) raises
-BadInput; the command line prints it as
+`BadInput(what, where, fix)`; a failure of the machine or of the workdir's files raises
+`EnvFailure(what, where, fix)` (a full disk, an unavailable platform, a path too long, a
+damaged file or checkpoint), and a workdir another run is writing raises `WorkdirBusy`. The
+command line prints each as
 
     error: <what is wrong> (<field or path>): <how to fix it>
 
-and exits with code 2. BadInput is a ValueError, so library callers that catch ValueError
-keep working.
+and exits with its own code (2 bad input, 4 environment, 5 workdir busy). BadInput is a
+ValueError, so library callers that catch ValueError keep working.
 """
 
 import contextlib
@@ -15,17 +18,36 @@ import math
 import ml_collections
 
 
-class BadInput(ValueError):
-  """A value, file or directory that a run cannot use; `where` names the field or path."""
+LIMIT = 600  # characters of `what` on the line (--verbosity=1 shows the whole chain)
 
-  LIMIT = 600  # characters of `what` on the line (--verbosity=1 shows the whole chain)
+
+class _OneLine:
+  """`what (where): fix`, forced onto one line (a cause's message may hold several)."""
 
   def __init__(self, what, where, fix):
-    what = ' '.join(str(what).split())  # one line, whatever the cause's message held
-    if len(what) > self.LIMIT:
-      what = what[:self.LIMIT] + ' … (--verbosity=1 shows the whole message)'
+    what = ' '.join(str(what).split())
+    if len(what) > LIMIT:
+      what = what[:LIMIT] + ' … (--verbosity=1 shows the whole message)'
     self.what, self.where, self.fix = what, where, fix
     super().__init__(f'{what} ({where}): {fix}')
+
+
+class BadInput(_OneLine, ValueError):
+  """A value, file or directory that a run cannot use; `where` names the field or path."""
+
+
+class EnvFailure(_OneLine, RuntimeError):
+  """Not the config but the machine or the workdir's files: a full disk, an unavailable
+  platform, a path too long for the file system, a damaged file or checkpoint."""
+
+
+class Damaged(EnvFailure):
+  """A file of the workdir that cannot be read back (truncated JSON, a damaged checkpoint),
+  or checkpoints without the config record that says what they are."""
+
+
+class WorkdirBusy(EnvFailure):
+  """Another live run holds the workdir's lock."""
 
 
 class Missing(BadInput):
@@ -127,3 +149,67 @@ def unread_override(field, overridden, why, fix):
   if field in overridden:
     raise BadInput(f'{field} is not read {why}, so this override would have no effect',
                    flag(field), fix)
+
+
+# ---------------------------------------------------------------------------------------------
+# The machine's own failures, found in whatever a library raised.
+
+
+def _chain(error):
+  """`error`, its causes and contexts, and the members of exception groups, each once."""
+  seen, todo = [], [error]
+  while todo:
+    e = todo.pop()
+    if e is None or any(e is s for s in seen):
+      continue
+    seen.append(e)
+    todo += [e.__cause__, e.__context__, *getattr(e, 'exceptions', ())]
+  return seen
+
+
+_NO_SPACE = ('no space left on device', 'disk quota exceeded')
+_TOO_LONG = ('file name too long',)
+
+
+def _found(error, errnos, texts):
+  for e in _chain(error):
+    if isinstance(e, OSError) and e.errno in errnos:
+      return e
+    if any(t in str(e).lower() for t in texts):
+      return e
+  return None
+
+
+def _size(nbytes):
+  for unit in ('B', 'KiB', 'MiB', 'GiB', 'TiB'):
+    if nbytes < 1024 or unit == 'TiB':
+      return f'{nbytes:.0f} {unit}' if unit == 'B' else f'{nbytes:.1f} {unit}'
+    nbytes /= 1024
+
+
+def environment_failure(error, workdir, needed_bytes=None):
+  """EnvFailure for a full disk or a path too long for the file system somewhere in `error`'s
+  chain (naming the path, the space free and, when known, the space a checkpoint needs), or
+  None when `error` is something else."""
+  import errno  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  import shutil  # pylint: disable=g-import-not-at-top
+  full = _found(error, (errno.ENOSPC, errno.EDQUOT), _NO_SPACE)
+  if full is not None:
+    path = getattr(full, 'filename', None) or workdir
+    probe = os.path.abspath(workdir)
+    while not os.path.exists(probe):
+      probe = os.path.dirname(probe)
+    free = shutil.disk_usage(probe).free
+    need = (f'; a checkpoint of this run takes about {_size(needed_bytes)}'
+            if needed_bytes else '')
+    return EnvFailure(f'no space left on the device that holds the workdir ({_size(free)} free'
+                      f'{need})', path, 'free some space there (or give --workdir on another '
+                      'disk and move the workdir there), then rerun the same command: it '
+                      'resumes from the last checkpoint, which is intact')
+  long = _found(error, (errno.ENAMETOOLONG,), _TOO_LONG)
+  if long is not None:
+    return EnvFailure('a path of the run is too long for the file system',
+                      getattr(long, 'filename', None) or workdir,
+                      'choose a shorter --workdir')
+  return None

@@ -21,9 +21,11 @@ import sys
 
 import numpy as np
 
+from jaxlab.checks import EnvFailure
 from jaxlab.io.checkpoint import BACKBONE, fingerprint
 from jaxlab.io.export import to_big_vision, to_timm
 from jaxlab.io.pretrained import read_safetensors, read_safetensors_metadata, write_safetensors
+from jaxlab.io.writers import read_json
 from jaxlab.peft.merge import has_lora
 from jaxlab.peft.partition import flatten, label_tree, merge, split, unflatten
 
@@ -67,8 +69,7 @@ def _config(run_dir):
       raise ExportError(f'{run_dir} is a sweep; export one of its runs: '
                         + ', '.join(os.path.join(run_dir, r) for r in runs))
     raise ExportError(f'{run_dir} is not a run\'s workdir (no config.json)')
-  with open(path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  config = ml_collections.ConfigDict(read_json(path))
   if config.experiment != 'peft':
     raise ExportError(f'{run_dir} is a {config.experiment!r} run; export takes PEFT runs '
                       '(configs/hybrid.py), whose model is a plain ViT')
@@ -103,8 +104,7 @@ def run_params(run_dir, step=None):
   trainable, frozen = _numpy(tree['params']), _numpy(tree.get('frozen'))
   backbone = os.path.join(run_dir, BACKBONE)
   if not frozen and os.path.exists(backbone):  # saved with checkpoint.params=trainable
-    with open(backbone) as f:
-      frozen = _rebuild_frozen(config, trainable, json.load(f))
+    frozen = _rebuild_frozen(config, trainable, read_json(backbone))
   return config, merge(trainable, frozen), trainable, step
 
 
@@ -139,8 +139,7 @@ def export(run_dir, fmt, out, step=None, heads=None):
     backbone = os.path.join(run_dir, BACKBONE)
     record = None
     if os.path.exists(backbone):
-      with open(backbone) as f:
-        record = json.load(f)
+      record = read_json(backbone)
     p = config.peft
     meta = dict(jaxlab_format='adapters', method=p.method, policy=p.policy, rank=p.rank,
                 alpha=alpha, step=step, backbone=record, model=config.model.to_dict())
@@ -166,7 +165,7 @@ def main(argv=None):
   args = parser.parse_args(argv)
   try:
     print(export(args.workdir, args.format, args.out, args.step, args.heads))
-  except (ExportError, ValueError, FileNotFoundError) as e:
+  except (ExportError, ValueError, FileNotFoundError, EnvFailure) as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
   return 0

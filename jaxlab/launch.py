@@ -9,26 +9,35 @@ values of the wrong type and unknown choices are errors before anything runs.
 The run writes to workdirs/NAME[-variant] in the current directory unless --workdir
 says otherwise. Rerunning the same command with the same --workdir resumes from its
 checkpoint (a finished run prints its summary again); a workdir started with another
-config is refused. SIGTERM saves a checkpoint at the step reached and stops; rerun to
-resume. Exit codes: 0 done, 2 bad input (one line: error: <what> (<field or path>): <fix>;
---verbosity=1 adds the traceback), 3 diverged (a non-finite loss or
-parameter; nothing non-finite was saved), 143 preempted (SIGTERM; checkpoint saved).
+config is refused, and so is a second run while one is writing the workdir. Ctrl-C
+(SIGINT) and SIGTERM save a checkpoint at the step reached and stop; rerun to resume.
+Every failure is one line on stderr (error: <what> (<field or path>): <fix>; --verbosity=1
+adds the traceback). Exit codes: 0 done, 2 bad input, 3 diverged (a non-finite loss or
+parameter; nothing non-finite was saved), 4 environment (a full disk, an unavailable
+JAX_PLATFORMS, a path too long, a damaged file or checkpoint), 5 the workdir is busy
+(another run holds it), 130 interrupted (Ctrl-C) and 143 preempted (SIGTERM), each with a
+checkpoint saved at the step reached.
 
 Several processes (hosts) run one job when each runs the same command with
 --config.distributed.initialize=true (see the README's "Several processes"):
 process 0 writes the files, every process takes part in each checkpoint.
 """
 
+import logging as std_logging
 import os
 import sys
+import traceback
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from jaxlab import cli
+from jaxlab import checks, cli
+from jaxlab.train import preemption
 
 BAD_INPUT = 2  # exit code of a bad value, file or directory (nothing computed or written)
 DIVERGED = 3  # exit code of a run stopped by a non-finite loss or parameter
+ENVIRONMENT = 4  # the machine or the workdir's files: disk, platform, path, damaged files
+BUSY = 5  # another run holds the workdir
 _HELP = ('--help', '--helpshort', '--helpfull', '--helpxml', '-?', '-h')
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -66,32 +75,84 @@ def main(argv):
   if simulate and 'jax' not in sys.modules and not _env_device_count(sys.argv):
     os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                                f' --xla_force_host_platform_device_count={simulate}')
+  # console() has rewritten every --config to a file path; absl reads the last one.
+  spec = [a for a in sys.argv if a.startswith('--config=')][-1].split('=', 1)[1]
+  workdir = _WORKDIR.value or default_workdir(spec)
+  if flags.FLAGS.verbosity <= 0:
+    _quiet_background_failures()
+  try:
+    _run(config, workdir)
+  except BaseException as e:  # pylint: disable=broad-except  # each kind its one line and code
+    code = exit_code(e, workdir)
+    if code is None:
+      raise
+    if flags.FLAGS.verbosity > 0:
+      traceback.print_exc()
+    line = str(e) if code > 100 else 'error: ' + ' '.join(str(_one_line(e, workdir)).split())
+    print(line, file=sys.stderr)
+    sys.exit(code)
+
+
+def _quiet_background_failures():
+  """Keep the one line the only thing a failure prints: orbax logs the failure of each of its
+  background threads (a full disk, a damaged checkpoint) with a traceback before the error
+  reaches the loop, and asyncio callbacks of the aborted writes report the event loop they
+  can no longer reach. --verbosity=1 shows them all."""
+  class OrbaxErrors(std_logging.Filter):
+
+    def filter(self, record):
+      return not (record.levelno >= std_logging.ERROR
+                  and f'{os.sep}orbax{os.sep}' in (record.pathname or ''))
+
+  logging.get_absl_logger().addFilter(OrbaxErrors())
+  std_logging.getLogger('asyncio').setLevel(std_logging.CRITICAL)  # 'never retrieved' tasks
+  previous = sys.unraisablehook
+
+  def hook(unraisable):  # an aborted write's callback, after the save's event loop closed
+    value = unraisable.exc_value
+    if isinstance(value, RuntimeError) and str(value) == 'Event loop is closed':
+      return
+    previous(unraisable)
+
+  sys.unraisablehook = hook
+
+
+def _run(config, workdir):
   from jaxlab.parallel import processes  # after flag parsing: imports JAX
   try:
     processes.initialize(config.distributed)  # before anything touches a JAX backend
   except (ValueError, RuntimeError) as e:
-    bad_input(e)
+    raise ValueError(str(e)) from e  # bad input: the message names the fields
+  processes.check_platform()
   if not processes.is_main():  # process 0 alone talks to the user (errors still show)
     sys.stdout.flush()
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # C++ libraries' prints too
-  from jaxlab import experiments
-  from jaxlab.train.guards import DivergenceError
-  from jaxlab.train.preemption import Preempted, watch
-  watch()
-  # console() has rewritten every --config to a file path; absl reads the last one.
-  spec = [a for a in sys.argv if a.startswith('--config=')][-1].split('=', 1)[1]
-  try:
-    experiments.run(config, _WORKDIR.value or default_workdir(spec), overridden(sys.argv))
-  except DivergenceError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(DIVERGED)
-  except Preempted as e:
-    print(str(e), file=sys.stderr)
-    sys.exit(Preempted.EXIT_CODE)
-  except (ValueError, FileNotFoundError) as e:  # checks.BadInput among them
-    if flags.FLAGS.verbosity > 0:
-      raise
-    bad_input(e)
+  from jaxlab import experiments  # pylint: disable=g-import-not-at-top
+  experiments.run(config, workdir, overridden(sys.argv))
+
+
+def _one_line(error, workdir):
+  return checks.environment_failure(error, workdir) or error
+
+
+def exit_code(error, workdir):
+  """The exit code of a run that raised `error`, or None for an error that is a bug (its
+  traceback is printed)."""
+  from jaxlab.train.guards import DivergenceError  # pylint: disable=g-import-not-at-top
+  from jaxlab.train.preemption import Preempted  # pylint: disable=g-import-not-at-top
+  if isinstance(error, Preempted):
+    return error.exit_code
+  if isinstance(error, DivergenceError):
+    return DIVERGED
+  if isinstance(error, checks.WorkdirBusy):
+    return BUSY
+  if isinstance(error, checks.EnvFailure) or checks.environment_failure(error, workdir):
+    return ENVIRONMENT
+  if isinstance(error, (ValueError, FileNotFoundError)):  # checks.BadInput among them
+    return BAD_INPUT
+  if isinstance(error, OSError):  # the file system said no: permissions, I/O errors
+    return ENVIRONMENT
+  return None
 
 
 def bad_input(error):
@@ -109,7 +170,7 @@ def console():
   """The `jaxlab` command (also `python -m jaxlab` and a checkout's `python launch.py`):
   resolve --config to a file, check the command line, then run `main` under absl."""
   main_module = sys.modules.get('__main__')
-  if main_module is not None and not main_module.__doc__:
+  if main_module is not None:
     main_module.__doc__ = __doc__  # absl's --help prints the main module's docstring
   try:
     sys.argv[:] = cli.resolve_argv(sys.argv)
@@ -117,4 +178,9 @@ def console():
       cli.check_command_line(sys.argv)
   except (cli.CommandLineError, ValueError) as e:
     bad_input(e)
-  app.run(main)
+  with preemption.watching():  # from here on, Ctrl-C and SIGTERM end in one line
+    try:
+      app.run(main)
+    except preemption.Preempted as e:  # before main's own handling (flag parsing, imports)
+      print(str(e), file=sys.stderr)
+      sys.exit(e.exit_code)

@@ -3,8 +3,9 @@
 Each case is a command line a user might type, for one of the four families. It goes through
 the `jaxlab` command's own entry point (jaxlab.launch.console: flag parsing, the config's
 checks, the files' checks) in this process, and must:
-  - exit with code 2 and print one line `error: <what> (<field or path>): <fix>` on stderr,
-    naming the field or the path;
+  - exit with code 2 (4 for a damaged checkpoint: the workdir's files, not the config) and
+    print one line `error: <what> (<field or path>): <fix>` on stderr, naming the field or
+    the path;
   - not reach the family's run (each family's `run` is replaced by one that fails the test),
     and compile nothing (no XLA compile event while it runs);
   - leave the workdir as it was (a new one is not created; an old one keeps its files).
@@ -61,8 +62,8 @@ def files(tmp_path_factory):
           'narrow': narrow}
 
 
-def _case(config, *args, names, workdir=None):
-  return dict(config=config, args=list(args), names=names, workdir=workdir)
+def _case(config, *args, names, workdir=None, code=launch.BAD_INPUT):
+  return dict(config=config, args=list(args), names=names, workdir=workdir, code=code)
 
 
 # (id, case). `names`: what the message must name (a field, or a path under the files fixture
@@ -102,7 +103,7 @@ CASES = {
     'truncated_archive': _case(D, '--config.data.name=cifar100', '--config.data.source=archive',
                                '--config.data.dir={root}/truncated', names='{root}/truncated'),
     'checkpoint_unreadable': _case(D, names='{root}/broken_run/sync/checkpoints/40',
-                                   workdir='{root}/broken_run'),
+                                   workdir='{root}/broken_run', code=launch.ENVIRONMENT),
     'workdir_under_a_file': _case(D, names='{root}/a_file/run', workdir='{root}/a_file/run'),
     'adam_setting_under_sgdm': _case(D, '--config.optim.b2=0.99', names='optim.b2'),
     'warmup_under_cosine': _case(D, '--config.optim.warmup_epochs=1', names='optim.warmup_epochs'),
@@ -222,7 +223,7 @@ def test_bad_input_is_one_line_before_anything_runs(name, files, guarded, capsys
   ran, compiles = guarded
   lines = err.strip().splitlines()
   shown = 'jaxlab ' + ' '.join(argv)
-  assert code == launch.BAD_INPUT, f'{shown}: exit {code}\n{err}'
+  assert code == case['code'], f'{shown}: exit {code}\n{err}'
   assert len(lines) == 1 and lines[0].startswith('error: '), f'{shown}:\n{err}'
   named = fill(case['names'])
   assert f'({named}' in lines[0] or f'(--config.{named}' in lines[0] or named in lines[0], (
@@ -275,7 +276,7 @@ def test_a_checkpoint_orbax_cannot_restore_names_the_step(tmp_path):
   """Files that look whole but do not decode (checked only by the restore itself): the
   restore's error names the step folder and how to go on."""
   import jax.numpy as jnp
-  from jaxlab.checks import BadInput
+  from jaxlab.checks import Damaged
   from jaxlab.io.checkpoint import Checkpointer, unreadable_latest
   state = {'w': jnp.ones((4, 4)), 'b': jnp.zeros(3)}
   saver = Checkpointer(tmp_path, 1, 2)
@@ -283,7 +284,7 @@ def test_a_checkpoint_orbax_cannot_restore_names_the_step(tmp_path):
   saver.close()
   (tmp_path / '2' / 'default' / 'manifest.ocdbt').write_bytes(b'garbage')
   assert unreadable_latest(str(tmp_path)) is None  # its metadata is intact
-  with pytest.raises(BadInput) as e:
+  with pytest.raises(Damaged) as e:
     Checkpointer(tmp_path, 1, 2).restore(state)
   assert e.value.where == str(tmp_path / '2') and 'checkpoint step 2' in e.value.what
   assert f'delete {tmp_path / "2"}' in e.value.fix and '\n' not in str(e.value)

@@ -102,7 +102,7 @@ def test_slowmo_alpha1_beta0_is_local_sgd(world):
   plain = run_local(task, tx, data, idx, LocalSpec(workers=K, sync_every=2))
   slowmo = run_local(task, tx, data, idx, LocalSpec(
       workers=K, sync_every=2, method='slowmo', slowmo_alpha=1.0, slowmo_beta=0.0,
-      inner_lr=lambda step: 0.1))
+      inner_lr=0.1))
   assert_trees_close(slowmo, plain)
 
 

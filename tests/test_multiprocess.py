@@ -88,7 +88,10 @@ def assert_same_run(workdir, reference, arms=ARMS):
                                                                                       arm)
     assert step == ref_step == STEPS
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params)):
-      np.testing.assert_array_equal(a, b)
+      # Bit-identical on the Intel CPU (AVX-512) this was first measured on; on an AMD EPYC
+      # (AVX2) the synchronous arm's programs for 1 × 4 and 2 × 2 devices round differently
+      # (max abs difference 7e-8 after 12 steps; local SGD stays bit-identical there too).
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 @pytest.fixture(scope='module')

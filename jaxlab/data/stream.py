@@ -6,7 +6,8 @@ A split that does not fit the device is *streamed* instead:
 
 * `host_batch` gathers a batch on the host, exactly as `step.gather` does on
   the device (PAD = -1 reads example 0 with weight 0), so the same batch
-  indices give bit-identical training on both placements;
+  indices give bit-identical training on both placements (but for the last bits of the CPU
+  patch convolution's gradients on AVX2-only CPUs, which XLA compiles apart in the two);
 * `StepPrefetcher` builds the batches of the next steps on background threads
   (grain's thread-pool prefetch), so that gather + host-to-device transfer
   overlap the running step;

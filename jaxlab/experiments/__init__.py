@@ -1,11 +1,14 @@
 """Experiment families by name: each module has `run(config, workdir) -> summary`."""
 
 import importlib
+import os
+import shutil
 
 from jaxlab import checks
 from jaxlab.data.augment import NORMALIZATIONS
 from jaxlab.data.datasets import DATASETS, SOURCES
 from jaxlab.experiments import preflight
+from jaxlab.io import lock
 from jaxlab.io.checkpoint import PARAMS
 from jaxlab.models import MODELS
 from jaxlab.optim.optimizers import OPTIMIZERS
@@ -82,9 +85,39 @@ def run(config, workdir, overridden=()):
   The workdir remembers the config it was started with (launch_config.json; each
   run inside it also keeps its own effective config.json): a rerun with a config
   that differs in a result-changing field is refused before anything is loaded.
+  The workdir is locked for the run (a second launch on it is refused), and a launch
+  that fails on bad input before anything trained leaves the workdir as it found it.
   """
   validate(config, overridden)
   check_files(config, workdir)
-  guards.check_resume(workdir, config.to_dict(), LAUNCH_CONFIG,
-                      guards.NEUTRAL_FIELDS + guards.SWEEP_FIELDS)
-  return importlib.import_module(EXPERIMENTS[config.experiment]).run(config, workdir)
+  before = _paths(workdir)
+  try:
+    with lock.hold(workdir):
+      guards.check_resume(workdir, config.to_dict(), LAUNCH_CONFIG,
+                          guards.NEUTRAL_FIELDS + guards.SWEEP_FIELDS)
+      return importlib.import_module(EXPERIMENTS[config.experiment]).run(config, workdir)
+  except ValueError:  # bad input found late (e.g. by the data): nothing of it stays
+    if not guards.results_in(workdir):
+      _remove_new(workdir, before)
+    raise
+
+
+def _paths(workdir):
+  """Every path under `workdir` (None when it does not exist)."""
+  if not os.path.isdir(workdir):
+    return None
+  return {os.path.join(root, name) for root, dirs, files in os.walk(workdir)
+          for name in dirs + files}
+
+
+def _remove_new(workdir, before):
+  """Remove what appeared under `workdir` since `_paths` gave `before` (all of it, the
+  workdir too, when it did not exist)."""
+  if before is None:
+    shutil.rmtree(workdir, ignore_errors=True)
+    return
+  for path in sorted(_paths(workdir) - before, key=len, reverse=True):
+    if os.path.isdir(path) and not os.path.islink(path):
+      shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+      os.remove(path)

@@ -21,12 +21,11 @@ from jaxlab.experiments import preflight
 from jaxlab.io.report import line_plot, markdown_table, with_status
 from jaxlab.io.writers import write_json, write_text
 from jaxlab.models import conv
-from jaxlab.optim.schedules import schedule_from_config
 from jaxlab.parallel.local import METHODS as LOCAL_METHODS, LocalSpec, worker_steps_per_epoch
 from jaxlab.train.guards import check_sweep, run_or_diverged
 from jaxlab.train.loop import fit, run_keys
 from jaxlab.train.report import print_summary
-from jaxlab.train.sweep import apply_overrides, cell_name, parse_grid, run_cells
+from jaxlab.train.sweep import apply_overrides, cell_name, parse_grid, run_cells, run_length
 from jaxlab.train.task import Task, flax_apply
 
 LR_SCALING = ('none', 'sqrt', 'linear')
@@ -74,12 +73,11 @@ def local_spec(config, steps_per_epoch):
   lc = config.local
   if lc.method == 'none':
     return None
-  schedule = schedule_from_config(config.optim, config.optim.lr,
-                                  config.train.epochs * steps_per_epoch, steps_per_epoch)
   return LocalSpec(workers=lc.workers, sync_every=lc.sync_every, method=lc.method,
                    slowmo_alpha=lc.slowmo_alpha, slowmo_beta=lc.slowmo_beta,
                    outer_lr=lc.outer_lr, outer_momentum=lc.outer_momentum,
-                   switch_step=int(lc.switch_epochs * steps_per_epoch), inner_lr=schedule,
+                   switch_step=int(lc.switch_epochs * steps_per_epoch),
+                   inner_lr=config.optim.lr,
                    dynamic_alpha=lc.dynamic_alpha)
 
 
@@ -180,10 +178,14 @@ def run_grid(config, workdir, dataset):
   grid = parse_grid(config.grid)
   fields = list(grid[0])
 
-  def cell(overrides):
+  def cell_config(overrides):
     c = apply_overrides(copy.deepcopy(config), overrides)
     with c.unlocked():
       c.grid = ''
+    return c
+
+  def cell(overrides):
+    c = cell_config(overrides)
     out = os.path.join(workdir, 'cells', cell_name(overrides))
     summary = run_or_diverged(lambda: run_one(c, out, dataset))
     keep = ('acc1', 'acc1_best', 'best_epoch', 'nll', 'ece', 'throughput_img_s',
@@ -191,7 +193,8 @@ def run_grid(config, workdir, dataset):
     return {**overrides, **{k: summary[k] for k in keep if k in summary}}
 
   results = run_cells(os.path.join(workdir, 'grid.json'),
-                      [(cell_name(o), functools.partial(cell, o)) for o in grid])
+                      [(cell_name(o), functools.partial(cell, o), run_length(cell_config(o)))
+                       for o in grid])
   rows = [results['cells'][cell_name(o)] for o in grid]
   columns = [(f, f, '{}') for f in fields] + [
       ('lr (scaled)', 'lr', '{:.4g}'), (f'{dataset.eval_split} acc@1 (final)', 'acc1', '{:.4f}'),

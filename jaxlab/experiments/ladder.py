@@ -25,7 +25,7 @@ from jaxlab.io.writers import write_json, write_text
 from jaxlab.peft.partition import merge
 from jaxlab.train.guards import check_sweep, run_or_diverged
 from jaxlab.train.loop import fit, run_keys
-from jaxlab.train.sweep import run_cells
+from jaxlab.train.sweep import run_cells, run_length
 from jaxlab.train.task import Task
 
 # SPEC §2 reference: CIFAR-10 test accuracy, mean ± std over seeds {42, 123, 456}.
@@ -157,7 +157,7 @@ def run(config, workdir):
   write_json(os.path.join(workdir, 'identity_check.json'), identity)
   results = run_cells(os.path.join(workdir, 'ladder.json'), [
       (cell_name(rule, k), functools.partial(run_cell, config, workdir, dataset, rule, k,
-                                             image_shape))
+                                             image_shape), run_length(config))
       for rule, k in cells(config)])
   text = report(config, results, identity)
   write_text(os.path.join(workdir, 'ladder.md'), text)

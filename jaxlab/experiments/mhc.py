@@ -9,7 +9,6 @@ The run writes `record.md` / `record.json` with everything SPEC's record lists.
 
 import copy
 import dataclasses
-import json
 import os
 import sys
 
@@ -22,7 +21,7 @@ from jaxlab.data.pipeline import steps_per_epoch
 from jaxlab.data.datasets import IMAGE_SHAPE, load_dataset
 from jaxlab.experiments import preflight
 from jaxlab.io import record
-from jaxlab.io.writers import write_json
+from jaxlab.io.writers import read_json, read_jsonl, write_json
 from jaxlab.metrics.classification import count_params
 from jaxlab.metrics.embedding import embedding_metrics, embedding_plot
 from jaxlab.optim import averaging, schedules
@@ -96,8 +95,7 @@ def step_time(summary, workdir):
   path = os.path.join(workdir, 'metrics.jsonl')
   if not os.path.exists(path):
     return None
-  with open(path) as f:
-    records = [r for r in map(json.loads, f) if r.get('split') == 'train']
+  records = [r for r in read_jsonl(path) if r.get('split') == 'train']
   seconds = steps = 0.0
   last = 0
   for r in sorted(records, key=lambda r: r['step']):
@@ -121,8 +119,7 @@ def run_arm(config, workdir, dataset, arm):
                        summary_extra={'arm': arm, 'residual': _describe_residual(spec)})
   arm_path = os.path.join(workdir, 'arm.json')
   if summary.get('finished_earlier') and os.path.exists(arm_path):  # embeddings measured then
-    with open(arm_path) as f:
-      row = json.load(f)
+    row = read_json(arm_path, f'delete {arm_path}: the rerun measures the arm again')
     if row.get('step_time_s') is None:  # an arm.json written without it
       row['step_time_s'] = step_time(summary, workdir)
     return row

@@ -198,9 +198,17 @@ def check_divisible(c, field, devices, what='devices'):
 # Files and directories.
 
 
+# The room a run needs below its workdir: a sweep cell's folder and orbax's temporary step
+# folders, e.g. 'cell/checkpoints/1000000.orbax-checkpoint-tmp/default.orbax-checkpoint-tmp/
+# ocdbt.process_0/d/<32 hex digits>' (about 130 characters besides the cell's name).
+BELOW_WORKDIR = 256
+
+
 def check_workdir(workdir):
-  """A workdir that is a directory this process may write, or that it can create."""
+  """A workdir that is a directory this process may write, or that it can create, with a path
+  short enough for what the run writes below it (checks.EnvFailure otherwise)."""
   path = os.path.abspath(os.path.expanduser(workdir))
+  _check_path_length(workdir, path)
   if os.path.exists(path) and not os.path.isdir(path):
     raise BadInput('the workdir is a file, not a directory', workdir,
                    'choose another --workdir (or move the file away)')
@@ -229,7 +237,7 @@ def check_checkpoints(workdir):
     problem = checkpoint.unreadable_latest(root)
     if problem:
       step, folder, reason = problem
-      raise BadInput(f'checkpoint step {step} cannot be read: {reason}', folder,
+      raise checks.Damaged(f'checkpoint step {step} cannot be read: {reason}', folder,
                      f'delete {folder} to resume from the step before it (or from the start), '
                      'or use another --workdir')
 
@@ -324,3 +332,25 @@ def check_vit(c, overridden):
       checks.fail('model.hc.reduce', f"model.hc.reduce must be 'sum' or 'mean' (got {m.hc.reduce!r})",
                   "set --config.model.hc.reduce=sum or mean")
   return arch
+
+
+def _check_path_length(workdir, path):
+  probe = path
+  while not os.path.exists(probe):
+    probe = os.path.dirname(probe)
+  try:
+    name_max = os.pathconf(probe, 'PC_NAME_MAX')
+    path_max = os.pathconf(probe, 'PC_PATH_MAX')
+  except (OSError, ValueError):  # the file system does not say
+    return
+  longest = max(path.split(os.sep), key=len)
+  if len(longest.encode()) > name_max:
+    raise checks.EnvFailure(f'a folder name of the workdir is {len(longest.encode())} bytes long; '
+                            f'this file system allows {name_max}', workdir,
+                            'choose a --workdir with shorter folder names')
+  if len(path.encode()) + BELOW_WORKDIR > path_max:
+    raise checks.EnvFailure(
+        f'the workdir path is {len(path.encode())} bytes long; with the {BELOW_WORKDIR} the run '
+        f'writes below it (sweep cells, checkpoint files) it passes this file system\'s limit '
+        f'of {path_max}', workdir[:60] + '…' if len(workdir) > 80 else workdir,
+        f'choose a --workdir whose absolute path is under {path_max - BELOW_WORKDIR} bytes')

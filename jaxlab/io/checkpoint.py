@@ -10,13 +10,14 @@ instead of silently mixing adapters with the wrong backbone.
 import hashlib
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxlab import checks
-from jaxlab.io.writers import write_json
+from jaxlab.io.writers import read_json, write_json
 from jaxlab.peft.partition import flatten
 
 PARAMS = ('all', 'trainable')  # checkpoint.params: what a checkpoint holds
@@ -42,23 +43,31 @@ def backbone_record(frozen, source=None):
           'frozen_bytes': int(sum(np.size(x) * np.dtype(x.dtype).itemsize for x in leaves))}
 
 
+def describe_backbone(record):
+  return (f"{record.get('source', '?')} {record.get('path', '')}".strip()
+          + f" (fingerprint {record.get('fingerprint', '?')[:12]})")
+
+
 def check_backbone(workdir, record):
-  """Write workdir/backbone.json, or check it against `record` when it exists (a resume):
-  a different fingerprint is a ValueError that names both sources."""
+  """Write workdir/backbone.json, or check it against `record` when it exists (a resume).
+  Returns None when it matches (or is new), or the saved record when the run in the workdir was
+  trained on the sweep's own pretraining (source 'pretrain', the same folder) as it stood
+  earlier: a shorter pretraining since continued, whose runs are superseded. Any other
+  difference is a ValueError that names both sources."""
   path = os.path.join(workdir, BACKBONE)
-  if os.path.exists(path):
-    with open(path) as f:
-      saved = json.load(f)
-    if saved.get('fingerprint') != record['fingerprint']:
-      describe = lambda r: (f"{r.get('source', '?')} {r.get('path', '')}".strip()
-                            + f" (fingerprint {r.get('fingerprint', '?')[:12]})")
-      raise ValueError(
-          f'{workdir} saves only the trained parameters (checkpoint.params=trainable) of a run '
-          f'on the frozen backbone {describe(saved)}, but the backbone now is {describe(record)}. '
-          'Resume it with the same weights, or use another --workdir')
+  if not os.path.exists(path):
+    write_json(path, record)
+    return None
+  saved = read_json(path)
+  if saved.get('fingerprint') == record['fingerprint']:
+    return None
+  if saved.get('source') == record.get('source') == 'pretrain' and (
+      saved.get('path') == record.get('path')):
     return saved
-  write_json(path, record)
-  return record
+  raise ValueError(
+      f'{workdir} holds a run on the frozen backbone {describe_backbone(saved)}, but the '
+      f'backbone now is {describe_backbone(record)}. Resume it with the same weights, or use '
+      'another --workdir')
 
 
 def saved_steps(directory):
@@ -99,6 +108,7 @@ class Checkpointer:
 
   def __init__(self, directory, every_steps, keep, trainable_only=False):
     self.every = max(int(every_steps), 1)
+    self._nbytes = None
     self.trainable_only = trainable_only
     self.manager = ocp.CheckpointManager(
         os.path.abspath(os.fspath(directory)),
@@ -116,10 +126,38 @@ class Checkpointer:
       restored = self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
     except Exception as e:  # pylint: disable=broad-except  # whatever orbax raised, named
       folder = os.path.join(os.fspath(self.manager.directory), str(step))
-      raise checks.BadInput(
-          f'checkpoint step {step} cannot be restored ({type(e).__name__}: {e})', folder,
-          f'delete {folder} to resume from the step before it, or use another --workdir') from e
+      reason = str(e).split('. See full TensorStore details')[0]
+      raise checks.Damaged(
+          f'checkpoint step {step} cannot be restored ({type(e).__name__}: {reason})', folder,
+          f'delete {folder} to resume from the checkpoint before it (or from the start when '
+          'there is none), or use another --workdir') from e
     return restored.replace(frozen=like.frozen) if self.trainable_only else restored
+
+  def counters(self, step):
+    """The host-side counters saved with `step` (time spent, steps timed, ...): {} when it
+    has none."""
+    try:
+      return dict(self.manager.metadata(step).custom_metadata or {})
+    except Exception:  # pylint: disable=broad-except  # no metadata: counters start again
+      return {}
+
+  def nbytes(self, state):
+    """Bytes of what a checkpoint of `state` holds (before orbax's own small overhead)."""
+    return int(sum(np.size(x) * np.dtype(x.dtype).itemsize
+                   for x in jax.tree.leaves(self._saved(state))))
+
+  def check_space(self, workdir, state):
+    """checks.EnvFailure when the workdir's disk cannot hold one more checkpoint of `state`
+    (orbax writes a new one before it deletes an old one): before training and before each
+    save, so that a filling disk stops the run in one line, before orbax's writes fail."""
+    need = self._nbytes if self._nbytes is not None else self.nbytes(state)
+    self._nbytes = need  # the same tree every time
+    free = shutil.disk_usage(os.fspath(self.manager.directory)).free
+    if free < need * 1.05 + (1 << 20):
+      raise checks.EnvFailure(
+          f'not enough space left for a checkpoint: it takes about {need / 2**20:.1f} MiB and '
+          f'{free / 2**20:.1f} MiB are free', workdir,
+          'free some space on that disk, or give --workdir on another one')
 
   def _saved(self, state):
     return state.replace(frozen={}) if self.trainable_only else state
@@ -128,14 +166,16 @@ class Checkpointer:
     """Whether `save` saves at `step` without being forced."""
     return int(step) % self.every == 0
 
-  def save(self, step, state, force=False):
+  def save(self, step, state, force=False, counters=None):
     """Save if `step` is on the interval (or `force`); returns whether it saved. (The interval
-    is decided here: orbax's own also saves the first step it is offered.) Every process of a
+    is decided here: orbax's own also saves the first step it is offered.) `counters`: host
+    numbers saved with it (`counters(step)` reads them back). Every process of a
     multi-process run calls it at the same steps; orbax writes one checkpoint."""
     if not force and not self.due(step):
       return False
+    self.check_space(os.path.dirname(os.fspath(self.manager.directory)), state)
     return self.manager.save(int(step), args=ocp.args.StandardSave(self._saved(state)),
-                             force=True)
+                             force=True, custom_metadata=dict(counters or {}))
 
   def close(self):
     self.manager.wait_until_finished()

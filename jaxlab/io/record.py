@@ -14,9 +14,11 @@ import datetime
 import json
 import os
 import subprocess
+import sys
 
+from jaxlab.checks import Damaged
 from jaxlab.io.report import markdown_table, with_status
-from jaxlab.io.writers import write_json, write_text
+from jaxlab.io.writers import read_json, write_json, write_text
 
 RESULT_COLUMNS = (
     ('arm', 'arm', '{}'),
@@ -102,8 +104,7 @@ def write(workdir, record, reference=None):
 
 
 def load(workdir):
-  with open(os.path.join(workdir, 'record.json')) as f:
-    return json.load(f)
+  return read_json(os.path.join(workdir, 'record.json'))
 
 
 def compare(workdirs):
@@ -137,7 +138,11 @@ def main(argv=None):
   missing = [w for w in args.workdirs if not os.path.exists(os.path.join(w, 'record.json'))]
   if missing:
     parser.error('no record.json in ' + ', '.join(missing) + ' (a finished run writes one)')
-  text = compare(args.workdirs)
+  try:
+    text = compare(args.workdirs)
+  except Damaged as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(4)
   if args.out:
     write_text(args.out, text)
     print(f'wrote {args.out}')

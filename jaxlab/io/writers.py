@@ -12,6 +12,8 @@ import tempfile
 
 import numpy as np
 
+from jaxlab.checks import Damaged
+
 
 def _plain(x):
   """JSON-safe version of numpy / jax scalars and arrays; NaN and inf become null."""
@@ -50,12 +52,37 @@ def write_text(path, text):
   os.replace(tmp, path)
 
 
-def read_jsonl(path):
-  """The records of a JSON-lines file (an empty list if it does not exist)."""
+def _damaged(path, what, fix=None):
+  return Damaged(f'{os.path.basename(path)} is damaged: {what}', path,
+                 fix or 'restore the file (it is rewritten only by the run that owns it), '
+                 'or move the workdir aside and run again in a fresh one')
+
+
+def read_json(path, fix=None):
+  """The JSON object in `path`; a file that is not whole JSON (truncated by a crash or a full
+  disk, or edited) is checks.Damaged naming the file, the place and `fix`."""
+  try:
+    with open(path, encoding='utf-8') as f:
+      return json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise _damaged(path, f'not JSON ({e})', fix) from e
+
+
+def read_jsonl(path, fix=None):
+  """The records of a JSON-lines file (an empty list if it does not exist); a line that is
+  not JSON is checks.Damaged naming the file and the line."""
   if not os.path.exists(path):
     return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  records = []
+  with open(path, encoding='utf-8', errors='replace') as f:
+    for number, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        records.append(json.loads(line))
+      except json.JSONDecodeError as e:
+        raise _damaged(path, f'line {number} is not JSON ({e})', fix) from e
+  return records
 
 
 class JsonlLog:
@@ -70,7 +97,9 @@ class JsonlLog:
   def __init__(self, path, keep_until_step=None, also=None):
     self.path = os.fspath(path)
     self.also = also  # e.g. a TensorBoardLog: written every record too (it trims itself)
-    self.kept = ([r for r in read_jsonl(self.path) if r.get('step', 0) <= keep_until_step]
+    fix = (f'delete the damaged line of {self.path} (the run rewrites what came after its last '
+           'checkpoint), or move the workdir aside and run again in a fresh one')
+    self.kept = ([r for r in read_jsonl(self.path, fix) if r.get('step', 0) <= keep_until_step]
                  if keep_until_step is not None else [])
     self.writer = is_writer()
     if not self.writer:

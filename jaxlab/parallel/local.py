@@ -17,7 +17,6 @@ is H steps later (TrainState.extra['next_sync'], so a resumed run agrees).
 """
 
 import dataclasses
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -43,7 +42,9 @@ class LocalSpec:
   switch_step: int = 0
   dynamic_alpha: float = 0.0
   dynamic_range: tuple[int, int] = (4, 64)
-  inner_lr: Callable[[jax.Array], jax.Array] | None = None  # SlowMo's lr(step)
+  # SlowMo's γ: the workers' base learning rate, constant as in the original code (the lr of
+  # a cosine schedule is 0 at the end of the run, where u = (x₀ − x̄)/γ would be 0/0).
+  inner_lr: float = 1.0
 
   def __post_init__(self):
     if self.method not in METHODS:
@@ -69,7 +70,9 @@ class LocalSpec:
 
   def init_extra(self, params):
     """Outer state for one worker: the round's anchor x₀ and the outer optimizer's state."""
-    extra = {'anchor': params, 'next_sync': jnp.int32(self.sync_every)}
+    # rounds: averages so far; synced_at: the step of the last one (both kept by checkpoints).
+    extra = {'anchor': params, 'next_sync': jnp.int32(self.sync_every),
+             'rounds': jnp.int32(0), 'synced_at': jnp.int32(0)}
     if self.method == 'slowmo':
       extra['slowmo_u'] = jax.tree.map(jnp.zeros_like, params)
     if self.method == 'diloco':
@@ -155,7 +158,7 @@ def make_average(spec, mesh, ordered=True):
       new = xbar
     elif spec.method == 'slowmo':
       x0, u = first(extra['anchor']), first(extra['slowmo_u'])
-      lr = spec.inner_lr(state.step[0])
+      lr = spec.inner_lr
       u = jax.tree.map(lambda u, a, b: spec.slowmo_beta * u + (a - b) / lr, u, x0, xbar)
       new = jax.tree.map(lambda a, u: a - spec.slowmo_alpha * lr * u, x0, u)
       extra['slowmo_u'] = spread(u)
@@ -166,6 +169,8 @@ def make_average(spec, mesh, ordered=True):
       new = optax.apply_updates(x0, updates)
       extra['outer'] = spread(outer)
     extra['anchor'] = spread(new)
+    extra['rounds'] = extra['rounds'] + 1
+    extra['synced_at'] = state.step
     return state.replace(params=spread(new), extra=extra)
 
   sharded = jax.shard_map(average, mesh=mesh, in_specs=(P(DATA),), out_specs=P(DATA),

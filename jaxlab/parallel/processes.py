@@ -5,7 +5,11 @@ Every process runs the same program; the device mesh spans all their devices.
 array, a jit): the launcher calls it first thing.
 """
 
+import os
+
 import jax
+
+from jaxlab import checks
 
 
 def wanted(dist_cfg):
@@ -46,3 +50,19 @@ def initialize(dist_cfg):
 def is_main():
   """Whether this is process 0 (the one that writes files and draws progress)."""
   return jax.process_index() == 0
+
+
+def check_platform():
+  """Start JAX's backend, or say in one line (checks.EnvFailure) that the platform
+  JAX_PLATFORMS names cannot start here."""
+  try:
+    jax.devices()
+  except Exception as e:  # pylint: disable=broad-except  # JAX raises RuntimeError or AssertionError
+    wanted = os.environ.get('JAX_PLATFORMS') or jax.config.jax_platforms or ''
+    reason = str(e).split(' (set JAX_PLATFORMS')[0].strip() or (
+        f'{type(e).__name__}: no plugin for it is installed')
+    raise checks.EnvFailure(
+        f'JAX cannot start the platform {wanted!r} on this machine ({reason})',
+        f'JAX_PLATFORMS={wanted}' if wanted else 'JAX_PLATFORMS',
+        'unset JAX_PLATFORMS (or set it to cpu) to run on the CPU; for a GPU, install the CUDA '
+        'build (pip install -e ".[cuda12]") on a machine where nvidia-smi lists the GPU') from e

@@ -14,11 +14,12 @@ stop at, ...) may differ.
 import fnmatch
 import json
 import os
+import sys
 
 import numpy as np
 
 from jaxlab import checks
-from jaxlab.io.writers import _plain, write_json
+from jaxlab.io.writers import _plain, read_json, write_json
 
 # Fields that do not change a run's result (fnmatch patterns over dotted names).
 NEUTRAL_FIELDS = (
@@ -153,14 +154,23 @@ def _jsonable(config_dict):
   return json.loads(json.dumps(_plain(config_dict)))
 
 
+def results_in(workdir):
+  """What under `workdir` came from training: each checkpoints/ folder that holds a step and
+  each summary.json (paths relative to `workdir`)."""
+  found = []
+  for root, dirs, files in os.walk(workdir):
+    rel = os.path.relpath(root, workdir)
+    if 'summary.json' in files:
+      found.append(os.path.normpath(os.path.join(rel, 'summary.json')))
+    if 'checkpoints' in dirs and os.listdir(os.path.join(root, 'checkpoints')):
+      found.append(os.path.normpath(os.path.join(rel, 'checkpoints')) + '/')
+    dirs[:] = [d for d in dirs if d != 'checkpoints']
+  return sorted(found)
+
+
 def has_results(workdir):
   """Whether anything under `workdir` came from training: a checkpoint or a summary."""
-  for root, dirs, files in os.walk(workdir):
-    if 'summary.json' in files or ('checkpoints' in dirs
-                                   and os.listdir(os.path.join(root, 'checkpoints'))):
-      return True
-    dirs[:] = [d for d in dirs if d != 'checkpoints']
-  return False
+  return bool(results_in(workdir))
 
 
 def check_resume(workdir, config_dict, filename='config.json', neutral=NEUTRAL_FIELDS):
@@ -168,26 +178,70 @@ def check_resume(workdir, config_dict, filename='config.json', neutral=NEUTRAL_F
   config that differs in a result-changing field (ResumeMismatchError naming each one).
 
   A workdir with nothing trained in it yet (an attempt that stopped before its first
-  checkpoint, e.g. on missing data) takes the new config. The workdir is created; one that
-  is a file is an error.
+  checkpoint, e.g. on missing data) takes the new config. One that holds checkpoints or
+  results but no readable record of its config is refused (checks.Damaged): nothing could
+  tell whether they belong to this config. The workdir is created; one that is a file is
+  an error.
   """
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise checks.BadInput('the workdir is a file, not a directory', workdir,
                           'choose another --workdir (or move the file away)')
-  os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, filename)
-  if os.path.exists(path) and has_results(workdir):
-    with open(path) as f:
-      try:
-        old = json.load(f)
-      except json.JSONDecodeError:
-        old = None
-    if old is not None:
-      diff = config_diff(old, config_dict, neutral)
-      if diff:
-        changes = '; '.join(f'{field} {a!r} → {b!r}' for field, a, b in diff)
-        raise ResumeMismatchError(
-            f'the workdir was started with another config ({changes})', path,
-            'use another --workdir for the new config, or rerun with the config it was '
-            'started with to resume it')
+  found = results_in(workdir) if os.path.isdir(workdir) else []
+  if found:
+    shown = ', '.join(found[:4]) + (f' and {len(found) - 4} more' if len(found) > 4 else '')
+    ways_out = (f'put the record back (e.g. from a backup) to resume, or move {shown} out of '
+                f'{workdir} to start over, or use another --workdir')
+    if not os.path.exists(path):
+      raise checks.Damaged(f'the workdir holds results ({shown}) but not the record of the '
+                           f'config they were trained with ({filename})', path, ways_out)
+    old = read_json(path, ways_out)
+    if not isinstance(old, dict):
+      raise checks.Damaged(f'{filename} is damaged: not a config record', path, ways_out)
+    diff = config_diff(old, config_dict, neutral)
+    if diff:
+      changes = '; '.join(f'{field} {a!r} → {b!r}' for field, a, b in diff)
+      raise ResumeMismatchError(
+          f'the workdir was started with another config ({changes})', path,
+          'use another --workdir for the new config, or rerun with the config it was '
+          'started with to resume it')
+  os.makedirs(workdir, exist_ok=True)
   write_json(path, config_dict)
+
+
+RESOLVED = 'resolved.json'
+# Resolved values that make the experiment: a resume under other values is refused.
+EXPERIMENT_VALUES = ('layout', 'copies', 'seeds', 'train_examples', 'eval_examples',
+                     'eval_split', 'steps_per_epoch', 'planned_steps')
+# Values that change only the last bits of the arithmetic (the order of sums over devices,
+# the kernels of another platform or JAX): a resume under them is said, in one line.
+MACHINE_VALUES = ('num_devices', 'platform', 'jax_version')
+
+
+def check_resolved(workdir, resolved, log=None):
+  """Record what the run resolved at its start (`resolved`: devices, examples, steps per epoch,
+  seeds, workers, ...) in workdir/resolved.json, or compare a resumed run with the record:
+  a value of EXPERIMENT_VALUES that differs is refused (ResumeMismatchError: the run would
+  not be the one it was), a value of MACHINE_VALUES that differs is said in one line (the
+  run goes on as the same experiment, but not bit for bit the uninterrupted one)."""
+  log = log or (lambda line: print(line, file=sys.stderr))
+  path = os.path.join(workdir, RESOLVED)
+  if os.path.exists(path) and results_in(workdir):
+    old = read_json(path, f'delete {path}: the rerun records the values it resolves anew')
+    changed = [(k, old[k], resolved.get(k)) for k in EXPERIMENT_VALUES
+               if k in old and old[k] != _jsonable(resolved.get(k))]
+    if changed:
+      what = '; '.join(f'{k} {a!r} → {b!r}' for k, a, b in changed)
+      raise ResumeMismatchError(
+          f'the run in the workdir resolved to another experiment ({what})', path,
+          'resume it with the data and config it started with, or use another --workdir')
+    moved = [(k, old[k], resolved.get(k)) for k in MACHINE_VALUES
+             if k in old and old[k] != _jsonable(resolved.get(k))]
+    if moved:
+      log('note: resumed with ' + ', '.join(f'{k} {b} (started with {a})' for k, a, b in moved)
+          + ': the same experiment, but sums run in another order, so it will not be bit for '
+          'bit the uninterrupted run')
+    return old
+  os.makedirs(workdir, exist_ok=True)
+  write_json(path, resolved)
+  return resolved

@@ -6,8 +6,12 @@ Three layouts, one interface, chosen once by `choose(config, task, mesh)`:
   Workers   local SGD: K workers with their own data shards, parameters and optimizer
             states (a leading worker axis sharded over the devices), averaged every J steps.
 The loop asks a layout for the batch indices of a run of steps, where a run of
-steps must stop (a workers' average), what to do after it (the average), which
-parameters to evaluate, and the fields it adds to the summary.
+steps must stop (a workers' average), what to do after it (the average), what the
+run hands on at its end (`finish`: the workers' final average, applied after the
+last checkpoint so that a longer run resumed from it continues as an uninterrupted
+one), which parameters to evaluate, and the fields it adds to the summary. Host-side
+counters it keeps (`counters`, e.g. communication time) are saved with every
+checkpoint and restored with it.
 """
 
 import time
@@ -30,6 +34,7 @@ class Layout:
     self.config, self.task, self.mesh = config, task, mesh
     check_divisible(config.train.batch_size, mesh)
     self.seeds = (config.seed,)
+    self.counters = {}
 
   @property
   def copies(self):
@@ -62,6 +67,12 @@ class Layout:
   def after(self, state, step, first, end):
     """The state after the steps first..step (of `end`) ran; called where `acts_after` is true."""
     del step, first, end
+    return state
+
+  def finish(self, state, step):
+    """What a run that ends at `step` hands on (evaluates, returns), from the state its last
+    checkpoint holds."""
+    del step
     return state
 
   def eval_params(self, params):
@@ -108,7 +119,7 @@ class Workers(Layout):
     check_divisible(self.spec.workers, mesh, 'the number of local workers')
     self.seeds = (config.seed,)
     self._average = None
-    self.comm_time, self.comm_rounds = 0.0, 0
+    self.counters = {'comm_time_s': 0.0}
 
   @property
   def copies(self):
@@ -131,7 +142,8 @@ class Workers(Layout):
     return min(stop, self.next_sync(state, step))
 
   def acts_after(self, state, step, first, end):
-    return step == self.next_sync(state, first) or step == end  # the run ends as one model
+    del end
+    return step == self.next_sync(state, first)
 
   def after(self, state, step, first, end):
     del step, first, end  # the loop asked acts_after: the round ends here
@@ -139,9 +151,14 @@ class Workers(Layout):
       self._average = make_average(self.spec, self.mesh, ordered_sums(self.config))
     t0 = time.perf_counter()
     state = jax.block_until_ready(self._average(state))
-    self.comm_time += time.perf_counter() - t0
-    self.comm_rounds += 1
+    self.counters['comm_time_s'] += time.perf_counter() - t0
     return state
+
+  def finish(self, state, step):
+    # The run ends as one model: a last average unless the round ended at this very step.
+    if int(np.max(to_host(state.extra['synced_at']))) == step:
+      return state
+    return self.after(state, step, step, step)
 
   def eval_params(self, params):
     # The workers' mean (their common value right after an average).
@@ -154,8 +171,8 @@ class Workers(Layout):
         'method': self.spec.method,
         # Computation (the local steps, incl. the first dispatch of each shape) and
         # communication (the parameter averages) measured apart.
-        'compute_time_s': compute_time, 'comm_time_s': self.comm_time,
-        'comm_rounds': self.comm_rounds,
+        'compute_time_s': compute_time, 'comm_time_s': self.counters['comm_time_s'],
+        'comm_rounds': int(np.max(to_host(state.extra['rounds']))),
         # Each worker sends and receives its parameters once per round (an all-reduce).
         'comm_bytes_per_round_per_worker': int(param_bytes // self.spec.workers)}
 

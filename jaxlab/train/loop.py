@@ -7,18 +7,22 @@ batches reach the step the feed's (feeds.py): the loop is the same for one model
 seeds under vmap, local-SGD workers, resident or streamed data, one process or many.
 """
 
-import json
 import os
+import shutil
+import sys
 import time
 
 import jax
 import numpy as np
 from tqdm.auto import tqdm
 
+from jaxlab import checks
 from jaxlab.data.augment import make_eval_preprocess
-from jaxlab.io.checkpoint import Checkpointer, backbone_record, check_backbone
+from jaxlab.io import lock
+from jaxlab.io.checkpoint import (BACKBONE, Checkpointer, backbone_record, check_backbone,
+                                  describe_backbone, saved_steps)
 from jaxlab.io.tensorboard import TensorBoardLog
-from jaxlab.io.writers import JsonlLog, is_writer, write_json
+from jaxlab.io.writers import JsonlLog, is_writer, read_json, write_json
 from jaxlab.metrics.classification import count_params
 from jaxlab.metrics.system import peak_memory
 from jaxlab.parallel.mesh import check_divisible, make_mesh, to_host
@@ -29,6 +33,10 @@ from jaxlab.train.setup import build
 from jaxlab.train.state import run_keys
 
 __all__ = ['fit', 'run_keys']
+
+# Host-side counters of a run, saved with each checkpoint: a resumed run counts on from them.
+COUNTERS = ('train_time_s', 'timed_steps', 'compile_time_s', 'diagnostics_time_s',
+            'input_wait_s')
 
 
 def _next_stop(step, total, *periods):
@@ -43,50 +51,110 @@ def fit(config, workdir, task, dataset, *, mesh=None, on_chunk=None, summary_ext
   Rerunning with the same config and workdir resumes from the latest
   checkpoint; a finished run returns its summary (and restored state) without
   training (the returned summary then has finished_earlier=True; the file is
-  untouched). A workdir started with another config is refused
+  untouched). Asked for more steps than a finished run took (train.steps), it
+  continues to the same state an uninterrupted run of that length reaches;
+  asked for fewer than its checkpoints hold, it is refused (checks.BadInput).
+  A workdir started with another config, or resolved to another experiment
+  (resolved.json: examples, steps per epoch, seeds, workers), is refused
   (guards.ResumeMismatchError); a non-finite loss or parameter stops the run
-  before it is saved (guards.DivergenceError); SIGTERM (or
+  before it is saved (guards.DivergenceError); SIGTERM, Ctrl-C (or
   `preemption.request()`) saves a checkpoint at the step reached and raises
-  preemption.Preempted. `on_chunk(step, state)` is called after every
+  preemption.Preempted. The workdir is locked for the run (io.lock: a second
+  writer gets checks.WorkdirBusy). `on_chunk(step, state)` is called after every
   dispatch (tests use it to interrupt a run). `summary_extra` is merged into
   summary.json. With several processes (jax.distributed) every process calls
   fit alike; process 0 alone writes the files, all of them the checkpoints.
   """
+  with lock.hold(workdir), preemption.watching():
+    return _fit(config, workdir, task, dataset, mesh, on_chunk, summary_extra)
+
+
+def _fit(config, workdir, task, dataset, mesh, on_chunk, summary_extra):
   tc = config.train
   mesh = mesh or make_mesh()
   check_divisible(tc.eval_batch_size, mesh, 'eval batch size')
-  guards.check_resume(workdir, config.to_dict())
-  preemption.watch()
-
   layout = layouts.choose(config, task, mesh)
   plan = layout.batches(len(dataset.train.labels))
   spe = plan.steps_per_epoch
   total = tc.epochs * spe
   end = min(tc.steps, total) if tc.get('steps', 0) > 0 else total  # a short run stops early
-  setup = build(config, task, mesh, total, spe, layout)
-  averager, chunk_fn = setup.averager, setup.chunk_fn
 
+  ckpt_dir = os.path.join(workdir, 'checkpoints')
+  saved = saved_steps(ckpt_dir)
+  if saved and saved[-1] > end:  # before anything is written
+    raise checks.BadInput(
+        f'{workdir} holds a run already at step {saved[-1]}, past the {end} steps asked for',
+        '--config.train.steps', f'ask for {saved[-1]} steps or more (train.steps=0 runs all '
+        f'{total}), or use another --workdir')
+  guards.check_resume(workdir, config.to_dict())
+  setup = build(config, task, mesh, total, spe, layout)
   trainable_only = config.checkpoint.get('params', 'all') == 'trainable'
-  ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'), config.checkpoint.every_steps,
-                      config.checkpoint.keep, trainable_only)
+  if task.backbone is not None or trainable_only:  # before any restore: the frozen weights
+    record = backbone_record(setup.state.frozen, task.backbone)
+    superseded = check_backbone(workdir, record)
+    if superseded is not None:
+      _start_again(workdir, f'trained on an earlier state of the pretraining it transfers from '
+                   f'({describe_backbone(superseded)}; now {describe_backbone(record)})')
+      write_json(os.path.join(workdir, BACKBONE), record)
+  guards.check_resolved(workdir, _resolved(layout, mesh, dataset, spe, total))
+  ckpt = Checkpointer(ckpt_dir, config.checkpoint.every_steps, config.checkpoint.keep,
+                      trainable_only)
+  try:
+    return _train(config, workdir, task, dataset, mesh, on_chunk, summary_extra, layout, plan,
+                  setup, ckpt, end, total)
+  except Exception as e:  # pylint: disable=broad-except  # a full disk or a long path: one line
+    failure = checks.environment_failure(e, workdir, ckpt.nbytes(setup.state))
+    if failure is None:
+      raise
+    raise failure from e
+
+
+def _start_again(workdir, why):
+  """Set aside what a run in `workdir` trained (it no longer belongs to this run), saying so."""
+  print(f'note: {workdir} was {why}: its checkpoints and results are superseded; it starts '
+        'again', file=sys.stderr)
+  if not is_writer():
+    return
+  for name in ('checkpoints', 'summary.json', 'metrics.jsonl', 'tensorboard', guards.RESOLVED):
+    path = os.path.join(workdir, name)
+    if os.path.isdir(path):
+      shutil.rmtree(path)
+    elif os.path.exists(path):
+      os.remove(path)
+
+
+def _resolved(layout, mesh, dataset, spe, total):
+  """What the run resolved at its start from the config, the data and the machine
+  (resolved.json): guards.check_resolved compares a resumed run with it."""
+  return {'layout': layout.name, 'copies': layout.copies, 'seeds': list(layout.seeds),
+          'train_examples': len(dataset.train.labels),
+          'eval_examples': len(dataset.test.labels), 'eval_split': dataset.eval_split,
+          'steps_per_epoch': spe, 'planned_steps': total,
+          'num_devices': int(mesh.devices.size), 'num_processes': jax.process_count(),
+          'platform': jax.default_backend(), 'jax_version': jax.__version__}
+
+
+def _train(config, workdir, task, dataset, mesh, on_chunk, summary_extra, layout, plan, setup,
+           ckpt, end, total):
+  tc = config.train
+  spe = plan.steps_per_epoch
+  averager, chunk_fn = setup.averager, setup.chunk_fn
   resumed_from = ckpt.latest_step()
-  if trainable_only:  # before the first save or any restore: a different backbone is refused
-    check_backbone(workdir, backbone_record(setup.state.frozen, task.backbone))
+  ckpt.check_space(workdir, setup.state)
   summary_path = os.path.join(workdir, 'summary.json')
   state = layout.place(setup.state)
+  counters = dict.fromkeys(COUNTERS, 0.0)
   if resumed_from is not None:
     state = ckpt.restore(state)  # straight onto the mesh, each process its own shards
+    counters.update(ckpt.counters(resumed_from))
     done = _finished_summary(summary_path, end)
     if done is not None and resumed_from >= end:
       ckpt.close()
       print(f'{workdir}: finished earlier (step {end}); its summary, unchanged: {summary_path}')
-      return {**done, 'finished_earlier': True}, state
-    if resumed_from > end:
-      ckpt.close()
-      raise ValueError(f'{workdir} holds a run already at step {resumed_from}, past the '
-                       f'{end} steps asked for (train.steps={tc.steps}); raise train.steps or use '
-                       'another --workdir')
+      return {**done, 'finished_earlier': True}, layout.finish(state, end)
   step = layout.step_of(state)
+  if step == end:  # resumed at its last checkpoint: what the run hands on, as the loop would
+    state = layout.finish(state, step)
   plan.chunk(step, 1)  # this epoch's order drawn (and its program compiled) before any timing
   feed = feeds.make(config.data, dataset, mesh, plan, layout.batch_axis, step, end,
                     tc.steps_per_dispatch)
@@ -98,7 +166,8 @@ def fit(config, workdir, task, dataset, *, mesh=None, on_chunk=None, summary_ext
            if config.get('log', {}).get('tensorboard', False) else None)
   log = JsonlLog(os.path.join(workdir, 'metrics.jsonl'), keep_until_step=resumed_from,
                  also=board)
-  evals = [r for r in log.kept if r.get('split') == dataset.eval_split]
+  # The evaluations of the epochs: a shorter earlier run's final one (train.steps) is not one.
+  evals = [r for r in log.kept if r.get('split') == dataset.eval_split and r['step'] % spe == 0]
   diag_every = (task.diagnostics_every or tc.log_every_steps) if setup.diagnostics_fn else 0
 
   def run_eval(state, params=None):
@@ -106,7 +175,10 @@ def fit(config, workdir, task, dataset, *, mesh=None, on_chunk=None, summary_ext
     return evaluate(eval_fn, params, feed.test, len(dataset.test.labels), tc.eval_batch_size,
                     mesh, feed=feed.eval_ref)
 
-  train_time, timed_steps, compile_time, diag_time, feed_wait = 0.0, 0, 0.0, 0.0, 0.0
+  # Counted over the whole run, across restarts (each checkpoint keeps them).
+  train_time, timed_steps, compile_time, diag_time, feed_wait = (counters[k] for k in COUNTERS)
+  timed_steps = int(timed_steps)
+  layout.counters.update({k: counters[k] for k in layout.counters if k in counters})
   window, epoch_window, diag_window, diag_epoch = [], [], [], []
   last_eval = None
   bar = tqdm(total=end, initial=step, disable=not (config.progress and is_writer()), unit='step',
@@ -140,81 +212,87 @@ def fit(config, workdir, task, dataset, *, mesh=None, on_chunk=None, summary_ext
     return metrics
 
   try:
-    while step < end:
-      every = getattr(task.controller, 'every', None)
-      stop = min(_next_stop(step, end, spe, tc.log_every_steps, config.checkpoint.every_steps,
-                            every, averager and averager.every, diag_every),
-                 step + max(tc.steps_per_dispatch, 1))
-      stop = layout.stop_before(state, step, stop)
-      hold = task.held_at(step)
-      stop = next((s for s in range(step + 1, stop) if task.held_at(s) != hold), stop)
-      n = stop - step
-      diagnose = bool(diag_every) and step % diag_every == 0
-      if diagnose or (n, hold) not in compiled:
-        settle()  # diagnostics and compiles are measured apart, outside the steps' time
-      t_feed = time.perf_counter()
-      batches = feed.chunk(step, n)  # streamed: waits here if the host falls behind
-      t_feed = time.perf_counter() - t_feed
-      feed_wait += t_feed
-      if diagnose:
-        t0 = time.perf_counter()
-        diag = to_host(setup.diagnostics_fn(hold)(state, feed.train, feed.first(batches)))
-        diag_time += time.perf_counter() - t0
-        diag_window.append(diag)
-        diag_epoch.append(diag)
-      if (n, hold) not in compiled:
-        t0 = time.perf_counter()
-        compiled[n, hold] = chunk_fn(hold).lower(state, feed.train, batches).compile()
-        compile_time += time.perf_counter() - t0
-        step_mem[n, hold] = compiled_memory(compiled[n, hold])
-      # A step's time includes waiting for its batch; the metrics stay on the device until
-      # settle() fetches them, so dispatches queue while the device computes.
-      queue.open(step, t_feed)
-      state, metrics = compiled[n, hold](state, feed.train, batches)
-      queue.add(metrics, n)
-      step = stop
-      bar.update(n)
+    with preemption.training():  # a signal now stops the loop after the step, with a save
+      while step < end:
+        every = getattr(task.controller, 'every', None)
+        stop = min(_next_stop(step, end, spe, tc.log_every_steps, config.checkpoint.every_steps,
+                              every, averager and averager.every, diag_every),
+                   step + max(tc.steps_per_dispatch, 1))
+        stop = layout.stop_before(state, step, stop)
+        hold = task.held_at(step)
+        stop = next((s for s in range(step + 1, stop) if task.held_at(s) != hold), stop)
+        n = stop - step
+        diagnose = bool(diag_every) and step % diag_every == 0
+        if diagnose or (n, hold) not in compiled:
+          settle()  # diagnostics and compiles are measured apart, outside the steps' time
+        t_feed = time.perf_counter()
+        batches = feed.chunk(step, n)  # streamed: waits here if the host falls behind
+        t_feed = time.perf_counter() - t_feed
+        feed_wait += t_feed
+        if diagnose:
+          t0 = time.perf_counter()
+          diag = to_host(setup.diagnostics_fn(hold)(state, feed.train, feed.first(batches)))
+          diag_time += time.perf_counter() - t0
+          diag_window.append(diag)
+          diag_epoch.append(diag)
+        if (n, hold) not in compiled:
+          t0 = time.perf_counter()
+          compiled[n, hold] = chunk_fn(hold).lower(state, feed.train, batches).compile()
+          compile_time += time.perf_counter() - t0
+          step_mem[n, hold] = compiled_memory(compiled[n, hold])
+        # A step's time includes waiting for its batch; the metrics stay on the device until
+        # settle() fetches them, so dispatches queue while the device computes.
+        queue.open(step, t_feed)
+        state, metrics = compiled[n, hold](state, feed.train, batches)
+        queue.add(metrics, n)
+        step = stop
+        bar.update(n)
 
-      logged = step % tc.log_every_steps == 0 or step == end
-      epoch_done = step % spe == 0
-      stopping = preemption.requested()  # every process agrees on the step it stops at
-      saving = step == end or stopping or ckpt.due(step)
-      averaging = averager is not None and averager.due(step)
-      acting = layout.acts_after(state, step, step - n, end)
-      if (logged or epoch_done or stopping or saving or averaging or acting
-          or task.controller is not None or on_chunk is not None):
-        metrics = settle()  # nothing is saved, logged or averaged before its steps are checked
-      if task.controller is not None:
-        extra = task.controller.observe(to_host(state.extra), step - n, metrics)
-        state = state.replace(extra=layout.place(extra))
-      if averaging:
-        state = state.replace(extra={**state.extra, 'average': add_snapshot(
-            state.extra['average'], state.params)})
-      if acting:
-        state = layout.after(state, step, step - n, end)
+        logged = step % tc.log_every_steps == 0 or step == end
+        epoch_done = step % spe == 0
+        stopping = preemption.requested()  # every process agrees on the step it stops at
+        saving = step == end or stopping or ckpt.due(step)
+        averaging = averager is not None and averager.due(step)
+        acting = layout.acts_after(state, step, step - n, end)
+        if (logged or epoch_done or stopping or saving or averaging or acting
+            or task.controller is not None or on_chunk is not None):
+          metrics = settle()  # nothing is saved, logged or averaged before its steps are checked
+        if task.controller is not None:
+          extra = task.controller.observe(to_host(state.extra), step - n, metrics)
+          state = state.replace(extra=layout.place(extra))
+        if averaging:
+          state = state.replace(extra={**state.extra, 'average': add_snapshot(
+              state.extra['average'], state.params)})
+        if acting:
+          state = layout.after(state, step, step - n, end)
 
-      if logged:
-        log.write(_train_record(window, step, spe, tc.batch_size, diag_window))
-        window, diag_window = [], []
-      ckpt.save(step, state, force=step == end or stopping)
-      if epoch_done:
-        # A resumed epoch averages only the steps run since the restart.
-        log.write({**_train_record(epoch_window, step, spe, tc.batch_size, diag_epoch),
-                   'split': 'train_epoch'})
-        epoch_window, diag_epoch = [], []
-      if epoch_done and ((step // spe) % tc.eval_every_epochs == 0 or step == end):
-        last_eval = (step, run_eval(state))
-        record = {'step': step, 'epoch': step // spe, 'split': dataset.eval_split,
-                  **last_eval[1]}
-        log.write(record)
-        evals.append(record)
-      if stopping:
-        if window:  # the steps since the last log line, so none is missing on resume
+        if logged:
           log.write(_train_record(window, step, spe, tc.batch_size, diag_window))
-        preemption.clear()
-        raise preemption.Preempted(step, workdir)
-      if on_chunk is not None:
-        on_chunk(step, state)
+          window, diag_window = [], []
+        ckpt.save(step, state, force=step == end or stopping, counters={
+            **dict(zip(COUNTERS, (train_time, timed_steps, compile_time, diag_time, feed_wait))),
+            **layout.counters})
+        if step == end:  # what the run hands on; its checkpoint holds the state before this
+          state = layout.finish(state, step)
+        if epoch_done:
+          # A resumed epoch averages only the steps run since the restart.
+          log.write({**_train_record(epoch_window, step, spe, tc.batch_size, diag_epoch),
+                     'split': 'train_epoch'})
+          epoch_window, diag_epoch = [], []
+        if epoch_done and ((step // spe) % tc.eval_every_epochs == 0 or step == end):
+          last_eval = (step, run_eval(state))
+          record = {'step': step, 'epoch': step // spe, 'split': dataset.eval_split,
+                    **last_eval[1]}
+          log.write(record)
+          evals.append(record)
+        if stopping:
+          if window:  # the steps since the last log line, so none is missing on resume
+            log.write(_train_record(window, step, spe, tc.batch_size, diag_window))
+          signum = preemption.signal_received()
+          preemption.clear()
+          raise preemption.Preempted(step, workdir, signum)
+        if on_chunk is not None:
+          on_chunk(step, state)
   finally:
     bar.close()
     ckpt.close()
@@ -329,8 +407,10 @@ def _finished_summary(path, end):
   """The summary of a run that finished at step `end`, or None."""
   if not os.path.exists(path):
     return None
-  with open(path) as f:
-    summary = json.load(f)
+  summary = read_json(path, f'delete {path}: the rerun evaluates the last checkpoint again and '
+                      'writes it anew')
+  if not isinstance(summary, dict):
+    return None
   if summary.get('status') == 'finished' and summary.get('steps') == end:
     return summary
   return None

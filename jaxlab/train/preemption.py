@@ -1,47 +1,100 @@
-"""Preemption: SIGTERM (what SLURM, Kubernetes and spot VMs send before they kill) stops the
-run at the end of the current dispatch with a checkpoint of the step it reached.
+"""Stopping on a signal: SIGTERM (what SLURM, Kubernetes and spot VMs send before they kill)
+and SIGINT (Ctrl-C) stop the run at the end of the current dispatch with a checkpoint of the
+step it reached.
 
-`watch()` installs the handler (idempotent; from the main thread only): the
-first SIGTERM only raises a flag, a second one kills as usual. The trainer
-asks `requested()` after every dispatch; in a multi-process run the processes
-agree through a reduction of their flags, so all of them stop after the same
-step, even when only one of them received the signal.
+`watching()` installs the handlers for a block (from the main thread only; nested blocks
+share them, and the ones before are put back after the outermost). Inside `training()` (the
+training loop) the first signal only raises a flag: the trainer asks `requested()` after
+every dispatch, saves and raises `Preempted`. Outside it (loading data, compiling, between
+the cells of a sweep, the final evaluation) there is nothing half-done to save, so the
+signal raises `Preempted` at once. Either way a second signal kills the process at once. In
+a multi-process run the processes agree through a reduction of their flags, so all of them
+stop after the same step, even when only one of them received the signal.
 """
 
+import contextlib
 import signal
 import threading
 
-import numpy as np
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_NAMES = {signal.SIGINT: 'interrupted (Ctrl-C)', signal.SIGTERM: 'preempted (SIGTERM)'}
 
 _flag = threading.Event()
-_installed = False
+_received = []  # the signal numbers received since the last clear()
+_depth = 0  # nested watching() blocks
+_previous = {}  # the handlers watching() replaced
+_in_training = 0  # nested training() blocks
 
 
-class Preempted(RuntimeError):
-  """The run was asked to stop (SIGTERM) and saved a checkpoint at `step`."""
+class Preempted(BaseException):
+  """The run was stopped by SIGINT or SIGTERM; `step` is the step its checkpoint holds (None
+  when it stopped before training or after its last checkpoint). A BaseException, like
+  KeyboardInterrupt: no `except Exception` on the way up swallows it."""
 
-  EXIT_CODE = 143  # 128 + SIGTERM: what a scheduler expects of a terminated job
+  def __init__(self, step, workdir, signum=signal.SIGTERM):
+    self.step, self.workdir, self.signum = step, workdir, signum
+    self.exit_code = 128 + int(signum)  # 130 for Ctrl-C, 143 for SIGTERM: what shells expect
+    name = _NAMES.get(signum, f'stopped by signal {int(signum)}')
+    if step is None:
+      text = (f'{name}: stopped before training (or after its last checkpoint); nothing was '
+              'lost; rerun the same command to go on')
+    else:
+      text = (f'{name}: {workdir} saved a checkpoint at step {step} and stopped; rerun the '
+              'same command to resume from there')
+    super().__init__(text)
 
-  def __init__(self, step, workdir):
-    self.step, self.workdir = step, workdir
-    super().__init__(
-        f'preempted (SIGTERM): {workdir} saved a checkpoint at step {step} and stopped; '
-        'rerun the same command to resume from there')
+  EXIT_CODE = 143  # SIGTERM's (kept for callers that read the class attribute)
 
 
-def _on_sigterm(signum, frame):
+def _on_signal(signum, frame):
   del frame
+  _received.append(signum)
+  for s in SIGNALS:  # a second signal ends the process at once
+    signal.signal(s, signal.SIG_DFL)
   _flag.set()
-  signal.signal(signum, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+  if not _in_training:
+    raise Preempted(None, None, signum)
 
 
-def watch():
-  """Catch SIGTERM from now on (a no-op off the main thread, where signals cannot be caught)."""
-  global _installed
-  if _installed or threading.current_thread() is not threading.main_thread():
+@contextlib.contextmanager
+def watching():
+  """Catch SIGINT and SIGTERM during the block (a no-op off the main thread, where signals
+  cannot be caught)."""
+  global _depth
+  if threading.current_thread() is not threading.main_thread():
+    yield
     return
-  signal.signal(signal.SIGTERM, _on_sigterm)
-  _installed = True
+  if _depth == 0:
+    for s in SIGNALS:
+      _previous[s] = signal.signal(s, _on_signal)
+  _depth += 1
+  try:
+    yield
+  finally:
+    _depth -= 1
+    if _depth == 0:
+      for s, handler in _previous.items():
+        signal.signal(s, handler)
+      _previous.clear()
+
+
+@contextlib.contextmanager
+def training():
+  """The training loop: a signal only raises the flag that `requested()` reads."""
+  global _in_training
+  _in_training += 1
+  try:
+    yield
+  finally:
+    _in_training -= 1
+  if _flag.is_set() and not _in_training:  # a signal after the loop's last look at the flag
+    raise Preempted(None, None, signal_received())
+
+
+def signal_received():
+  """The first signal received since the last clear() (SIGTERM when the stop was asked by
+  `request()`)."""
+  return _received[0] if _received else signal.SIGTERM
 
 
 def request():
@@ -51,18 +104,20 @@ def request():
 
 def clear():
   """Forget a request (after the run that honoured it stopped) and watch for the next one."""
-  global _installed
   _flag.clear()
-  _installed = False
-  watch()
+  _received.clear()
+  if _depth and threading.current_thread() is threading.main_thread():
+    for s in SIGNALS:
+      signal.signal(s, _on_signal)
 
 
 def requested():
   """Whether any process of the run was asked to stop. Every process must call it at the same
   point of the loop: with several processes it is a collective (a max over their flags)."""
-  import jax
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
   local = np.int32(_flag.is_set())
   if jax.process_count() == 1:
     return bool(local)
-  from jax.experimental import multihost_utils
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   return bool(np.max(multihost_utils.process_allgather(local)))

@@ -1,31 +1,47 @@
 """Resumable sweeps: cells run one after another, each result saved atomically as it finishes.
 
-A rerun reads the results file and skips the cells already there, so a killed
-sweep loses at most the cell that was running (which itself resumes from its
-own checkpoints).
+A rerun reads the results file and skips the cells already there for the same length of
+run, so a killed sweep loses at most the cell that was running (which itself resumes from
+its own checkpoints). A cell recorded for another length (a smoke run with train.steps,
+then the full run) runs again: it resumes from its checkpoints and continues.
 """
 
 import ast
 import itertools
-import json
 import os
 
-from jaxlab.io.writers import write_json
+from jaxlab.io.writers import read_json, write_json
+
+
+def run_length(config):
+  """How long a run of `config` is: what a finished cell must have run to count as done."""
+  return {'train.epochs': config.train.epochs, 'train.steps': config.train.get('steps', 0)}
 
 
 def run_cells(results_path, cells, log=print):
-  """Run `cells` [(name, fn)] in order; returns {'cells': {name: fn()}} incl. earlier results."""
+  """Run `cells` [(name, fn, length)] in order (`length`: run_length of the cell's config);
+  returns {'cells': {name: fn()}} incl. earlier results of the same length."""
   results = {'cells': {}}
   if os.path.exists(results_path):
-    with open(results_path) as f:
-      results = json.load(f)
-  for name, fn in cells:
-    if name in results['cells']:
+    results = read_json(results_path, f'delete {results_path}: the rerun collects each cell '
+                        'again from its own workdir (finished cells are not retrained)')
+  for name, fn, length in cells:
+    done = results['cells'].get(name)
+    if done is not None and done.get('length') == length:
       log(f'{name}: finished earlier, skipped')
       continue
-    results['cells'][name] = fn()
+    if done is not None:
+      log(f'{name}: recorded for {_describe(done.get("length"))}; now {_describe(length)}')
+    results['cells'][name] = {**fn(), 'length': length}
     write_json(results_path, results)  # atomic: a kill loses no finished cell
   return results
+
+
+def _describe(length):
+  if not length:
+    return 'an unknown length'
+  steps = length.get('train.steps', 0)
+  return f'{length["train.epochs"]} epochs' + (f', stopping at step {steps}' if steps else '')
 
 
 def parse_grid(spec):
