@@ -52,8 +52,8 @@ def check_backbone(workdir, record):
   """Write workdir/backbone.json, or check it against `record` when it exists (a resume).
   Returns None when it matches (or is new), or the saved record when the run in the workdir was
   trained on the sweep's own pretraining (source 'pretrain', the same folder) as it stood
-  earlier: a shorter pretraining since continued, whose runs are superseded. Any other
-  difference is a ValueError that names both sources."""
+  earlier: a shorter pretraining since continued, whose runs are superseded (the file then
+  records `record`). Any other difference is a ValueError that names both sources."""
   path = os.path.join(workdir, BACKBONE)
   if not os.path.exists(path):
     write_json(path, record)
@@ -63,6 +63,7 @@ def check_backbone(workdir, record):
     return None
   if saved.get('source') == record.get('source') == 'pretrain' and (
       saved.get('path') == record.get('path')):
+    write_json(path, record)
     return saved
   raise ValueError(
       f'{workdir} holds a run on the frozen backbone {describe_backbone(saved)}, but the '

@@ -168,11 +168,6 @@ def results_in(workdir):
   return sorted(found)
 
 
-def has_results(workdir):
-  """Whether anything under `workdir` came from training: a checkpoint or a summary."""
-  return bool(results_in(workdir))
-
-
 def check_resume(workdir, config_dict, filename='config.json', neutral=NEUTRAL_FIELDS):
   """Record `config_dict` in workdir/filename, or refuse if the workdir was started with a
   config that differs in a result-changing field (ResumeMismatchError naming each one).

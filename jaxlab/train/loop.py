@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from jaxlab import checks
 from jaxlab.data.augment import make_eval_preprocess
 from jaxlab.io import lock
-from jaxlab.io.checkpoint import (BACKBONE, Checkpointer, backbone_record, check_backbone,
+from jaxlab.io.checkpoint import (Checkpointer, backbone_record, check_backbone,
                                   describe_backbone, saved_steps)
 from jaxlab.io.tensorboard import TensorBoardLog
 from jaxlab.io.writers import JsonlLog, is_writer, read_json, write_json
@@ -95,7 +95,6 @@ def _fit(config, workdir, task, dataset, mesh, on_chunk, summary_extra):
     if superseded is not None:
       _start_again(workdir, f'trained on an earlier state of the pretraining it transfers from '
                    f'({describe_backbone(superseded)}; now {describe_backbone(record)})')
-      write_json(os.path.join(workdir, BACKBONE), record)
   guards.check_resolved(workdir, _resolved(layout, mesh, dataset, spe, total))
   ckpt = Checkpointer(ckpt_dir, config.checkpoint.every_steps, config.checkpoint.keep,
                       trainable_only)

@@ -43,8 +43,6 @@ class Preempted(BaseException):
               'same command to resume from there')
     super().__init__(text)
 
-  EXIT_CODE = 143  # SIGTERM's (kept for callers that read the class attribute)
-
 
 def _on_signal(signum, frame):
   del frame
