@@ -13,7 +13,10 @@ ValueError, so library callers that catch ValueError keep working.
 """
 
 import contextlib
+import errno
 import math
+import os
+import shutil
 
 import ml_collections
 
@@ -155,6 +158,15 @@ def unread_override(field, overridden, why, fix):
 # The machine's own failures, found in whatever a library raised.
 
 
+def existing_ancestor(path):
+  """`path` made absolute, or its nearest ancestor that exists (what a workdir not yet
+  created will live in)."""
+  probe = os.path.abspath(os.path.expanduser(path))
+  while not os.path.exists(probe):
+    probe = os.path.dirname(probe)
+  return probe
+
+
 def _chain(error):
   """`error`, its causes and contexts, and the members of exception groups, each once."""
   seen, todo = [], [error]
@@ -180,7 +192,8 @@ def _found(error, errnos, texts):
   return None
 
 
-def _size(nbytes):
+def size_text(nbytes):
+  """'512 B', '3.2 MiB', ..."""
   for unit in ('B', 'KiB', 'MiB', 'GiB', 'TiB'):
     if nbytes < 1024 or unit == 'TiB':
       return f'{nbytes:.0f} {unit}' if unit == 'B' else f'{nbytes:.1f} {unit}'
@@ -191,20 +204,14 @@ def environment_failure(error, workdir, needed_bytes=None):
   """EnvFailure for a full disk or a path too long for the file system somewhere in `error`'s
   chain (naming the path, the space free and, when known, the space a checkpoint needs), or
   None when `error` is something else."""
-  import errno  # pylint: disable=g-import-not-at-top
-  import os  # pylint: disable=g-import-not-at-top
-  import shutil  # pylint: disable=g-import-not-at-top
   full = _found(error, (errno.ENOSPC, errno.EDQUOT), _NO_SPACE)
   if full is not None:
     path = getattr(full, 'filename', None) or workdir
-    probe = os.path.abspath(workdir)
-    while not os.path.exists(probe):
-      probe = os.path.dirname(probe)
-    free = shutil.disk_usage(probe).free
-    need = (f'; a checkpoint of this run takes about {_size(needed_bytes)}'
+    free = size_text(shutil.disk_usage(existing_ancestor(workdir)).free)
+    need = (f'; a checkpoint of this run takes about {size_text(needed_bytes)}'
             if needed_bytes else '')
-    return EnvFailure(f'no space left on the device that holds the workdir ({_size(free)} free'
-                      f'{need})', path, 'free some space there (or give --workdir on another '
+    return EnvFailure(f'no space left on the device that holds the workdir ({free} free{need})',
+                      path, 'free some space there (or give --workdir on another '
                       'disk and move the workdir there), then rerun the same command: it '
                       'resumes from the last checkpoint, which is intact')
   long = _found(error, (errno.ENAMETOOLONG,), _TOO_LONG)

@@ -83,12 +83,12 @@ def main(argv):
   try:
     _run(config, workdir)
   except BaseException as e:  # pylint: disable=broad-except  # each kind its one line and code
-    code = exit_code(e, workdir)
-    if code is None:
+    outcome = failure(e, workdir)
+    if outcome is None:
       raise
     if flags.FLAGS.verbosity > 0:
       traceback.print_exc()
-    line = str(e) if code > 100 else 'error: ' + ' '.join(str(_one_line(e, workdir)).split())
+    code, line = outcome
     print(line, file=sys.stderr)
     sys.exit(code)
 
@@ -131,33 +131,35 @@ def _run(config, workdir):
   experiments.run(config, workdir, overridden(sys.argv))
 
 
-def _one_line(error, workdir):
-  return checks.environment_failure(error, workdir) or error
-
-
-def exit_code(error, workdir):
-  """The exit code of a run that raised `error`, or None for an error that is a bug (its
-  traceback is printed)."""
+def failure(error, workdir):
+  """(exit code, the line on stderr) of a run that raised `error`, or None for an error that
+  is a bug (its traceback is printed)."""
   from jaxlab.train.guards import DivergenceError  # pylint: disable=g-import-not-at-top
-  from jaxlab.train.preemption import Preempted  # pylint: disable=g-import-not-at-top
-  if isinstance(error, Preempted):
-    return error.exit_code
+  if isinstance(error, preemption.Preempted):
+    return error.exit_code, str(error)
   if isinstance(error, DivergenceError):
-    return DIVERGED
+    return DIVERGED, _error_line(error)
   if isinstance(error, checks.WorkdirBusy):
-    return BUSY
-  if isinstance(error, checks.EnvFailure) or checks.environment_failure(error, workdir):
-    return ENVIRONMENT
+    return BUSY, _error_line(error)
+  if isinstance(error, checks.EnvFailure):
+    return ENVIRONMENT, _error_line(error)
+  found = checks.environment_failure(error, workdir)  # a full disk, a path too long
+  if found is not None:
+    return ENVIRONMENT, _error_line(found)
   if isinstance(error, (ValueError, FileNotFoundError)):  # checks.BadInput among them
-    return BAD_INPUT
+    return BAD_INPUT, _error_line(error)
   if isinstance(error, OSError):  # the file system said no: permissions, I/O errors
-    return ENVIRONMENT
+    return ENVIRONMENT, _error_line(error)
   return None
+
+
+def _error_line(error):
+  return 'error: ' + ' '.join(str(error).split())  # one line, always
 
 
 def bad_input(error):
   """Exit with BAD_INPUT after one line on stderr: `error: <what> (<field or path>): <fix>`."""
-  print('error: ' + ' '.join(str(error).split()), file=sys.stderr)  # one line, always
+  print(_error_line(error), file=sys.stderr)
   sys.exit(BAD_INPUT)
 
 

@@ -212,9 +212,7 @@ def check_workdir(workdir):
   if os.path.exists(path) and not os.path.isdir(path):
     raise BadInput('the workdir is a file, not a directory', workdir,
                    'choose another --workdir (or move the file away)')
-  probe = path
-  while not os.path.exists(probe):
-    probe = os.path.dirname(probe)
+  probe = checks.existing_ancestor(path)
   if not os.path.isdir(probe):
     raise BadInput(f'the workdir cannot be created: {probe} is a file', workdir,
                    'choose another --workdir')
@@ -335,9 +333,7 @@ def check_vit(c, overridden):
 
 
 def _check_path_length(workdir, path):
-  probe = path
-  while not os.path.exists(probe):
-    probe = os.path.dirname(probe)
+  probe = checks.existing_ancestor(path)
   try:
     name_max = os.pathconf(probe, 'PC_NAME_MAX')
     path_max = os.pathconf(probe, 'PC_PATH_MAX')

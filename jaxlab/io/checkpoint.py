@@ -109,7 +109,6 @@ class Checkpointer:
 
   def __init__(self, directory, every_steps, keep, trainable_only=False):
     self.every = max(int(every_steps), 1)
-    self._nbytes = None
     self.trainable_only = trainable_only
     self.manager = ocp.CheckpointManager(
         os.path.abspath(os.fspath(directory)),
@@ -147,17 +146,17 @@ class Checkpointer:
     return int(sum(np.size(x) * np.dtype(x.dtype).itemsize
                    for x in jax.tree.leaves(self._saved(state))))
 
-  def check_space(self, workdir, state):
-    """checks.EnvFailure when the workdir's disk cannot hold one more checkpoint of `state`
-    (orbax writes a new one before it deletes an old one): before training and before each
-    save, so that a filling disk stops the run in one line, before orbax's writes fail."""
-    need = self._nbytes if self._nbytes is not None else self.nbytes(state)
-    self._nbytes = need  # the same tree every time
-    free = shutil.disk_usage(os.fspath(self.manager.directory)).free
+  def check_space(self, state):
+    """checks.EnvFailure, naming the run's workdir (the folder above the checkpoints), when
+    its disk cannot hold one more checkpoint of `state` (orbax writes a new one before it
+    deletes an old one): before training and before each save, so that a filling disk stops
+    the run in one line, before orbax's writes fail."""
+    directory = os.fspath(self.manager.directory)
+    need, free = self.nbytes(state), shutil.disk_usage(directory).free
     if free < need * 1.05 + (1 << 20):
       raise checks.EnvFailure(
-          f'not enough space left for a checkpoint: it takes about {need / 2**20:.1f} MiB and '
-          f'{free / 2**20:.1f} MiB are free', workdir,
+          f'not enough space left for a checkpoint: it takes about {checks.size_text(need)} '
+          f'and {checks.size_text(free)} are free', os.path.dirname(directory),
           'free some space on that disk, or give --workdir on another one')
 
   def _saved(self, state):
@@ -174,7 +173,7 @@ class Checkpointer:
     multi-process run calls it at the same steps; orbax writes one checkpoint."""
     if not force and not self.due(step):
       return False
-    self.check_space(os.path.dirname(os.fspath(self.manager.directory)), state)
+    self.check_space(state)
     return self.manager.save(int(step), args=ocp.args.StandardSave(self._saved(state)),
                              force=True, custom_metadata=dict(counters or {}))
 

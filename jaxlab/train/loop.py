@@ -139,7 +139,7 @@ def _train(config, workdir, task, dataset, mesh, on_chunk, summary_extra, layout
   spe = plan.steps_per_epoch
   averager, chunk_fn = setup.averager, setup.chunk_fn
   resumed_from = ckpt.latest_step()
-  ckpt.check_space(workdir, setup.state)
+  ckpt.check_space(setup.state)
   summary_path = os.path.join(workdir, 'summary.json')
   state = layout.place(setup.state)
   counters = dict.fromkeys(COUNTERS, 0.0)
