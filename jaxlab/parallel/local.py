@@ -1,4 +1,4 @@
-"""Local SGD and its relatives over a worker axis sharded on the device mesh (SPEC §4).
+"""Local SGD and its relatives over a worker axis sharded on the device mesh.
 
 K workers, each with its own contiguous shard of the training set, its own
 parameters and optimizer state (a leading worker axis, K/D workers per device,
@@ -132,7 +132,7 @@ def make_average(spec, mesh, ordered=True):
 
   The state carries the worker axis, sharded over DATA; the mean over workers
   is a local mean followed by `pmean` across devices. Optimizer states are
-  not touched (SPEC: the parameters only are averaged). ordered: the sums over devices
+  not touched (the parameters only are averaged, as in the original local-SGD code). ordered: the sums over devices
   in device order (mesh.all_sum), the same on any split of the devices into processes.
   """
   def pmean(tree):  # one collective for the whole tree (mesh.all_sum)
