@@ -416,8 +416,8 @@ def _finished_summary(path, end):
 
 
 def _best_eval(records):
-  """acc1_best and best_epoch over the run's evaluation records (the PEFT source note reports the best
-  epoch); with several seeds, the best of their mean."""
+  """acc1_best and best_epoch over the run's evaluation records (the PEFT source note reports
+  the best epoch); with several seeds, the best of their mean."""
   evals = [r for r in records if r.get('acc1') is not None]
   if not evals:
     return {}
