@@ -53,7 +53,10 @@ def test_conv_valid_gradients_match_hand_derived_and_xla():
 
 @pytest.mark.parametrize('padding', ['VALID', 'SAME'])
 def test_conv_module_equals_flax_conv(padding):
-  ours = Conv(4, (3, 2), padding=padding, impl='patches', chunk=4)  # gcd(4, 6) = 2 per chunk
+  # param_init='lecun' is flax's initialisers (the default, 'torch', is PyTorch's:
+  # tests/test_fidelity_distributed.py).
+  ours = Conv(4, (3, 2), padding=padding, impl='patches', chunk=4,  # gcd(4, 6) = 2 per chunk
+              param_init='lecun')
   ref = nn.Conv(4, (3, 2), padding=padding)
   p_ours = ours.init(jax.random.PRNGKey(3), X)
   p_ref = ref.init(jax.random.PRNGKey(3), X)

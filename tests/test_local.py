@@ -241,12 +241,13 @@ def test_grid_sweep_resumes_cell_by_cell(tmp_path, monkeypatch):
 
 
 def test_dynamic_local_steps_follow_the_formula(world):
-  """After a round, H = clip(α·‖mean d‖²/(mean ‖d_k − mean d‖² + 1e-6), 4, 64), d_k = x₀ − x_k."""
+  """dynamic_form='pseudo': after a round, H = clip(α·‖mean d‖²/(mean ‖d_k − mean d‖² + 1e-6),
+  4, 64), d_k = x₀ − x_k (the original's form: tests/test_fidelity_distributed.py)."""
   task, data, idx = world
   tx = make_tx(task, 'sgdm')
   mesh = make_mesh(jax.devices()[:4])
   for alpha in (1.0, 1e3):
-    spec = LocalSpec(workers=K, sync_every=2, dynamic_alpha=alpha)
+    spec = LocalSpec(workers=K, sync_every=2, dynamic_alpha=alpha, dynamic_form='pseudo')
     one = TrainState.create(task.params, {}, tx, jax.random.PRNGKey(1), spec.init_extra(task.params))
     state = shard_leading(worker_state(one, K), mesh)
     chunk = make_train_chunk(step_fn(task, tx, None), mesh, 'workers')

@@ -1,4 +1,4 @@
-"""Distributed-learning family (SPEC §4): LeNet-5 on CIFAR-100.
+"""Distributed-learning family: LeNet-5 on CIFAR-100.
 
 The centralized (synchronous data-parallel) baseline over every local device,
 large-batch optimizers (LARS, LAMB) with the learning rate scaled by batch
@@ -21,7 +21,9 @@ from jaxlab.experiments import preflight
 from jaxlab.io.report import line_plot, markdown_table, with_status
 from jaxlab.io.writers import write_json, write_text
 from jaxlab.models import conv
-from jaxlab.parallel.local import METHODS as LOCAL_METHODS, LocalSpec, worker_steps_per_epoch
+from jaxlab.optim.optimizers import LARGE_BATCH_FORMS, schedule_from_optim
+from jaxlab.parallel.local import (DYNAMIC_FORMS, METHODS as LOCAL_METHODS, WORKER_DATA,
+                                   LocalSpec, worker_steps_per_epoch)
 from jaxlab.train.guards import check_sweep, run_or_diverged
 from jaxlab.train.loop import fit, run_keys
 from jaxlab.train.report import print_summary
@@ -60,6 +62,13 @@ def base_lr(optim_cfg):
   return optim_cfg.lr
 
 
+def weight_decay_of(optim_cfg):
+  """optim.lamb_weight_decay for LAMB when set (≥ 0), else optim.weight_decay."""
+  if optim_cfg.name == 'lamb' and optim_cfg.get('lamb_weight_decay', -1.0) >= 0:
+    return optim_cfg.lamb_weight_decay
+  return optim_cfg.weight_decay
+
+
 def scaled_lr(optim_cfg, batch_size):
   """base lr × (B / base_batch) ** {0, 1/2, 1} for the none / sqrt / linear rule."""
   rule = optim_cfg.lr_scaling
@@ -78,12 +87,22 @@ def local_spec(config, steps_per_epoch):
                    outer_lr=lc.outer_lr, outer_momentum=lc.outer_momentum,
                    switch_step=int(lc.switch_epochs * steps_per_epoch),
                    inner_lr=config.optim.lr,
-                   dynamic_alpha=lc.dynamic_alpha)
+                   inner_schedule=(schedule_from_optim(config.optim,
+                                                       steps_per_epoch * config.train.epochs,
+                                                       steps_per_epoch)
+                                   if lc.get('slowmo_lr', 'scheduled') == 'scheduled'
+                                   and steps_per_epoch else None),
+                   dynamic_alpha=lc.dynamic_alpha,
+                   dynamic_form=lc.get('dynamic_form', 'original'),
+                   worker_data=lc.get('worker_data', 'epoch'))
 
 
 def make_task(config, num_classes, image_shape, workers=None):
-  """LeNet-style classifier with every parameter in one optimizer group."""
+  """LeNet-style classifier with every parameter in one optimizer group; model.param_init:
+  'torch' (PyTorch's defaults, as the original) or 'lecun' (see jaxlab.models.conv)."""
   model = models.build(config.model, num_classes)
+  if hasattr(model, 'param_init'):
+    model = model.clone(param_init=config.model.get('param_init', 'torch'))
   init_key, _, _ = run_keys(config.seed)
   params = model.init(init_key, jnp.zeros((1, *image_shape)), train=False)['params']
   return Task(params=params, apply=flax_apply(model), rules=[('.*', 'base')], workers=workers)
@@ -96,6 +115,7 @@ def validate(config, overridden=frozenset(), devices=1):
   checks.one_of(c, 'local.method', ('none', *LOCAL_METHODS))
   checks.one_of(c, 'aug_set', ('', *AUG_SETS))
   checks.one_of(c, 'model.conv_impl', conv.IMPLS)
+  checks.one_of(c, 'model.param_init', conv.INITS)
   bad = [arm for arm in c.arms if arm not in ('sync', *LOCAL_METHODS)]
   if bad:
     checks.fail('arms', f'unknown arms {bad}', f'choose from sync, {", ".join(LOCAL_METHODS)}')
@@ -107,6 +127,10 @@ def validate(config, overridden=frozenset(), devices=1):
   within(c, 'local.outer_momentum', 0, 1, high_open=True)
   at_least(c, 'local.dynamic_alpha', 0, ' (0: fixed rounds of local.sync_every)')
   at_least(c, 'optim.lamb_lr', 0, ' (0 uses optim.lr)')
+  checks.one_of(c, 'optim.large_batch_form', LARGE_BATCH_FORMS)
+  checks.one_of(c, 'local.dynamic_form', DYNAMIC_FORMS)
+  checks.one_of(c, 'local.worker_data', WORKER_DATA)
+  checks.one_of(c, 'local.slowmo_lr', ('scheduled', 'base'))
   methods = [('none' if arm == 'sync' else arm) for arm in c.arms] or [c.local.method]
   if 'post_local' in methods:
     within(c, 'local.switch_epochs', 0, c.train.epochs, high_open=True,
@@ -114,11 +138,14 @@ def validate(config, overridden=frozenset(), devices=1):
   unread = lambda field, why, fix: checks.unread_override(field, overridden, why, fix)
   if c.optim.name != 'lamb':
     unread('optim.lamb_lr', f'by optim.name={c.optim.name!r}', 'set --config.optim.name=lamb too')
+    unread('optim.lamb_weight_decay', f'by optim.name={c.optim.name!r}',
+           'set --config.optim.name=lamb too')
   local = [m for m in methods if m != 'none']
   for name, needs in (('workers', None), ('sync_every', None), ('dynamic_alpha', None),
                       ('slowmo_alpha', 'slowmo'), ('slowmo_beta', 'slowmo'),
                       ('outer_lr', 'diloco'), ('outer_momentum', 'diloco'),
-                      ('switch_epochs', 'post_local')):
+                      ('switch_epochs', 'post_local'), ('slowmo_lr', 'slowmo'),
+                      ('dynamic_form', None), ('worker_data', None)):
     if (needs is None and not local) or (needs is not None and needs not in local):
       unread(f'local.{name}', f'by the methods run here ({", ".join(methods)})',
              f'run {needs or "a local method"} too: --config.local.method='
@@ -163,11 +190,16 @@ def run_one(config, workdir, dataset):
   shape = (size, size, dataset.train.images.shape[3])
   with config.unlocked():
     config.optim.lr = scaled_lr(config.optim, config.train.batch_size)
+    config.optim.weight_decay = weight_decay_of(config.optim)
     if config.aug_set:
       config.augment.update(AUG_SETS[config.aug_set])
+    # The original dynamic rounds read each worker's last gradients (parallel/local.py).
+    config.optim.record_last_grads = bool(
+        config.local.method != 'none' and config.local.dynamic_alpha
+        and config.local.get('dynamic_form', 'original') == 'original')
   workers = config.local.workers if config.local.method != 'none' else 1
   spe = worker_steps_per_epoch(len(dataset.train.labels), workers, config.train.batch_size,
-                               config.train.drop_last)
+                               config.train.drop_last, local_spec(config, 0))
   task = make_task(config, dataset.num_classes, shape, local_spec(config, spe))
   summary, _ = fit(config, workdir, task, dataset, summary_extra={'lr': config.optim.lr})
   return summary

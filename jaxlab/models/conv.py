@@ -7,7 +7,8 @@ much again in memory traffic (41 MB for conv2 at batch 64), so the patches are b
 dropped a few images at a time, inside a loop, where they stay in cache; the backward pass
 rebuilds them instead of storing them. On GPUs and TPUs the library convolution is the fast one:
 `Conv(impl='auto')` uses it there and the patch form only on the CPU. Both give the same
-parameters (names, shapes, initialisers of `flax.linen.Conv`), so checkpoints move between them.
+parameters (names and shapes of `flax.linen.Conv`), so checkpoints move between them; the
+initialisers are PyTorch's defaults (param_init='torch') or flax's ('lecun').
 """
 
 import functools
@@ -84,19 +85,52 @@ def resolve_impl(impl):
   return impl
 
 
+INITS = ('torch', 'lecun')
+
+
+def torch_kernel_init():
+  """PyTorch's default for nn.Conv2d / nn.Linear weights, kaiming_uniform_(a=√5):
+  U(±gain·√(3/fan_in)) with gain √(2/(1 + 5)), i.e. U(±1/√fan_in) (fan_in = all but the
+  output axis of an HWIO or (in, out) kernel)."""
+  return nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
+
+
+def torch_bias_init(fan_in):
+  """PyTorch's default bias of nn.Conv2d / nn.Linear: U(±1/√fan_in)."""
+  bound = 1.0 / math.sqrt(fan_in)
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+  return init
+
+
+def initializers(init, fan_in):
+  """(kernel_init, bias_init): 'torch' (PyTorch's defaults, as the original LeNet-5 code) or
+  'lecun' (LeCun normal kernels, zero biases: flax's defaults)."""
+  if init == 'torch':
+    return torch_kernel_init(), torch_bias_init(fan_in)
+  if init == 'lecun':
+    return nn.initializers.lecun_normal(), nn.initializers.zeros_init()
+  raise ValueError(f'unknown init {init!r}; choose one of {", ".join(INITS)}')
+
+
 class Conv(nn.Module):
-  """Stride-1 2-D convolution with bias, parameters as `flax.linen.Conv` ('kernel' HWIO, 'bias')."""
+  """Stride-1 2-D convolution with bias, parameters as `flax.linen.Conv` ('kernel' HWIO, 'bias').
+  param_init: 'torch' (PyTorch's nn.Conv2d defaults, U(±1/√fan_in) weights and biases) or
+  'lecun'."""
   features: int
   kernel_size: tuple = (5, 5)
   padding: str = 'VALID'  # 'VALID' | 'SAME'
   impl: str = 'auto'
   chunk: int = CHUNK
+  param_init: str = 'torch'
 
   @nn.compact
   def __call__(self, x):
     kh, kw = self.kernel_size
-    kernel = self.param('kernel', nn.initializers.lecun_normal(), (kh, kw, x.shape[-1], self.features))
-    bias = self.param('bias', nn.initializers.zeros_init(), (self.features,))
+    kernel_init, bias_init = initializers(self.param_init, kh * kw * x.shape[-1])
+    kernel = self.param('kernel', kernel_init, (kh, kw, x.shape[-1], self.features))
+    bias = self.param('bias', bias_init, (self.features,))
     if self.padding == 'SAME':
       x = jnp.pad(x, ((0, 0), ((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2), (0, 0)))
     elif self.padding != 'VALID':

@@ -1,8 +1,8 @@
-"""LeNet-5 variant of the distributed-learning seed (SPEC §4)."""
+"""LeNet-5 of the distributed-learning family (the original code's LeNet5, lucavgn/AML_Project5)."""
 
 import flax.linen as nn
 
-from jaxlab.models.conv import Conv, max_pool_2x2
+from jaxlab.models.conv import Conv, initializers, max_pool_2x2
 
 
 class LeNet5(nn.Module):
@@ -10,17 +10,27 @@ class LeNet5(nn.Module):
 
   On 32×32 inputs the flattened features are 5·5·64 = 1600, as in the seed. `conv_impl`: 'auto'
   (patch matmuls on the CPU, the library convolution elsewhere), 'xla' or 'patches' (see
-  jaxlab.models.conv); the parameters are the same either way.
+  jaxlab.models.conv); the parameters are the same either way. `param_init`: 'torch' (default:
+  PyTorch's nn.Conv2d / nn.Linear defaults, weights and biases U(±1/√fan_in), as the original
+  code's LeNet5 in lucavgn/AML_Project5) or 'lecun' (LeCun-normal weights, zero biases).
   """
   num_classes: int = 100
   conv_impl: str = 'auto'
+  param_init: str = 'torch'
+
+  def dense(self, x, features, name):
+    kernel_init, bias_init = initializers(self.param_init, x.shape[-1])
+    return nn.Dense(features, kernel_init=kernel_init, bias_init=bias_init, name=name)(x)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     del train  # no dropout or batch statistics
     for name in ('conv1', 'conv2'):
-      x = max_pool_2x2(nn.relu(Conv(64, (5, 5), impl=self.conv_impl, name=name)(x)))
+      conv = Conv(64, (5, 5), impl=self.conv_impl, param_init=self.param_init, name=name)
+      x = max_pool_2x2(nn.relu(conv(x)))
+    # Flattened (H, W, C) where PyTorch flattens (C, H, W): a fixed permutation of fc1's
+    # inputs, the same model under an i.i.d. initialisation.
     x = x.reshape(x.shape[0], -1)
-    x = nn.relu(nn.Dense(384, name='fc1')(x))
-    x = nn.relu(nn.Dense(192, name='fc2')(x))
-    return nn.Dense(self.num_classes, name='head')(x)
+    x = nn.relu(self.dense(x, 384, 'fc1'))
+    x = nn.relu(self.dense(x, 192, 'fc2'))
+    return self.dense(x, self.num_classes, 'head')

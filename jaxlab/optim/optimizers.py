@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxlab.optim.schedules import SCHEDULES, decay_start_of, make_schedule, warmup_steps_of
+from jaxlab.optim.schedules import (EPOCH_SCHEDULES, SCHEDULES, decay_start_of, epoch_schedule,
+                                    make_schedule, warmup_steps_of)
 from jaxlab.peft.partition import FROZEN
 
 OPTIMIZERS = ('sgd', 'sgdm', 'adamw', 'lars', 'lamb')
@@ -50,15 +51,76 @@ def scale_by_global_schedule(schedule, label):
   return optax.GradientTransformationExtraArgs(init, update)
 
 
+class LastGrads(NamedTuple):
+  """The gradients of the last update (record_last_grads): what the original dynamic local
+  SGD reads from each worker's param.grad after a round (jaxlab.parallel.local)."""
+  grads: optax.Updates
+
+
+def record_last_grads():
+  """Pass the updates through unchanged, keeping a copy of them in the state."""
+
+  def init(params):
+    return LastGrads(grads=jax.tree.map(jnp.zeros_like, params))
+
+  def update(updates, state, params=None):
+    del params, state
+    return updates, LastGrads(grads=updates)
+
+  return optax.GradientTransformation(init, update)
+
+
 def matrices_only(params):
   """True for weight matrices and kernels, False for biases and norm scales (ndim ≤ 1)."""
   return jax.tree.map(lambda x: x.ndim > 1, params)
 
 
+# LARS and LAMB as the original code wrote them ('original'), or in their textbook form
+# ('textbook', optax.lars / optax.lamb): see _around_lr.
+LARGE_BATCH_FORMS = ('original', 'textbook')
+
+
+class OriginalLarsState(NamedTuple):
+  """The original LARS's momentum buffers and its update count (0 before the first update)."""
+  count: jax.Array
+  momentum: optax.Updates
+
+
+def original_lars(momentum, weight_decay, trust_coefficient):
+  """LARS as the original code has it (lucavgn/AML_Project5, class `LARS` in
+  Centr_Training_TestModel_LargeBatch.ipynb and the Results/LargeBatch notebooks), per tensor,
+  biases included:
+    d = g + wd·w;  d ← d · tc·‖w‖/(‖d‖ + 1e-8)  (only when ‖w‖ > 0 and ‖d‖ > 0)
+    buf ← m·buf + d, the buffer starting as the raw gradient g (PyTorch SGD's first step);
+  the step is then −lr·buf (the lr scaling follows this transform)."""
+
+  def init(params):
+    return OriginalLarsState(count=jnp.zeros([], jnp.int32),
+                             momentum=jax.tree.map(jnp.zeros_like, params))
+
+  def update(updates, state, params=None):
+    if params is None:
+      raise ValueError('LARS needs the parameters: update(grads, state, params)')
+
+    def one(g, w, buf):
+      d = g + weight_decay * w if weight_decay else g
+      w_norm, d_norm = jnp.linalg.norm(w), jnp.linalg.norm(d)
+      local = trust_coefficient * w_norm / (d_norm + 1e-8)
+      d = jnp.where((w_norm > 0) & (d_norm > 0), d * local, d)
+      buf = jnp.where(state.count == 0, g, buf)
+      return momentum * buf + d
+
+    new = jax.tree.map(one, updates, params, state.momentum)
+    return new, OriginalLarsState(count=optax.safe_int32_increment(state.count), momentum=new)
+
+  return optax.GradientTransformation(init, update)
+
+
 def _around_lr(name, weight_decay, hp):
   """(before, after): the optimizer's transforms before and after the learning-rate scaling.
 
-  hp: the hyper-parameters momentum, nesterov, b1, b2, eps, trust_coefficient."""
+  hp: the hyper-parameters momentum, nesterov, b1, b2, eps, trust_coefficient and form
+  (LARGE_BATCH_FORMS, read by lars and lamb)."""
   if name == 'sgd':
     return optax.add_decayed_weights(weight_decay), optax.identity()
   if name == 'sgdm':
@@ -69,14 +131,24 @@ def _around_lr(name, weight_decay, hp):
     # AdamW: Adam direction plus decoupled decay, both scaled by the lr.
     return (optax.chain(optax.scale_by_adam(hp['b1'], hp['b2'], hp['eps']),
                         optax.add_decayed_weights(weight_decay)), optax.identity())
+  if name == 'lars' and hp['form'] == 'original':
+    return original_lars(hp['momentum'], weight_decay, hp['trust_coefficient']), optax.identity()
+  if name == 'lamb' and hp['form'] == 'original':
+    # The original LAMB (lucavgn/AML_Project5, class `LAMB` in the large-batch notebooks):
+    # u = m̂/(√v̂ + eps) + wd·w and the step −lr·(‖w‖/‖u‖)·u (ratio 1 when either norm is 0,
+    # no clamp) on every tensor, biases included.
+    return (optax.chain(optax.scale_by_adam(hp['b1'], hp['b2'], hp['eps']),
+                        optax.add_decayed_weights(weight_decay),
+                        optax.scale_by_trust_ratio()), optax.identity())
   if name == 'lars':
-    # optax.lars: decay and trust ratio skip biases and norms; momentum after the lr.
+    # Textbook (optax.lars): decay and trust ratio skip biases and norms; the momentum buffer
+    # starts at 0 and follows the lr scaling.
     return (optax.chain(optax.add_decayed_weights(weight_decay, mask=matrices_only),
                         optax.masked(optax.scale_by_trust_ratio(
                             trust_coefficient=hp['trust_coefficient']), matrices_only)),
             optax.trace(hp['momentum'], nesterov=hp['nesterov']))
   if name == 'lamb':
-    # optax.lamb: Adam direction + decay (matrices), then the trust ratio ‖w‖/‖u‖.
+    # Textbook (optax.lamb): Adam direction + decay (matrices), then the trust ratio ‖w‖/‖u‖.
     return (optax.chain(optax.scale_by_adam(hp['b1'], hp['b2'], hp['eps']),
                         optax.add_decayed_weights(weight_decay, mask=matrices_only),
                         optax.masked(optax.scale_by_trust_ratio(), matrices_only)), optax.identity())
@@ -102,7 +174,9 @@ def group_settings(groups, label, lr, weight_decay):
 def make_optimizer(labels, name='adamw', lr=1e-3, weight_decay=0.0, schedule='constant',
                    total_steps=None, *, groups=None, warmup_steps=0, lr_floor=0.0,
                    decay_start=None, decay_shape='1-sqrt', momentum=0.9, nesterov=False,
-                   b1=0.9, b2=0.999, eps=1e-8, trust_coefficient=0.001):
+                   b1=0.9, b2=0.999, eps=1e-8, trust_coefficient=0.001,
+                   large_batch_form='textbook', steps_per_epoch=None, epochs=None,
+                   record_grads=False):
   """An `optax.GradientTransformationExtraArgs`: `optax.partition` over the labels of `labels`.
 
   labels: a label tree shaped like the params it will update (e.g.
@@ -115,8 +189,15 @@ def make_optimizer(labels, name='adamw', lr=1e-3, weight_decay=0.0, schedule='co
     overrides them per group (labels absent from `labels` are ignored).
   schedule: constant | cosine | warmup_cosine | whd over `total_steps` (needed by all but
     constant), with warmup_steps, lr_floor (floor = lr_floor · lr), and for whd decay_start
-    (default 80% of the steps) and decay_shape; see jaxlab.optim.schedules.make_schedule.
+    (default 80% of the steps) and decay_shape; see jaxlab.optim.schedules.make_schedule;
+    or cosine_epoch | warmup_linear_epoch, stepped per epoch (schedules.epoch_schedule).
   momentum, nesterov (sgdm, lars), b1, b2, eps (adamw, lamb), trust_coefficient (lars).
+  large_batch_form: 'textbook' (optax.lars / optax.lamb: decay and trust ratio on matrices only,
+    LARS's momentum buffer from 0) or 'original' (the original code's LARS and LAMB: every
+    tensor, LARS's buffer starting as the raw gradient); see `original_lars`.
+  steps_per_epoch: needed by the per-epoch schedules (schedules.EPOCH_SCHEDULES), which hold
+    the lr constant within an epoch, as a PyTorch scheduler stepped after each epoch.
+  record_grads: keep each group's last gradients in its state (`LastGrads`).
 
   `update(grads, state, params)` takes the schedule at the optimizer's own step count
   (0 at the first update); with `global_step=` it takes that step instead (the trainer's
@@ -132,19 +213,43 @@ def make_optimizer(labels, name='adamw', lr=1e-3, weight_decay=0.0, schedule='co
     raise ValueError(f'unknown schedule {schedule!r}; choose one of {", ".join(SCHEDULES)}')
   if schedule != 'constant' and not total_steps:
     raise ValueError(f'schedule {schedule!r} needs total_steps (the length of the run)')
+  if large_batch_form not in LARGE_BATCH_FORMS:
+    raise ValueError(f'unknown large_batch_form {large_batch_form!r}; choose one of '
+                     f'{", ".join(LARGE_BATCH_FORMS)}')
+  if schedule in EPOCH_SCHEDULES and not steps_per_epoch:
+    raise ValueError(f'schedule {schedule!r} needs steps_per_epoch')
   hp = dict(momentum=momentum, nesterov=nesterov, b1=b1, b2=b2, eps=eps,
-            trust_coefficient=trust_coefficient)
+            trust_coefficient=trust_coefficient, form=large_batch_form)
   transforms = {}
   for label in sorted(set(jax.tree.leaves(labels))):
     if label == FROZEN:
       transforms[label] = optax.set_to_zero()
       continue
     group_lr, group_wd = group_settings(groups, label, lr, weight_decay)
-    group_schedule = make_schedule(schedule, group_lr, total_steps or 0, warmup_steps, lr_floor,
-                                   decay_start=decay_start, decay_shape=decay_shape)
+    group_schedule = _schedule(schedule, group_lr, total_steps, warmup_steps, lr_floor,
+                               decay_start, decay_shape, steps_per_epoch, epochs)
     before, after = _around_lr(name, group_wd, hp)
-    transforms[label] = optax.chain(before, scale_by_global_schedule(group_schedule, label), after)
+    chain = [before, scale_by_global_schedule(group_schedule, label), after]
+    transforms[label] = optax.chain(*([record_last_grads()] if record_grads else []), *chain)
   return optax.partition(transforms, labels)
+
+
+def _schedule(schedule, lr, total_steps, warmup_steps, lr_floor, decay_start, decay_shape,
+              steps_per_epoch, epochs=None):
+  if schedule in EPOCH_SCHEDULES:
+    return epoch_schedule(schedule, lr, steps_per_epoch,
+                          epochs or -(-total_steps // steps_per_epoch),
+                          warmup_steps / steps_per_epoch, lr_floor)
+  return make_schedule(schedule, lr, total_steps or 0, warmup_steps, lr_floor,
+                       decay_start=decay_start, decay_shape=decay_shape)
+
+
+def schedule_from_optim(optim_cfg, total_steps, steps_per_epoch):
+  """The step → lr function `optimizer_from_config` gives its groups (at optim.lr)."""
+  c = optim_cfg
+  return _schedule(c.schedule, c.lr, total_steps, warmup_steps_of(c, total_steps, steps_per_epoch),
+                   c.get('lr_floor', 0.0), decay_start_of(c, total_steps),
+                   c.get('decay_shape', '1-sqrt'), steps_per_epoch)
 
 
 def _is_label_tree(labels):
@@ -154,7 +259,8 @@ def _is_label_tree(labels):
 def optimizer_from_config(optim_cfg, labels, total_steps, steps_per_epoch):
   """`make_optimizer` with the fields of an optim config (configs/common.py): name, lr,
   weight_decay, groups, schedule, warmup_epochs or warmup_fraction, lr_floor,
-  decay_start_fraction, decay_shape, momentum, nesterov, b1, b2, eps, trust_coefficient.
+  decay_start_fraction, decay_shape, momentum, nesterov, b1, b2, eps, trust_coefficient,
+  large_batch_form (default 'textbook'), record_last_grads (default False).
   The trainer calls `update(..., global_step=step)`."""
   c = optim_cfg
   return make_optimizer(
@@ -163,7 +269,9 @@ def optimizer_from_config(optim_cfg, labels, total_steps, steps_per_epoch):
       lr_floor=c.get('lr_floor', 0.0), decay_start=decay_start_of(c, total_steps),
       decay_shape=c.get('decay_shape', '1-sqrt'), momentum=c.get('momentum', 0.9),
       nesterov=c.get('nesterov', False), b1=c.get('b1', 0.9), b2=c.get('b2', 0.999),
-      eps=c.get('eps', 1e-8), trust_coefficient=c.get('trust_coefficient', 0.001))
+      eps=c.get('eps', 1e-8), trust_coefficient=c.get('trust_coefficient', 0.001),
+      large_batch_form=c.get('large_batch_form', 'textbook'), steps_per_epoch=steps_per_epoch,
+      record_grads=c.get('record_last_grads', False))
 
 
 def hold_groups(new_state, old_state, held):

@@ -3,7 +3,7 @@
 import jax.numpy as jnp
 import optax
 
-SCHEDULES = ('constant', 'cosine', 'warmup_cosine', 'whd')
+SCHEDULES = ('constant', 'cosine', 'warmup_cosine', 'whd', 'whd_latent_space')
 DECAY_SHAPES = ('linear', 'cosine', '1-sqrt')
 
 
@@ -40,6 +40,47 @@ def warmup_hold_decay(peak_lr, total_steps, warmup_steps, decay_start, floor=0.0
   return schedule
 
 
+# whd_latent_space: white-richard/latent-space src/latent_space/schedulers/
+# warm_hold_decay_scheduler.py `WHDScheduler` as lightning/lightning_module.py builds it
+# (frac_decay left at its default 0.2, init_div_factor 100, auto_trigger_cooldown=True,
+# stepped every optimizer step: LambdaLR's step k is the k-th update, 0 first).
+LATENT_SPACE_FRAC_DECAY = 0.2
+LATENT_SPACE_INIT_DIV = 100.0
+
+
+def latent_space_whd_steps(total_steps, warmup_steps):
+  """(warm-up, cooldown start, cooldown end) in steps of WHDScheduler with
+  auto_trigger_cooldown: the cooldown is triggered at max(warm-up, ⌊(1 − 0.2)·n⌋) (at most
+  n − 1) and lasts max(1, ⌈0.2·start⌉) steps, ending at most at n: for n = 39,200, 31,360 to
+  37,632 (0.8n to 0.96n). Python float arithmetic, as the reference's."""
+  import math  # pylint: disable=g-import-not-at-top
+  n = int(total_steps)
+  computed = int(math.floor(max(0.0, min(1.0, 1.0 - LATENT_SPACE_FRAC_DECAY)) * n))
+  start = max(int(warmup_steps), max(0, min(max(0, n - 1), computed)))
+  length = max(1, int(math.ceil(LATENT_SPACE_FRAC_DECAY * start)))
+  return int(warmup_steps), start, min(start + length, n)
+
+
+def whd_latent_space(peak_lr, total_steps, warmup_steps, floor=0.1, shape='1-sqrt'):
+  """WHDScheduler's lr (see latent_space_whd_steps): warm-up x + (1 − x)/100 with
+  x = step/warm-up (from lr/100, not 0), hold at 1, then from the cooldown start `shape`
+  (t = (step − start)/(end − start)) to floor at the cooldown end, floor from there on."""
+  if shape not in DECAY_SHAPES:
+    raise ValueError(f'unknown decay shape {shape!r}; choose one of {", ".join(DECAY_SHAPES)}')
+  warmup, start, end = latent_space_whd_steps(total_steps, warmup_steps)
+  decay_len = max(1, end - start)
+
+  def schedule(step):
+    step = jnp.asarray(step, jnp.float32)
+    x = step / max(warmup, 1)
+    warm = x + (1.0 - x) / LATENT_SPACE_INIT_DIV
+    decayed = floor + (1.0 - floor) * decay_curve(shape, (step - start) / decay_len)
+    factor = jnp.where(step < start, 1.0, jnp.where(step < end, decayed, floor))
+    factor = jnp.where((warmup > 0) & (step < warmup), warm, factor)
+    return peak_lr * jnp.where(step >= total_steps, floor, factor)
+  return schedule
+
+
 def make_schedule(kind, peak_lr, total_steps, warmup_steps=0, floor=0.0, decay_start=None,
                   decay_shape='1-sqrt'):
   """A step → learning-rate function.
@@ -60,12 +101,16 @@ def make_schedule(kind, peak_lr, total_steps, warmup_steps=0, floor=0.0, decay_s
   if kind == 'whd':
     start = int(0.8 * total_steps) if decay_start is None else decay_start
     return warmup_hold_decay(peak_lr, total_steps, warmup_steps, start, floor, decay_shape)
+  if kind == 'whd_latent_space':  # decay_start unused: the reference triggers at ⌊0.8n⌋
+    return whd_latent_space(peak_lr, total_steps, warmup_steps, floor, decay_shape)
   raise ValueError(f'unknown schedule {kind!r}; choose one of {", ".join(SCHEDULES)}')
 
 
 def warmup_steps_of(optim_cfg, total_steps, steps_per_epoch):
   """Warm-up length in steps: optim.warmup_fraction of the run when set, else warmup_epochs."""
   fraction = optim_cfg.get('warmup_fraction', 0.0)
+  if fraction and optim_cfg.get('schedule') == 'whd_latent_space':
+    return int(fraction * total_steps)  # WHDScheduler: int(frac_warmup * n_iterations)
   if fraction:
     return int(round(fraction * total_steps))
   return int(optim_cfg.warmup_epochs * steps_per_epoch)
@@ -97,8 +142,43 @@ def describe(optim_cfg, total_steps, steps_per_epoch):
     return f'cosine over {total_steps} steps to {floor:g}·lr'
   if kind == 'warmup_cosine':
     return f'linear warm-up {warmup} steps, cosine to {floor:g}·lr at step {total_steps}'
+  if kind == 'whd_latent_space':
+    _, start, end = latent_space_whd_steps(total_steps, warmup)
+    return (f'warmup-hold-decay (latent-space WHDScheduler): warm-up {warmup} steps from '
+            f'lr/{LATENT_SPACE_INIT_DIV:g}, hold to step {start}, '
+            f'{optim_cfg.get("decay_shape", "1-sqrt")} decay to {floor:g}·lr at step {end}, '
+            f'{floor:g}·lr to step {total_steps}')
   start = decay_start_of(optim_cfg, total_steps)
   if start >= total_steps:
     return f'warm-up {warmup} steps, then hold at lr to the end (no decay)'
   return (f'warmup-hold-decay: warm-up {warmup} steps, hold to step {start}, '
           f'{optim_cfg.get("decay_shape", "1-sqrt")} decay to {floor:g}·lr at step {total_steps}')
+
+
+# Schedules stepped once per epoch (the lr constant within an epoch), as the PyTorch schedulers
+# of the distributed-learning family's original code (lucavgn/AML_Project5) step after each epoch:
+#   cosine_epoch         CosineAnnealingLR(T_max = E epochs): epoch e at
+#                        floor + (1 − floor)·(1 + cos πe/E)/2 of the peak lr
+#   warmup_linear_epoch  SqrtLRScheduler (Results/LargeBatch notebooks): (e + 1)/W for e < W, then
+#                        1 − (e − W)/(E − W) (0 at e = E, never reached), times the peak lr
+# (make_optimizer builds them with epoch_schedule; they need steps_per_epoch).
+EPOCH_SCHEDULES = ('cosine_epoch', 'warmup_linear_epoch')
+SCHEDULES = SCHEDULES + EPOCH_SCHEDULES
+
+
+def epoch_schedule(kind, peak_lr, steps_per_epoch, epochs, warmup_epochs=0.0, floor=0.0):
+  """A step → lr function of the epoch e = step // steps_per_epoch (see EPOCH_SCHEDULES)."""
+  if kind not in EPOCH_SCHEDULES:
+    raise ValueError(f'unknown per-epoch schedule {kind!r}; choose one of '
+                     f'{", ".join(EPOCH_SCHEDULES)}')
+  epochs, warmup = float(max(epochs, 1)), float(warmup_epochs)
+
+  def schedule(step):
+    e = (jnp.asarray(step, jnp.int32) // steps_per_epoch).astype(jnp.float32)
+    if kind == 'cosine_epoch':
+      left = 0.5 * (1.0 + jnp.cos(jnp.pi * e / epochs))
+      return peak_lr * (floor + (1.0 - floor) * left)
+    warm = (e + 1.0) / max(warmup, 1.0)
+    left = 1.0 - (e - warmup) / max(epochs - warmup, 1.0)
+    return peak_lr * jnp.where(e < warmup, warm, floor + (1.0 - floor) * left)
+  return schedule

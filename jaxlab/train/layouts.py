@@ -127,7 +127,8 @@ class Workers(Layout):
 
   def batches(self, num_examples):
     tc = self.config.train
-    return WorkerIndices(run_keys(self.seeds[0])[1], num_examples, self.spec.workers, tc.batch_size, tc.drop_last)
+    return WorkerIndices(run_keys(self.seeds[0])[1], num_examples, self.spec.workers, tc.batch_size, tc.drop_last,
+                         spec=self.spec)
 
   def place(self, tree):
     return shard_leading(tree, self.mesh)
