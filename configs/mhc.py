@@ -1,24 +1,71 @@
-"""Residual-stream family (SPEC §3): ViT-Tiny (patch 4, 32×32) from scratch on CIFAR-10, plain
+"""Residual-stream family: ViT-Tiny (patch 4, 32×32) from scratch on CIFAR-10, plain
 residual connections vs manifold-constrained hyper-connections (n = 4 streams).
 
-Default: the three arms regular, mhc_static, mhc_dynamic; AdamW lr 3e-3, wd 0.01, batch 256,
-200 epochs, bf16 compute, warmup-hold-decay (warm-up 10%, hold, 1−sqrt decay over the last 20%
-to 0.1·lr), seed 42, axial 2-D RoPE:
+The reference is white-richard/latent-space's experiments/baseline_cifar10_002 (code at commit
+8ebd8c1: src/latent_space/lightning/{config,datamodule,lightning_module,train}.py,
+models/vision_transformer/, models/mHC_util/hyper_connections_mhc.py (tokenbender's
+mHC-manifold-constrained-hyper-connections), schedulers/warm_hold_decay_scheduler.py).
+Default: the three arms regular, mhc_static, mhc_dynamic; AdamW lr 3e-3, wd 0.01 on every
+parameter, betas (0.9, 0.999), eps 1e-8, batch 256 (the last batch of an epoch partial: 196
+steps), 200 epochs, no clipping, no label smoothing, bf16 compute, seed 42, axial 2-D RoPE:
     python launch.py --config=configs/mhc.py
-SPEC reference (CIFAR-10, the seed's n = 1 runs): regular acc 0.9241, kNN 0.8958, silhouette 0.296.
+Reference numbers (CIFAR-10, the reference's n = 1 runs): regular acc 0.9241, kNN 0.8958,
+silhouette 0.296.
+
+Definitions every variant uses unless it says otherwise (the reference's; the other form of
+each stays a named option):
+  schedule       whd_latent_space: WHDScheduler with auto-triggered cooldown: warm-up
+                 ⌊0.1n⌋ steps from lr/100 (x + (1 − x)/100), hold, cooldown triggered at
+                 ⌊0.8n⌋ lasting ⌈0.2·0.8n⌉ = 0.16n steps with 1−sqrt shape, then 0.1·lr from
+                 0.96n to the end.  Option: schedule='whd' (warm-up from 0, decay over the
+                 last 20% to 0.1·lr at n; variant whd_textbook).
+  RoPE           model.rope_form='latent_space': coordinates ((i + 0.5)/8)·2 − 1, angle
+                 2π·coord/period, period_k = 100^(k/16) (DINOv3's RopePositionEmbedding,
+                 normalize_coords='separate', no shift/jitter/rescale), and model.rope_dtype=
+                 'bfloat16' (tables rounded op by op to bfloat16, q and k rotated in bfloat16).
+                 Option: rope_form='integer' (positions 0..7, angle position/period), float32.
+  init           model.weight_init='latent_space': patch conv kernel and bias U(±1/√48), class
+                 token N(0, 0.02), Dense kernels trunc_normal_(std 0.02, cut at ±2), zero
+                 biases.  Options: 'trunc_normal' (timm's, class token N(0, 1e-6)), 'default'.
+  precision      model.stream_dtype='float32' (the reference's residual stream is float32: its
+                 float32 class token promotes the autocast patch embeddings), branches in
+                 bfloat16; mhc.embed_dtype='float32' (embeddings for kNN/silhouette computed
+                 outside autocast).  Option: '' = the compute dtype.
+  mHC            model.hc.res_apply='transpose' (the new streams are H_resᵀ·x: tokenbender's
+                 einsum "s t, ... s d -> ... t d", whose rows sum to 1 exactly) and
+                 model.hc.final_norm='after_reduce' (streams summed, then the final norm).
+                 Options: 'direct' (H_res·x), 'per_stream' (norm each stream, then sum).
+                 Static: Sinkhorn rows then columns, 10 iterations, τ 0.05, log space, float32;
+                 H_pre, H_post softmax (the reference). Dynamic: the mHC paper's maps (no
+                 reference code), 20 iterations, with the same res_apply.
+  augmentation   the reference's datamodule.py (its hparams' scale/reprob/jitter fields are
+                 not read there): random-resized-crop(32, scale (0.75, 1), ratio 1), flip,
+                 RandAugment(2, 9) with nearest interpolation (augment.randaugment_interpolation;
+                 option 'bilinear'), ColorJitter(0.2, 0.2, 0.2, 0.1), normalise with the CIFAR-10
+                 mean/std, RandomErasing(p 0.5). Train on all 50,000, test on the 10,000 (the
+                 reference's "validation" is the test set too); the final parameters are
+                 evaluated; kNN = leave-one-out 1-NN (Euclidean) and silhouette (Euclidean,
+                 classes as clusters) on the test set's normed class tokens.
+Every variant below keeps these definitions except where it names another (whd_textbook and
+average use the textbook whd; learned_pos replaces RoPE; quick shrinks the model and data but
+keeps them all, RoPE's bfloat16 tables included).
 Each run writes WORKDIR/record.md; put runs side by side with
     python -m jaxlab.io.record RUN_DIR RUN_DIR --out=compare.md
 
 Variants combine with commas (python launch.py --config=configs/mhc.py:mhc_static,cosine):
   arms       compare (all three, default) | regular | mhc_static | mhc_dynamic
-  schedules  whd (default, 1−sqrt decay) | whd_linear | whd_cosine | cosine | warmup_cosine |
-             constant | average (warm-up then hold to the end, with the parameters averaged
-             every 1/50 of the run over the last 20% in place of the cooldown)
-  others     n1 (one stream: the seed's setting; warns that mHC is then the plain network)
+  schedules  whd (default: the reference's WHDScheduler, 1−sqrt cooldown) | whd_linear |
+             whd_cosine (the same with another cooldown shape) | whd_textbook (warm-up from 0,
+             1−sqrt decay over the last 20% to 0.1·lr at the end) | cosine | warmup_cosine |
+             constant | average (textbook whd's warm-up, then hold to the end, with the
+             parameters averaged every 1/50 of the run over the last 20% in place of the
+             cooldown)
+  others     n1 (one stream: the reference's setting (DinoVisionTransformer's mhc_num_streams=1);
+                 warns that mHC is then the plain network)
              learned_pos (learned position embeddings instead of RoPE)
              quick (offline demo on the embedded digits: a 4-block ViT with patch 8, 15 epochs
                     of batch 32, regular vs mhc_dynamic unless arms are named, record + PNGs;
-                    test acc ≈ 0.96 for both arms, about 2 minutes on two CPU cores)
+                    test acc ≈ 0.95-0.96 for both arms, about 2 minutes on two CPU cores)
 The CIFAR-10 data must be on the machine (see README "Data").
 """
 
@@ -37,14 +84,20 @@ def default():
   c.model = ml_collections.ConfigDict(dict(
       name='vit', variant='Ti/4', image_size=32, patch=4, width=192, depth=12, heads=3,
       mlp_dim=768, gelu_approximate=False, dtype='bfloat16', pos='rope', rope_base=100.0,
-      residual='plain', hc=dict(streams=4, tau=0.05, iterations=0, reduce='sum'),
-      weight_init='trunc_normal'))
-  c.mhc = ml_collections.ConfigDict(dict(arms=('regular', 'mhc_static', 'mhc_dynamic')))
-  # erasing_p 0.5: torchvision's RandomErasing() default.
+      rope_form='latent_space', rope_dtype='bfloat16', stream_dtype='float32',
+      residual='plain', hc=dict(streams=4, tau=0.05, iterations=0, reduce='sum',
+                                res_apply='transpose', final_norm='after_reduce'),
+      weight_init='latent_space'))
+  # embed_dtype: the dtype of the embedding pass ('' = the model's compute dtype).
+  c.mhc = ml_collections.ConfigDict(dict(arms=('regular', 'mhc_static', 'mhc_dynamic'),
+                                         embed_dtype='float32'))
+  # erasing_p 0.5: torchvision's RandomErasing() default; RandAugment() interpolates nearest.
   c.augment.update(resize=0, crop_padding=0, flip=True, normalization='cifar10',
                    color_jitter=(0.2, 0.2, 0.2, 0.1), rrc_scale=(0.75, 1.0), rrc_ratio=(1.0, 1.0),
-                   randaugment_ops=2, randaugment_magnitude=9, erasing_p=0.5)
-  c.optim.update(name='adamw', lr=3e-3, weight_decay=0.01, schedule='whd', warmup_fraction=0.1,
+                   randaugment_ops=2, randaugment_magnitude=9, erasing_p=0.5,
+                   randaugment_interpolation='nearest')
+  c.optim.update(name='adamw', lr=3e-3, weight_decay=0.01, schedule='whd_latent_space',
+                 warmup_fraction=0.1,
                  decay_start_fraction=0.8, decay_shape='1-sqrt', lr_floor=0.1)
   c.train.update(batch_size=256, epochs=200, eval_batch_size=500, log_every_steps=100,
                  eval_every_epochs=10)
@@ -69,7 +122,7 @@ def average(c):
 def quick(c):
   """The offline demo: a 4-block ViT (patch 8, width 64, 8 heads) on the embedded digits.
 
-  8 heads of width 8 rather than 2 of 32: from SPEC's trunc-normal(0.02) init on ~1,400 images
+  8 heads of width 8 rather than 2 of 32: from a (trunc-)normal(0.02) init on ~1,400 images
   they leave the loss plateau at ln 10 within an epoch or two (2 heads: after 3-4). Batch 32:
   on two CPU cores mHC's step costs ~2.5 ms an image at batch 16-32 and ~3.6 at 64. The
   augmentation is what digits take: small shifts and zooms (random-resized-crop 0.75-1, square)
@@ -94,9 +147,10 @@ VARIANTS = {
     'regular': arms('regular'),
     'mhc_static': arms('mhc_static'),
     'mhc_dynamic': arms('mhc_dynamic'),
-    'whd': schedule('whd', decay_shape='1-sqrt'),
-    'whd_linear': schedule('whd', decay_shape='linear'),
-    'whd_cosine': schedule('whd', decay_shape='cosine'),
+    'whd': schedule('whd_latent_space', decay_shape='1-sqrt'),
+    'whd_linear': schedule('whd_latent_space', decay_shape='linear'),
+    'whd_cosine': schedule('whd_latent_space', decay_shape='cosine'),
+    'whd_textbook': schedule('whd', decay_shape='1-sqrt'),
     'cosine': schedule('cosine', lr_floor=0.0),
     'warmup_cosine': schedule('warmup_cosine', lr_floor=0.1),
     'constant': schedule('constant'),

@@ -35,7 +35,8 @@ def test_record_has_every_field_and_both_arms(two_arms):
   for field in ('Date-time', 'Dataset: digits', 'rotation up to 10°', 'Model: ViT',
                 'Optimizer: adamw, base lr 0.003',
                 'Schedule: warmup-hold-decay', 'Checkpoint averaging', 'mHC static: n = 4 streams',
-                '10 Sinkhorn iterations, τ = 0.05', 'Git commit', '## Config', 'seed 003',
+                '10 Sinkhorn iterations, τ = 0.05', 'H_resᵀ·x', 'Git commit', '## Config',
+                'latent-space baseline_cifar10_002',
                 '## Hypothesis', '## Run status'):
     assert field in text, field
   rec = json.load(open(os.path.join(two_arms, 'record.json')))
@@ -55,7 +56,7 @@ def test_record_has_every_field_and_both_arms(two_arms):
     cells = dict(zip(columns, (c.strip() for c in line.strip('|').split('|'))))
     assert '–' not in (cells['step time (s)'], cells['step-time overhead']), line
   assert static['hres_row_error'] < 1e-3
-  # SPEC's static initialisation (−8 off the diagonal, τ = 0.05) leaves no gradient to the
+  # The reference's static initialisation (−8 off the diagonal, τ = 0.05) leaves no gradient to the
   # H_res logits (exp(−160) underflows), so H_res stays exactly the identity; the record says so.
   assert static['hres_from_identity'] == 0.0 and 'never mix' in text
   for arm in ('regular', 'mhc_static'):

@@ -1,5 +1,7 @@
-"""ViT initialisation (model.weight_init): SPEC §3's trunc-normal(0.02) for the from-scratch mHC
-ViT, and today's init kept for every config that does not ask for it (the PEFT ViT)."""
+"""ViT initialisation (model.weight_init): timm's trunc-normal(0.02) ('trunc_normal', kept as
+an option of the from-scratch mHC ViT, which now uses 'latent_space': see
+tests/test_fidelity_mhc.py), and today's init kept for every config that does not ask for
+another (the PEFT ViT)."""
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +35,8 @@ def init_params(model_cfg, seed=0):
 @pytest.fixture(scope='module')
 def mhc_params():
   # learned position embeddings, so that pos_embed is checked too (the default is RoPE).
-  return init_params(small(mhc.get_config('quick').model, pos='learned'))
+  return init_params(small(mhc.get_config('quick').model, pos='learned',
+                           weight_init='trunc_normal'))
 
 
 @pytest.fixture(scope='module')
@@ -41,10 +44,10 @@ def peft_model():
   return small(hybrid.get_config('quick').model)
 
 
-def test_mhc_configs_ask_for_trunc_normal():
-  assert mhc.get_config().model.weight_init == 'trunc_normal'
-  assert mhc.get_config('quick').model.weight_init == 'trunc_normal'
-  assert models.vit_arch(mhc.get_config().model)['weight_init'] == 'trunc_normal'
+def test_mhc_configs_ask_for_the_reference_init():
+  assert mhc.get_config().model.weight_init == 'latent_space'
+  assert mhc.get_config('quick').model.weight_init == 'latent_space'
+  assert models.vit_arch(mhc.get_config().model)['weight_init'] == 'latent_space'
 
 
 def test_trunc_normal_kernels_have_std_002_within_the_bound(mhc_params):

@@ -50,19 +50,20 @@ def random_flip(key, image):
   return jnp.where(jax.random.bernoulli(key), image[:, ::-1, :], image)
 
 
-def _sample(image, rows, cols):
-  """Bilinear samples of `image` at float coordinates (rows, cols); zero outside."""
+def _sample(image, rows, cols, order=1):
+  """Bilinear (order 1) or nearest (order 0) samples of `image` at float coordinates
+  (rows, cols); zero outside."""
   coords = jnp.stack([rows, cols])
-  return jnp.stack([jax.scipy.ndimage.map_coordinates(image[..., c], coords, order=1,
+  return jnp.stack([jax.scipy.ndimage.map_coordinates(image[..., c], coords, order=order,
                                                       mode='constant', cval=0.0)
                     for c in range(image.shape[-1])], axis=-1)
 
 
-def _sample_per_channel(image, rows, cols):
+def _sample_per_channel(image, rows, cols, order=1):
   """`_sample`, vmapped over the channels rather than looping: the same numbers up to XLA's
   fusion under jit, and several times faster to compile. The older ops keep `_sample` so that
   their jitted results stay bit-identical."""
-  one = lambda channel: _sample(channel[..., None], rows, cols)[..., 0]
+  one = lambda channel: _sample(channel[..., None], rows, cols, order)[..., 0]
   return jax.vmap(one, in_axes=-1, out_axes=-1)(image)
 
 
@@ -422,12 +423,13 @@ RANDAUGMENT_OPS = ('Identity', 'ShearX', 'ShearY', 'TranslateX', 'TranslateY', '
 _RANDAUGMENT_BRANCH = (0, 1, 1, 1, 1, 1, 2, 2, 2, 3, 4, 5, 6, 7)
 
 
-def randaugment_op(image, index, level):
+def randaugment_op(image, index, level, order=1):
   """Apply RANDAUGMENT_OPS[index] (may be traced) to a float image in [0, 1]. `level` is the
   signed magnitude bin / (num_bins - 1), in [-1, 1], mapped to torchvision's ranges: shear 0.3
   (about the top-left corner, as torchvision's), translate 150/331 of the side (whole pixels),
   rotate 30°, factors 1 ± 0.9; the unsigned ops use |level|: posterize 8 - round(4·|level|)
-  bits, solarize threshold 1 - |level|. Geometric ops are bilinear with zero fill."""
+  bits, solarize threshold 1 - |level|. Geometric ops are bilinear (order 1) or nearest
+  (order 0) with zero fill."""
   h, w = image.shape[:2]
   m = jnp.abs(level)
   r, c = _grid(image)
@@ -441,7 +443,7 @@ def randaugment_op(image, index, level):
         lambda: (r, c - jnp.trunc(level * 150 / 331 * w)),  # TranslateX (int() in torchvision)
         lambda: (r - jnp.trunc(level * 150 / 331 * h), c),  # TranslateY
         lambda: _rotation_coords(x, 30 * level)))  # Rotate
-    return _sample_per_channel(x, rows, cols)
+    return _sample_per_channel(x, rows, cols, order)
 
   def colour(x):  # factor 1 ± 0.9 for the op drawn; the neutral 1 of the others is the identity
     factor = lambda name: jnp.where(index == RANDAUGMENT_OPS.index(name), 1 + 0.9 * level, 1.0)
@@ -457,18 +459,18 @@ def randaugment_op(image, index, level):
   return jax.lax.switch(jnp.asarray(_RANDAUGMENT_BRANCH)[index], branches, image)
 
 
-def rand_augment(key, image, num_ops=2, magnitude=9, num_bins=31):
+def rand_augment(key, image, num_ops=2, magnitude=9, num_bins=31, order=1):
   """torchvision's RandAugment on a float image in [0, 1]: `num_ops` times, an op drawn uniformly
   from RANDAUGMENT_OPS at bin `magnitude` of `num_bins`, negated with probability 1/2 where the
-  op is signed. Geometric ops are bilinear (torchvision's default is nearest) with fill 0; the
-  result stays in [0, 1]."""
+  op is signed. Geometric ops are bilinear (order 1) or nearest (order 0: torchvision's default
+  interpolation) with fill 0; the result stays in [0, 1]."""
   level = magnitude / (num_bins - 1)
 
   def step(i, x):
     u = jax.random.uniform(jax.random.fold_in(key, i), (2,))
     index = _offset(u[0], len(RANDAUGMENT_OPS) - 1)
     sign = jnp.where(u[1] < 0.5, -1.0, 1.0)
-    return randaugment_op(x, index, sign * level)
+    return randaugment_op(x, index, sign * level, order)
 
   return jax.lax.fori_loop(0, num_ops, step, image)  # one traced copy of the switch
 
@@ -531,6 +533,8 @@ def make_train_augment(aug_cfg):
   rrc_ratio = tuple(aug_cfg.get('rrc_ratio', (3 / 4, 4 / 3)))
   ra_ops = aug_cfg.get('randaugment_ops', 0)
   ra_magnitude = aug_cfg.get('randaugment_magnitude', 9)
+  # randaugment_interpolation: 'bilinear' (default) | 'nearest' (torchvision RandAugment()'s).
+  ra_order = {'bilinear': 1, 'nearest': 0}[aug_cfg.get('randaugment_interpolation', 'bilinear')]
   erasing_p = aug_cfg.get('erasing_p', 0.0)
 
   def one(key, image):
@@ -552,7 +556,7 @@ def make_train_augment(aug_cfg):
     if perspective:
       x = random_perspective(persp_key, x, perspective, aug_cfg.get('perspective_p', 0.5))
     if ra_ops:
-      x = rand_augment(ra_key, x, ra_ops, ra_magnitude)
+      x = rand_augment(ra_key, x, ra_ops, ra_magnitude, order=ra_order)
     if any(jitter):
       x = random_color_jitter(color_key, x, jitter)
     x = normalize(x, aug_cfg.normalization)

@@ -1,10 +1,18 @@
-"""Residual-stream family (SPEC §3): a ViT trained from scratch with plain residual connections
-or manifold-constrained hyper-connections, compared arm by arm.
+"""Residual-stream family: a ViT trained from scratch with plain residual connections or
+manifold-constrained hyper-connections, compared arm by arm, reimplementing
+white-richard/latent-space's CIFAR-10 runs (experiments/baseline_cifar10_002, code at commit
+8ebd8c1: src/latent_space/lightning/, models/vision_transformer/, models/mHC_util/,
+schedulers/warm_hold_decay_scheduler.py).
 
 Each arm (regular, mhc_static, mhc_dynamic) trains in its own sub-workdir
 (resumable) with the shared trainer; afterwards its test embeddings (the
-normed class token) give the kNN accuracy, the silhouette and a 2-D picture.
-The run writes `record.md` / `record.json` with everything SPEC's record lists.
+normed class token of the final parameters) give the 1-NN accuracy, the silhouette and a
+2-D picture. The run writes `record.md` / `record.json`.
+
+Model fields read here besides models.vit_arch's (configs/mhc.py): model.rope_form,
+model.rope_dtype, model.stream_dtype, model.hc.res_apply, model.hc.final_norm, and
+mhc.embed_dtype (the dtype the embeddings are computed in: the reference computes them in
+lightning_module.py `on_test_epoch_end`, outside the bf16 autocast of its test steps).
 """
 
 import copy
@@ -35,11 +43,14 @@ from jaxlab.train.task import Task, flax_apply
 # arm name → model.residual
 ARMS = {'regular': 'plain', 'mhc_static': 'static', 'mhc_dynamic': 'dynamic'}
 
-# SPEC §3 reference (CIFAR-10, 200 epochs, seed 003's "valid" run).
+# white-richard/latent-space experiments/baseline_cifar10_002/2026-01-25_22-57-11/results.md and
+# mhc/results.md (CIFAR-10, 200 epochs, seed 42; the mHC arm is vit_tiny(use_mhc=True) with
+# mhc_num_streams left at 1: in fact the plain network).
 REFERENCE = (
-    dict(arm='regular (seed 003)', residual='plain', loss=0.330783, acc=0.9241, knn_acc=0.8958,
-         silhouette=0.296391),
-    dict(arm='"mHC" (seed 003)', residual='static with n = 1: in fact plain', loss=0.330276,
+    dict(arm='regular (latent-space baseline_cifar10_002)', residual='plain', loss=0.330783,
+         acc=0.9241, knn_acc=0.8958, silhouette=0.296391),
+    dict(arm='"mHC" (latent-space baseline_cifar10_002)',
+         residual='static with n = 1: in fact plain', loss=0.330276,
          acc=0.9217, knn_acc=0.8964, silhouette=0.289719),
 )
 
@@ -51,9 +62,26 @@ def arm_config(config, arm):
   return c
 
 
+def build_model(model_cfg, num_classes):
+  """models.build's ViT with this family's fields (see the module docstring); defaults when a
+  config lacks them: integer RoPE in float32, the compute dtype's stream, and HyperSpec's
+  own (res_apply 'transpose', final_norm 'after_reduce')."""
+  model = models.build(model_cfg, num_classes)
+  stream = model_cfg.get('stream_dtype', '')
+  extra = dict(rope_form=model_cfg.get('rope_form', 'integer'),
+               rope_dtype=model_cfg.get('rope_dtype', 'float32'),
+               stream_dtype=jnp.dtype(stream) if stream else None)
+  if model.residual is not None:
+    hc = model_cfg.hc
+    extra['residual'] = dataclasses.replace(
+        model.residual, res_apply=hc.get('res_apply', model.residual.res_apply),
+        final_norm=hc.get('final_norm', model.residual.final_norm))
+  return model.clone(**extra)
+
+
 def build(config, num_classes):
   """(model, initial params) of the configured ViT."""
-  model = models.build(config.model, num_classes)
+  model = build_model(config.model, num_classes)
   size = config.model.image_size
   params = jax.jit(model.init)(run_keys(config.seed)[0], jnp.zeros((1, size, size, 3)))['params']
   return model, params
@@ -62,7 +90,9 @@ def build(config, num_classes):
 def make_embed(task, model, config, mesh):
   """The sharded outputs function (`make_outputs_fn`) of the task, returning the normed class
   token [B, width] in place of the logits; `predict` gathers them."""
-  apply = lambda p, x, train, rng: model.apply({'params': p}, x, embed=True)
+  dtype = config.mhc.get('embed_dtype', '')
+  embed_model = model.clone(dtype=jnp.dtype(dtype)) if dtype else model
+  apply = lambda p, x, train, rng: embed_model.apply({'params': p}, x, embed=True)
   return make_outputs_fn(dataclasses.replace(task, apply=apply),
                          make_eval_preprocess(config.augment), mesh)
 
@@ -109,10 +139,10 @@ def step_time(summary, workdir):
 def run_arm(config, workdir, dataset, arm):
   """Train one arm; returns its row of the record (also in workdir/arm.json)."""
   c = arm_config(config, arm)
-  spec = models.residual_spec(c.model)
+  model, params = build(c, dataset.num_classes)
+  spec = model.residual
   if spec is not None:
     spec.warn_if_trivial()
-  model, params = build(c, dataset.num_classes)
   task = Task(params=params, apply=flax_apply(model), rules=(('.*', 'all'),))
   mesh = make_mesh()
   summary, state = fit(c, workdir, task, dataset, mesh=mesh,
@@ -154,7 +184,7 @@ def run_arm(config, workdir, dataset, arm):
 def plain_params(config, num_classes):
   """Parameter count of the configured ViT with plain residual connections."""
   c = arm_config(config, 'regular')
-  model = models.build(c.model, num_classes)
+  model = build_model(c.model, num_classes)
   size = c.model.image_size
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)))
   return count_params(shapes['params'])
@@ -163,7 +193,10 @@ def plain_params(config, num_classes):
 def describe_model(mc):
   arch = models.vit_arch(mc)
   name = f'ViT {mc.variant}' if mc.variant else 'ViT'
-  pos = f'axial 2-D RoPE (base {mc.rope_base:g})' if arch['pos'] == 'rope' else 'learned'
+  form = mc.get('rope_form', 'integer')
+  pos = (f'axial 2-D RoPE (base {mc.rope_base:g}, {form} coordinates'
+         + (f', {mc.get("rope_dtype", "float32")} tables' if form == 'latent_space' else '')
+         + ')') if arch['pos'] == 'rope' else 'learned'
   return (f'{name}: patch {arch["patch"]}, width {arch["width"]}, depth {arch["depth"]}, '
           f'{arch["heads"]} heads, MLP {arch["mlp_dim"]}, {mc.image_size}×{mc.image_size} input, '
           f'position {pos}, init {arch.get("weight_init", "default")}')
@@ -182,7 +215,8 @@ def describe_augment(ac):
   if ac.get('perspective'):
     parts.append(f'perspective {ac.perspective:g} (p {ac.get("perspective_p", 0.5):g})')
   if ac.get('randaugment_ops'):
-    parts.append(f'RandAugment({ac.randaugment_ops}, {ac.randaugment_magnitude})')
+    parts.append(f'RandAugment({ac.randaugment_ops}, {ac.randaugment_magnitude}, '
+                 f'{ac.get("randaugment_interpolation", "bilinear")})')
   if any(ac.color_jitter):
     parts.append(f'colour jitter {tuple(ac.color_jitter)}')
   parts.append(f'normalise ({ac.normalization})')
@@ -214,7 +248,8 @@ def make_record(config, workdir, dataset, rows):
   if errors:
     notes.append('H_res after training, on test images: rows sum to 1 within ' + ', '.join(
         f'{r["arm"]} {r["hres_row_error"]:.1e}' for r in rows if 'hres_row_error' in r)
-        + ' (columns exactly, after the configured Sinkhorn iterations); largest |H_res − I|: '
+        + ' (columns exactly, after the configured Sinkhorn iterations; with res_apply '
+        + "'transpose' the columns are each new stream's weights); largest |H_res − I|: "
         + ', '.join(f'{r["arm"]} {r["hres_from_identity"]:.1e}' for r in rows
                     if 'hres_from_identity' in r) + '.')
     if any(r.get('hres_from_identity') == 0.0 for r in rows):
@@ -241,7 +276,10 @@ def make_record(config, workdir, dataset, rows):
       averaging=(f'mean of the parameters every {avg.every} steps after step {avg.start}'
                  + (f', last {avg.window} snapshots' if avg.window else '')) if avg else '',
       augmentation=describe_augment(config.augment),
-      precision=(f'{config.model.dtype} compute, float32 parameters and optimizer state'),
+      precision=(f'{config.model.dtype} compute, '
+                 f'{config.model.get("stream_dtype", "") or config.model.dtype} residual stream, '
+                 f'{config.mhc.get("embed_dtype", "") or config.model.dtype} embeddings, '
+                 'float32 parameters and optimizer state'),
       workdir=os.path.abspath(workdir),
       command='python ' + ' '.join(sys.argv),
       git_commit=record.git_commit(),
@@ -264,10 +302,24 @@ def validate(config, overridden=frozenset(), devices=1):
                           'name the arms instead: --config.mhc.arms (regular = plain, '
                           'mhc_static, mhc_dynamic)')
   if set(arms) == {'regular'}:
-    for name in ('streams', 'tau', 'iterations', 'reduce'):
+    for name in ('streams', 'tau', 'iterations', 'reduce', 'res_apply', 'final_norm'):
       checks.unread_override(f'model.hc.{name}', overridden, 'by the regular arm alone (plain '
                              'residual connections)', 'add an mHC arm to --config.mhc.arms')
+  if c.optim.schedule == 'whd_latent_space':
+    checks.unread_override('optim.decay_start_fraction', overridden,
+                           'by schedule whd_latent_space (the reference WHDScheduler triggers '
+                           'its cooldown at ⌊0.8n⌋)',
+                           'use --config.optim.schedule=whd to choose where the decay starts')
   preflight.check_vit(c, overridden)
+  from jaxlab.models import hyper_connections, vit  # pylint: disable=g-import-not-at-top
+  for field, choices in (('model.rope_form', vit.ROPE_FORMS), ('model.rope_dtype', vit.ROPE_DTYPES),
+                         ('model.stream_dtype', ('', 'float32', 'bfloat16')),
+                         ('model.hc.res_apply', hyper_connections.RES_APPLY),
+                         ('model.hc.final_norm', hyper_connections.FINAL_NORMS),
+                         ('mhc.embed_dtype', ('', 'float32', 'bfloat16')),
+                         ('augment.randaugment_interpolation', ('bilinear', 'nearest'))):
+    if checks.has(c, field):
+      checks.one_of(c, field, choices)
   size = c.augment.resize or IMAGE_SHAPE[0]
   if size != c.model.image_size:
     checks.fail('model.image_size', f'model.image_size {c.model.image_size} is not the size of '

@@ -4,10 +4,20 @@ The residual stream x [..., n, D] holds n copies. A branch F (attention or MLP,
 each wrapped on its own) reads a mix of the streams and writes back into all
 of them while the streams mix:
 
-    x_next = H_res · x + H_postᵀ · F(H_pre · x)
+    x_next = H_resᵀ · x + H_postᵀ · F(H_pre · x)      (res_apply='transpose', the default)
 
 with H_res projected onto the doubly-stochastic matrices (the Birkhoff
-polytope) by Sinkhorn–Knopp in log space. Two variants (SPEC §3):
+polytope) by Sinkhorn–Knopp in log space: row, then column normalisation, so the
+columns of H_res sum to 1 to rounding and its rows only to within the method's
+convergence. tokenbender/mHC-manifold-constrained-hyper-connections
+(hyper_connections/hyper_connections_mhc.py, `sinkhorn_log` and
+einsum(h_res, x, "s t, ... s d -> ... t d"); copied unchanged into
+white-richard/latent-space src/latent_space/models/mHC_util/hyper_connections_mhc.py)
+contracts the FIRST index of H_res: stream t receives Σ_s H_res[s, t] x_s, i.e. H_resᵀ · x,
+whose rows (H_res's columns) are the exactly normalised ones: each new stream is a convex
+combination of the old. res_apply='direct' applies H_res · x (the paper's formula read
+literally; its rows sum to 1 only to within the Sinkhorn convergence, 0.97–1.02 after 10
+iterations at τ = 0.05 with learned logits). Two variants:
 
   static   (tokenbender's reference) learned logits, shared by all tokens:
            H_res = Sinkhorn(logits / τ), logits 0 on the diagonal and −8 off it;
@@ -18,6 +28,10 @@ polytope) by Sinkhorn–Knopp in log space. Two variants (SPEC §3):
            map and static biases b; H_pre = σ(H̃_pre), H_post = 2σ(H̃_post),
            H_res = Sinkhorn(exp(H̃_res)). b_res starts at 0 on the diagonal and
            −8 off it (H_res ≈ identity), b_pre and b_post at 0.
+
+After the last block the streams are summed and THEN normed (final_norm='after_reduce',
+latent-space vision_transformer.py: reduce_stream before self.norm); 'per_stream' norms each
+stream and sums the normed streams.
 
 With n = 1 every H of the static variant is exactly 1 and the network is the
 plain residual one. The dynamic variant's sigmoid gates make H_pre = σ(·) < 1
@@ -35,6 +49,8 @@ import jax.numpy as jnp
 from jaxlab.models import autodiff
 
 KINDS = ('static', 'dynamic')
+RES_APPLY = ('transpose', 'direct')
+FINAL_NORMS = ('after_reduce', 'per_stream')
 OFF_DIAGONAL = -8.0
 
 
@@ -80,13 +96,18 @@ def identity_logits(n):
 class HyperSpec:
   """How the residual streams are built: n streams, the variant and its Sinkhorn settings.
 
-  reduce: how the streams become one after the final norm, 'sum' or 'mean'.
+  reduce: how the streams become one, 'sum' or 'mean'.
+  res_apply: 'transpose' (H_resᵀ · x, the reference code's einsum) | 'direct' (H_res · x).
+  final_norm: 'after_reduce' (sum the streams, then the final LayerNorm: the reference ViT) |
+    'per_stream' (the final LayerNorm on each stream, then reduce).
   """
   kind: str = 'static'
   streams: int = 4
   tau: float = 0.05
   iterations: int = 10
   reduce: str = 'sum'
+  res_apply: str = 'transpose'
+  final_norm: str = 'after_reduce'
 
   def __post_init__(self):
     if self.kind not in KINDS:
@@ -95,11 +116,18 @@ class HyperSpec:
       raise ValueError(f'hyper-connections need at least one stream (got {self.streams})')
     if self.reduce not in ('sum', 'mean'):
       raise ValueError(f"model.hc.reduce must be 'sum' or 'mean' (got {self.reduce!r})")
+    if self.res_apply not in RES_APPLY:
+      raise ValueError(f'model.hc.res_apply must be one of {RES_APPLY} (got {self.res_apply!r})')
+    if self.final_norm not in FINAL_NORMS:
+      raise ValueError(f'model.hc.final_norm must be one of {FINAL_NORMS} '
+                       f'(got {self.final_norm!r})')
 
   def describe(self):
     extra = f', τ = {self.tau:g}' if self.kind == 'static' else ''
+    res = 'H_resᵀ·x' if self.res_apply == 'transpose' else 'H_res·x'
+    norm = 'then final norm' if self.final_norm == 'after_reduce' else 'after a norm per stream'
     return (f'mHC {self.kind}: n = {self.streams} streams, {self.iterations} Sinkhorn iterations'
-            f'{extra}, reduce = {self.reduce}')
+            f'{extra}, {res}, reduce = {self.reduce} {norm}')
 
   def warn_if_trivial(self):
     """Warn (loudly) when n = 1: then there is nothing to mix and no real mHC to compare."""
@@ -107,8 +135,9 @@ class HyperSpec:
       warnings.warn(
           f'mHC ({self.kind}) is configured with n = 1 residual stream: every H is a scalar, the '
           'static variant is exactly the plain residual network and the dynamic one only adds '
-          'scalar gates. Comparisons of "mHC vs regular" at n = 1 measure noise (the seed\'s '
-          'runs did this). Set --config.model.hc.streams=4.', UserWarning, stacklevel=2)
+          'scalar gates. Comparisons of "mHC vs regular" at n = 1 measure noise (the '
+          'reference latent-space runs did this). Set --config.model.hc.streams=4.', UserWarning,
+          stacklevel=2)
 
 
 def expand(x, n):
@@ -176,7 +205,10 @@ class HyperConnection(nn.Module):
     # Readable with mutable=['intermediates'] (tests, diagnostics); free otherwise.
     self.sow('intermediates', 'maps', (h_pre, h_post, h_res))
     y = branch(premix(h_pre, x))
-    return combine(h_res, x, h_post, y)
+    # combine computes Σ_j A[i, j] x_j; the reference's einsum "s t, ... s d -> ... t d" is
+    # A = H_resᵀ.
+    applied = jnp.swapaxes(h_res, -1, -2) if self.spec.res_apply == 'transpose' else h_res
+    return combine(applied, x, h_post, y)
 
 
 # The two products of a hyper-connection, for maps shared by all tokens (static: H_pre [n],
@@ -241,7 +273,8 @@ def _combine_bwd(saved, g):
   h_res, h_post = h_res.astype(dt), h_post.astype(dt)
   d_x = sum(h_res[..., i, :, None] * g[..., None, i, :] for i in range(n))
   d_y = sum(h_post[..., i, None] * g[..., i, :] for i in range(n))
-  return d_res, d_x, d_post, d_y
+  # y may be narrower than the streams (bfloat16 branches on a float32 residual stream).
+  return d_res, d_x.astype(x.dtype), d_post, d_y.astype(y.dtype)
 
 
 _combine.defvjp(_combine_fwd, _combine_bwd)

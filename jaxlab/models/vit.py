@@ -14,15 +14,22 @@ axial 2-D rotary embeddings on the queries and keys (no pos_embed). With
 wrapped in hyper-connections over n residual streams (blocks_{i}/hc_attn,
 blocks_{i}/hc_mlp); the branch weights keep their paths.
 
-`weight_init` picks the initialisation: 'default' (today's, for the pretrained PEFT ViT) or
-'trunc_normal' (timm's from-scratch ViT init, SPEC §3's trunc-normal(0.02)); see INITS.
+`weight_init` picks the initialisation: 'default' (today's, for the pretrained PEFT ViT),
+'trunc_normal' (timm's from-scratch ViT init with trunc-normal(0.02)) or 'latent_space' (the
+DINOv3-derived ViT of white-richard/latent-space, which the mHC family reproduces); see INITS.
+`rope_form` picks the axial RoPE's coordinates ('integer' or 'latent_space', see ROPE_FORMS),
+`rope_dtype` the precision of its tables and of the rotation, `stream_dtype` the dtype of the
+residual stream between blocks (None: the compute dtype).
 """
 
 import dataclasses
+import math
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
 
 from jaxlab.models import autodiff
 from jaxlab.models.hyper_connections import HyperConnection, HyperSpec, expand, reduce
@@ -158,15 +165,25 @@ POSITIONS = ('learned', 'rope')
 #                 default); block Dense kernels (qkv, proj, fc1, fc2) and pos_embed
 #                 DEFAULT_DENSE_INIT; head kernel and bias U(±1/sqrt(width)) (PyTorch
 #                 nn.Linear's default: the fresh head of the pretrained PEFT ViT).
-#   trunc_normal  timm's `init_weights` for a ViT trained from scratch (SPEC §3, mHC family):
+#   trunc_normal  timm's `init_weights` for a ViT trained from scratch:
 #                 TRUNC_NORMAL_02 for the patch_embed, qkv, proj, fc1, fc2 and head kernels and
 #                 for pos_embed. (timm's VisionTransformer.init_weights does pos_embed, and
 #                 init_weights_vit_timm every nn.Linear; it leaves the Conv2d patch embedding at
-#                 PyTorch's default. SPEC §3 asks trunc-normal(0.02) for the patch embedding too,
-#                 so it gets it here.)
-# Under both, biases are zero (except the default head's), cls_token is N(0, 1e-6) as in timm,
+#                 PyTorch's default; here it gets trunc-normal(0.02) too.)
+# Under these two, biases are zero (except the default head's), cls_token is N(0, 1e-6) as in timm,
 # LayerNorms are (1, 0) and the hyper-connection parameters keep their own init.
-INITS = ('default', 'trunc_normal')
+#   latent_space  white-richard/latent-space, src/latent_space/models/vision_transformer/
+#                 vision_transformer.py `DinoVisionTransformer.init_weights` (called by
+#                 lightning/lightning_module.py) with `init_weights_vit` over every module, and
+#                 layers/patch_embed.py `PatchEmbed.reset_parameters`:
+#                 patch_embed kernel AND bias U(±1/sqrt(fan_in)), fan_in = channels·patch²
+#                 (48 for RGB patches of 4); cls_token N(0, 0.02) (nn.init.normal_, untruncated);
+#                 every Dense kernel (qkv, proj, fc1, fc2, head) torch.nn.init.trunc_normal_(
+#                 std=0.02), whose cut at ±2 (absolute, = ±100σ) is TORCH_TRUNC_NORMAL_02, and
+#                 zero biases (head included); LayerNorms (1, 0); pos_embed (learned_pos only;
+#                 the reference has none) TORCH_TRUNC_NORMAL_02. The hyper-connection
+#                 parameters keep their own init (init_weights_vit leaves them alone too).
+INITS = ('default', 'trunc_normal', 'latent_space')
 # jax/flax `truncated_normal(s)` draws N(0, 1) truncated at ±2 and multiplies by s, WITHOUT
 # correcting the variance: its std is 0.8796·s (0.0176 for s = 0.02) and |x| < 2s. It stays the
 # default init so that existing configs are unchanged.
@@ -175,9 +192,36 @@ DEFAULT_DENSE_INIT = nn.initializers.truncated_normal(0.02)
 # initializer with s = 0.02/0.8796 (the factor is the std of N(0, 1) truncated at ±2, as in
 # jax's variance_scaling), so |x| < 2·0.02/0.8796 ≈ 0.0455. timm's `trunc_normal_(std=.02)`
 # truncates at the absolute ±2 (±100σ), in effect an untruncated N(0, 0.02²); both have std
-# 0.02, and this one keeps SPEC's "truncated" (no draw beyond 2.27σ of 0.02).
+# 0.02, and this one is truncated in earnest (no draw beyond 2.27σ of 0.02).
 TRUNCATED_NORMAL_STD_CORRECTION = .87962566103423978
 TRUNC_NORMAL_02 = nn.initializers.truncated_normal(0.02 / TRUNCATED_NORMAL_STD_CORRECTION)
+
+
+def torch_trunc_normal(std, a=-2.0, b=2.0):
+  """torch.nn.init.trunc_normal_(std=std, a=a, b=b): N(0, std²) cut at the ABSOLUTE bounds
+  [a, b] (for std 0.02 and the default ±2 that is ±100σ: in effect N(0, 0.02²))."""
+  def init(key, shape, dtype=jnp.float32):
+    return (jax.random.truncated_normal(key, a / std, b / std, shape, jnp.float32)
+            * std).astype(dtype)
+  return init
+
+
+TORCH_TRUNC_NORMAL_02 = torch_trunc_normal(0.02)
+
+# Axial RoPE coordinates (model.rope_form):
+#   integer       patch (row, col) at integer positions 0..grid−1, angle position·freq.
+#   latent_space  white-richard/latent-space src/latent_space/models/vision_transformer/layers/
+#                 rope_position_encoding.py (DINOv3's), normalize_coords='separate', no shift /
+#                 jitter / rescale (DinoVisionTransformer's defaults, which vit_tiny keeps):
+#                 coordinates ((i + 0.5)/H)·2 − 1 ∈ [−1, 1], angle 2π·coord/period with
+#                 period_k = base^(2k/(head_dim/2)), k < head_dim/4. With rope_dtype bfloat16
+#                 (pos_embed_rope_dtype='bf16', the reference's default) the periods, coords,
+#                 angles and sin/cos are each rounded to bfloat16 and the queries and keys are
+#                 cast to bfloat16, rotated and cast back (attention.py `apply_rope`).
+# Both: dim j of the first half of a head pairs with j + head_dim/2 (rotate-half); the first
+# head_dim/4 pairs turn with the row, the rest with the column; the class token is not rotated.
+ROPE_FORMS = ('integer', 'latent_space')
+ROPE_DTYPES = ('float32', 'bfloat16')
 
 
 def axial_rope(grid, head_dim, base):
@@ -198,18 +242,67 @@ def axial_rope(grid, head_dim, base):
   return jnp.cos(angles), jnp.sin(angles)
 
 
-def rotate(x, cos, sin):
-  """Rotary embedding of x [B, T, heads, head_dim] with tables [T, head_dim/2]."""
+def _round_to(x, dtype):
+  """float32 numpy x rounded to `dtype` (bfloat16: round to nearest even) and back."""
+  return np.asarray(x, np.float32).astype(dtype).astype(np.float32)
+
+
+def latent_space_rope(grid_h, grid_w, head_dim, base, dtype='float32'):
+  """(cos, sin, 'table') [1 + grid_h·grid_w, head_dim/2] of white-richard/latent-space's
+  RopePositionEmbedding (rope_position_encoding.py forward and _init_weights, base given,
+  normalize_coords='separate', no coordinate augmentation) for a class token (angle 0:
+  unrotated) and the patches in row-major order, in `dtype` (see ROPE_FORMS).
+
+  Computed on the host in numpy float32, rounding to `dtype` after every operation as
+  PyTorch's bfloat16 ops do (each computes in float32 and rounds), so the tables do not
+  depend on how XLA fuses bfloat16 arithmetic. The third element tells `rotate` to rotate in
+  the tables' dtype.
+  """
+  if head_dim % 4:
+    raise ValueError(f'axial RoPE needs a head dimension divisible by 4 (got {head_dim})')
+  if dtype not in ROPE_DTYPES:
+    raise ValueError(f'unknown rope_dtype {dtype!r}; choose one of {ROPE_DTYPES}')
+  dt = ml_dtypes.bfloat16 if dtype == 'bfloat16' else np.float32
+  r = lambda v: _round_to(v, dt)
+  quarter = head_dim // 4
+  # periods = base ** (2 * arange(D//4) / (D//2))
+  periods = r(np.float32(base) ** r(r(2 * np.arange(quarter, dtype=np.float32)) / (head_dim // 2)))
+  # coords = arange(0.5, H) / H per axis, meshgrid 'ij', flattened, then 2·coords − 1
+  ch = r(r(np.arange(grid_h, dtype=np.float32) + np.float32(0.5)) / np.float32(grid_h))
+  cw = r(r(np.arange(grid_w, dtype=np.float32) + np.float32(0.5)) / np.float32(grid_w))
+  rows, cols = np.meshgrid(ch, cw, indexing='ij')
+  coords = np.stack([rows.reshape(-1), cols.reshape(-1)], axis=-1)  # [HW, 2]
+  coords = r(r(2.0 * coords) - 1.0)
+  # angles = 2 * math.pi * coords[:, :, None] / periods: (2π · coords) rounded, then / periods
+  angles = r(r(np.float32(2 * math.pi) * coords[:, :, None]) / periods[None, None, :])
+  angles = angles.reshape(len(coords), 2 * quarter)  # [HW, D/2]: row angles, then column angles
+  angles = np.concatenate([np.zeros((1, 2 * quarter), np.float32), angles])
+  cos, sin = r(np.cos(angles)), r(np.sin(angles))
+  return jnp.asarray(cos, dt), jnp.asarray(sin, dt), 'table'
+
+
+def rotate(x, cos, sin, in_table_dtype=None):
+  """Rotary embedding of x [B, T, heads, head_dim] with tables [T, head_dim/2].
+
+  Default: the tables are cast to x's dtype. With in_table_dtype (the third element of
+  `latent_space_rope`'s tables) x is cast to the tables' dtype, rotated in it and cast back,
+  as the reference's apply_rope does (the class token included).
+  """
   half = x.shape[-1] // 2
+  if in_table_dtype:
+    out_dtype = x.dtype
+    x = x.astype(cos.dtype)
   x1, x2 = x[..., :half], x[..., half:]
   cos, sin = cos[:, None, :].astype(x.dtype), sin[:, None, :].astype(x.dtype)
-  return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
+  y = jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
+  return y.astype(out_dtype) if in_table_dtype else y
 
 
 class Attention(nn.Module):
   """Multi-head self-attention with a fused qkv laid out as timm's [3, heads, head_dim].
 
-  rope: (cos, sin) tables of `axial_rope` to rotate queries and keys, or None.
+  rope: (cos, sin) tables of `axial_rope` (or (cos, sin, 'table') of `latent_space_rope`) to
+    rotate queries and keys, or None.
   """
   width: int
   heads: int
@@ -304,6 +397,9 @@ class ViT(nn.Module):
   residual: HyperSpec | None = None
   remat: bool = False  # recompute each block's activations in the backward pass (saves memory)
   weight_init: str = 'default'  # one of INITS (not `init`: that is flax's Module.init)
+  rope_form: str = 'integer'  # one of ROPE_FORMS
+  rope_dtype: str = 'float32'  # latent_space form only: one of ROPE_DTYPES
+  stream_dtype: jnp.dtype | None = None  # the residual stream's dtype; None: `dtype`
 
   def block_lora(self, i):
     """Keyword arguments of each LoraDense in block i: {target: {rank, alpha, dropout}}."""
@@ -319,7 +415,16 @@ class ViT(nn.Module):
       raise ValueError(f'unknown position embedding {self.pos!r}; choose one of {POSITIONS}')
     if self.weight_init not in INITS:
       raise ValueError(f'unknown weight_init {self.weight_init!r}; choose one of {INITS}')
-    if self.weight_init == 'trunc_normal':
+    if self.rope_form not in ROPE_FORMS:
+      raise ValueError(f'unknown rope_form {self.rope_form!r}; choose one of {ROPE_FORMS}')
+    cls_init = nn.initializers.normal(1e-6)
+    if self.weight_init == 'latent_space':
+      fan_in = images.shape[-1] * self.patch * self.patch
+      embed_init = dict(kernel_init=uniform_fan_in(fan_in), bias_init=uniform_fan_in(fan_in))
+      dense_init = pos_init = TORCH_TRUNC_NORMAL_02
+      head_init = dict(kernel_init=TORCH_TRUNC_NORMAL_02, bias_init=nn.initializers.zeros)
+      cls_init = nn.initializers.normal(0.02)
+    elif self.weight_init == 'trunc_normal':
       embed_init = dict(kernel_init=TRUNC_NORMAL_02)  # bias: flax's zeros
       dense_init = pos_init = TRUNC_NORMAL_02
       head_init = dict(kernel_init=TRUNC_NORMAL_02, bias_init=nn.initializers.zeros)
@@ -331,7 +436,12 @@ class ViT(nn.Module):
                 padding='VALID', dtype=self.dtype, name='patch_embed', **embed_init)(images)
     b = x.shape[0]
     x = x.reshape(b, -1, self.width)
-    cls = self.param('cls_token', nn.initializers.normal(1e-6), (1, 1, self.width))
+    cls = self.param('cls_token', cls_init, (1, 1, self.width))
+    if self.stream_dtype is not None:
+      # The reference concatenates its float32 class token with the (autocast bfloat16) patch
+      # embeddings: torch.cat promotes, and the residual stream stays float32 between blocks
+      # while the branches compute in bfloat16.
+      x = x.astype(self.stream_dtype)
     x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, self.width)).astype(x.dtype), x], axis=1)
     rope = None
     if self.pos == 'learned':
@@ -339,7 +449,11 @@ class ViT(nn.Module):
       x = x + pos.astype(x.dtype)
     else:
       grid = images.shape[1] // self.patch
-      rope = axial_rope(grid, self.width // self.heads, self.rope_base)
+      if self.rope_form == 'latent_space':
+        rope = latent_space_rope(grid, images.shape[2] // self.patch, self.width // self.heads,
+                                 self.rope_base, self.rope_dtype)
+      else:
+        rope = axial_rope(grid, self.width // self.heads, self.rope_base)
     if self.residual is not None:
       x = expand(x, self.residual.streams)
     block = nn.remat(Block, static_argnums=(2,)) if self.remat else Block  # 2: `train`
@@ -347,8 +461,11 @@ class ViT(nn.Module):
       x = block(self.width, self.heads, self.mlp_dim, self.gelu_approximate, self.ln_eps,
                 self.block_lora(i), self.dtype, rope, self.residual, i, dense_init,
                 name=f'blocks_{i}')(x, train)
+    after_reduce = self.residual is not None and self.residual.final_norm == 'after_reduce'
+    if after_reduce:  # the streams are summed, then normed (the reference ViT)
+      x = reduce(x, self.residual.reduce)
     x = layer_norm(self.ln_eps, self.dtype, 'norm')(x)
-    if self.residual is not None:  # the final norm acts on each stream, then they are summed
+    if self.residual is not None and not after_reduce:  # normed per stream, then summed
       x = reduce(x, self.residual.reduce)
     if embed:
       return x[:, 0].astype(jnp.float32)
@@ -394,7 +511,7 @@ def from_timm(state_dict, **kw):
   num_classes gets a fresh head, initialised as `ViT.init` does (default weight_init:
   kernel and bias U(±1/sqrt(width)), PyTorch nn.Linear's default) from the key
   jaxlab.train.state.run_keys(seed)[0] (seed default 0): the head vit_with_peft gives for
-  that seed. A `lora=` LoraSpec gets fresh adapters (B = 0, so the model starts as the
+  that seed with head_init='uniform' (its default, 'timm', draws timm's 0.02 truncated normal). A `lora=` LoraSpec gets fresh adapters (B = 0, so the model starts as the
   checkpoint). Another image_size or patch resamples the position embedding bilinearly
   (class token kept) and the patch kernel by FlexiViT's pseudo-inverse resize
   (jaxlab.io.pretrained.resample_pos_embed, resample_patch_kernel). See
