@@ -49,9 +49,13 @@ def base_config():
   # drop_last: False (the seeds' PyTorch DataLoader) pads the last, partial batch of each epoch
   # and masks it, so every example is seen every epoch (391 steps of 128 on 50,000 images);
   # True drops it (390).
+  # ece_batch_size > 0: evaluations also report ece_per_batch, the mean of the ECEs of
+  # consecutive test batches of that size weighted by their sizes (what the PEFT source code
+  # reported; `ece` is always the global ECE over the whole split). The eval batch is then
+  # rounded up to a multiple of ece_batch_size × devices.
   c.train = ml_collections.ConfigDict(dict(
       batch_size=64, epochs=1, eval_batch_size=500, steps_per_dispatch=1,
-      log_every_steps=50, eval_every_epochs=1, steps=0, drop_last=False))
+      log_every_steps=50, eval_every_epochs=1, steps=0, drop_last=False, ece_batch_size=0))
   # params: all | trainable (leave the frozen parameters, e.g. a PEFT backbone, out of every
   # checkpoint; workdir/backbone.json records their source and fingerprint, and a resume or an
   # export rebuilds them from the same config).

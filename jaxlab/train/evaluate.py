@@ -53,22 +53,35 @@ def make_outputs_fn(task, preprocess, mesh, replicas=False):
   return jax.jit(sharded)
 
 
-def make_eval_fn(task, preprocess, mesh, replicas=False):
+def make_eval_fn(task, preprocess, mesh, replicas=False, ece_batch=0):
   """jit(shard_map): (params, data, ref [B]) -> the batch's `metric_sums` over its real
   examples, summed over the mesh and replicated on every device (each with a leading seed
-  axis [R, ...] with replicas). One compiled function for every batch of the split."""
+  axis [R, ...] with replicas). One compiled function for every batch of the split.
+
+  ece_batch > 0 adds the per-batch ECE over consecutive groups of that many examples of the
+  split: each device's share of B must then be whole groups (`ece_eval_batch_size`)."""
   apply = _apply(task, preprocess, replicas)
 
   def sums(params, data, ref):
     batch = batch_of(data, ref)
     logits = apply(params, batch)
-    one = lambda l: metric_sums(l, batch['label'], batch['weight'])
+    one = lambda l: metric_sums(l, batch['label'], batch['weight'], ece_batch=ece_batch)
     local = jax.vmap(one)(logits) if replicas else one(logits)
     return jax.lax.psum(local, DATA)
 
   sharded = jax.shard_map(sums, mesh=mesh, in_specs=(P(), P(), P(DATA)), out_specs=P(),
                           check_vma=False)
   return jax.jit(sharded)
+
+
+def ece_eval_batch_size(eval_batch_size, ece_batch, num_devices):
+  """The eval batch size to use with a per-batch ECE over groups of `ece_batch`: the smallest
+  multiple of ece_batch × num_devices at least `eval_batch_size` (so each device's share is
+  whole groups that start where the split's batches of ece_batch start)."""
+  if not ece_batch:
+    return eval_batch_size
+  unit = ece_batch * num_devices
+  return -(-eval_batch_size // unit) * unit
 
 
 def _feed(mesh, feed):

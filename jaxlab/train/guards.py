@@ -24,7 +24,8 @@ from jaxlab.io.writers import _plain, read_json, write_json
 # Fields that do not change a run's result (fnmatch patterns over dotted names).
 NEUTRAL_FIELDS = (
     'progress', 'simulated_cpu_devices', 'distributed.*', 'log.*',
-    'train.log_every_steps', 'train.eval_batch_size', 'train.steps', 'train.steps_per_dispatch',
+    'train.log_every_steps', 'train.eval_batch_size', 'train.ece_batch_size', 'train.steps',
+    'train.steps_per_dispatch',
     'checkpoint.every_steps', 'checkpoint.keep',
     'peft.diagnostics', 'peft.diagnostics_every',
     'model.remat', 'model.conv_impl',

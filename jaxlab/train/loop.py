@@ -28,7 +28,7 @@ from jaxlab.metrics.system import peak_memory
 from jaxlab.parallel.mesh import check_divisible, make_mesh, to_host
 from jaxlab.peft.partition import merge
 from jaxlab.train import feeds, guards, layouts, preemption
-from jaxlab.train.evaluate import evaluate, make_eval_fn
+from jaxlab.train.evaluate import ece_eval_batch_size, evaluate, make_eval_fn
 from jaxlab.train.setup import build
 from jaxlab.train.state import run_keys
 
@@ -36,7 +36,7 @@ __all__ = ['fit', 'run_keys']
 
 # Host-side counters of a run, saved with each checkpoint: a resumed run counts on from them.
 COUNTERS = ('train_time_s', 'timed_steps', 'compile_time_s', 'diagnostics_time_s',
-            'input_wait_s')
+            'input_wait_s', 'wall_time_s', 'wall_steps')
 
 
 def _next_stop(step, total, *periods):
@@ -157,8 +157,10 @@ def _train(config, workdir, task, dataset, mesh, on_chunk, summary_extra, layout
   plan.chunk(step, 1)  # this epoch's order drawn (and its program compiled) before any timing
   feed = feeds.make(config.data, dataset, mesh, plan, layout.batch_axis, step, end,
                     tc.steps_per_dispatch)
+  ece_batch = tc.get('ece_batch_size', 0)
+  eval_batch = ece_eval_batch_size(tc.eval_batch_size, ece_batch, mesh.devices.size)
   eval_fn = make_eval_fn(task, make_eval_preprocess(config.augment), mesh,
-                         layout.name == 'replicas')
+                         layout.name == 'replicas', ece_batch)
   compiled, step_mem = {}, {}
   add_snapshot = jax.jit(averager.update) if averager is not None else None
   board = (TensorBoardLog(os.path.join(workdir, 'tensorboard'), resumed_from)
@@ -171,12 +173,14 @@ def _train(config, workdir, task, dataset, mesh, on_chunk, summary_extra, layout
 
   def run_eval(state, params=None):
     params = layout.eval_params(merge(state.params if params is None else params, state.frozen))
-    return evaluate(eval_fn, params, feed.test, len(dataset.test.labels), tc.eval_batch_size,
+    return evaluate(eval_fn, params, feed.test, len(dataset.test.labels), eval_batch,
                     mesh, feed=feed.eval_ref)
 
   # Counted over the whole run, across restarts (each checkpoint keeps them).
-  train_time, timed_steps, compile_time, diag_time, feed_wait = (counters[k] for k in COUNTERS)
-  timed_steps = int(timed_steps)
+  (train_time, timed_steps, compile_time, diag_time, feed_wait, wall_time,
+   wall_steps) = (counters[k] for k in COUNTERS)
+  timed_steps, wall_steps = int(timed_steps), int(wall_steps)
+  epoch_wall = [0.0, 0]  # this epoch's wall-clock seconds and steps
   layout.counters.update({k: counters[k] for k in layout.counters if k in counters})
   window, epoch_window, diag_window, diag_epoch = [], [], [], []
   last_eval = None
@@ -213,6 +217,9 @@ def _train(config, workdir, task, dataset, mesh, on_chunk, summary_extra, layout
   try:
     with preemption.training():  # a signal now stops the loop after the step, with a save
       while step < end:
+        # The wall clock of the loop as the source notes timed theirs: batches, diagnostics,
+        # the step and the host's work around it; compiling, saving and evaluating not.
+        t_wall, compiled_before = time.perf_counter(), compile_time
         every = getattr(task.controller, 'every', None)
         stop = min(_next_stop(step, end, spe, tc.log_every_steps, config.checkpoint.every_steps,
                               every, averager and averager.every, diag_every),
@@ -265,19 +272,23 @@ def _train(config, workdir, task, dataset, mesh, on_chunk, summary_extra, layout
         if acting:
           state = layout.after(state, step, step - n, end)
 
+        seconds = time.perf_counter() - t_wall - (compile_time - compiled_before)
+        wall_time, wall_steps = wall_time + seconds, wall_steps + n
+        epoch_wall = [epoch_wall[0] + seconds, epoch_wall[1] + n]
         if logged:
           log.write(_train_record(window, step, spe, tc.batch_size, diag_window))
           window, diag_window = [], []
         ckpt.save(step, state, force=step == end or stopping, counters={
-            **dict(zip(COUNTERS, (train_time, timed_steps, compile_time, diag_time, feed_wait))),
+            **dict(zip(COUNTERS, (train_time, timed_steps, compile_time, diag_time, feed_wait,
+                                  wall_time, wall_steps))),
             **layout.counters})
         if step == end:  # what the run hands on; its checkpoint holds the state before this
           state = layout.finish(state, step)
         if epoch_done:
           # A resumed epoch averages only the steps run since the restart.
           log.write({**_train_record(epoch_window, step, spe, tc.batch_size, diag_epoch),
-                     'split': 'train_epoch'})
-          epoch_window, diag_epoch = [], []
+                     'split': 'train_epoch', 'wall_step_time_s': epoch_wall[0] / epoch_wall[1]})
+          epoch_window, diag_epoch, epoch_wall = [], [], [0.0, 0]
         if epoch_done and ((step // spe) % tc.eval_every_epochs == 0 or step == end):
           last_eval = (step, run_eval(state))
           record = {'step': step, 'epoch': step // spe, 'split': dataset.eval_split,
@@ -334,6 +345,9 @@ def _train(config, workdir, task, dataset, mesh, on_chunk, summary_extra, layout
       'num_processes': jax.process_count(),
       # The training step alone: diagnostics and evaluation run outside it.
       'avg_step_time_s': train_time / timed_steps if timed_steps else None,
+      # The loop's wall clock a step, batches and diagnostics included (compiles, checkpoint
+      # saves and evaluations not): the step time as the source notes measured theirs.
+      'wall_step_time_s': wall_time / wall_steps if wall_steps else None,
       # Images per second summed over the seeds or workers trained together.
       'throughput_img_s': (timed_steps * tc.batch_size * copies / train_time
                            if timed_steps else None),

@@ -5,8 +5,10 @@ _ROWS = (
     ('acc@1', 'acc1', '{:.4f}'),
     ('NLL', 'nll', '{:.4f}'),
     ('ECE (15 bins)', 'ece', '{:.4f}'),
+    ('ECE per batch', 'ece_per_batch', '{:.4f}'),
     ('trainable params', 'trainable_params', '{:,}'),
     ('avg step time', 'avg_step_time_s', '{:.4f} s'),
+    ('wall step time', 'wall_step_time_s', '{:.4f} s'),
     ('throughput', 'throughput_img_s', '{:,.0f} img/s'),
     ('peak memory', 'peak_mem_bytes', '{:,} B'),
     ('memory source', 'peak_mem_source', '{}'),
@@ -14,9 +16,14 @@ _ROWS = (
 )
 
 
+_OPTIONAL = ('ece_per_batch',)  # only where the run asked for it (train.ece_batch_size)
+
+
 def format_summary(summary):
   lines = []
   for title, key, fmt in _ROWS:
+    if key in _OPTIONAL and key not in summary:
+      continue
     value = summary.get(key)
     lines.append(f'  {title:<18} {"n/a" if value is None else fmt.format(value)}')
   return '\n'.join(lines)
