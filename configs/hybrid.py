@@ -1,21 +1,38 @@
-"""PEFT family (SPEC §1): ViT-S/16 (AugReg in21k→in1k) fine-tuned on CIFAR-100.
+"""PEFT family: ViT-S/16 (AugReg in21k→in1k) fine-tuned on CIFAR-100 with LoRA, Norm or hybrids.
 
-Default (the seed's week-4 run): hybrid_layerwise/deep_lora, 10 epochs, batch 128, 224 px, AdamW
-with groups head (lr 1e-3, wd 0.05), norm (1e-3, 0), lora (5e-4, 0), cosine, seed 42:
+Default (the source notes' 10-epoch run): hybrid_layerwise/deep_lora, 10 epochs, batch 128,
+224 px, AdamW with groups head (lr 1e-3, wd 0.05), norm (1e-3, 0), lora (5e-4, 0), seed 42:
     python launch.py --config=configs/hybrid.py
-SPEC reference: Acc@1 89.6%, ECE ≈ 0.075, 247,396 trainable parameters.
+The notes' figures for it: Acc@1 89.6% (best epoch), per-batch ECE 0.075, 247,396 trainables.
+
+These variants are the source code's definitions (Tony-lyu/CV, src/week4/train.py; each
+difference with its verdict in docs/fidelity.md):
+  - the cosine lr is stepped once per epoch (optim.schedule=cosine_epoch: PyTorch's
+    CosineAnnealingLR(T_max=epochs) stepped after each epoch; 'cosine' steps it every step);
+  - the fresh head is timm's: trunc-normal(0.02) kernel, zero bias (peft.head_init=timm;
+    'uniform' is nn.Linear's own U(±1/sqrt(384)));
+  - the augmentation recipe per method (augment.recipe=seed, see below);
+  - evaluations report the global ECE over the test set (ece) and, beside the notes' figures,
+    the source code's mean of per-batch ECEs at its eval batch 128 (ece_per_batch;
+    train.ece_batch_size); summaries give the pure step time (avg_step_time_s) and the loop's
+    wall clock a step as the source code timed it (wall_step_time_s).
 
 Variants (python launch.py --config=configs/hybrid.py:VARIANT):
   quick                   offline demo on digits: a small ViT pretrained on digits 0-4 (60 epochs,
-                          test acc ≈ 0.97), then the four seed methods transferred to 5-9 for 20
-                          epochs (norm ≈ 0.87, the others 0.93-0.97); prints the method table and
-                          draws accuracy_vs_trainables.png (about 2 minutes on two CPU cores).
+                          test acc ≈ 0.98), then the four methods of the notes transferred to 5-9
+                          for 20 epochs (norm ≈ 0.87, the others 0.93-0.98); prints the method
+                          table and draws accuracy_vs_trainables.png (about 2 minutes on two CPU
+                          cores).
   norm, lora, hybrid_parallel, full, linear,
   deep_lora, even_lora, odd_lora   (hybrid_layerwise policies)
-  table                   the four seed methods in one sweep, table + figure (SPEC reference rows beside)
-  week5                   the week-5 baseline: deep_lora, 5 epochs (SPEC: 90.04%, ECE 0.0637)
-  warmup_lora200          week 5 with LoRA held for the first 200 steps (SPEC: 90.21%, ECE 0.0600)
-  alt50                   week 5 with alternation every 50 steps, lora-first (SPEC: 89.93%, ECE 0.0592)
+  table                   the notes' four methods in one sweep, table + figure, their own logged
+                          numbers beside (Tony-lyu/CV reports/results_week4.csv)
+  week5                   the 5-epoch baseline: deep_lora, 5 epochs (notes: 90.04%, ECE 0.0637)
+  warmup_lora200          week 5 with LoRA held for the first 200 steps (notes: 90.21%, ECE 0.0600)
+  alt50                   week 5 with alternation every 50 steps, lora-first (notes: 89.93%,
+                          ECE 0.0592)
+The 5-epoch runs of the notes used seeds 0 and 1 (torch's generator: not reproducible here);
+the warm-up figure is the best of their reruns of that setting.
 
 CIFAR-100 and the weights must be on the machine (see README "Data" and "Pretrained weights").
 """
@@ -37,31 +54,36 @@ def week4(method='hybrid_layerwise', policy='deep_lora'):
       source='augreg', path='', cache_dir='~/.cache/jaxlab'))
   # method: full | linear | norm | lora | hybrid_parallel | hybrid_layerwise.
   # policy (hybrid_layerwise): deep_lora | even_lora | odd_lora | explicit (with lora_blocks).
-  # lr_parity: dynamic LR parity between the lora and norm groups (SPEC §1 extras).
+  # lr_parity: dynamic LR parity between the lora and norm groups (the source code's extra).
   # diagnostics: per-group grad/update norms and the LoRA–Norm cosine, measured by their own
   # compiled function every diagnostics_every steps (0: every train.log_every_steps), outside
   # the timed training step.
+  # head_init: timm (trunc-normal(0.02) kernel, zero bias: the head timm's create_model(...,
+  # num_classes=100) gives, as the source code built it) | uniform (U(±1/sqrt(width))).
   # Selective freezing: LoRA held while step < freeze_lora_steps, Norm while step <
   # freeze_norm_steps; then, if alt_freeze_every = K > 0, phase (step // K) % 2 alternates.
   c.peft = ml_collections.ConfigDict(dict(
       method=method, policy=policy, lora_blocks=(0,), rank=8, alpha=16.0, dropout=0.0,
       attn_only=False, freeze_lora_steps=0, freeze_norm_steps=0, alt_freeze_every=0,
-      alt_order='lora-first', diagnostics=True, diagnostics_every=0, lr_parity=False))
+      alt_order='lora-first', diagnostics=True, diagnostics_every=0, lr_parity=False,
+      head_init='timm'))
   c.peft.lora_blocks = ()  # typed as a tuple of ints by the placeholder above
   # recipe: seed | weights | week3 | standard (see jaxlab/experiments/peft.py apply_recipe).
-  # Default here: 'seed' — these variants reproduce seed 000/001's tables, whose numbers were
-  # measured with the seed's own recipes (week3 for hybrid_parallel: crop pad 4 + flip, no
-  # normalisation; standard for the others: flip + CIFAR-100 statistics), so a comparison with
-  # SPEC's reference rows needs them. For new experiments use --config.augment.recipe=weights:
-  # the pretrained weights' own 0.5/0.5 normalisation (SPEC §1), as :quick does.
+  # Default here: 'seed' — the source code's recipes, with which the notes' numbers were
+  # measured (week3 for hybrid_parallel: crop pad 4 + flip, no normalisation; standard for the
+  # others: flip + CIFAR-100 statistics). For new experiments use --config.augment.recipe=weights:
+  # the pretrained weights' own 0.5/0.5 normalisation, as :quick does.
   c.augment.update(resize=224, crop_padding=0, flip=True, normalization='half')
   c.augment.recipe = 'seed'
-  c.optim.update(name='adamw', lr=1e-3, weight_decay=0.05, schedule='cosine')
+  c.optim.update(name='adamw', lr=1e-3, weight_decay=0.05, schedule='cosine_epoch')
   c.optim.groups = ml_collections.ConfigDict(dict(
       head=dict(lr=1e-3, weight_decay=0.05),
       norm=dict(lr=1e-3, weight_decay=0.0),
       lora=dict(lr=5e-4, weight_decay=0.0)))
-  c.train.update(batch_size=128, epochs=10, eval_batch_size=500, log_every_steps=50)
+  # ece_batch_size 128: evaluations also report the source code's per-batch ECE at its eval
+  # batch (ece_per_batch, set beside its numbers) next to the global ECE over the test set.
+  c.train.update(batch_size=128, epochs=10, eval_batch_size=512, log_every_steps=50,
+                 ece_batch_size=128)
   c.checkpoint.every_steps = 1000
   # runs: several methods ('method' or 'hybrid_layerwise/policy') in one sweep.
   c.sweep = ml_collections.ConfigDict(dict(
@@ -105,6 +127,11 @@ def quick():
   c.sweep.update(pretrain_classes=(0, 1, 2, 3, 4), pretrain_epochs=60, pretrain_lr=3e-3)
   c.augment.recipe = 'weights'
   c.augment.update(rrc_scale=(0.75, 1.0), rrc_ratio=(1.0, 1.0))
+  # The demo reproduces no table of the notes and keeps its own recipe: a per-step cosine and
+  # nn.Linear's head init. With the notes' per-epoch cosine and timm's 0.02 head, the 720-image
+  # pretraining reaches 0.967 instead of 0.989 and the norm transfer 0.79-0.85 instead of 0.87.
+  c.optim.schedule = 'cosine'
+  c.peft.head_init = 'uniform'
   c.optim.groups.update(dict(head=dict(lr=5e-2, weight_decay=0.05),
                              norm=dict(lr=1e-1, weight_decay=0.0),
                              lora=dict(lr=5e-3, weight_decay=0.0)))

@@ -114,7 +114,11 @@ def test_from_timm_and_big_vision_with_another_num_classes(tiny_timm, lora_tiny)
   bound = 1 / np.sqrt(128)  # ViT's default head init: U(±1/sqrt(width)), kernel and bias
   for leaf in params['head'].values():
     assert np.abs(leaf).max() <= bound and np.std(leaf) > 0.4 * bound
-  assert_trees_equal(params['head'], lora_tiny[1]['head'])  # the head vit_with_peft gives
+  # vit_with_peft's head_init='uniform' gives this head; its default, timm's, another.
+  _, uniform, _ = vit_with_peft(tiny_timm, 100, method='lora', rank=2, seed=3,
+                                head_init='uniform')
+  assert_trees_equal(params['head'], uniform['head'])
+  assert np.all(np.asarray(lora_tiny[1]['head']['bias']) == 0)
   _, again = vit.from_big_vision(timm_to_big_vision(tiny_timm, heads=2), num_classes=100, seed=3)
   assert_trees_equal(again, params)
   _, other_seed = vit.from_timm(TINY, num_classes=100, seed=4)

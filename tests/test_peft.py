@@ -162,6 +162,13 @@ def test_held_group_is_bit_identical_and_head_moves(tmp_path, tiny_digits):
   norm = sum(v.size for v in group_leaves(task.params, labels, 'norm').values())
   lora = sum(v.size for v in group_leaves(task.params, labels, 'lora').values())
   assert counts[1] == head + norm and counts[3] == head + lora
+  # The wall clock a step holds the step and the diagnostics (every step here) around it;
+  # the 16 test images are one batch of the per-batch ECE (128), so it is the global ECE.
+  assert summary['wall_step_time_s'] > summary['avg_step_time_s'] > 0
+  assert summary['ece_per_batch'] == pytest.approx(summary['ece'], abs=1e-7)
+  epochs = [r for r in map(json.loads, open(tmp_path / 'metrics.jsonl'))
+            if r['split'] == 'train_epoch']
+  assert len(epochs) == 2 and all(r['wall_step_time_s'] > 0 for r in epochs)
 
 
 def test_diagnostics_match_numpy(tmp_path, tiny_digits):

@@ -39,6 +39,29 @@ def init_vit(model, seed=0):
   return _init(model, run_keys(seed)[0], jnp.zeros((1, size, size, 3)))
 
 
+HEAD_INITS = ('timm', 'uniform')
+
+
+def fresh_head(params, head_init, seed):
+  """`params` with the head drawn as `head_init` says.
+
+  timm: the kernel N(0, 0.02²) truncated at ±2 (±100σ: timm's `trunc_normal_(std=.02)`),
+  the bias 0 — the head timm's `create_model(name, pretrained=True, num_classes=100)` gives,
+  as the PEFT source code (Tony-lyu/CV, src/week4/train.py) built it: its `init_weights`
+  runs before the checkpoint's head is dropped. uniform: `ViT.init`'s head, kernel and bias
+  U(±1/sqrt(width)) (PyTorch nn.Linear's default). Drawn from the run's init key, folded.
+  """
+  if head_init not in HEAD_INITS:
+    raise ValueError(f'unknown head init {head_init!r}; choose one of {", ".join(HEAD_INITS)}')
+  if head_init == 'uniform':
+    return params
+  kernel = params['head']['kernel']
+  key = jax.random.fold_in(run_keys(seed)[0], 1)
+  draw = 0.02 * jax.random.truncated_normal(key, -100.0, 100.0, kernel.shape, jnp.float32)
+  head = {'kernel': draw.astype(kernel.dtype), 'bias': jnp.zeros_like(params['head']['bias'])}
+  return {**params, 'head': head}
+
+
 def graft(fresh, pretrained, fresh_head=True):
   """`fresh` with every backbone leaf taken from `pretrained`; LoRA (and the head) stay fresh.
 
@@ -74,17 +97,19 @@ def lora_spec(method, depth, policy='deep_lora', rank=8, alpha=16.0, dropout=0.0
 
 
 def peft_vit(arch, num_classes, method='lora', policy='deep_lora', rank=8, alpha=16.0,
-             dropout=0.0, lora_blocks=(), targets=LORA_TARGETS, seed=0, pretrained=None):
+             dropout=0.0, lora_blocks=(), targets=LORA_TARGETS, seed=0, pretrained=None,
+             head_init='timm'):
   """(model, params, rules): the ViT of `arch` (ViT keyword arguments) with the method's LoRA,
-  initialised from `seed` (`init_vit`), its backbone grafted from `pretrained` (a jaxlab param
-  tree, e.g. of jaxlab.io.pretrained.timm_to_params; None keeps the random init), and the
-  method's partition rules. Both vit_with_peft and the config path build with this."""
+  initialised from `seed` (`init_vit`; the head as `fresh_head` draws it for `head_init`), its
+  backbone grafted from `pretrained` (a jaxlab param tree, e.g. of
+  jaxlab.io.pretrained.timm_to_params; None keeps the random init), and the method's
+  partition rules. Both vit_with_peft and the config path build with this."""
   if arch['image_size'] % arch['patch']:
     raise ValueError(f'patch {arch["patch"]} does not divide image_size {arch["image_size"]}')
   blocks, lora = lora_spec(method, arch['depth'], policy, rank, alpha, dropout, lora_blocks,
                            targets)
   model = ViT(num_classes=num_classes, **arch, lora=lora)
-  params = init_vit(model, seed)
+  params = fresh_head(init_vit(model, seed), head_init, seed)
   if pretrained is not None:
     params = graft(params, pretrained)
   return model, params, methods.rules(method, arch['depth'], blocks)
@@ -134,7 +159,7 @@ def _jaxlab_arch(params, heads):
 def vit_with_peft(weights, num_classes, method='lora', policy='deep_lora', rank=8, alpha=16.0, *,
                   image_size=None, variant=None, patch=None, width=None, depth=None, heads=None,
                   mlp_dim=None, seed=0, dtype=jnp.float32, lora_blocks=(), attn_only=False,
-                  targets=None, dropout=0.0, **vit_kw):
+                  targets=None, dropout=0.0, head_init='timm', **vit_kw):
   """(model, params, labels): a ViT with a PEFT method, ready to fine-tune.
 
   weights: a timm ViT state dict or the path of its .safetensors file, a big_vision /
@@ -143,7 +168,9 @@ def vit_with_peft(weights, num_classes, method='lora', policy='deep_lora', rank=
     heads: it is width // 64 unless `heads=` says otherwise); width, depth, heads and
     mlp_dim given here must agree. Without, give `variant` (one of
     jaxlab.models.vit.VARIANTS, e.g. 'S/16') and/or patch, width, depth, heads, mlp_dim.
-  num_classes: the head's classes; the head is always fresh (see init_vit).
+  num_classes: the head's classes; the head is always fresh: head_init 'timm' (default) draws
+    it as timm's create_model(..., num_classes=...) does, trunc-normal(0.02) kernel and zero
+    bias; 'uniform' as ViT.init does, U(±1/sqrt(width)) (see fresh_head).
   image_size, patch: the input size (default: the weights', else 224) and patch size
     (default: the weights' or the variant's). A position embedding of another grid is
     resampled bilinearly, a patch kernel of another size by FlexiViT's pseudo-inverse
@@ -185,5 +212,5 @@ def vit_with_peft(weights, num_classes, method='lora', policy='deep_lora', rank=
     targets = ('qkv', 'proj') if attn_only else LORA_TARGETS
   model, params, rules = peft_vit(
       dict(arch, dtype=jnp.dtype(dtype), **vit_kw), num_classes, method, policy, rank, alpha,
-      dropout, lora_blocks, targets, seed, pretrained)
+      dropout, lora_blocks, targets, seed, pretrained, head_init)
   return model, params, label_tree(params, rules)
