@@ -47,7 +47,7 @@ def test_vit_with_peft_builds_what_the_config_path_builds():
                 attn_only=True)
   arch = dict(image_size=16, patch=8, width=16, depth=3, heads=2, mlp_dim=32)
   kw = dict(method='hybrid_layerwise', policy='explicit', lora_blocks=(1,), rank=2,
-            attn_only=True, seed=7, **arch)
+            attn_only=True, seed=7, head_init=c.peft.head_init, **arch)
   task = peft.make_task(c, 10)
   model, params, labels = vit_with_peft(None, 10, **kw)
   assert_trees_equal(params, task.params)

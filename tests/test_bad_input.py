@@ -151,7 +151,10 @@ CASES = {
                                         '--config.model.hc.streams=2', names='model.hc.streams'),
     'tau_zero': _case(M, '--config.model.hc.tau=0.0', names='model.hc.tau'),
     'no_streams': _case(M, '--config.model.hc.streams=0', names='model.hc.streams'),
-    'warmup_after_decay': _case(M, '--config.optim.warmup_fraction=0.9', names='optim.warmup_fraction'),
+    'warmup_after_decay': _case(M, '--config.optim.schedule=whd', '--config.optim.warmup_fraction=0.9',
+                                names='optim.warmup_fraction'),
+    'decay_start_under_whd_latent_space': _case(M, '--config.optim.decay_start_fraction=0.5',
+                                                names='optim.decay_start_fraction'),
     'image_size_not_the_data': _case(M, '--config.model.image_size=64', names='model.image_size'),
     'rope_head_width': _case(M, '--config.model.heads=32', names='model.heads'),
 }

@@ -109,9 +109,10 @@ def test_one_process_run_writes_its_files(reference):
   # Every example every epoch: 1437 training images are 23 steps of 64 (the last one partial).
   assert sync['num_devices'] == 4 and sync['steps_per_epoch'] == 23 and sync['steps'] == STEPS
   assert sync['eval_split'] == 'test' and sync['num_processes'] == 1
-  # 4 workers, each on its own quarter (359 or 360) of the 1437 training images: 6 steps of 64
-  # per epoch; averages after step 8 and at the end (12).
-  assert local['workers'] == 4 and local['steps_per_epoch'] == 6 and local['comm_rounds'] == 2
+  # 4 workers, each with its own loader over its quarter (359 or 360) of the 1437 training
+  # images that runs on across epochs (local.worker_data='original'): J·⌈23/(K·J)⌉ = 8·⌈23/32⌉ = 8
+  # steps of 64 per epoch; averages after step 8 and at the end (12).
+  assert local['workers'] == 4 and local['steps_per_epoch'] == 8 and local['comm_rounds'] == 2
   assert sync['acc1'] > 0.5 and local['acc1'] > 0.5  # 12 steps of LeNet: far above chance
   for arm in ARMS:
     assert os.path.exists(reference / arm / 'config.json')

@@ -11,7 +11,7 @@ from jaxlab.checks import BadInput, at_least, positive, within
 
 LR_SCALINGS = ('none', 'sqrt', 'linear')
 CPU_COLLECTIVES = ('gloo', 'mpi')
-WARMUP_SCHEDULES = ('warmup_cosine', 'whd')
+WARMUP_SCHEDULES = ('warmup_cosine', 'whd', 'whd_latent_space', 'warmup_linear_epoch')
 # The optim fields each optimizer reads besides lr and weight_decay (optim.optimizers._around_lr).
 OPTIMIZER_READS = {'sgd': (), 'sgdm': ('momentum', 'nesterov'), 'adamw': ('b1', 'b2', 'eps'),
                    'lars': ('momentum', 'nesterov', 'trust_coefficient'),
@@ -20,7 +20,11 @@ OPTIMIZER_READS = {'sgd': (), 'sgdm': ('momentum', 'nesterov'), 'adamw': ('b1', 
 SCHEDULE_READS = {'constant': (), 'cosine': ('lr_floor',),
                   'warmup_cosine': ('lr_floor', 'warmup_epochs', 'warmup_fraction'),
                   'whd': ('lr_floor', 'warmup_epochs', 'warmup_fraction', 'decay_start_fraction',
-                          'decay_shape')}
+                          'decay_shape'),
+                  'whd_latent_space': ('lr_floor', 'warmup_epochs', 'warmup_fraction',
+                                       'decay_shape'),
+                  'cosine_epoch': ('lr_floor',),
+                  'warmup_linear_epoch': ('lr_floor', 'warmup_epochs', 'warmup_fraction')}
 
 
 def check_fields(c):
