@@ -25,10 +25,10 @@ _EXPORTS = {
     # PEFT
     'vit_with_peft': 'jaxlab.peft.api',
     'merge_lora': 'jaxlab.peft.merge',
-    'label_tree': 'jaxlab.peft.partition',
-    'split': 'jaxlab.peft.partition',
-    'merge': 'jaxlab.peft.partition',
-    'subtree_labels': 'jaxlab.peft.partition',
+    'label_tree': 'jaxlab.params',
+    'split': 'jaxlab.params',
+    'merge': 'jaxlab.params',
+    'subtree_labels': 'jaxlab.params',
     # optimizers and data
     'make_optimizer': 'jaxlab.optim.optimizers',
     'make_schedule': 'jaxlab.optim.schedules',

@@ -19,8 +19,8 @@ from jaxlab.experiments import peft
 from jaxlab.io.pretrained import read_safetensors, timm_to_params
 from jaxlab.models import vit
 from jaxlab.optim.optimizers import make_optimizer, optimizer_from_config
+from jaxlab.params import FROZEN, flatten, label_tree
 from jaxlab.peft.api import vit_with_peft
-from jaxlab.peft.partition import FROZEN, flatten, label_tree
 from test_vit_loaders import TINY, TINY_IO, timm_to_big_vision
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

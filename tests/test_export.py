@@ -25,8 +25,8 @@ from jaxlab.io.export import to_big_vision, to_timm
 from jaxlab.io.pretrained import big_vision_to_params, read_safetensors, timm_to_params
 from jaxlab.models import vit
 from jaxlab.models.hyper_connections import HyperSpec
+from jaxlab.params import flatten, merge, unflatten
 from jaxlab.peft.merge import merge_lora
-from jaxlab.peft.partition import flatten, merge, unflatten
 from test_vit_loaders import TINY, TINY_IO, timm_to_big_vision
 
 HIGHEST = 'highest'

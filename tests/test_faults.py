@@ -29,7 +29,7 @@ from jaxlab.io import lock
 from jaxlab.models.resmlp import ResMLP
 from jaxlab.parallel.local import LocalSpec
 from jaxlab.parallel.mesh import make_mesh
-from jaxlab.peft.partition import flatten
+from jaxlab.params import flatten
 from jaxlab.train import guards, preemption
 from jaxlab.train.loop import fit
 from jaxlab.train.task import Task, flax_apply

@@ -15,7 +15,7 @@ from jaxlab.models.resmlp import ResMLP
 from jaxlab.optim.optimizers import optimizer_from_config
 from jaxlab.parallel.local import LocalSpec, make_average, worker_state
 from jaxlab.parallel.mesh import make_mesh, replicate, shard_leading
-from jaxlab.peft.partition import flatten, label_tree
+from jaxlab.params import flatten, label_tree
 from jaxlab.train.state import TrainState
 from jaxlab.train.step import make_train_chunk, train_step
 from jaxlab.train.task import Task, flax_apply

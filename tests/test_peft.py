@@ -15,8 +15,8 @@ from jaxlab.experiments import peft
 from jaxlab.metrics.classification import count_params
 from jaxlab.models.vit import LoraSpec
 from jaxlab.parallel.mesh import make_mesh
+from jaxlab.params import FROZEN, flatten, label_tree, merge
 from jaxlab.peft import methods
-from jaxlab.peft.partition import FROZEN, flatten, label_tree, merge
 from jaxlab.train.loop import fit
 
 
@@ -55,7 +55,7 @@ def test_layerwise_rules_train_own_norms_only():
   rules = methods.rules('hybrid_layerwise', 3, (2,))
   paths = ['blocks_0/norm1/scale', 'blocks_2/norm1/scale', 'blocks_2/attn/qkv/lora_a',
            'norm/scale', 'head/kernel', 'blocks_0/attn/qkv/kernel']
-  from jaxlab.peft.partition import label_paths
+  from jaxlab.params import label_paths
   assert label_paths(paths, rules) == {
       'blocks_0/norm1/scale': 'norm', 'blocks_2/norm1/scale': FROZEN,
       'blocks_2/attn/qkv/lora_a': 'lora', 'norm/scale': FROZEN, 'head/kernel': 'head',
@@ -189,7 +189,7 @@ def test_diagnostics_match_numpy(tmp_path, tiny_digits):
 
   # Recompute step 0 independently: same batch, same preprocessing, explicit Jacobians.
   from jaxlab.data.pipeline import EpochIndices
-  from jaxlab.train.loop import run_keys
+  from jaxlab.params import run_keys
   from jaxlab.data.augment import make_eval_preprocess
   _, data_key, _ = run_keys(c.seed)
   idx = EpochIndices(data_key, 32, 8).chunk(0, 1)[0]
@@ -201,7 +201,7 @@ def test_diagnostics_match_numpy(tmp_path, tiny_digits):
   def logits_of(vec_by_group):
     full = dict(flat)
     full.update(vec_by_group)
-    from jaxlab.peft.partition import unflatten
+    from jaxlab.params import unflatten
     return task.apply(unflatten(full), images, True, None)
 
   group = {g: {k: flat[k] for k in flat if labels[k] == g} for g in ('lora', 'norm')}

@@ -11,7 +11,7 @@ from configs.common import base_config
 from jaxlab.data.datasets import Dataset, Split, load_dataset
 from jaxlab.experiments.distributed import make_task
 from jaxlab.parallel.mesh import make_mesh
-from jaxlab.peft.partition import flatten
+from jaxlab.params import flatten
 from jaxlab.train.loop import fit
 
 SUMMARY_FIELDS = ('acc1', 'nll', 'ece', 'trainable_params', 'avg_step_time_s',

@@ -24,8 +24,9 @@ from jaxlab.models import conv
 from jaxlab.optim.optimizers import LARGE_BATCH_FORMS, schedule_from_optim
 from jaxlab.parallel.local import (DYNAMIC_FORMS, METHODS as LOCAL_METHODS, WORKER_DATA,
                                    LocalSpec, worker_steps_per_epoch)
+from jaxlab.params import run_keys
 from jaxlab.train.guards import check_sweep, run_or_diverged
-from jaxlab.train.loop import fit, run_keys
+from jaxlab.train.loop import fit
 from jaxlab.train.report import print_summary
 from jaxlab.train.sweep import apply_overrides, cell_name, parse_grid, run_cells, run_length
 from jaxlab.train.task import Task, flax_apply

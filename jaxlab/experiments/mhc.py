@@ -34,10 +34,10 @@ from jaxlab.metrics.classification import count_params
 from jaxlab.metrics.embedding import embedding_metrics, embedding_plot
 from jaxlab.optim import averaging, schedules
 from jaxlab.parallel.mesh import make_mesh, replicate
-from jaxlab.peft.partition import flatten, merge
+from jaxlab.params import flatten, merge, run_keys
 from jaxlab.train.evaluate import make_outputs_fn, predict
 from jaxlab.train.guards import check_sweep, run_or_diverged
-from jaxlab.train.loop import fit, run_keys
+from jaxlab.train.loop import fit
 from jaxlab.train.task import Task, flax_apply
 
 # arm name → model.residual

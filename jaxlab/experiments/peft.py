@@ -22,9 +22,9 @@ from jaxlab.io import pretrained as pt
 from jaxlab.io.report import markdown_table, scatter_plot, with_status
 from jaxlab.io.writers import write_json, write_text
 from jaxlab.models.vit import LORA_TARGETS
+from jaxlab.params import flatten, label_paths, merge
 from jaxlab.peft import api, methods
 from jaxlab.peft.lr_parity import LrParity
-from jaxlab.peft.partition import flatten, label_paths, merge
 from jaxlab.train.guards import check_sweep, run_or_diverged
 from jaxlab.train.loop import fit
 from jaxlab.train.report import print_summary

@@ -11,8 +11,8 @@ parameters that have no place there.
 
 import numpy as np
 
+from jaxlab.params import flatten
 from jaxlab.peft.merge import has_lora, merge_lora
-from jaxlab.peft.partition import flatten
 
 _BLOCK_LEAVES = ('norm1/scale', 'norm1/bias', 'attn/qkv/kernel', 'attn/qkv/bias',
                  'attn/proj/kernel', 'attn/proj/bias', 'norm2/scale', 'norm2/bias',

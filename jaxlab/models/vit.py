@@ -510,7 +510,7 @@ def from_timm(state_dict, **kw):
   image_size, patch). width, depth and mlp_dim must match the checkpoint. Another
   num_classes gets a fresh head, initialised as `ViT.init` does (default weight_init:
   kernel and bias U(±1/sqrt(width)), PyTorch nn.Linear's default) from the key
-  jaxlab.train.state.run_keys(seed)[0] (seed default 0): the head vit_with_peft gives for
+  jaxlab.params.run_keys(seed)[0] (seed default 0): the head vit_with_peft gives for
   that seed with head_init='uniform' (its default, 'timm', draws timm's 0.02 truncated normal). A `lora=` LoraSpec gets fresh adapters (B = 0, so the model starts as the
   checkpoint). Another image_size or patch resamples the position embedding bilinearly
   (class token kept) and the patch kernel by FlexiViT's pseudo-inverse resize

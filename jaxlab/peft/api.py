@@ -4,7 +4,7 @@
                                           method='lora', rank=8, image_size=32, patch=4)
 
 `labels` is the label tree of `params` (head, norm, lora, base or frozen, from
-jaxlab.peft.methods.rules): split the params with jaxlab.peft.partition.split
+jaxlab.peft.methods.rules): split the params with jaxlab.params.split
 and differentiate only the trainable part; feed the labels of that part to
 jaxlab.make_optimizer or optax.partition. The config path
 (jaxlab.experiments.peft.make_task) builds its model with the same `peft_vit`.
@@ -18,9 +18,8 @@ import jax.numpy as jnp
 
 from jaxlab.io import pretrained as pt
 from jaxlab.models.vit import LORA_TARGETS, VARIANTS, LoraSpec, ViT
+from jaxlab.params import flatten, label_tree, run_keys, unflatten
 from jaxlab.peft import methods
-from jaxlab.peft.partition import flatten, label_tree, unflatten
-from jaxlab.train.state import run_keys
 
 ARCH_FIELDS = ('patch', 'width', 'depth', 'heads', 'mlp_dim')  # the order of VARIANTS' tuples
 FIXED = ('width', 'depth', 'heads', 'mlp_dim')  # what pretrained weights fix (patch and image
@@ -34,7 +33,7 @@ _init = jax.jit(lambda model, key, images: model.init(key, images)['params'], st
 
 def init_vit(model, seed=0):
   """`model.init` params for images of `model.image_size`, from the run's init key
-  (jaxlab.train.state.run_keys(seed)[0], as the trainer's runs)."""
+  (jaxlab.params.run_keys(seed)[0], as the trainer's runs)."""
   size = model.image_size
   return _init(model, run_keys(seed)[0], jnp.zeros((1, size, size, 3)))
 

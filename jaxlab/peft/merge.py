@@ -8,7 +8,7 @@ was built with (jaxlab's default and the seeds' is 16).
 
 import numpy as np
 
-from jaxlab.peft.partition import flatten, unflatten
+from jaxlab.params import flatten, unflatten
 
 LORA_LEAVES = ('lora_a', 'lora_b')
 

@@ -26,13 +26,12 @@ from jaxlab.io.writers import JsonlLog, is_writer, read_json, write_json
 from jaxlab.metrics.classification import count_params
 from jaxlab.metrics.system import peak_memory
 from jaxlab.parallel.mesh import check_divisible, make_mesh, to_host
-from jaxlab.peft.partition import merge
+from jaxlab.params import merge
 from jaxlab.train import feeds, guards, layouts, preemption
 from jaxlab.train.evaluate import ece_eval_batch_size, evaluate, make_eval_fn
 from jaxlab.train.setup import build
-from jaxlab.train.state import run_keys
 
-__all__ = ['fit', 'run_keys']
+__all__ = ['fit']
 
 # Host-side counters of a run, saved with each checkpoint: a resumed run counts on from them.
 COUNTERS = ('train_time_s', 'timed_steps', 'compile_time_s', 'diagnostics_time_s',
