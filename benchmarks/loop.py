@@ -18,7 +18,8 @@ import numpy as np
 
 def random_dataset(shape, examples, classes, test=64, seed=0):
   """A Dataset of random uint8 images and labels: `examples` to train on, `test` to evaluate."""
-  from jaxlab.data.datasets import Dataset, Split
+  from jaxlab.data.datasets import Dataset
+  from jaxlab.data.pipeline import Split
   rng = np.random.default_rng(seed)
   split = lambda n: Split(rng.integers(0, 256, (n, *shape), dtype=np.uint8),
                           rng.integers(0, classes, (n,), dtype=np.int32))

@@ -24,7 +24,8 @@ import pytest
 from configs import ladder as ladder_configs
 from configs.common import base_config
 from jaxlab import checks, experiments, launch
-from jaxlab.data.datasets import Dataset, Split, load_dataset
+from jaxlab.data.datasets import Dataset, load_dataset
+from jaxlab.data.pipeline import Split
 from jaxlab.io import lock
 from jaxlab.models.resmlp import ResMLP
 from jaxlab.parallel.local import LocalSpec

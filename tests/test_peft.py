@@ -10,7 +10,8 @@ import pytest
 
 from configs import hybrid
 from jaxlab import models
-from jaxlab.data.datasets import Dataset, Split, load_dataset
+from jaxlab.data.datasets import Dataset, load_dataset
+from jaxlab.data.pipeline import Split
 from jaxlab.experiments import peft
 from jaxlab.metrics.classification import count_params
 from jaxlab.models.vit import LoraSpec

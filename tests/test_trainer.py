@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from configs.common import base_config
-from jaxlab.data.datasets import Dataset, Split, load_dataset
+from jaxlab.data.datasets import Dataset, load_dataset
+from jaxlab.data.pipeline import Split
 from jaxlab.experiments.distributed import make_task
 from jaxlab.parallel.mesh import make_mesh
 from jaxlab.params import flatten

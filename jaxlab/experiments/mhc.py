@@ -25,8 +25,8 @@ import jax.numpy as jnp
 
 from jaxlab import checks, models
 from jaxlab.data.augment import make_eval_preprocess
-from jaxlab.data.pipeline import steps_per_epoch
-from jaxlab.data.datasets import IMAGE_SHAPE, load_dataset
+from jaxlab.data.datasets import load_dataset
+from jaxlab.data.pipeline import IMAGE_SHAPE, steps_per_epoch
 from jaxlab.experiments import preflight
 from jaxlab.io import record
 from jaxlab.io.writers import read_json, read_jsonl, write_json
