@@ -17,14 +17,14 @@ __version__ = "0.1.0"
 _EXPORTS = {
     # models and pretrained weights
     'ViT': 'jaxlab.models.vit',
-    'LoraSpec': 'jaxlab.models.vit',
+    'LoraSpec': 'jaxlab.models.lora',
     'from_timm': 'jaxlab.models.vit',
     'from_big_vision': 'jaxlab.models.vit',
     'resample_pos_embed': 'jaxlab.io.pretrained',
     'resample_patch_kernel': 'jaxlab.io.pretrained',
     # PEFT
     'vit_with_peft': 'jaxlab.peft.api',
-    'merge_lora': 'jaxlab.peft.merge',
+    'merge_lora': 'jaxlab.models.lora',
     'label_tree': 'jaxlab.params',
     'split': 'jaxlab.params',
     'merge': 'jaxlab.params',

@@ -26,8 +26,8 @@ from jaxlab.io.checkpoint import BACKBONE, fingerprint
 from jaxlab.io.export import to_big_vision, to_timm
 from jaxlab.io.pretrained import read_safetensors, read_safetensors_metadata, write_safetensors
 from jaxlab.io.writers import read_json
+from jaxlab.models.lora import has_lora
 from jaxlab.params import flatten, label_tree, merge, split, unflatten
-from jaxlab.peft.merge import has_lora
 
 FORMATS = ('timm', 'npz', 'adapters')
 

@@ -25,8 +25,8 @@ from jaxlab.io.export import to_big_vision, to_timm
 from jaxlab.io.pretrained import big_vision_to_params, read_safetensors, timm_to_params
 from jaxlab.models import vit
 from jaxlab.models.hyper_connections import HyperSpec
+from jaxlab.models.lora import LoraSpec, merge_lora
 from jaxlab.params import flatten, merge, unflatten
-from jaxlab.peft.merge import merge_lora
 from test_vit_loaders import TINY, TINY_IO, timm_to_big_vision
 
 HIGHEST = 'highest'
@@ -52,7 +52,7 @@ def tiny_sd():
 
 
 def test_merge_lora_gives_the_same_logits():
-  spec = vit.LoraSpec(rank=4, alpha=16.0, blocks=(0, 1))
+  spec = LoraSpec(rank=4, alpha=16.0, blocks=(0, 1))
   kw = dict(num_classes=5, image_size=16, patch=8, width=32, depth=2, heads=2, mlp_dim=64)
   lora_model, plain = vit.ViT(lora=spec, **kw), vit.ViT(**kw)
   x = jax.random.normal(jax.random.PRNGKey(1), (3, 16, 16, 3))
@@ -109,7 +109,7 @@ def test_exported_lora_model_reproduces_timm_logits_and_loads_in_timm(tiny_sd, t
     x, timm_logits = f['inputs_nhwc'], f['logits']
   base, params = vit.from_timm(tiny_sd)
   np.testing.assert_allclose(logits(base, params, x), timm_logits, atol=1e-4)  # the fixture
-  spec = vit.LoraSpec(rank=2, alpha=8.0, blocks=(0, 1))
+  spec = LoraSpec(rank=2, alpha=8.0, blocks=(0, 1))
   lora_model = base.clone(lora=spec)
   fresh = jax.eval_shape(lora_model.init, jax.random.PRNGKey(0), x[:1])['params']
   keys = iter(jax.random.split(jax.random.PRNGKey(3), 64))

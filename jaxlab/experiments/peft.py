@@ -21,7 +21,7 @@ from jaxlab.experiments import preflight
 from jaxlab.io import pretrained as pt
 from jaxlab.io.report import markdown_table, scatter_plot, with_status
 from jaxlab.io.writers import write_json, write_text
-from jaxlab.models.vit import LORA_TARGETS
+from jaxlab.models.lora import LORA_TARGETS
 from jaxlab.params import flatten, label_paths, merge
 from jaxlab.peft import api, methods
 from jaxlab.peft.lr_parity import LrParity

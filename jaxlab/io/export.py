@@ -3,7 +3,7 @@
 `to_timm` and `to_big_vision` are the exact inverses of jaxlab.io.pretrained's
 `timm_to_params` and `big_vision_to_params` (same name mapping, SPEC §1): loading
 what they return gives back the same arrays, bit for bit. LoRA pairs are merged
-into their kernels first (jaxlab.peft.merge.merge_lora, with the `alpha` the model
+into their kernels first (jaxlab.models.lora.merge_lora, with the `alpha` the model
 was built with). Models that timm's and big_vision's plain ViT cannot hold (RoPE
 instead of a position embedding, hyper-connections) are refused with the
 parameters that have no place there.
@@ -12,7 +12,7 @@ parameters that have no place there.
 import numpy as np
 
 from jaxlab.params import flatten
-from jaxlab.peft.merge import has_lora, merge_lora
+from jaxlab.models.lora import has_lora, merge_lora
 
 _BLOCK_LEAVES = ('norm1/scale', 'norm1/bias', 'attn/qkv/kernel', 'attn/qkv/bias',
                  'attn/proj/kernel', 'attn/proj/bias', 'norm2/scale', 'norm2/bias',

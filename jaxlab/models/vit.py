@@ -22,7 +22,6 @@ DINOv3-derived ViT of white-richard/latent-space, which the mHC family reproduce
 residual stream between blocks (None: the compute dtype).
 """
 
-import dataclasses
 import math
 
 import flax.linen as nn
@@ -33,8 +32,7 @@ import numpy as np
 
 from jaxlab.models import autodiff
 from jaxlab.models.hyper_connections import HyperConnection, HyperSpec, expand, reduce
-
-LORA_TARGETS = ('qkv', 'proj', 'fc1', 'fc2')
+from jaxlab.models.lora import LoraSpec
 
 # name: (patch, width, depth, heads, mlp_dim)
 VARIANTS = {
@@ -43,16 +41,6 @@ VARIANTS = {
     'B/16': (16, 768, 12, 12, 3072),
     'Ti/4': (4, 192, 12, 3, 768),
 }
-
-
-@dataclasses.dataclass(frozen=True)
-class LoraSpec:
-  """LoRA on `targets` of the blocks in `blocks`: y = xW + b + (alpha/rank)·dropout(x)·A·B."""
-  rank: int = 8
-  alpha: float = 16.0
-  dropout: float = 0.0
-  blocks: tuple[int, ...] = ()
-  targets: tuple[str, ...] = LORA_TARGETS
 
 
 def uniform_fan_in(fan_in):

@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxlab.io import pretrained as pt
-from jaxlab.models.vit import LORA_TARGETS, VARIANTS, LoraSpec, ViT
+from jaxlab.models.lora import LORA_TARGETS, LoraSpec
+from jaxlab.models.vit import VARIANTS, ViT
 from jaxlab.params import flatten, label_tree, run_keys, unflatten
 from jaxlab.peft import methods
 
