@@ -18,8 +18,8 @@ _EXPORTS = {
     # models and pretrained weights
     'ViT': 'jaxlab.models.vit',
     'LoraSpec': 'jaxlab.models.lora',
-    'from_timm': 'jaxlab.models.vit',
-    'from_big_vision': 'jaxlab.models.vit',
+    'from_timm': 'jaxlab.io.pretrained',
+    'from_big_vision': 'jaxlab.io.pretrained',
     'resample_pos_embed': 'jaxlab.io.pretrained',
     'resample_patch_kernel': 'jaxlab.io.pretrained',
     # PEFT

@@ -92,7 +92,7 @@ def apply_recipe(config):
     config.augment.resize = config.model.image_size
 
 
-graft = api.graft  # the backbone grafting that make_task does, under its historical name
+graft = pt.graft  # the backbone grafting that make_task does, under its historical name
 
 
 def make_task(config, num_classes, pretrained=None):
