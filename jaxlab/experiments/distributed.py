@@ -18,7 +18,7 @@ from jaxlab import checks, experiments, models
 from jaxlab.checks import at_least, positive, within
 from jaxlab.data.datasets import load_dataset
 from jaxlab.experiments import preflight
-from jaxlab.io.report import line_plot, markdown_table, with_status
+from jaxlab.io.figures import line_plot, markdown_table, with_status
 from jaxlab.io.writers import write_json, write_text
 from jaxlab.models import conv
 from jaxlab.optim.optimizers import LARGE_BATCH_FORMS, schedule_from_optim
@@ -27,7 +27,7 @@ from jaxlab.parallel.local import (DYNAMIC_FORMS, METHODS as LOCAL_METHODS, WORK
 from jaxlab.params import run_keys
 from jaxlab.train.guards import check_sweep, run_or_diverged
 from jaxlab.train.loop import fit
-from jaxlab.train.report import print_summary
+from jaxlab.train.summary import print_summary
 from jaxlab.train.sweep import apply_overrides, cell_name, parse_grid, run_cells, run_length
 from jaxlab.train.task import Task, flax_apply
 

@@ -20,7 +20,7 @@ from jaxlab.checks import at_least
 from jaxlab.credit import rules as credit
 from jaxlab.data.datasets import load_dataset
 from jaxlab.experiments import preflight
-from jaxlab.io.report import line_plot, markdown_table
+from jaxlab.io.figures import line_plot, markdown_table
 from jaxlab.io.writers import write_json, write_text
 from jaxlab.params import merge, run_keys
 from jaxlab.train.guards import check_sweep, run_or_diverged

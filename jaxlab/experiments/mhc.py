@@ -29,9 +29,10 @@ from jaxlab.data.datasets import load_dataset
 from jaxlab.data.pipeline import IMAGE_SHAPE, steps_per_epoch
 from jaxlab.experiments import preflight
 from jaxlab.io import record
+from jaxlab.io.figures import embedding_plot
 from jaxlab.io.writers import read_json, read_jsonl, write_json
 from jaxlab.metrics.classification import count_params
-from jaxlab.metrics.embedding import embedding_metrics, embedding_plot
+from jaxlab.metrics.embedding import embedding_metrics
 from jaxlab.optim import averaging, schedules
 from jaxlab.parallel.mesh import make_mesh, replicate
 from jaxlab.params import flatten, merge, run_keys

@@ -19,7 +19,7 @@ from jaxlab.checks import at_least, positive, within
 from jaxlab.data.datasets import load_dataset, select_classes
 from jaxlab.experiments import preflight
 from jaxlab.io import pretrained as pt
-from jaxlab.io.report import markdown_table, scatter_plot, with_status
+from jaxlab.io.figures import markdown_table, scatter_plot, with_status
 from jaxlab.io.writers import write_json, write_text
 from jaxlab.models.lora import LORA_TARGETS
 from jaxlab.params import flatten, label_paths, merge
@@ -27,7 +27,7 @@ from jaxlab.peft import api, methods
 from jaxlab.peft.lr_parity import LrParity
 from jaxlab.train.guards import check_sweep, run_or_diverged
 from jaxlab.train.loop import fit
-from jaxlab.train.report import print_summary
+from jaxlab.train.summary import print_summary
 from jaxlab.train.task import Task, flax_apply
 
 PRETRAINED_SOURCES = ('augreg', 'npz', 'timm', 'none', 'pretrain')
