@@ -34,7 +34,7 @@ def time_loop(name, small, steps, rounds=3):
   from benchmarks.run import index_drawer, make_workload
   from jaxlab.parallel.mesh import make_mesh, replicate
   from jaxlab.train.loop import fit
-  from jaxlab.train.setup import build
+  from jaxlab.train.setup import build_setup
 
   def workload():
     config, task, shape, held = make_workload(name, small)
@@ -51,7 +51,7 @@ def time_loop(name, small, steps, rounds=3):
   config, task, shape = workload()
   batch, mesh = config.train.batch_size, make_mesh()
   dataset = random_dataset(shape, batch * steps, 10)
-  setup = build(config, task, mesh, total_steps=steps, steps_per_epoch=steps)
+  setup = build_setup(config, task, mesh, total_steps=steps, steps_per_epoch=steps)
   copies = setup.copies
   data = replicate({'image': dataset.train.images, 'label': dataset.train.labels}, mesh)
   draw = index_drawer(np.random.default_rng(1), len(dataset.train.labels), batch, setup, mesh)

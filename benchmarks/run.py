@@ -141,7 +141,7 @@ def _ladder(small):
 
 def _vit_tiny(residual, small):
   from configs.mhc import get_config
-  from jaxlab.experiments.mhc import arm_config, build
+  from jaxlab.experiments.mhc import arm_config, model_and_params
   from jaxlab.train.task import Task, flax_apply
   arm = {'plain': 'regular', 'race': 'regular'}.get(residual, residual)
   c = arm_config(get_config('quick' if small else None), arm)
@@ -154,7 +154,7 @@ def _vit_tiny(residual, small):
       c.augment.update(randaugment_ops=0, erasing_p=0.0, rotation=0.0, perspective=0.0,
                        color_jitter=(0.0, 0.0, 0.0, 0.0), crop_padding=0, rrc_scale=(0.0, 0.0),
                        flip=not small)
-  model, params = build(c, 10)
+  model, params = model_and_params(c, 10)
   return c, Task(params=params, apply=flax_apply(model), rules=(('.*', 'all'),)), (32, 32, 3), \
       frozenset()
 
@@ -214,9 +214,9 @@ def step_flops(name, small, held, data, indices):
   import jax
 
   from jaxlab.parallel.mesh import make_mesh
-  from jaxlab.train.setup import build
+  from jaxlab.train.setup import build_setup
   config, task, _, _ = make_workload(name, small, conv_impl='xla')
-  setup = build(config, task, make_mesh(jax.devices()[:1]), total_steps=10_000, steps_per_epoch=100)
+  setup = build_setup(config, task, make_mesh(jax.devices()[:1]), total_steps=10_000, steps_per_epoch=100)
   spec = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
   cost = setup.chunk_fn(held).lower(spec(setup.state), spec(data), spec(indices)).cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -246,7 +246,7 @@ def time_workload(name, small, steps, warmup, seed=0, profile='', batch=0):
   from jaxlab.metrics.system import peak_memory
   from jaxlab.parallel.local import make_average
   from jaxlab.parallel.mesh import make_mesh, replicate
-  from jaxlab.train.setup import build
+  from jaxlab.train.setup import build_setup
 
   config, task, shape, held = make_workload(name, small)
   if batch:
@@ -254,7 +254,7 @@ def time_workload(name, small, steps, warmup, seed=0, profile='', batch=0):
       config.train.batch_size = batch
   batch = config.train.batch_size
   mesh = make_mesh()
-  setup = build(config, task, mesh, total_steps=10_000, steps_per_epoch=100)
+  setup = build_setup(config, task, mesh, total_steps=10_000, steps_per_epoch=100)
   state = setup.place(setup.state)
   copies = setup.copies
   rng = np.random.default_rng(seed)

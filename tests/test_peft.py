@@ -26,7 +26,7 @@ def s16_trainables(method, policy='deep_lora'):
   config = hybrid.get_config()
   blocks = methods.lora_blocks(method, 12, policy)
   lora = LoraSpec(blocks=blocks) if blocks else None
-  model = models.build(config.model, 100, lora=lora)
+  model = models.model_from_config(config.model, 100, lora=lora)
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3)))['params']
   labels = flatten(label_tree(shapes, methods.rules(method, 12, blocks)))
   return sum(int(np.prod(s.shape)) for k, s in flatten(shapes).items() if labels[k] != FROZEN)
@@ -290,14 +290,14 @@ def test_training_step_carries_no_diagnostics(tiny_digits):
   """The compiled hybrid step costs the same with diagnostics on and off: the norms and the two
   JVPs of cos/lora_norm run in their own function, outside the timed step."""
   from jaxlab.parallel.mesh import replicate, shard_leading
-  from jaxlab.train.setup import build
+  from jaxlab.train.setup import build_setup
   mesh = make_mesh(jax.devices()[:1])
   data = replicate({'image': tiny_digits.train.images, 'label': tiny_digits.train.labels}, mesh)
   idx = shard_leading(np.arange(8, dtype=np.int32)[None], mesh, 1)
   flops, setups = {}, {}
   for on in (True, False):
     c = tiny_config(diagnostics=on)
-    setup = build(c, peft.make_task(c, 10), mesh, 8, 4)
+    setup = build_setup(c, peft.make_task(c, 10), mesh, 8, 4)
     compiled = setup.chunk_fn(frozenset()).lower(setup.place(setup.state), data, idx).compile()
     cost = compiled.cost_analysis()
     flops[on] = (cost[0] if isinstance(cost, (list, tuple)) else cost)['flops']

@@ -101,7 +101,7 @@ def local_spec(config, steps_per_epoch):
 def make_task(config, num_classes, image_shape, workers=None):
   """LeNet-style classifier with every parameter in one optimizer group; model.param_init:
   'torch' (PyTorch's defaults, as the original) or 'lecun' (see jaxlab.models.conv)."""
-  model = models.build(config.model, num_classes)
+  model = models.model_from_config(config.model, num_classes)
   if hasattr(model, 'param_init'):
     model = model.clone(param_init=config.model.get('param_init', 'torch'))
   init_key, _, _ = run_keys(config.seed)

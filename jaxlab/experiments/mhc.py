@@ -64,10 +64,10 @@ def arm_config(config, arm):
 
 
 def build_model(model_cfg, num_classes):
-  """models.build's ViT with this family's fields (see the module docstring); defaults when a
+  """models.model_from_config's ViT with this family's fields (see the module docstring); defaults when a
   config lacks them: integer RoPE in float32, the compute dtype's stream, and HyperSpec's
   own (res_apply 'transpose', final_norm 'after_reduce')."""
-  model = models.build(model_cfg, num_classes)
+  model = models.model_from_config(model_cfg, num_classes)
   stream = model_cfg.get('stream_dtype', '')
   extra = dict(rope_form=model_cfg.get('rope_form', 'integer'),
                rope_dtype=model_cfg.get('rope_dtype', 'float32'),
@@ -80,7 +80,7 @@ def build_model(model_cfg, num_classes):
   return model.clone(**extra)
 
 
-def build(config, num_classes):
+def model_and_params(config, num_classes):
   """(model, initial params) of the configured ViT."""
   model = build_model(config.model, num_classes)
   size = config.model.image_size
@@ -140,7 +140,7 @@ def step_time(summary, workdir):
 def run_arm(config, workdir, dataset, arm):
   """Train one arm; returns its row of the record (also in workdir/arm.json)."""
   c = arm_config(config, arm)
-  model, params = build(c, dataset.num_classes)
+  model, params = model_and_params(c, dataset.num_classes)
   spec = model.residual
   if spec is not None:
     spec.warn_if_trivial()

@@ -37,7 +37,7 @@ class Setup:
   diagnostics_fn: Callable | None = None
 
 
-def build(config, task, mesh, total_steps, steps_per_epoch, layout=None):
+def build_setup(config, task, mesh, total_steps, steps_per_epoch, layout=None):
   """The Setup of `task` trained as `config` says for `total_steps` steps on `mesh`
   (`layout`: the one `layouts.choose` picks, when not given)."""
   layout = layout or layouts.choose(config, task, mesh)
