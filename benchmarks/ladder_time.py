@@ -25,7 +25,7 @@ def time_ladder_epoch(variant, small, rules=('bp', 'fa', 'dfa')):
   """The `ladder_time/<variant>` row: one epoch of each rule's k = L cell, and the projection."""
   import jax
 
-  from benchmarks.loop import random_dataset
+  from benchmarks.workloads import random_dataset
   from configs.ladder import get_config
   from jaxlab.experiments.ladder import cells, make_task
   from jaxlab.train.loop import fit

@@ -16,24 +16,14 @@ import time
 
 import numpy as np
 
-def random_dataset(shape, examples, classes, test=64, seed=0):
-  """A Dataset of random uint8 images and labels: `examples` to train on, `test` to evaluate."""
-  from jaxlab.data.datasets import Dataset, Split
-  rng = np.random.default_rng(seed)
-  split = lambda n: Split(rng.integers(0, 256, (n, *shape), dtype=np.uint8),
-                          rng.integers(0, classes, (n,), dtype=np.int32))
-  return Dataset(name='random', train=split(examples), test=split(test), num_classes=classes,
-                 eval_split='test')
-
-
 def time_loop(name, small, steps, rounds=3):
   """The `loop/<name>` row: trainer and bare-loop img/s of `steps` steps, `rounds` times."""
   import jax
 
-  from benchmarks.run import index_drawer, make_workload
+  from benchmarks.workloads import index_drawer, make_workload, random_dataset
   from jaxlab.parallel.mesh import make_mesh, replicate
   from jaxlab.train.loop import fit
-  from jaxlab.train.setup import build
+  from jaxlab.train.setup import build_setup
 
   def workload():
     config, task, shape, held = make_workload(name, small)
@@ -50,7 +40,7 @@ def time_loop(name, small, steps, rounds=3):
   config, task, shape = workload()
   batch, mesh = config.train.batch_size, make_mesh()
   dataset = random_dataset(shape, batch * steps, 10)
-  setup = build(config, task, mesh, total_steps=steps, steps_per_epoch=steps)
+  setup = build_setup(config, task, mesh, total_steps=steps, steps_per_epoch=steps)
   copies = setup.copies
   data = replicate({'image': dataset.train.images, 'label': dataset.train.labels}, mesh)
   draw = index_drawer(np.random.default_rng(1), len(dataset.train.labels), batch, setup, mesh)

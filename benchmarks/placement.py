@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 
-from benchmarks.run import default_out
+from benchmarks.workloads import default_out
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKLOADS = {

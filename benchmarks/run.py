@@ -43,12 +43,14 @@ import argparse
 import datetime
 import json
 import os
-import re
 import shlex
 import statistics
 import subprocess
 import sys
 import time
+
+from benchmarks.workloads import (LOCAL_ARMS, LOCAL_WORKERS, WORKLOADS, default_out,
+                                  default_workloads, index_drawer, make_workload, sizes_of)
 
 RESULT_PREFIX = 'SUITE_JSON '
 
@@ -67,40 +69,6 @@ PEAK_FLOPS = (
     ('TPU v5e', 197e12),
 )
 
-PEFT_CELLS = ('norm', 'lora', 'hybrid_parallel', 'hybrid_parallel@lora', 'hybrid_parallel@norm',
-              'hybrid_layerwise/deep_lora', 'hybrid_layerwise/deep_lora@lora',
-              'hybrid_layerwise/deep_lora@norm')
-PEFT_METHODS = tuple(c for c in PEFT_CELLS if '@' not in c)
-RESIDUALS = ('plain', 'mhc_static', 'mhc_dynamic', 'race')
-LOCAL_ARMS = ('sync', 'j1', 'j8', 'j32')
-LADDER_VARIANTS = ('d256_L4', 'd512_L2')
-WORKLOADS = (tuple(f'peft/{c}' for c in PEFT_CELLS) + ('ladder',)
-             + tuple(f'vit_tiny/{r}' for r in RESIDUALS)
-             + ('lenet/64', 'lenet/1024', 'lenet/8192')
-             + tuple(f'local/{arm}' for arm in LOCAL_ARMS)
-             + tuple(f'loop/{w}' for w in ('ladder',) + tuple(f'peft/{m}' for m in PEFT_METHODS))
-             + tuple(f'ladder_time/{v}' for v in LADDER_VARIANTS))
-
-
-def default_workloads(sizes):
-  """The suite's rows at `sizes` ('gpu', 'cpu': real models, small batches, or 'small')."""
-  peft = PEFT_CELLS if sizes == 'gpu' else PEFT_METHODS if sizes == 'cpu' else PEFT_CELLS
-  lenet = ('lenet/64', 'lenet/8192') if sizes == 'gpu' else ('lenet/64', 'lenet/1024')
-  loops = () if sizes == 'gpu' else tuple(w for w in WORKLOADS if w.startswith('loop/'))
-  return (tuple(f'peft/{c}' for c in peft) + ('ladder',)
-          + tuple(f'vit_tiny/{r}' for r in RESIDUALS) + lenet
-          + tuple(f'local/{arm}' for arm in LOCAL_ARMS) + loops
-          + tuple(f'ladder_time/{v}' for v in LADDER_VARIANTS))
-
-
-def sizes_of(small):
-  """'small' (--small), else 'cpu' or 'gpu' by the default backend: a CPU runs the real models
-  at small batches (PEFT 8, ViT-Ti/4 64 in fp32)."""
-  if small:
-    return 'small'
-  import jax
-  return 'cpu' if jax.default_backend() == 'cpu' else 'gpu'
-LOCAL_WORKERS = 4
 
 
 def peak_flops(device_kind):
@@ -108,102 +76,6 @@ def peak_flops(device_kind):
     if name.lower() in (device_kind or '').lower():
       return peak
   return None
-
-
-# ----------------------------------------------------------------------------- workloads
-
-
-def _peft(spec, small):
-  from configs.hybrid import get_config
-  from jaxlab.experiments.peft import apply_recipe, make_task
-  method, _, held = spec.partition('@')
-  c = get_config('quick' if small else None)
-  name, _, policy = method.partition('/')
-  with c.unlocked():
-    c.pretrained.source = 'none'
-    c.sweep.runs = ()
-    c.peft.update(dict(method=name, diagnostics=False))
-    if policy:
-      c.peft.policy = policy
-    c.train.batch_size = 8 if small or sizes_of(small) == 'cpu' else 128
-    c.augment.rrc_scale = (0.0, 0.0)  # quick's random zoom: not in the PyTorch reference
-  apply_recipe(c)
-  return c, make_task(c, 100), (32, 32, 3), frozenset([held] if held else [])
-
-
-def _ladder(small):
-  from configs.ladder import get_config
-  from jaxlab.experiments.ladder import make_task
-  c = get_config('quick' if small else None)
-  shape = (32, 32, 3)
-  return c, make_task(c, 'bp', c.model.depth, tuple(c.seeds), shape, 10), shape, frozenset()
-
-
-def _vit_tiny(residual, small):
-  from configs.mhc import get_config
-  from jaxlab.experiments.mhc import arm_config, build
-  from jaxlab.train.task import Task, flax_apply
-  arm = {'plain': 'regular', 'race': 'regular'}.get(residual, residual)
-  c = arm_config(get_config('quick' if small else None), arm)
-  with c.unlocked():
-    if sizes_of(small) != 'gpu':
-      c.train.batch_size = 64
-      c.model.dtype = 'float32'
-    if residual == 'race':  # as benchmarks/torch_refs.py:time_vit_tiny has it
-      c.model.pos = 'learned'
-      c.augment.update(randaugment_ops=0, erasing_p=0.0, rotation=0.0, perspective=0.0,
-                       color_jitter=(0.0, 0.0, 0.0, 0.0), crop_padding=0, rrc_scale=(0.0, 0.0),
-                       flip=not small)
-  model, params = build(c, 10)
-  return c, Task(params=params, apply=flax_apply(model), rules=(('.*', 'all'),)), (32, 32, 3), \
-      frozenset()
-
-
-def _lenet(batch, small, conv_impl):
-  from configs.distributed import get_config
-  from jaxlab.experiments.distributed import make_task
-  c = get_config(None)
-  with c.unlocked():
-    c.train.batch_size = min(batch, 1024) if small else batch
-    c.model.conv_impl = conv_impl
-  return c, make_task(c, 100, (32, 32, 3)), (32, 32, 3), frozenset()
-
-
-def _local(arm, small, conv_impl):
-  import jax
-
-  from configs.distributed import get_config
-  from jaxlab.experiments.distributed import local_spec, make_task
-  c = get_config(None)
-  per_worker = 16 if small else 64
-  devices = jax.device_count()
-  workers = -(-LOCAL_WORKERS // devices) * devices  # 4, or a multiple of a larger device count
-  with c.unlocked():
-    c.model.conv_impl = conv_impl
-    if arm == 'sync':
-      c.train.batch_size = per_worker * workers
-    else:
-      c.local.update(method='local_sgd', workers=workers, sync_every=int(arm[1:]))
-      c.train.batch_size = per_worker
-  task = make_task(c, 100, (32, 32, 3), local_spec(c, steps_per_epoch=100))
-  return c, task, (32, 32, 3), frozenset()
-
-
-def make_workload(name, small, conv_impl='auto'):
-  """(config, task, source image shape, held groups) of a workload name; `conv_impl` for the
-  LeNet-5 workloads (see jaxlab.models.conv)."""
-  family, _, rest = name.partition('/')
-  if family == 'peft':
-    return _peft(rest, small)
-  if name == 'ladder':
-    return _ladder(small)
-  if family == 'vit_tiny':
-    return _vit_tiny(rest, small)
-  if family == 'lenet':
-    return _lenet(int(rest), small, conv_impl)
-  if family == 'local' and name in WORKLOADS:
-    return _local(rest, small, conv_impl)
-  raise ValueError(f'unknown workload {name!r}; choose from {", ".join(WORKLOADS)}')
 
 
 def step_flops(name, small, held, data, indices):
@@ -214,25 +86,13 @@ def step_flops(name, small, held, data, indices):
   import jax
 
   from jaxlab.parallel.mesh import make_mesh
-  from jaxlab.train.setup import build
+  from jaxlab.train.setup import build_setup
   config, task, _, _ = make_workload(name, small, conv_impl='xla')
-  setup = build(config, task, make_mesh(jax.devices()[:1]), total_steps=10_000, steps_per_epoch=100)
+  setup = build_setup(config, task, make_mesh(jax.devices()[:1]), total_steps=10_000, steps_per_epoch=100)
   spec = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
   cost = setup.chunk_fn(held).lower(spec(setup.state), spec(data), spec(indices)).cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return float(cost['flops']) if cost and cost.get('flops', -1) >= 0 else None
-
-
-def index_drawer(rng, pool, batch, setup, mesh):
-  """A function drawing one step's random batch indices into a pool of `pool` examples, placed
-  as the step reads them: [1, B], or [1, copies, B] (seeds share the batch's sharding, workers
-  are themselves sharded over the devices)."""
-  import numpy as np
-
-  from jaxlab.parallel.mesh import shard_leading
-  size = (1, batch) if setup.copies == 1 else (1, setup.copies, batch)
-  return lambda: shard_leading(rng.integers(0, pool, size).astype(np.int32), mesh,
-                               axis=setup.layout.batch_axis)
 
 
 def time_workload(name, small, steps, warmup, seed=0, profile='', batch=0):
@@ -246,7 +106,7 @@ def time_workload(name, small, steps, warmup, seed=0, profile='', batch=0):
   from jaxlab.metrics.system import peak_memory
   from jaxlab.parallel.local import make_average
   from jaxlab.parallel.mesh import make_mesh, replicate
-  from jaxlab.train.setup import build
+  from jaxlab.train.setup import build_setup
 
   config, task, shape, held = make_workload(name, small)
   if batch:
@@ -254,7 +114,7 @@ def time_workload(name, small, steps, warmup, seed=0, profile='', batch=0):
       config.train.batch_size = batch
   batch = config.train.batch_size
   mesh = make_mesh()
-  setup = build(config, task, mesh, total_steps=10_000, steps_per_epoch=100)
+  setup = build_setup(config, task, mesh, total_steps=10_000, steps_per_epoch=100)
   state = setup.place(setup.state)
   copies = setup.copies
   rng = np.random.default_rng(seed)
@@ -529,15 +389,6 @@ def time_child(args):
     return time_ladder_epoch(rest, args.small)
   return time_workload(args.workload, args.small, args.steps or 20, args.warmup,
                        profile=args.profile, batch=args.batch)
-
-
-def default_out(benchmark, device_kind, small):
-  """benchmarks/results/<benchmark>_<device>_<date>[_small].json"""
-  device = re.sub(r'[^A-Za-z0-9]+', '-', device_kind or '').strip('-').lower() or 'unknown'
-  suffix = '_small' if small else ''
-  root = os.path.dirname(os.path.abspath(__file__))
-  return os.path.join(root, 'results',
-                      f'{benchmark}_{device}_{datetime.date.today().isoformat()}{suffix}.json')
 
 
 def main(argv=None):

@@ -17,18 +17,18 @@ __version__ = "0.1.0"
 _EXPORTS = {
     # models and pretrained weights
     'ViT': 'jaxlab.models.vit',
-    'LoraSpec': 'jaxlab.models.vit',
-    'from_timm': 'jaxlab.models.vit',
-    'from_big_vision': 'jaxlab.models.vit',
+    'LoraSpec': 'jaxlab.models.lora',
+    'from_timm': 'jaxlab.io.pretrained',
+    'from_big_vision': 'jaxlab.io.pretrained',
     'resample_pos_embed': 'jaxlab.io.pretrained',
     'resample_patch_kernel': 'jaxlab.io.pretrained',
     # PEFT
     'vit_with_peft': 'jaxlab.peft.api',
-    'merge_lora': 'jaxlab.peft.merge',
-    'label_tree': 'jaxlab.peft.partition',
-    'split': 'jaxlab.peft.partition',
-    'merge': 'jaxlab.peft.partition',
-    'subtree_labels': 'jaxlab.peft.partition',
+    'merge_lora': 'jaxlab.models.lora',
+    'label_tree': 'jaxlab.params',
+    'split': 'jaxlab.params',
+    'merge': 'jaxlab.params',
+    'subtree_labels': 'jaxlab.params',
     # optimizers and data
     'make_optimizer': 'jaxlab.optim.optimizers',
     'make_schedule': 'jaxlab.optim.schedules',

@@ -3,7 +3,7 @@
 Formats:
   timm      safetensors in timm's VisionTransformer layout (vit_small_patch16_224 for ViT-S/16),
             LoRA merged into the kernels; `timm.create_model(name, num_classes=C)` loads it.
-  npz       big_vision's (AugReg) npz layout, LoRA merged; jaxlab.models.vit.from_big_vision
+  npz       big_vision's (AugReg) npz layout, LoRA merged; jaxlab.io.pretrained.from_big_vision
             and big_vision load it.
   adapters  safetensors of the trained parameters only (LoRA pairs, tuned norms, head) under
             jaxlab's parameter paths, with the method, rank, alpha and the backbone's source
@@ -23,11 +23,11 @@ import numpy as np
 
 from jaxlab.checks import EnvFailure
 from jaxlab.io.checkpoint import BACKBONE, fingerprint
-from jaxlab.io.export import to_big_vision, to_timm
-from jaxlab.io.pretrained import read_safetensors, read_safetensors_metadata, write_safetensors
+from jaxlab.io.pretrained import (read_safetensors, read_safetensors_metadata, to_big_vision, to_timm,
+                                  write_safetensors)
 from jaxlab.io.writers import read_json
-from jaxlab.peft.merge import has_lora
-from jaxlab.peft.partition import flatten, label_tree, merge, split, unflatten
+from jaxlab.models.lora import has_lora
+from jaxlab.params import flatten, label_tree, merge, split, unflatten
 
 FORMATS = ('timm', 'npz', 'adapters')
 

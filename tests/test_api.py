@@ -16,11 +16,11 @@ import pytest
 import jaxlab
 from configs import hybrid
 from jaxlab.experiments import peft
+from jaxlab.io import pretrained
 from jaxlab.io.pretrained import read_safetensors, timm_to_params
-from jaxlab.models import vit
 from jaxlab.optim.optimizers import make_optimizer, optimizer_from_config
+from jaxlab.params import FROZEN, flatten, label_tree
 from jaxlab.peft.api import vit_with_peft
-from jaxlab.peft.partition import FROZEN, flatten, label_tree
 from test_vit_loaders import TINY, TINY_IO, timm_to_big_vision
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -90,7 +90,7 @@ def test_vit_with_peft_from_timm_keeps_the_backbone_and_a_fresh_head(tiny_timm, 
   # logits test_vit_loaders pins to timm's.
   with np.load(TINY_IO) as f:
     x = f['inputs_nhwc']
-  base, base_params = vit.from_timm(tiny_timm)
+  base, base_params = pretrained.from_timm(tiny_timm)
   embed = jax.jit(lambda m, p: m.apply({'params': p}, x, embed=True), static_argnums=0)
   np.testing.assert_allclose(embed(model, params), embed(base, base_params), atol=1e-5)
 
@@ -106,7 +106,7 @@ def test_all_weight_formats_give_the_same_model(tiny_timm, lora_tiny):
 
 
 def test_from_timm_and_big_vision_with_another_num_classes(tiny_timm, lora_tiny):
-  model, params = vit.from_timm(TINY, num_classes=100, seed=3)
+  model, params = pretrained.from_timm(TINY, num_classes=100, seed=3)
   _, ref = timm_to_params(tiny_timm)
   assert model.num_classes == 100 and params['head']['kernel'].shape == (128, 100)
   assert_trees_equal({k: v for k, v in params.items() if k != 'head'},
@@ -119,11 +119,11 @@ def test_from_timm_and_big_vision_with_another_num_classes(tiny_timm, lora_tiny)
                                 head_init='uniform')
   assert_trees_equal(params['head'], uniform['head'])
   assert np.all(np.asarray(lora_tiny[1]['head']['bias']) == 0)
-  _, again = vit.from_big_vision(timm_to_big_vision(tiny_timm, heads=2), num_classes=100, seed=3)
+  _, again = pretrained.from_big_vision(timm_to_big_vision(tiny_timm, heads=2), num_classes=100, seed=3)
   assert_trees_equal(again, params)
-  _, other_seed = vit.from_timm(TINY, num_classes=100, seed=4)
+  _, other_seed = pretrained.from_timm(TINY, num_classes=100, seed=4)
   assert not np.array_equal(other_seed['head']['kernel'], params['head']['kernel'])
-  model, params = vit.from_timm(TINY, image_size=64)  # grid 8: resampled (test_resample.py)
+  model, params = pretrained.from_timm(TINY, image_size=64)  # grid 8: resampled (test_resample.py)
   assert model.image_size == 64 and params['pos_embed'].shape == (1, 65, 128)
   np.testing.assert_array_equal(params['head']['kernel'], ref['head']['kernel'])
 
@@ -236,7 +236,7 @@ def test_import_jaxlab_is_cheap_and_every_export_resolves():
   assert out.stdout.strip() == '[]'
   for name in jaxlab.__all__:
     assert getattr(jaxlab, name) is not None, name
-  assert jaxlab.vit_with_peft is vit_with_peft and jaxlab.from_timm is vit.from_timm
+  assert jaxlab.vit_with_peft is vit_with_peft and jaxlab.from_timm is pretrained.from_timm
   with pytest.raises(AttributeError):
     jaxlab.no_such_name  # noqa: B018
 

@@ -7,7 +7,7 @@ import optax
 import pytest
 
 from jaxlab.credit import rules
-from jaxlab.peft.partition import flatten
+from jaxlab.params import flatten
 
 SHAPE = (8, 8, 3)
 BLOCKS = (0, 1, 2)

@@ -7,8 +7,8 @@ from sklearn.metrics import silhouette_score
 from sklearn.neighbors import KNeighborsClassifier
 
 from jaxlab.metrics import embedding
-from jaxlab.metrics.embedding import (embedding_metrics, embedding_plot, knn_accuracy,
-                                      project_2d, silhouette)
+from jaxlab.io.figures import embedding_plot
+from jaxlab.metrics.embedding import embedding_metrics, knn_accuracy, project_2d, silhouette
 
 HAVE_UMAP = importlib.util.find_spec('umap') is not None
 N = 437  # not a multiple of BLOCK, so the last block is padded

@@ -21,12 +21,12 @@ from jaxlab.data.augment import make_eval_preprocess
 from jaxlab.data.datasets import load_dataset, select_classes
 from jaxlab.experiments import peft
 from jaxlab.export import ExportError, export, main, read_adapters, run_params
-from jaxlab.io.export import to_big_vision, to_timm
+from jaxlab.io import pretrained
 from jaxlab.io.pretrained import big_vision_to_params, read_safetensors, timm_to_params
 from jaxlab.models import vit
 from jaxlab.models.hyper_connections import HyperSpec
-from jaxlab.peft.merge import merge_lora
-from jaxlab.peft.partition import flatten, merge, unflatten
+from jaxlab.models.lora import LoraSpec, merge_lora
+from jaxlab.params import flatten, merge, unflatten
 from test_vit_loaders import TINY, TINY_IO, timm_to_big_vision
 
 HIGHEST = 'highest'
@@ -52,7 +52,7 @@ def tiny_sd():
 
 
 def test_merge_lora_gives_the_same_logits():
-  spec = vit.LoraSpec(rank=4, alpha=16.0, blocks=(0, 1))
+  spec = LoraSpec(rank=4, alpha=16.0, blocks=(0, 1))
   kw = dict(num_classes=5, image_size=16, patch=8, width=32, depth=2, heads=2, mlp_dim=64)
   lora_model, plain = vit.ViT(lora=spec, **kw), vit.ViT(**kw)
   x = jax.random.normal(jax.random.PRNGKey(1), (3, 16, 16, 3))
@@ -83,7 +83,7 @@ def test_merge_lora_refuses_half_pairs():
 
 def test_to_timm_inverts_the_timm_loader(tiny_sd):
   _, params = timm_to_params(tiny_sd)
-  back = to_timm(params)
+  back = pretrained.to_timm(params)
   assert sorted(back) == sorted(tiny_sd)
   for k, v in tiny_sd.items():
     assert back[k].dtype == v.dtype and back[k].shape == v.shape, k
@@ -92,7 +92,7 @@ def test_to_timm_inverts_the_timm_loader(tiny_sd):
 
 def test_to_big_vision_matches_an_independent_mapping_and_inverts_the_loader(tiny_sd):
   arch, params = timm_to_params(tiny_sd)
-  bv = to_big_vision(params, heads=arch['heads'])
+  bv = pretrained.to_big_vision(params, heads=arch['heads'])
   ref = timm_to_big_vision(tiny_sd, arch['heads'])
   assert sorted(bv) == sorted(ref)
   for k in ref:
@@ -107,9 +107,9 @@ def test_exported_lora_model_reproduces_timm_logits_and_loads_in_timm(tiny_sd, t
   give the LoRA model's logits."""
   with np.load(TINY_IO) as f:
     x, timm_logits = f['inputs_nhwc'], f['logits']
-  base, params = vit.from_timm(tiny_sd)
+  base, params = pretrained.from_timm(tiny_sd)
   np.testing.assert_allclose(logits(base, params, x), timm_logits, atol=1e-4)  # the fixture
-  spec = vit.LoraSpec(rank=2, alpha=8.0, blocks=(0, 1))
+  spec = LoraSpec(rank=2, alpha=8.0, blocks=(0, 1))
   lora_model = base.clone(lora=spec)
   fresh = jax.eval_shape(lora_model.init, jax.random.PRNGKey(0), x[:1])['params']
   keys = iter(jax.random.split(jax.random.PRNGKey(3), 64))
@@ -117,8 +117,8 @@ def test_exported_lora_model_reproduces_timm_logits_and_loads_in_timm(tiny_sd, t
               for k, v in flatten(fresh).items() if '/lora_' in k}
   lora_params = merge(params, unflatten(adapters))
   want = logits(lora_model, lora_params, x)
-  sd = to_timm(lora_params, alpha=8.0)
-  model2, params2 = vit.from_timm(sd)
+  sd = pretrained.to_timm(lora_params, alpha=8.0)
+  model2, params2 = pretrained.from_timm(sd)
   np.testing.assert_allclose(logits(model2, params2, x), want, atol=1e-5)
 
   torch = pytest.importorskip('torch')
@@ -136,7 +136,7 @@ def test_export_refuses_what_timm_cannot_hold():
                   residual=HyperSpec(kind='static', streams=2, tau=0.05, iterations=2))
   params = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))['params']
   with pytest.raises(ValueError, match='no place for .*hc_attn'):
-    to_timm(params)
+    pretrained.to_timm(params)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -209,11 +209,11 @@ def test_exported_model_reproduces_the_runs_accuracy(runs, tmp_path):
   timm_file, npz_file = str(tmp_path / 'model.safetensors'), str(tmp_path / 'model.npz')
   assert 'LoRA merged' in export(adapters, 'timm', timm_file)
   assert 'LoRA merged' in export(adapters, 'npz', npz_file)
-  model, params = vit.from_timm(timm_file)
+  model, params = pretrained.from_timm(timm_file)
   got = logits(model, params, x)
   acc = float(np.mean(got.argmax(-1) == y))
   assert acc == pytest.approx(summary['acc1'], abs=1e-9), (acc, summary['acc1'])
-  model_bv, params_bv = vit.from_big_vision(npz_file)
+  model_bv, params_bv = pretrained.from_big_vision(npz_file)
   np.testing.assert_allclose(logits(model_bv, params_bv, x), got, atol=1e-5)
 
   adapter_file = str(tmp_path / 'adapters.safetensors')

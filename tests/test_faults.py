@@ -24,12 +24,13 @@ import pytest
 from configs import ladder as ladder_configs
 from configs.common import base_config
 from jaxlab import checks, experiments, launch
-from jaxlab.data.datasets import Dataset, Split, load_dataset
+from jaxlab.data.datasets import Dataset, load_dataset
+from jaxlab.data.pipeline import Split
 from jaxlab.io import lock
 from jaxlab.models.resmlp import ResMLP
 from jaxlab.parallel.local import LocalSpec
 from jaxlab.parallel.mesh import make_mesh
-from jaxlab.peft.partition import flatten
+from jaxlab.params import flatten
 from jaxlab.train import guards, preemption
 from jaxlab.train.loop import fit
 from jaxlab.train.task import Task, flax_apply

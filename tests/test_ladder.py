@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 
 from configs import ladder as ladder_config
-from jaxlab.data.datasets import Dataset, Split, load_dataset
+from jaxlab.data.datasets import Dataset, load_dataset
+from jaxlab.data.pipeline import Split
 from jaxlab.experiments import ladder
 from jaxlab.parallel.mesh import make_mesh
-from jaxlab.peft.partition import flatten
+from jaxlab.params import flatten
 from jaxlab.train.loop import fit
 
 SHAPE = (32, 32, 3)

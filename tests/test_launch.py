@@ -69,7 +69,7 @@ def test_launch_errors_are_one_clean_line(tmp_path):
 
 
 def test_a_device_count_in_the_environment_beats_the_configs_default(monkeypatch):
-  import launch
+  from jaxlab import launch
   monkeypatch.delenv('JAX_NUM_CPU_DEVICES', raising=False)
   monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=2')
   assert launch._env_device_count(['launch.py', f'--config={QUICK}'])

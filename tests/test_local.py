@@ -15,7 +15,7 @@ from jaxlab.models.resmlp import ResMLP
 from jaxlab.optim.optimizers import optimizer_from_config
 from jaxlab.parallel.local import LocalSpec, make_average, worker_state
 from jaxlab.parallel.mesh import make_mesh, replicate, shard_leading
-from jaxlab.peft.partition import flatten, label_tree
+from jaxlab.params import flatten, label_tree
 from jaxlab.train.state import TrainState
 from jaxlab.train.step import make_train_chunk, train_step
 from jaxlab.train.task import Task, flax_apply
@@ -208,7 +208,8 @@ def test_large_batch_optimizers_match_numpy(name, reference):
 
 def test_grid_sweep_resumes_cell_by_cell(tmp_path, monkeypatch):
   from configs import distributed as dist_config
-  from jaxlab.data.datasets import Dataset, Split, load_dataset
+  from jaxlab.data.datasets import Dataset, load_dataset
+  from jaxlab.data.pipeline import Split
   from jaxlab.experiments import distributed
   d = load_dataset(dist_config.get_config('quick').data)
   small = Dataset(name='digits', train=Split(d.train.images[:64], d.train.labels[:64]),

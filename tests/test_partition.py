@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxlab.peft import partition
+from jaxlab import params as partition
 
 PARAMS = {
     'blocks': {'0': {'kernel': jnp.ones((2, 2)), 'norm': {'scale': jnp.ones(2)}},

@@ -10,13 +10,14 @@ import pytest
 
 from configs import hybrid
 from jaxlab import models
-from jaxlab.data.datasets import Dataset, Split, load_dataset
+from jaxlab.data.datasets import Dataset, load_dataset
+from jaxlab.data.pipeline import Split
 from jaxlab.experiments import peft
 from jaxlab.metrics.classification import count_params
-from jaxlab.models.vit import LoraSpec
+from jaxlab.models.lora import LoraSpec
 from jaxlab.parallel.mesh import make_mesh
+from jaxlab.params import FROZEN, flatten, label_tree, merge
 from jaxlab.peft import methods
-from jaxlab.peft.partition import FROZEN, flatten, label_tree, merge
 from jaxlab.train.loop import fit
 
 
@@ -25,7 +26,7 @@ def s16_trainables(method, policy='deep_lora'):
   config = hybrid.get_config()
   blocks = methods.lora_blocks(method, 12, policy)
   lora = LoraSpec(blocks=blocks) if blocks else None
-  model = models.build(config.model, 100, lora=lora)
+  model = models.model_from_config(config.model, 100, lora=lora)
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3)))['params']
   labels = flatten(label_tree(shapes, methods.rules(method, 12, blocks)))
   return sum(int(np.prod(s.shape)) for k, s in flatten(shapes).items() if labels[k] != FROZEN)
@@ -55,7 +56,7 @@ def test_layerwise_rules_train_own_norms_only():
   rules = methods.rules('hybrid_layerwise', 3, (2,))
   paths = ['blocks_0/norm1/scale', 'blocks_2/norm1/scale', 'blocks_2/attn/qkv/lora_a',
            'norm/scale', 'head/kernel', 'blocks_0/attn/qkv/kernel']
-  from jaxlab.peft.partition import label_paths
+  from jaxlab.params import label_paths
   assert label_paths(paths, rules) == {
       'blocks_0/norm1/scale': 'norm', 'blocks_2/norm1/scale': FROZEN,
       'blocks_2/attn/qkv/lora_a': 'lora', 'norm/scale': FROZEN, 'head/kernel': 'head',
@@ -189,7 +190,7 @@ def test_diagnostics_match_numpy(tmp_path, tiny_digits):
 
   # Recompute step 0 independently: same batch, same preprocessing, explicit Jacobians.
   from jaxlab.data.pipeline import EpochIndices
-  from jaxlab.train.loop import run_keys
+  from jaxlab.params import run_keys
   from jaxlab.data.augment import make_eval_preprocess
   _, data_key, _ = run_keys(c.seed)
   idx = EpochIndices(data_key, 32, 8).chunk(0, 1)[0]
@@ -201,7 +202,7 @@ def test_diagnostics_match_numpy(tmp_path, tiny_digits):
   def logits_of(vec_by_group):
     full = dict(flat)
     full.update(vec_by_group)
-    from jaxlab.peft.partition import unflatten
+    from jaxlab.params import unflatten
     return task.apply(unflatten(full), images, True, None)
 
   group = {g: {k: flat[k] for k in flat if labels[k] == g} for g in ('lora', 'norm')}
@@ -289,14 +290,14 @@ def test_training_step_carries_no_diagnostics(tiny_digits):
   """The compiled hybrid step costs the same with diagnostics on and off: the norms and the two
   JVPs of cos/lora_norm run in their own function, outside the timed step."""
   from jaxlab.parallel.mesh import replicate, shard_leading
-  from jaxlab.train.setup import build
+  from jaxlab.train.setup import build_setup
   mesh = make_mesh(jax.devices()[:1])
   data = replicate({'image': tiny_digits.train.images, 'label': tiny_digits.train.labels}, mesh)
   idx = shard_leading(np.arange(8, dtype=np.int32)[None], mesh, 1)
   flops, setups = {}, {}
   for on in (True, False):
     c = tiny_config(diagnostics=on)
-    setup = build(c, peft.make_task(c, 10), mesh, 8, 4)
+    setup = build_setup(c, peft.make_task(c, 10), mesh, 8, 4)
     compiled = setup.chunk_fn(frozenset()).lower(setup.place(setup.state), data, idx).compile()
     cost = compiled.cost_analysis()
     flops[on] = (cost[0] if isinstance(cost, (list, tuple)) else cost)['flops']

@@ -13,7 +13,7 @@ from jaxlab.data.datasets import load_dataset
 from jaxlab.experiments.distributed import local_spec, make_task
 from jaxlab.parallel.local import worker_steps_per_epoch
 from jaxlab.parallel.mesh import make_mesh
-from jaxlab.peft.partition import flatten
+from jaxlab.params import flatten
 from jaxlab.train.loop import fit
 from tests.test_trainer import small_digits, tiny_config  # noqa: F401  (fixture)
 

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from jaxlab.io import report
+from jaxlab.io import figures
 
 # The quick PEFT demo's trainable counts, with accuracies close enough to crowd the labels.
 CROWDED = [(26_053, 0.956, 'hybrid_parallel'), (13_125, 0.939, 'hybrid_layerwise/deep_lora'),
@@ -15,7 +15,7 @@ CROWDED = [(26_053, 0.956, 'hybrid_parallel'), (13_125, 0.939, 'hybrid_layerwise
 
 @pytest.fixture
 def drawn():
-  plt, fig, ax, labels = report.draw_scatter(
+  plt, fig, ax, labels = figures.draw_scatter(
       CROWDED, 'trainable parameters', 'Acc@1 (final)', 'PEFT, 4 methods: a long title ' * 4,
       logx=True, diverged=[(5_000, 'x: diverged at step 7')])
   fig.canvas.draw()
@@ -29,7 +29,7 @@ def test_labels_overlap_nothing_and_stay_inside(drawn):
   boxes = [a.get_window_extent(renderer) for a in labels]
   assert [a.get_text() for a in labels] == [p[2] for p in CROWDED]
   for a, b in itertools.combinations(boxes, 2):
-    assert report._overlap(a, b) == 0, (a, b)
+    assert figures._overlap(a, b) == 0, (a, b)
   frame = ax.get_window_extent(renderer)
   markers = [ax.transData.transform((x, y)) for x, y, _ in CROWDED]
   for box in boxes:
@@ -50,5 +50,5 @@ def test_log_axis_has_plain_ticks_and_no_minor_labels(drawn):
 
 
 def test_plain_number():
-  assert [report.plain_number(v) for v in (2000, 20000.0, 0.003, 1.5, 100)] == [
+  assert [figures.plain_number(v) for v in (2000, 20000.0, 0.003, 1.5, 100)] == [
       '2,000', '20,000', '0.003', '1.5', '100']

@@ -17,8 +17,8 @@ from jaxlab.experiments import peft
 from jaxlab.io.pretrained import (patch_resize_matrix, read_safetensors, resample_patch_kernel,
                                   resample_pos_embed, timm_to_params)
 from jaxlab.models.vit import ViT
+from jaxlab.params import flatten, unflatten
 from jaxlab.peft.api import vit_with_peft
-from jaxlab.peft.partition import flatten, unflatten
 
 TINY = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'fixtures',
                     'timm_vit_tiny.safetensors')  # timm ViT: 32 px, patch 8, width 128, depth 2

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 from configs.common import base_config
-from jaxlab.data.datasets import Dataset, Split, load_dataset
+from jaxlab.data.datasets import Dataset, load_dataset
+from jaxlab.data.pipeline import Split
 from jaxlab.experiments.distributed import make_task
 from jaxlab.parallel.mesh import make_mesh
-from jaxlab.peft.partition import flatten
+from jaxlab.params import flatten
 from jaxlab.train.loop import fit
 
 SUMMARY_FIELDS = ('acc1', 'nll', 'ece', 'trainable_params', 'avg_step_time_s',
@@ -163,8 +164,8 @@ def test_nonfinite_loss_stops_the_run_and_nothing_nonfinite_is_saved(tmp_path, s
   assert summary['status'] == f'diverged at step {bad}' and summary['diverged_at_step'] == bad
   # Every checkpoint that was written is finite.
   task = make_task(c, 10, (32, 32, 3))
-  from jaxlab.train.setup import build
-  like = build(c, task, make_mesh(jax.devices()[:1]), 8, 4).state
+  from jaxlab.train.setup import build_setup
+  like = build_setup(c, task, make_mesh(jax.devices()[:1]), 8, 4).state
   for s in saved:
     restored = Checkpointer(tmp_path / 'checkpoints', 1, 10).restore(like, s)
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(restored.params))
@@ -308,7 +309,7 @@ def test_steps_per_epoch_keep_the_last_partial_batch():
 def test_padded_and_masked_step_equals_the_step_on_the_real_examples(small_digits, devices):
   """12 real examples padded to a batch of 16 take exactly the step of the batch of 12."""
   from jaxlab.parallel.mesh import replicate, shard_leading
-  from jaxlab.train.setup import build
+  from jaxlab.train.setup import build_setup
   c = tiny_config()
   c.augment.update(crop_padding=2, flip=True)
   mesh = make_mesh(jax.devices()[:devices])
@@ -318,7 +319,7 @@ def test_padded_and_masked_step_equals_the_step_on_the_real_examples(small_digit
   for name, idx in (('real', real), ('padded', np.concatenate([real, np.full(4, -1, np.int32)]))):
     c.train.batch_size = len(idx)
     task = make_task(c, 10, (32, 32, 3))
-    setup = build(c, task, mesh, 8, 4)
+    setup = build_setup(c, task, mesh, 8, 4)
     state = setup.place(setup.state)
     init = params_of(state)  # the step donates the state
     new, metrics = setup.chunk_fn(frozenset())(state, data, shard_leading(idx[None], mesh, 1))

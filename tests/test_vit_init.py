@@ -26,7 +26,7 @@ def small(model_cfg, **fields):
 
 
 def init_params(model_cfg, seed=0):
-  model = models.build(model_cfg, CLASSES)
+  model = models.model_from_config(model_cfg, CLASSES)
   size = model_cfg.image_size
   params = jax.jit(model.init)(jax.random.PRNGKey(seed), jnp.zeros((1, size, size, 3)))['params']
   return {'/'.join(k): np.asarray(v) for k, v in flatten_dict(params).items()}

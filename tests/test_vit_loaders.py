@@ -16,7 +16,6 @@ import pytest
 from jaxlab.io import pretrained
 from jaxlab.io.pretrained import (big_vision_to_params, fetch_augreg, read_safetensors,
                                   timm_to_params, write_safetensors)
-from jaxlab.models import vit
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'fixtures')
 TINY = os.path.join(FIXTURES, 'timm_vit_tiny.safetensors')
@@ -81,7 +80,7 @@ def timm_to_big_vision(sd, heads):
 
 
 def test_fixture_parity_timm(tiny_state, tiny_io):
-  model, params = vit.from_timm(tiny_state)
+  model, params = pretrained.from_timm(tiny_state)
   assert {k: getattr(model, k) for k in TINY_ARCH} == TINY_ARCH
   got = logits_of(model, params, tiny_io['inputs_nhwc'])
   diff = np.abs(got - tiny_io['logits']).max()
@@ -92,19 +91,19 @@ def test_fixture_parity_timm(tiny_state, tiny_io):
 
 
 def test_from_timm_accepts_a_path_and_checks_overrides(tiny_io):
-  model, params = vit.from_timm(TINY, dtype=np.float32)
+  model, params = pretrained.from_timm(TINY, dtype=np.float32)
   assert model.width == 128 and params['patch_embed']['kernel'].shape == (8, 8, 3, 128)
   # num_classes and image_size may differ (tests/test_api.py, test_resample.py); width may not.
   with pytest.raises(ValueError, match='width=128'):
-    vit.from_timm(TINY, width=64)
+    pretrained.from_timm(TINY, width=64)
   with pytest.raises(ValueError, match='safetensors'):
-    vit.from_timm(TINY_IO)
+    pretrained.from_timm(TINY_IO)
 
 
 def test_npz_parity_big_vision(tiny_state, tiny_io, tmp_path):
   path = tmp_path / 'tiny_augreg.npz'
   np.savez(path, **timm_to_big_vision(tiny_state, heads=2))
-  model, params = vit.from_big_vision(str(path))
+  model, params = pretrained.from_big_vision(str(path))
   assert {k: getattr(model, k) for k in TINY_ARCH} == TINY_ARCH
   got = logits_of(model, params, tiny_io['inputs_nhwc'])
   diff = np.abs(got - tiny_io['logits']).max()
@@ -263,7 +262,7 @@ def test_live_timm_vit_small_patch16_224():
       p.add_(torch.randn(p.shape, generator=g) * (0.1 if p.ndim == 1 else 0.02))
     x = torch.randn(2, 3, 224, 224, generator=g)
     want = model(x).numpy()
-  jmodel, params = vit.from_timm(model.state_dict())
+  jmodel, params = pretrained.from_timm(model.state_dict())
   assert (jmodel.patch, jmodel.width, jmodel.depth, jmodel.heads, jmodel.mlp_dim,
           jmodel.num_classes, jmodel.image_size) == (16, 384, 12, 6, 1536, 100, 224)
   t0 = time.perf_counter()

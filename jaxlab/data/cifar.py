@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxlab.data.datasets import IMAGE_SHAPE, Split
+from jaxlab.data.pipeline import IMAGE_SHAPE, Split
 
 CIFAR_URL = 'https://www.cs.toronto.edu/~kriz/cifar.html'
 _PIXELS = int(np.prod(IMAGE_SHAPE))  # 3072 per image

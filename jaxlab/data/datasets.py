@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 from sklearn import model_selection
 
+from jaxlab.data.pipeline import Split
+
 DATASETS = ('digits', 'cifar10', 'cifar100')
 SOURCES = ('tfds', 'archive')
 
@@ -32,50 +34,6 @@ _NUM_CLASSES = {
     'cifar10': {'fine': 10},
     'cifar100': {'fine': 100, 'coarse': 20},
 }
-
-IMAGE_SHAPE = (32, 32, 3)
-
-
-@dataclasses.dataclass(frozen=True)
-class Split:
-  """One split: `images` uint8 [N, 32, 32, 3] (NHWC) and `labels` int32 [N].
-
-  `images` is a NumPy array, or a lazy array (anything with `.shape`, `.dtype`,
-  `__len__` and `__getitem__` of an int array returning uint8 NumPy images,
-  e.g. `stream.TfdsImages`); `np.asarray(images)` reads a lazy one whole.
-  """
-
-  images: Any
-  labels: np.ndarray
-
-  def __post_init__(self):
-    if self.images.dtype != np.uint8 or tuple(self.images.shape[1:]) != IMAGE_SHAPE:
-      raise ValueError(
-          'Split.images must be uint8 [N, 32, 32, 3], got '
-          f'{self.images.dtype} {self.images.shape}.'
-      )
-    if self.labels.dtype != np.int32 or self.labels.shape != (
-        self.images.shape[0],
-    ):
-      raise ValueError(
-          f'Split.labels must be int32 [{self.images.shape[0]}], got '
-          f'{self.labels.dtype} {self.labels.shape}.'
-      )
-
-  def __len__(self) -> int:
-    return self.labels.shape[0]
-
-  @property
-  def lazy(self) -> bool:
-    """Whether `images` is read on demand rather than held as a NumPy array."""
-    return not isinstance(self.images, np.ndarray)
-
-  def materialize(self) -> 'Split':
-    """This split with its images read into a NumPy array (itself if they already are)."""
-    if not self.lazy:
-      return self
-    return Split(images=np.asarray(self.images, dtype=np.uint8), labels=self.labels)
-
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:

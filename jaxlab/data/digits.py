@@ -10,7 +10,7 @@ import numpy as np
 from sklearn import datasets as sk_datasets
 from sklearn import model_selection
 
-from jaxlab.data.datasets import Split
+from jaxlab.data.pipeline import Split
 
 NUM_CLASSES = 10
 TEST_FRACTION = 0.2

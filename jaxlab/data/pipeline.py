@@ -6,12 +6,61 @@ drawn from the PRNG key. Every example is seen once per epoch: the last,
 partial batch is padded to the static batch shape with the index -1, which
 the step reads as a masked example of weight 0 (PyTorch's DataLoader with
 drop_last=False). With drop_last=True the partial batch is dropped instead.
+
+`Split` is what every reader returns and the pipeline indexes: one split's uint8 images and
+int32 labels.
 """
+
+import dataclasses
+from typing import Any
 
 import jax
 import numpy as np
 
 PAD = -1  # the index of a padding example: weight 0 in the step
+
+IMAGE_SHAPE = (32, 32, 3)
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """One split: `images` uint8 [N, 32, 32, 3] (NHWC) and `labels` int32 [N].
+
+  `images` is a NumPy array, or a lazy array (anything with `.shape`, `.dtype`,
+  `__len__` and `__getitem__` of an int array returning uint8 NumPy images,
+  e.g. `stream.TfdsImages`); `np.asarray(images)` reads a lazy one whole.
+  """
+
+  images: Any
+  labels: np.ndarray
+
+  def __post_init__(self):
+    if self.images.dtype != np.uint8 or tuple(self.images.shape[1:]) != IMAGE_SHAPE:
+      raise ValueError(
+          'Split.images must be uint8 [N, 32, 32, 3], got '
+          f'{self.images.dtype} {self.images.shape}.'
+      )
+    if self.labels.dtype != np.int32 or self.labels.shape != (
+        self.images.shape[0],
+    ):
+      raise ValueError(
+          f'Split.labels must be int32 [{self.images.shape[0]}], got '
+          f'{self.labels.dtype} {self.labels.shape}.'
+      )
+
+  def __len__(self) -> int:
+    return self.labels.shape[0]
+
+  @property
+  def lazy(self) -> bool:
+    """Whether `images` is read on demand rather than held as a NumPy array."""
+    return not isinstance(self.images, np.ndarray)
+
+  def materialize(self) -> 'Split':
+    """This split with its images read into a NumPy array (itself if they already are)."""
+    if not self.lazy:
+      return self
+    return Split(images=np.asarray(self.images, dtype=np.uint8), labels=self.labels)
 
 
 def steps_per_epoch(num_examples, batch_size, drop_last=False):

@@ -18,15 +18,16 @@ from jaxlab import checks, experiments, models
 from jaxlab.checks import at_least, positive, within
 from jaxlab.data.datasets import load_dataset
 from jaxlab.experiments import preflight
-from jaxlab.io.report import line_plot, markdown_table, with_status
+from jaxlab.io.figures import line_plot, markdown_table, with_status
 from jaxlab.io.writers import write_json, write_text
 from jaxlab.models import conv
 from jaxlab.optim.optimizers import LARGE_BATCH_FORMS, schedule_from_optim
 from jaxlab.parallel.local import (DYNAMIC_FORMS, METHODS as LOCAL_METHODS, WORKER_DATA,
                                    LocalSpec, worker_steps_per_epoch)
+from jaxlab.params import run_keys
 from jaxlab.train.guards import check_sweep, run_or_diverged
-from jaxlab.train.loop import fit, run_keys
-from jaxlab.train.report import print_summary
+from jaxlab.train.loop import fit
+from jaxlab.train.summary import print_summary
 from jaxlab.train.sweep import apply_overrides, cell_name, parse_grid, run_cells, run_length
 from jaxlab.train.task import Task, flax_apply
 
@@ -100,7 +101,7 @@ def local_spec(config, steps_per_epoch):
 def make_task(config, num_classes, image_shape, workers=None):
   """LeNet-style classifier with every parameter in one optimizer group; model.param_init:
   'torch' (PyTorch's defaults, as the original) or 'lecun' (see jaxlab.models.conv)."""
-  model = models.build(config.model, num_classes)
+  model = models.model_from_config(config.model, num_classes)
   if hasattr(model, 'param_init'):
     model = model.clone(param_init=config.model.get('param_init', 'torch'))
   init_key, _, _ = run_keys(config.seed)

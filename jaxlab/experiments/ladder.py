@@ -20,11 +20,11 @@ from jaxlab.checks import at_least
 from jaxlab.credit import rules as credit
 from jaxlab.data.datasets import load_dataset
 from jaxlab.experiments import preflight
-from jaxlab.io.report import line_plot, markdown_table
+from jaxlab.io.figures import line_plot, markdown_table
 from jaxlab.io.writers import write_json, write_text
-from jaxlab.peft.partition import merge
+from jaxlab.params import merge, run_keys
 from jaxlab.train.guards import check_sweep, run_or_diverged
-from jaxlab.train.loop import fit, run_keys
+from jaxlab.train.loop import fit
 from jaxlab.train.sweep import run_cells, run_length
 from jaxlab.train.task import Task
 

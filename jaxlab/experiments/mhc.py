@@ -25,19 +25,20 @@ import jax.numpy as jnp
 
 from jaxlab import checks, models
 from jaxlab.data.augment import make_eval_preprocess
-from jaxlab.data.pipeline import steps_per_epoch
-from jaxlab.data.datasets import IMAGE_SHAPE, load_dataset
+from jaxlab.data.datasets import load_dataset
+from jaxlab.data.pipeline import IMAGE_SHAPE, steps_per_epoch
 from jaxlab.experiments import preflight
 from jaxlab.io import record
+from jaxlab.io.figures import embedding_plot
 from jaxlab.io.writers import read_json, read_jsonl, write_json
 from jaxlab.metrics.classification import count_params
-from jaxlab.metrics.embedding import embedding_metrics, embedding_plot
+from jaxlab.metrics.embedding import embedding_metrics
 from jaxlab.optim import averaging, schedules
 from jaxlab.parallel.mesh import make_mesh, replicate
-from jaxlab.peft.partition import flatten, merge
+from jaxlab.params import flatten, merge, run_keys
 from jaxlab.train.evaluate import make_outputs_fn, predict
 from jaxlab.train.guards import check_sweep, run_or_diverged
-from jaxlab.train.loop import fit, run_keys
+from jaxlab.train.loop import fit
 from jaxlab.train.task import Task, flax_apply
 
 # arm name → model.residual
@@ -63,10 +64,10 @@ def arm_config(config, arm):
 
 
 def build_model(model_cfg, num_classes):
-  """models.build's ViT with this family's fields (see the module docstring); defaults when a
+  """models.model_from_config's ViT with this family's fields (see the module docstring); defaults when a
   config lacks them: integer RoPE in float32, the compute dtype's stream, and HyperSpec's
   own (res_apply 'transpose', final_norm 'after_reduce')."""
-  model = models.build(model_cfg, num_classes)
+  model = models.model_from_config(model_cfg, num_classes)
   stream = model_cfg.get('stream_dtype', '')
   extra = dict(rope_form=model_cfg.get('rope_form', 'integer'),
                rope_dtype=model_cfg.get('rope_dtype', 'float32'),
@@ -79,7 +80,7 @@ def build_model(model_cfg, num_classes):
   return model.clone(**extra)
 
 
-def build(config, num_classes):
+def model_and_params(config, num_classes):
   """(model, initial params) of the configured ViT."""
   model = build_model(config.model, num_classes)
   size = config.model.image_size
@@ -139,7 +140,7 @@ def step_time(summary, workdir):
 def run_arm(config, workdir, dataset, arm):
   """Train one arm; returns its row of the record (also in workdir/arm.json)."""
   c = arm_config(config, arm)
-  model, params = build(c, dataset.num_classes)
+  model, params = model_and_params(c, dataset.num_classes)
   spec = model.residual
   if spec is not None:
     spec.warn_if_trivial()

@@ -19,15 +19,15 @@ from jaxlab.checks import at_least, positive, within
 from jaxlab.data.datasets import load_dataset, select_classes
 from jaxlab.experiments import preflight
 from jaxlab.io import pretrained as pt
-from jaxlab.io.report import markdown_table, scatter_plot, with_status
+from jaxlab.io.figures import markdown_table, scatter_plot, with_status
 from jaxlab.io.writers import write_json, write_text
-from jaxlab.models.vit import LORA_TARGETS
+from jaxlab.models.lora import LORA_TARGETS
+from jaxlab.params import flatten, label_paths, merge
 from jaxlab.peft import api, methods
 from jaxlab.peft.lr_parity import LrParity
-from jaxlab.peft.partition import flatten, label_paths, merge
 from jaxlab.train.guards import check_sweep, run_or_diverged
 from jaxlab.train.loop import fit
-from jaxlab.train.report import print_summary
+from jaxlab.train.summary import print_summary
 from jaxlab.train.task import Task, flax_apply
 
 PRETRAINED_SOURCES = ('augreg', 'npz', 'timm', 'none', 'pretrain')
@@ -92,7 +92,7 @@ def apply_recipe(config):
     config.augment.resize = config.model.image_size
 
 
-graft = api.graft  # the backbone grafting that make_task does, under its historical name
+graft = pt.graft  # the backbone grafting that make_task does, under its historical name
 
 
 def make_task(config, num_classes, pretrained=None):

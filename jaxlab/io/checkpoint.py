@@ -18,7 +18,7 @@ import orbax.checkpoint as ocp
 
 from jaxlab import checks
 from jaxlab.io.writers import read_json, write_json
-from jaxlab.peft.partition import flatten
+from jaxlab.params import flatten
 
 PARAMS = ('all', 'trainable')  # checkpoint.params: what a checkpoint holds
 BACKBONE = 'backbone.json'

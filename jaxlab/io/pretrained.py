@@ -22,6 +22,15 @@ torch Linear weights are (out, in) and are transposed to jaxlab's (in, out).
 
 The safetensors reader/writer here uses numpy only (no torch, no `safetensors`
 package); bfloat16 comes from `ml_dtypes`, which JAX depends on.
+
+`from_timm` and `from_big_vision` give `(model, params)` of a checkpoint (`graft` fits its
+leaves into a fresh model of another head, image size or patch). `to_timm` and
+`to_big_vision` are the exact inverses of `timm_to_params` and `big_vision_to_params`:
+loading what they return gives back the same arrays, bit for bit. LoRA pairs are merged
+into their kernels first (jaxlab.models.lora.merge_lora, with the `alpha` the model was
+built with). Models that timm's and big_vision's plain ViT cannot hold (RoPE instead of a
+position embedding, hyper-connections) are refused with the parameters that have no place
+there.
 """
 
 import json
@@ -33,8 +42,13 @@ import urllib.error
 import urllib.request
 import zipfile
 
+import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
+
+from jaxlab.models.lora import has_lora, merge_lora
+from jaxlab.models.vit import ViT, init_vit
+from jaxlab.params import flatten, unflatten
 
 # ---------------------------------------------------------------------------------------------
 # safetensors
@@ -466,7 +480,7 @@ def fetch_augreg(name=AUGREG_S16, cache_dir='~/.cache/jaxlab', base_url=AUGREG_B
         f'could not download {url} ({e}). Offline? Download it elsewhere and put it at {path} '
         f'(or pass cache_dir=), or use timm\'s copy of the same weights, '
         f'{TIMM_S16} (model.safetensors from the Hugging Face hub repo timm/{TIMM_S16}), '
-        'with jaxlab.models.vit.from_timm(path).') from e
+        'with jaxlab.io.pretrained.from_timm(path).') from e
   return path
 
 
@@ -586,3 +600,201 @@ def resample_leaf(path, value, shape):
     return resample_patch_kernel(value, shape[:2])
   return None
 
+
+def graft(fresh, pretrained, fresh_head=True):
+  """`fresh` with every backbone leaf taken from `pretrained`; LoRA (and the head) stay fresh.
+
+  The head is new by default (transfer to a new label set); fresh_head=False takes it from
+  `pretrained` too. A pretrained position embedding of another grid or patch kernel of
+  another patch size is resampled to the fresh one's shape (`resample_leaf`); any other leaf missing from `pretrained` or of another shape is an error
+  that lists them.
+  """
+  out, problems = {}, []
+  flat_pre = flatten(pretrained)
+  for path, leaf in flatten(fresh).items():
+    if (fresh_head and path.startswith('head/')) or '/lora_' in path:
+      out[path] = leaf
+    elif path not in flat_pre:
+      problems.append(f'{path} missing')
+    else:
+      value = resample_leaf(path, flat_pre[path], leaf.shape)
+      if value is None:
+        problems.append(f'{path} {tuple(flat_pre[path].shape)} != {tuple(leaf.shape)}')
+      else:
+        out[path] = jnp.asarray(value, leaf.dtype)
+  if problems:
+    raise ValueError('pretrained weights do not fit the configured model: ' + '; '.join(problems))
+  return unflatten(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# (model, params) of a timm or big_vision checkpoint
+
+
+def _pretrained(convert, source, reader, suffixes, kw):
+  """(ViT, params) from a converter of this module and a path or a mapping."""
+  import os
+  heads = kw.pop('heads', None)
+  seed = kw.pop('seed', 0)
+  if isinstance(source, (str, os.PathLike)):
+    path = os.fspath(source)
+    if not path.endswith(suffixes):
+      raise ValueError(f'{path}: expected a {" or ".join(suffixes)} file, or a mapping of arrays')
+    source = reader(path)
+  arch, params = convert(source, heads=heads)
+  clash = sorted(k for k in ('width', 'depth', 'mlp_dim') if k in kw and kw[k] != arch[k])
+  if clash:
+    raise ValueError('the checkpoint fixes ' + ', '.join(f'{k}={arch[k]!r} (got {kw[k]!r})'
+                                                         for k in clash)
+                     + '; num_classes, image_size and patch may differ')
+  model = ViT(**{**arch, **kw})
+  if model.patch < 1 or model.image_size % model.patch:
+    raise ValueError(f'patch {model.patch} does not divide image_size {model.image_size}')
+  changed = ('num_classes', 'image_size', 'patch')
+  if any(getattr(model, k) != arch[k] for k in changed) or model.lora is not None:
+    # graft resamples the position embedding and patch kernel (resample_leaf) and keeps the
+    # fresh head and LoRA leaves.
+    params = graft(init_vit(model, seed), params,
+                   fresh_head=model.num_classes != arch['num_classes'])
+  return model, params
+
+
+def from_timm(state_dict, **kw):
+  """(model, params) of a timm ViT state dict, or of a path to its .safetensors file.
+
+  `heads=` goes to the converter (default width // 64, timm's head_dim), `seed=` is the
+  key of any fresh leaves; every other keyword goes to ViT (e.g. dtype, lora, num_classes,
+  image_size, patch). width, depth and mlp_dim must match the checkpoint. Another
+  num_classes gets a fresh head, initialised as `ViT.init` does (default weight_init:
+  kernel and bias U(±1/sqrt(width)), PyTorch nn.Linear's default) from the key
+  jaxlab.params.run_keys(seed)[0] (seed default 0): the head vit_with_peft gives for
+  that seed with head_init='uniform' (its default, 'timm', draws timm's 0.02 truncated normal). A `lora=` LoraSpec gets fresh adapters (B = 0, so the model starts as the
+  checkpoint). Another image_size or patch resamples the position embedding bilinearly
+  (class token kept) and the patch kernel by FlexiViT's pseudo-inverse resize
+  (jaxlab.io.pretrained.resample_pos_embed, resample_patch_kernel). See
+  jaxlab.io.pretrained.timm_to_params.
+  """
+  return _pretrained(timm_to_params, state_dict, read_safetensors, ('.safetensors',), kw)
+
+
+def from_big_vision(npz_mapping_or_path, **kw):
+  """(model, params) of a big_vision / AugReg ViT npz, given as a path or as a mapping.
+
+  Keywords as `from_timm` (num_classes, image_size and patch may differ, seed= keys the
+  fresh leaves), except that `heads=` is only checked against the file. See
+  jaxlab.io.pretrained.big_vision_to_params and fetch_augreg.
+  """
+  return _pretrained(big_vision_to_params, npz_mapping_or_path, load_npz, ('.npz',), kw)
+
+
+# ---------------------------------------------------------------------------------------------
+# jaxlab params in timm's and big_vision's layouts: the exact inverses of the converters above
+
+_BLOCK_LEAVES = ('norm1/scale', 'norm1/bias', 'attn/qkv/kernel', 'attn/qkv/bias',
+                 'attn/proj/kernel', 'attn/proj/bias', 'norm2/scale', 'norm2/bias',
+                 'mlp/fc1/kernel', 'mlp/fc1/bias', 'mlp/fc2/kernel', 'mlp/fc2/bias')
+_TOP_LEAVES = ('patch_embed/kernel', 'patch_embed/bias', 'cls_token', 'pos_embed',
+               'norm/scale', 'norm/bias', 'head/kernel', 'head/bias')
+
+
+def _plain_vit(params, alpha):
+  """{path: np.ndarray} of a plain ViT (LoRA merged); the depth; or a ValueError naming the
+  leaves a plain ViT has no place for, or the ones it misses."""
+  if has_lora(params):
+    params = merge_lora(params, alpha)
+  flat = {k: np.asarray(v) for k, v in flatten(params).items()}
+  depth = 1 + max((int(k.split('/')[0][len('blocks_'):]) for k in flat
+                   if k.startswith('blocks_')), default=-1)
+  expected = set(_TOP_LEAVES) | {f'blocks_{i}/{leaf}' for i in range(depth)
+                                 for leaf in _BLOCK_LEAVES}
+  extra = sorted(set(flat) - expected)
+  missing = sorted(expected - set(flat))
+  if extra or missing or depth == 0:
+    parts = []
+    if extra:
+      parts.append(f'no place for {len(extra)} parameter(s): {", ".join(extra[:6])}'
+                   + (' ...' if len(extra) > 6 else ''))
+    if missing:
+      parts.append(f'missing {", ".join(missing[:6])}' + (' ...' if len(missing) > 6 else ''))
+    raise ValueError('not a plain ViT (class token, learned position embedding, pre-LN blocks '
+                     'with fused qkv, head; as timm vit_*_patch*): ' + '; '.join(parts or
+                                                                                ['no blocks']))
+  return flat, depth
+
+
+def to_timm(params, alpha=16.0):
+  """{timm name: np.ndarray} of a jaxlab ViT, in timm VisionTransformer's layout.
+
+  For ViT-S/16 at 224 px this is `vit_small_patch16_224`'s state dict (with the head's
+  num_classes); `timm.create_model(name, num_classes=C).load_state_dict(...)` takes it
+  after `torch.from_numpy`. Linear kernels (in, out) become (out, in) weights, the
+  patch embedding HWIO becomes OIHW. Arrays keep their dtype.
+  """
+  flat, depth = _plain_vit(params, alpha)
+  sd = {
+      'patch_embed.proj.weight': flat['patch_embed/kernel'].transpose(3, 2, 0, 1),  # HWIO->OIHW
+      'patch_embed.proj.bias': flat['patch_embed/bias'],
+      'cls_token': flat['cls_token'],
+      'pos_embed': flat['pos_embed'],
+      'norm.weight': flat['norm/scale'],
+      'norm.bias': flat['norm/bias'],
+      'head.weight': flat['head/kernel'].T,
+      'head.bias': flat['head/bias'],
+  }
+  for i in range(depth):
+    j, t = f'blocks_{i}', f'blocks.{i}'
+    for src, dst in (('norm1', 'norm1'), ('norm2', 'norm2')):
+      sd[f'{t}.{dst}.weight'] = flat[f'{j}/{src}/scale']
+      sd[f'{t}.{dst}.bias'] = flat[f'{j}/{src}/bias']
+    for src, dst in (('attn/qkv', 'attn.qkv'), ('attn/proj', 'attn.proj'),
+                     ('mlp/fc1', 'mlp.fc1'), ('mlp/fc2', 'mlp.fc2')):
+      sd[f'{t}.{dst}.weight'] = flat[f'{j}/{src}/kernel'].T
+      sd[f'{t}.{dst}.bias'] = flat[f'{j}/{src}/bias']
+  return {k: np.ascontiguousarray(v) for k, v in sd.items()}
+
+
+def to_big_vision(params, heads=None, alpha=16.0):
+  """{npz name: np.ndarray} of a jaxlab ViT, in big_vision's (AugReg) ViT layout.
+
+  `heads` splits the fused qkv into query/key/value kernels (width, heads, head_dim); it
+  is not recorded in the parameters, so it defaults to width // 64 (every standard ViT,
+  as jaxlab.io.pretrained assumes for timm). `np.savez(path, **to_big_vision(params))`
+  writes a file that `from_big_vision` and big_vision load.
+  """
+  flat, depth = _plain_vit(params, alpha)
+  width = flat['cls_token'].shape[-1]
+  if heads is None:
+    if width % 64:
+      raise ValueError(f'width {width} is not a multiple of 64; pass heads=')
+    heads = width // 64
+  if width % heads:
+    raise ValueError(f'heads={heads} does not divide width {width}')
+  head_dim = width // heads
+  out = {
+      'embedding/kernel': flat['patch_embed/kernel'],
+      'embedding/bias': flat['patch_embed/bias'],
+      'cls': flat['cls_token'],
+      'Transformer/posembed_input/pos_embedding': flat['pos_embed'],
+      'Transformer/encoder_norm/scale': flat['norm/scale'],
+      'Transformer/encoder_norm/bias': flat['norm/bias'],
+      'head/kernel': flat['head/kernel'],
+      'head/bias': flat['head/bias'],
+  }
+  for i in range(depth):
+    j, b = f'blocks_{i}', f'Transformer/encoderblock_{i}/'
+    a = b + 'MultiHeadDotProductAttention_1/'
+    out[b + 'LayerNorm_0/scale'] = flat[f'{j}/norm1/scale']
+    out[b + 'LayerNorm_0/bias'] = flat[f'{j}/norm1/bias']
+    out[b + 'LayerNorm_2/scale'] = flat[f'{j}/norm2/scale']
+    out[b + 'LayerNorm_2/bias'] = flat[f'{j}/norm2/bias']
+    qkv_k, qkv_b = flat[f'{j}/attn/qkv/kernel'], flat[f'{j}/attn/qkv/bias']
+    for n, name in enumerate(('query', 'key', 'value')):  # [q | k | v], each (width, width)
+      out[a + f'{name}/kernel'] = qkv_k[:, n * width:(n + 1) * width].reshape(
+          width, heads, head_dim)
+      out[a + f'{name}/bias'] = qkv_b[n * width:(n + 1) * width].reshape(heads, head_dim)
+    out[a + 'out/kernel'] = flat[f'{j}/attn/proj/kernel'].reshape(heads, head_dim, width)
+    out[a + 'out/bias'] = flat[f'{j}/attn/proj/bias']
+    for src, dst in (('fc1', 'Dense_0'), ('fc2', 'Dense_1')):
+      out[b + f'MlpBlock_3/{dst}/kernel'] = flat[f'{j}/mlp/{src}/kernel']
+      out[b + f'MlpBlock_3/{dst}/bias'] = flat[f'{j}/mlp/{src}/bias']
+  return {k: np.ascontiguousarray(v) for k, v in out.items()}

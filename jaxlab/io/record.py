@@ -17,7 +17,7 @@ import subprocess
 import sys
 
 from jaxlab.checks import Damaged
-from jaxlab.io.report import markdown_table, with_status
+from jaxlab.io.figures import markdown_table, with_status
 from jaxlab.io.writers import read_json, write_json, write_text
 
 RESULT_COLUMNS = (

@@ -1,4 +1,5 @@
-"""How well an embedding separates classes: 1-NN accuracy, silhouette, and a 2-D picture.
+"""How well an embedding separates classes: 1-NN accuracy, silhouette, and a 2-D projection
+(drawn by jaxlab.io.figures.embedding_plot).
 
 knn_accuracy and silhouette run on the host in float64 numpy, so they take
 numpy arrays (e.g. embeddings gathered from several processes) as well as JAX
@@ -39,11 +40,7 @@ pass over the blocks between both metrics: 2.9-3.8 s for 10,000 x 192 points
 with 10 classes on a busy 2-core CPU (the float32 JAX version: 2.2-4.0 s).
 """
 
-import os
-
 import numpy as np
-
-from jaxlab.io.writers import is_writer
 
 _U = np.finfo(np.float64).eps / 2  # unit roundoff of float64
 _SIL_TOL = 1e-8  # largest error of any point's silhouette coefficient
@@ -344,40 +341,6 @@ def project_2d(embeddings, seed=0):
     return _pca_2d(embeddings), 'pca'
   x = np.asarray(embeddings, dtype=np.float32)
   return np.asarray(umap.UMAP(random_state=seed).fit_transform(x)), 'umap'
-
-
-def embedding_plot(path, embeddings, labels, title, class_names=None, seed=0):
-  """Save a 2-D scatter of the embedding coloured by class to `path` (PNG); return the method.
-
-  class_names[label] names each class in the legend (default: str(label)); the
-  legend is drawn only for <= 20 classes, where tab10/tab20 give each its own colour.
-  """
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-
-  points, method = project_2d(embeddings, seed)
-  classes, codes = np.unique(np.asarray(labels), return_inverse=True)
-  k = len(classes)
-  size = float(np.clip(4000 / len(points), 1, 20))  # smaller dots as N grows
-  fig, ax = plt.subplots(figsize=(6.5, 5), dpi=120)
-  if k <= 20:
-    cmap = plt.get_cmap('tab10' if k <= 10 else 'tab20')
-    for c, label in enumerate(classes):
-      name = str(label) if class_names is None else str(class_names[label])
-      ax.scatter(*points[codes == c].T, s=size, color=cmap(c), linewidths=0, label=name)
-    ax.legend(fontsize=7, markerscale=max(1.0, 20 / size) ** 0.5, loc='upper left',
-              bbox_to_anchor=(1.01, 1.0), frameon=False)
-  else:
-    ax.scatter(*points.T, s=size, c=codes, cmap='turbo', linewidths=0)
-  name = method.upper()
-  ax.set(xlabel=f'{name} 1', ylabel=f'{name} 2', title=title)
-  fig.tight_layout()
-  if is_writer():
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, bbox_inches='tight')  # keep the legend outside the axes in the image
-  plt.close(fig)
-  return method
 
 
 def embedding_metrics(embeddings, labels):

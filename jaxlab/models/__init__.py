@@ -1,4 +1,4 @@
-"""Flax Linen models. `build(model_cfg, num_classes)` picks one by name."""
+"""Flax Linen models. `model_from_config(model_cfg, num_classes)` picks one by name."""
 
 import jax.numpy as jnp
 
@@ -44,7 +44,7 @@ def vit_arch(model_cfg):
               weight_init=model_cfg.get('weight_init', 'default'))
 
 
-def build(model_cfg, num_classes, **kw):
+def model_from_config(model_cfg, num_classes, **kw):
   """The model named by `model_cfg.name`, sized for `num_classes` (kw: e.g. a ViT's lora)."""
   if model_cfg.name == 'lenet5':
     return LeNet5(num_classes=num_classes, conv_impl=model_cfg.get('conv_impl', 'auto'))

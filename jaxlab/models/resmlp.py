@@ -14,7 +14,7 @@ forward pass is the same for every rule.
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxlab.credit.feedback import feedback_matmul
+from jaxlab.models.feedback import feedback_matmul
 
 RULES_WITH_MATRICES = ('fa',)
 BRANCH_SCALE = 0.1 * 2 ** 0.5  # relu halves the energy: fc2 rescaled so ‖f‖/‖h‖ ≈ 0.10

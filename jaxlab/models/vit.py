@@ -22,7 +22,6 @@ DINOv3-derived ViT of white-richard/latent-space, which the mHC family reproduce
 residual stream between blocks (None: the compute dtype).
 """
 
-import dataclasses
 import math
 
 import flax.linen as nn
@@ -33,8 +32,8 @@ import numpy as np
 
 from jaxlab.models import autodiff
 from jaxlab.models.hyper_connections import HyperConnection, HyperSpec, expand, reduce
-
-LORA_TARGETS = ('qkv', 'proj', 'fc1', 'fc2')
+from jaxlab.models.lora import LoraSpec
+from jaxlab.params import run_keys
 
 # name: (patch, width, depth, heads, mlp_dim)
 VARIANTS = {
@@ -43,16 +42,6 @@ VARIANTS = {
     'B/16': (16, 768, 12, 12, 3072),
     'Ti/4': (4, 192, 12, 3, 768),
 }
-
-
-@dataclasses.dataclass(frozen=True)
-class LoraSpec:
-  """LoRA on `targets` of the blocks in `blocks`: y = xW + b + (alpha/rank)·dropout(x)·A·B."""
-  rank: int = 8
-  alpha: float = 16.0
-  dropout: float = 0.0
-  blocks: tuple[int, ...] = ()
-  targets: tuple[str, ...] = LORA_TARGETS
 
 
 def uniform_fan_in(fan_in):
@@ -473,62 +462,13 @@ class ViT(nn.Module):
     return head(x[:, 0]).astype(jnp.float32)
 
 
-def _pretrained(convert, source, reader, suffixes, kw):
-  """(ViT, params) from a converter of jaxlab.io.pretrained and a path or a mapping."""
-  import os
-  heads = kw.pop('heads', None)
-  seed = kw.pop('seed', 0)
-  if isinstance(source, (str, os.PathLike)):
-    path = os.fspath(source)
-    if not path.endswith(suffixes):
-      raise ValueError(f'{path}: expected a {" or ".join(suffixes)} file, or a mapping of arrays')
-    source = reader(path)
-  arch, params = convert(source, heads=heads)
-  clash = sorted(k for k in ('width', 'depth', 'mlp_dim') if k in kw and kw[k] != arch[k])
-  if clash:
-    raise ValueError('the checkpoint fixes ' + ', '.join(f'{k}={arch[k]!r} (got {kw[k]!r})'
-                                                         for k in clash)
-                     + '; num_classes, image_size and patch may differ')
-  model = ViT(**{**arch, **kw})
-  if model.patch < 1 or model.image_size % model.patch:
-    raise ValueError(f'patch {model.patch} does not divide image_size {model.image_size}')
-  changed = ('num_classes', 'image_size', 'patch')
-  if any(getattr(model, k) != arch[k] for k in changed) or model.lora is not None:
-    # graft resamples the position embedding and patch kernel (jaxlab.io.pretrained
-    # resample_leaf) and keeps the fresh head and LoRA leaves.
-    from jaxlab.peft.api import graft, init_vit
-    params = graft(init_vit(model, seed), params,
-                   fresh_head=model.num_classes != arch['num_classes'])
-  return model, params
+# The module is a static argument: equal modules (Linen modules compare by their fields) share
+# one compiled init, so building the same ViT again (another seed, a sweep) does not recompile.
+_init = jax.jit(lambda model, key, images: model.init(key, images)['params'], static_argnums=0)
 
 
-def from_timm(state_dict, **kw):
-  """(model, params) of a timm ViT state dict, or of a path to its .safetensors file.
-
-  `heads=` goes to the converter (default width // 64, timm's head_dim), `seed=` is the
-  key of any fresh leaves; every other keyword goes to ViT (e.g. dtype, lora, num_classes,
-  image_size, patch). width, depth and mlp_dim must match the checkpoint. Another
-  num_classes gets a fresh head, initialised as `ViT.init` does (default weight_init:
-  kernel and bias U(±1/sqrt(width)), PyTorch nn.Linear's default) from the key
-  jaxlab.train.state.run_keys(seed)[0] (seed default 0): the head vit_with_peft gives for
-  that seed with head_init='uniform' (its default, 'timm', draws timm's 0.02 truncated normal). A `lora=` LoraSpec gets fresh adapters (B = 0, so the model starts as the
-  checkpoint). Another image_size or patch resamples the position embedding bilinearly
-  (class token kept) and the patch kernel by FlexiViT's pseudo-inverse resize
-  (jaxlab.io.pretrained.resample_pos_embed, resample_patch_kernel). See
-  jaxlab.io.pretrained.timm_to_params.
-  """
-  from jaxlab.io import pretrained
-  return _pretrained(pretrained.timm_to_params, state_dict, pretrained.read_safetensors,
-                     ('.safetensors',), kw)
-
-
-def from_big_vision(npz_mapping_or_path, **kw):
-  """(model, params) of a big_vision / AugReg ViT npz, given as a path or as a mapping.
-
-  Keywords as `from_timm` (num_classes, image_size and patch may differ, seed= keys the
-  fresh leaves), except that `heads=` is only checked against the file. See
-  jaxlab.io.pretrained.big_vision_to_params and fetch_augreg.
-  """
-  from jaxlab.io import pretrained
-  return _pretrained(pretrained.big_vision_to_params, npz_mapping_or_path, pretrained.load_npz,
-                     ('.npz',), kw)
+def init_vit(model, seed=0):
+  """`model.init` params for images of `model.image_size`, from the run's init key
+  (jaxlab.params.run_keys(seed)[0], as the trainer's runs)."""
+  size = model.image_size
+  return _init(model, run_keys(seed)[0], jnp.zeros((1, size, size, 3)))

@@ -19,7 +19,7 @@ import optax
 
 from jaxlab.optim.schedules import (EPOCH_SCHEDULES, SCHEDULES, decay_start_of, epoch_schedule,
                                     make_schedule, warmup_steps_of)
-from jaxlab.peft.partition import FROZEN
+from jaxlab.params import FROZEN
 
 OPTIMIZERS = ('sgd', 'sgdm', 'adamw', 'lars', 'lamb')
 
@@ -180,11 +180,11 @@ def make_optimizer(labels, name='adamw', lr=1e-3, weight_decay=0.0, schedule='co
   """An `optax.GradientTransformationExtraArgs`: `optax.partition` over the labels of `labels`.
 
   labels: a label tree shaped like the params it will update (e.g.
-    `jaxlab.peft.partition.label_tree(params, rules)`, or the labels of `vit_with_peft`).
+    `jaxlab.params.label_tree(params, rules)`, or the labels of `vit_with_peft`).
     Every distinct label is a group trained by `name` (sgd | sgdm | adamw | lars | lamb)
     at its peak lr along `schedule`; the label 'frozen' gets zero updates
     (`optax.set_to_zero`; better still, leave frozen leaves out of the differentiated tree
-    with `jaxlab.peft.partition.split`).
+    with `jaxlab.params.split`).
   lr, weight_decay: each group's defaults; groups={label: {'lr': ..., 'weight_decay': ...}}
     overrides them per group (labels absent from `labels` are ignored).
   schedule: constant | cosine | warmup_cosine | whd over `total_steps` (needed by all but

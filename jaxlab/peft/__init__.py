@@ -1,13 +1,12 @@
-"""Parameter-efficient fine-tuning: partition rules, methods and policies, freezing schedules.
+"""Parameter-efficient fine-tuning: methods and policies as partition rules, freezing schedules.
 
 `vit_with_peft` (jaxlab.peft.api) builds a PEFT ViT from pretrained weights without a config;
-`merge_lora` (jaxlab.peft.merge) folds the adapters back into the kernels. Both load on first
-use.
+it loads on first use. `merge_lora` (jaxlab.models.lora) folds the adapters back into the kernels.
 """
 
 import importlib
 
-_EXPORTS = {'vit_with_peft': 'jaxlab.peft.api', 'merge_lora': 'jaxlab.peft.merge'}
+_EXPORTS = {'vit_with_peft': 'jaxlab.peft.api'}
 
 
 def __getattr__(name):

@@ -4,7 +4,7 @@
                                           method='lora', rank=8, image_size=32, patch=4)
 
 `labels` is the label tree of `params` (head, norm, lora, base or frozen, from
-jaxlab.peft.methods.rules): split the params with jaxlab.peft.partition.split
+jaxlab.peft.methods.rules): split the params with jaxlab.params.split
 and differentiate only the trainable part; feed the labels of that part to
 jaxlab.make_optimizer or optax.partition. The config path
 (jaxlab.experiments.peft.make_task) builds its model with the same `peft_vit`.
@@ -17,26 +17,15 @@ import jax
 import jax.numpy as jnp
 
 from jaxlab.io import pretrained as pt
-from jaxlab.models.vit import LORA_TARGETS, VARIANTS, LoraSpec, ViT
+from jaxlab.io.pretrained import graft
+from jaxlab.models.lora import LORA_TARGETS, LoraSpec
+from jaxlab.models.vit import VARIANTS, ViT, init_vit
+from jaxlab.params import label_tree, run_keys
 from jaxlab.peft import methods
-from jaxlab.peft.partition import flatten, label_tree, unflatten
-from jaxlab.train.state import run_keys
 
 ARCH_FIELDS = ('patch', 'width', 'depth', 'heads', 'mlp_dim')  # the order of VARIANTS' tuples
 FIXED = ('width', 'depth', 'heads', 'mlp_dim')  # what pretrained weights fix (patch and image
                                                  # size are resampled)
-
-
-# The module is a static argument: equal modules (Linen modules compare by their fields) share
-# one compiled init, so building the same ViT again (another seed, a sweep) does not recompile.
-_init = jax.jit(lambda model, key, images: model.init(key, images)['params'], static_argnums=0)
-
-
-def init_vit(model, seed=0):
-  """`model.init` params for images of `model.image_size`, from the run's init key
-  (jaxlab.train.state.run_keys(seed)[0], as the trainer's runs)."""
-  size = model.image_size
-  return _init(model, run_keys(seed)[0], jnp.zeros((1, size, size, 3)))
 
 
 HEAD_INITS = ('timm', 'uniform')
@@ -60,33 +49,6 @@ def fresh_head(params, head_init, seed):
   draw = 0.02 * jax.random.truncated_normal(key, -100.0, 100.0, kernel.shape, jnp.float32)
   head = {'kernel': draw.astype(kernel.dtype), 'bias': jnp.zeros_like(params['head']['bias'])}
   return {**params, 'head': head}
-
-
-def graft(fresh, pretrained, fresh_head=True):
-  """`fresh` with every backbone leaf taken from `pretrained`; LoRA (and the head) stay fresh.
-
-  The head is new by default (transfer to a new label set); fresh_head=False takes it from
-  `pretrained` too. A pretrained position embedding of another grid or patch kernel of
-  another patch size is resampled to the fresh one's shape (`resample_leaf` of
-  jaxlab.io.pretrained); any other leaf missing from `pretrained` or of another shape is an error
-  that lists them.
-  """
-  out, problems = {}, []
-  flat_pre = flatten(pretrained)
-  for path, leaf in flatten(fresh).items():
-    if (fresh_head and path.startswith('head/')) or '/lora_' in path:
-      out[path] = leaf
-    elif path not in flat_pre:
-      problems.append(f'{path} missing')
-    else:
-      value = pt.resample_leaf(path, flat_pre[path], leaf.shape)
-      if value is None:
-        problems.append(f'{path} {tuple(flat_pre[path].shape)} != {tuple(leaf.shape)}')
-      else:
-        out[path] = jnp.asarray(value, leaf.dtype)
-  if problems:
-    raise ValueError('pretrained weights do not fit the configured model: ' + '; '.join(problems))
-  return unflatten(out)
 
 
 def lora_spec(method, depth, policy='deep_lora', rank=8, alpha=16.0, dropout=0.0, lora_blocks=(),

@@ -22,7 +22,7 @@ import numpy as np
 from jaxlab.data.pipeline import EpochIndices
 from jaxlab.parallel.local import WorkerIndices, make_average
 from jaxlab.parallel.mesh import check_divisible, replicate, shard_leading, to_host
-from jaxlab.train.state import run_keys
+from jaxlab.params import run_keys
 
 
 class Layout:

@@ -26,13 +26,12 @@ from jaxlab.io.writers import JsonlLog, is_writer, read_json, write_json
 from jaxlab.metrics.classification import count_params
 from jaxlab.metrics.system import peak_memory
 from jaxlab.parallel.mesh import check_divisible, make_mesh, to_host
-from jaxlab.peft.partition import merge
+from jaxlab.params import merge
 from jaxlab.train import feeds, guards, layouts, preemption
 from jaxlab.train.evaluate import ece_eval_batch_size, evaluate, make_eval_fn
-from jaxlab.train.setup import build
-from jaxlab.train.state import run_keys
+from jaxlab.train.setup import build_setup
 
-__all__ = ['fit', 'run_keys']
+__all__ = ['fit']
 
 # Host-side counters of a run, saved with each checkpoint: a resumed run counts on from them.
 COUNTERS = ('train_time_s', 'timed_steps', 'compile_time_s', 'diagnostics_time_s',
@@ -87,7 +86,7 @@ def _fit(config, workdir, task, dataset, mesh, on_chunk, summary_extra):
         '--config.train.steps', f'ask for {saved[-1]} steps or more (train.steps=0 runs all '
         f'{total}), or use another --workdir')
   guards.check_resume(workdir, config.to_dict())
-  setup = build(config, task, mesh, total, spe, layout)
+  setup = build_setup(config, task, mesh, total, spe, layout)
   trainable_only = config.checkpoint.get('params', 'all') == 'trainable'
   if task.backbone is not None or trainable_only:  # before any restore: the frozen weights
     record = backbone_record(setup.state.frozen, task.backbone)

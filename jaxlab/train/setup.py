@@ -12,10 +12,10 @@ from jaxlab.optim import averaging
 from jaxlab.optim.optimizers import optimizer_from_config
 from jaxlab.parallel.local import worker_state
 from jaxlab.parallel.mesh import DATA
+from jaxlab.params import label_tree, run_keys, split, subtree_labels
 from jaxlab.train import layouts
 from jaxlab.train.layouts import ordered_sums
-from jaxlab.peft.partition import label_tree, split, subtree_labels
-from jaxlab.train.state import TrainState, run_keys
+from jaxlab.train.state import TrainState
 from jaxlab.train.step import diagnostics_step, make_diagnostics, make_train_chunk, train_step
 
 
@@ -37,7 +37,7 @@ class Setup:
   diagnostics_fn: Callable | None = None
 
 
-def build(config, task, mesh, total_steps, steps_per_epoch, layout=None):
+def build_setup(config, task, mesh, total_steps, steps_per_epoch, layout=None):
   """The Setup of `task` trained as `config` says for `total_steps` steps on `mesh`
   (`layout`: the one `layouts.choose` picks, when not given)."""
   layout = layout or layouts.choose(config, task, mesh)

@@ -26,9 +26,3 @@ class TrainState:
   def create(cls, params, frozen, tx, rng, extra=None):
     return cls(step=jnp.zeros((), jnp.int32), params=params, frozen=frozen,
                opt_state=tx.init(params), rng=rng, extra=extra or {})
-
-
-def run_keys(seed):
-  """(init, data, step) keys of a run, all derived from `seed`."""
-  root = jax.random.PRNGKey(seed)
-  return tuple(jax.random.fold_in(root, i) for i in range(3))

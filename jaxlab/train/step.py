@@ -19,7 +19,7 @@ from jaxlab.metrics.classification import count_params
 from jaxlab.models import autodiff
 from jaxlab.optim.optimizers import hold_groups
 from jaxlab.parallel.mesh import DATA, all_sum
-from jaxlab.peft.partition import merge, split, subtree_labels
+from jaxlab.params import merge, split, subtree_labels
 
 
 def example_keys(step_key, batch_size, axis_name=DATA):

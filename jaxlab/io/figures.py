@@ -4,7 +4,10 @@ import math
 import os
 import textwrap
 
+import numpy as np
+
 from jaxlab.io.writers import is_writer
+from jaxlab.metrics.embedding import project_2d
 
 
 def _cell(value, fmt):
@@ -198,3 +201,37 @@ def line_plot(path, lines, xlabel, ylabel, title, logx=False, xticks=None, diver
   if lines or diverged:
     ax.legend(fontsize=7)
   _save(plt, fig, ax, path, xlabel, ylabel, title, logx, xticks)
+
+
+def embedding_plot(path, embeddings, labels, title, class_names=None, seed=0):
+  """Save a 2-D scatter of the embedding coloured by class to `path` (PNG); return the method.
+
+  class_names[label] names each class in the legend (default: str(label)); the
+  legend is drawn only for <= 20 classes, where tab10/tab20 give each its own colour.
+  """
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
+  points, method = project_2d(embeddings, seed)
+  classes, codes = np.unique(np.asarray(labels), return_inverse=True)
+  k = len(classes)
+  size = float(np.clip(4000 / len(points), 1, 20))  # smaller dots as N grows
+  fig, ax = plt.subplots(figsize=(6.5, 5), dpi=120)
+  if k <= 20:
+    cmap = plt.get_cmap('tab10' if k <= 10 else 'tab20')
+    for c, label in enumerate(classes):
+      name = str(label) if class_names is None else str(class_names[label])
+      ax.scatter(*points[codes == c].T, s=size, color=cmap(c), linewidths=0, label=name)
+    ax.legend(fontsize=7, markerscale=max(1.0, 20 / size) ** 0.5, loc='upper left',
+              bbox_to_anchor=(1.01, 1.0), frameon=False)
+  else:
+    ax.scatter(*points.T, s=size, c=codes, cmap='turbo', linewidths=0)
+  name = method.upper()
+  ax.set(xlabel=f'{name} 1', ylabel=f'{name} 2', title=title)
+  fig.tight_layout()
+  if is_writer():
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, bbox_inches='tight')  # keep the legend outside the axes in the image
+  plt.close(fig)
+  return method

@@ -1,4 +1,4 @@
-"""Fold LoRA adapters into the kernels they adapt.
+"""LoRA: which layers of a ViT get adapters (LoraSpec), and folding them into the kernels they adapt.
 
 A LoRA layer computes x·W + b + (alpha/rank)·x·A·B (jaxlab.models.vit.LoraDense), so
 W' = W + (alpha/rank)·A·B gives the same outputs from a plain Dense. The rank is read
@@ -6,9 +6,24 @@ from A's shape; alpha is not stored in the parameters and must be the one the mo
 was built with (jaxlab's default and the seeds' is 16).
 """
 
+import dataclasses
+
 import numpy as np
 
-from jaxlab.peft.partition import flatten, unflatten
+from jaxlab.params import flatten, unflatten
+
+LORA_TARGETS = ('qkv', 'proj', 'fc1', 'fc2')
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraSpec:
+  """LoRA on `targets` of the blocks in `blocks`: y = xW + b + (alpha/rank)·dropout(x)·A·B."""
+  rank: int = 8
+  alpha: float = 16.0
+  dropout: float = 0.0
+  blocks: tuple[int, ...] = ()
+  targets: tuple[str, ...] = LORA_TARGETS
+
 
 LORA_LEAVES = ('lora_a', 'lora_b')
 

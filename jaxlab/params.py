@@ -1,4 +1,4 @@
-"""Parameter partitions by ordered (regex, label) rules over '/'-joined paths.
+"""Parameter partitions by ordered (regex, label) rules over '/'-joined paths, and a run's keys.
 
 The first rule whose regex matches the whole path gives the leaf's label; a
 leaf that no rule matches is an error that names it. The label FROZEN (or
@@ -9,6 +9,7 @@ leaves out of the tree that the trainer differentiates.
 import re
 from typing import Iterable, Sequence
 
+import jax
 from flax import traverse_util
 
 FROZEN = 'frozen'
@@ -75,3 +76,9 @@ def subtree_labels(tree, labels):
   """The labels of the leaves present in `tree` (a part of the full params)."""
   flat_labels = flatten(labels)
   return unflatten({k: flat_labels[k] for k in flatten(tree)})
+
+
+def run_keys(seed):
+  """(init, data, step) keys of a run, all derived from `seed`."""
+  root = jax.random.PRNGKey(seed)
+  return tuple(jax.random.fold_in(root, i) for i in range(3))
