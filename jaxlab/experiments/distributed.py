@@ -21,7 +21,7 @@ from jaxlab.experiments import preflight
 from jaxlab.io.report import line_plot, markdown_table, with_status
 from jaxlab.io.writers import write_json, write_text
 from jaxlab.models import conv
-from jaxlab.optim.optimizers import LARGE_BATCH_FORMS, schedule_from_optim
+from jaxlab.optim.optimizers import LR_SCALINGS, schedule_from_optim
 from jaxlab.parallel.local import (DYNAMIC_FORMS, METHODS as LOCAL_METHODS, WORKER_DATA,
                                    LocalSpec, worker_steps_per_epoch)
 from jaxlab.train.guards import check_sweep, run_or_diverged
@@ -29,8 +29,16 @@ from jaxlab.train.loop import fit, run_keys
 from jaxlab.train.report import print_summary
 from jaxlab.train.sweep import apply_overrides, cell_name, parse_grid, run_cells, run_length
 from jaxlab.train.task import Task, flax_apply
+from jaxlab.train import guards
 
-LR_SCALING = ('none', 'sqrt', 'linear')
+# What this family reads beyond configs/common.py's shared fields and the optimizers' own.
+FIELDS = guards.declare_family('distributed', guards.Family(
+    reads=('local.*', 'arms', 'aug_set', 'grid', 'model.conv_impl', 'model.param_init',
+           'optim.lr_scaling', 'optim.base_batch', 'optim.lamb_lr', 'optim.lamb_weight_decay'),
+    neutral=('model.conv_impl',),
+    cells=('arms', 'grid')))
+# The optim fields read only under optim.name=lamb (base_lr, weight_decay_of).
+LAMB_READS = ('lamb_lr', 'lamb_weight_decay')
 # SPEC §4 augmentation sets on top of the config's crop / flip / normalisation.
 AUG_SETS = {
     'basic': dict(crop_padding=4, flip=True, rotation=0.0, perspective=0.0,
@@ -72,9 +80,9 @@ def weight_decay_of(optim_cfg):
 def scaled_lr(optim_cfg, batch_size):
   """base lr × (B / base_batch) ** {0, 1/2, 1} for the none / sqrt / linear rule."""
   rule = optim_cfg.lr_scaling
-  if rule not in LR_SCALING:
-    raise ValueError(f'unknown optim.lr_scaling {rule!r}; choose one of {", ".join(LR_SCALING)}')
-  power = {'none': 0.0, 'sqrt': 0.5, 'linear': 1.0}[rule]
+  if rule not in LR_SCALINGS:
+    raise ValueError(f'unknown optim.lr_scaling {rule!r}; choose one of {", ".join(LR_SCALINGS)}')
+  power = LR_SCALINGS[rule]
   return base_lr(optim_cfg) * (batch_size / optim_cfg.base_batch) ** power
 
 
@@ -127,7 +135,6 @@ def validate(config, overridden=frozenset(), devices=1):
   within(c, 'local.outer_momentum', 0, 1, high_open=True)
   at_least(c, 'local.dynamic_alpha', 0, ' (0: fixed rounds of local.sync_every)')
   at_least(c, 'optim.lamb_lr', 0, ' (0 uses optim.lr)')
-  checks.one_of(c, 'optim.large_batch_form', LARGE_BATCH_FORMS)
   checks.one_of(c, 'local.dynamic_form', DYNAMIC_FORMS)
   checks.one_of(c, 'local.worker_data', WORKER_DATA)
   checks.one_of(c, 'local.slowmo_lr', ('scheduled', 'base'))
@@ -137,9 +144,8 @@ def validate(config, overridden=frozenset(), devices=1):
            why=' (the epoch where post-local SGD turns local, inside train.epochs)')
   unread = lambda field, why, fix: checks.unread_override(field, overridden, why, fix)
   if c.optim.name != 'lamb':
-    unread('optim.lamb_lr', f'by optim.name={c.optim.name!r}', 'set --config.optim.name=lamb too')
-    unread('optim.lamb_weight_decay', f'by optim.name={c.optim.name!r}',
-           'set --config.optim.name=lamb too')
+    for name in LAMB_READS:
+      unread(f'optim.{name}', f'by optim.name={c.optim.name!r}', 'set --config.optim.name=lamb too')
   local = [m for m in methods if m != 'none']
   for name, needs in (('workers', None), ('sync_every', None), ('dynamic_alpha', None),
                       ('slowmo_alpha', 'slowmo'), ('slowmo_beta', 'slowmo'),

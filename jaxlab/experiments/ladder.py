@@ -27,6 +27,12 @@ from jaxlab.train.guards import check_sweep, run_or_diverged
 from jaxlab.train.loop import fit, run_keys
 from jaxlab.train.sweep import run_cells, run_length
 from jaxlab.train.task import Task
+from jaxlab.train import guards
+
+# What this family reads beyond configs/common.py's shared fields and the optimizers' own.
+FIELDS = guards.declare_family('ladder', guards.Family(
+    reads=('credit.*', 'seeds', 'model.width', 'model.depth'),
+    cells=('credit.rules', 'credit.ks')))
 
 # SPEC §2 reference: CIFAR-10 test accuracy, mean ± std over seeds {42, 123, 456}.
 REFERENCE = {

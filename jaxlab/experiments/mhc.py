@@ -39,6 +39,13 @@ from jaxlab.train.evaluate import make_outputs_fn, predict
 from jaxlab.train.guards import check_sweep, run_or_diverged
 from jaxlab.train.loop import fit, run_keys
 from jaxlab.train.task import Task, flax_apply
+from jaxlab.train import guards
+
+# What this family reads beyond configs/common.py's shared fields and the optimizers' own.
+FIELDS = guards.declare_family('mhc', guards.Family(
+    reads=('mhc.*', 'model.*', 'augment.randaugment_interpolation'),
+    neutral=('model.remat',),
+    cells=('mhc.arms',)))
 
 # arm name → model.residual
 ARMS = {'regular': 'plain', 'mhc_static': 'static', 'mhc_dynamic': 'dynamic'}
@@ -305,11 +312,6 @@ def validate(config, overridden=frozenset(), devices=1):
     for name in ('streams', 'tau', 'iterations', 'reduce', 'res_apply', 'final_norm'):
       checks.unread_override(f'model.hc.{name}', overridden, 'by the regular arm alone (plain '
                              'residual connections)', 'add an mHC arm to --config.mhc.arms')
-  if c.optim.schedule == 'whd_latent_space':
-    checks.unread_override('optim.decay_start_fraction', overridden,
-                           'by schedule whd_latent_space (the reference WHDScheduler triggers '
-                           'its cooldown at ⌊0.8n⌋)',
-                           'use --config.optim.schedule=whd to choose where the decay starts')
   preflight.check_vit(c, overridden)
   from jaxlab.models import hyper_connections, vit  # pylint: disable=g-import-not-at-top
   for field, choices in (('model.rope_form', vit.ROPE_FORMS), ('model.rope_dtype', vit.ROPE_DTYPES),

@@ -29,6 +29,14 @@ from jaxlab.train.guards import check_sweep, run_or_diverged
 from jaxlab.train.loop import fit
 from jaxlab.train.report import print_summary
 from jaxlab.train.task import Task, flax_apply
+from jaxlab.train import guards
+
+# What this family reads beyond configs/common.py's shared fields and the optimizers' own.
+FIELDS = guards.declare_family('peft', guards.Family(
+    reads=('peft.*', 'pretrained.*', 'sweep.*', 'model.*', 'augment.recipe', 'data.classes'),
+    neutral=('peft.diagnostics', 'peft.diagnostics_every', 'model.remat',
+             'pretrained.cache_dir'),
+    cells=('sweep.runs',)))
 
 PRETRAINED_SOURCES = ('augreg', 'npz', 'timm', 'none', 'pretrain')
 RECIPES = ('weights', 'week3', 'standard', 'seed')
