@@ -73,6 +73,13 @@ def _optimizer(c):
                 f'whd\'s warm-up ({o.warmup_fraction:g} of the run) ends after its decay starts '
                 f'(optim.decay_start_fraction={o.decay_start_fraction:g})',
                 'set --config.optim.warmup_fraction at most optim.decay_start_fraction')
+  cooldown = 1 - schedules.LATENT_SPACE_FRAC_DECAY
+  if o.schedule == 'whd_latent_space' and o.warmup_fraction > cooldown:
+    checks.fail('optim.warmup_fraction',
+                f'whd_latent_space\'s warm-up ({o.warmup_fraction:g} of the run) ends after its '
+                f'cooldown starts ({cooldown:g} of the run, as the reference WHDScheduler\'s)',
+                f'set --config.optim.warmup_fraction at most {cooldown:g}, or use '
+                '--config.optim.schedule=whd to choose where the decay starts')
 
 
 def _unread(reads, chosen):
