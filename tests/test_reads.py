@@ -149,3 +149,18 @@ def test_resume_ignores_what_the_family_calls_neutral():
       ('peft.diagnostics', True, False)]
   assert 'sweep.runs' in guards.neutral_fields('peft', launch=True)
   assert 'sweep.runs' not in guards.neutral_fields('peft')
+
+
+@pytest.mark.parametrize('name,source,field,fix', [
+    ('digits', 'tfds', 'data.label', 'cifar10 or cifar100'),
+    ('digits', 'tfds', 'data.source', 'cifar10 or cifar100'),
+    ('cifar10', 'tfds', 'data.dir', '--config.data.source=archive'),
+    ('cifar10', 'archive', 'data.tfds_dir', '--config.data.source=tfds'),
+])
+def test_a_data_field_its_origin_does_not_read_is_refused(name, source, field, fix):
+  c = importlib.import_module('configs.distributed').get_config('quick')
+  c.data.update(name=name, source=source)
+  with pytest.raises(checks.BadInput, match='would have no effect') as e:
+    experiments.validate(c, {field}, devices=1)
+  assert e.value.where == f'--config.{field}' and fix in e.value.fix
+  experiments.validate(c, set(), devices=1)

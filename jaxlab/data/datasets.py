@@ -25,6 +25,15 @@ from sklearn import model_selection
 
 DATASETS = ('digits', 'cifar10', 'cifar100')
 SOURCES = ('tfds', 'archive')
+# The data fields where the images come from, read by each origin (`_load_splits`): the
+# embedded digits, or a CIFAR data set from one of SOURCES.
+ORIGIN_READS = {'digits': (), 'tfds': ('source', 'tfds_dir', 'label'),
+                'archive': ('source', 'dir', 'label')}
+
+
+def origin(data_cfg):
+  """The key of ORIGIN_READS for `config.data`."""
+  return 'digits' if data_cfg.name == 'digits' else data_cfg.source
 
 # Label kinds each data set offers, with their number of classes.
 NUM_CLASSES = {

@@ -117,17 +117,16 @@ def check_unread(c, overridden):
   for name in _unread(averaging.READS, mode):
     checks.unread_override(f'averaging.{name}', overridden, 'while averaging.every_steps=0 '
                            '(averaging off)', 'set --config.averaging.every_steps too')
-  d = c.data
-  if d.name == 'digits':
-    for name in ('source', 'dir', 'tfds_dir', 'label'):
-      checks.unread_override(f'data.{name}', overridden, 'for the embedded digits',
-                             'set --config.data.name=cifar10 or cifar100 too (or drop it)')
-  else:
-    unread = {'tfds': 'dir', 'archive': 'tfds_dir'}.get(d.source)
-    if unread:
-      checks.unread_override(f'data.{unread}', overridden, f'with data.source={d.source!r}',
-                             f'set --config.data.source={"archive" if unread == "dir" else "tfds"} '
-                             'too (or drop it)')
+  from jaxlab.data import datasets  # pylint: disable=g-import-not-at-top
+  d, origin = c.data, datasets.origin(c.data)
+  if origin in datasets.ORIGIN_READS:
+    for name, users in _unread(datasets.ORIGIN_READS, origin).items():
+      if origin == 'digits':
+        checks.unread_override(f'data.{name}', overridden, 'for the embedded digits',
+                               'set --config.data.name=cifar10 or cifar100 too (or drop it)')
+      else:
+        checks.unread_override(f'data.{name}', overridden, f'with data.source={d.source!r}',
+                               f'set --config.data.source={users[0]} too (or drop it)')
 
 
 def _color_jitter(c):
