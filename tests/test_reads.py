@@ -136,7 +136,7 @@ def test_each_family_declares_every_field_its_configs_hold(experiment):
     for field in guards.flat_config(module.get_config(variant).to_dict()):
       assert field in declared or any(fnmatch.fnmatchcase(field, p) for p in patterns), (
           f'{variant}: {field} is read by nobody that says so')
-  for field in family.neutral + family.cells:
+  for field in family.neutral + family.cells + tuple(family.ranges):
     assert any(fnmatch.fnmatchcase(field, p) for p in family.reads), field
 
 

@@ -50,6 +50,9 @@ def validate(config, overridden=(), devices=None):
     devices = jax.device_count()
   preflight.check_divisible(config, 'train.eval_batch_size', devices)
   family = importlib.import_module(EXPERIMENTS[config.experiment])
+  for field, spec in family.FIELDS.ranges.items():
+    if checks.has(config, field):
+      spec(config, field)
   family.validate(config, frozenset(overridden), devices)
 
 

@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxlab import checks, models
+from jaxlab.checks import one_of, rule
+from jaxlab.models import hyper_connections, vit
 from jaxlab.data.augment import make_eval_preprocess
 from jaxlab.data.pipeline import steps_per_epoch
 from jaxlab.data.datasets import IMAGE_SHAPE, load_dataset
@@ -41,11 +43,6 @@ from jaxlab.train.loop import fit, run_keys
 from jaxlab.train.task import Task, flax_apply
 from jaxlab.train import guards
 
-# What this family reads beyond configs/common.py's shared fields and the optimizers' own.
-FIELDS = guards.declare_family('mhc', guards.Family(
-    reads=('mhc.*', 'model.*', 'augment.randaugment_interpolation'),
-    neutral=('model.remat',),
-    cells=('mhc.arms',)))
 
 # arm name → model.residual
 ARMS = {'regular': 'plain', 'mhc_static': 'static', 'mhc_dynamic': 'dynamic'}
@@ -296,6 +293,21 @@ def make_record(config, workdir, dataset, rows):
   return rec
 
 
+# What this family reads beyond configs/common.py's shared fields and the optimizers' own.
+FIELDS = guards.declare_family('mhc', guards.Family(
+    reads=('mhc.*', 'model.*', 'augment.randaugment_interpolation'),
+    neutral=('model.remat',),
+    cells=('mhc.arms',),
+    ranges={
+        'model.rope_form': rule(one_of, vit.ROPE_FORMS),
+        'model.rope_dtype': rule(one_of, vit.ROPE_DTYPES),
+        'model.stream_dtype': rule(one_of, ('', 'float32', 'bfloat16')),
+        'model.hc.res_apply': rule(one_of, hyper_connections.RES_APPLY),
+        'model.hc.final_norm': rule(one_of, hyper_connections.FINAL_NORMS),
+        'mhc.embed_dtype': rule(one_of, ('', 'float32', 'bfloat16')),
+        'augment.randaugment_interpolation': rule(one_of, ('bilinear', 'nearest')),
+    }))
+
 def validate(config, overridden=frozenset(), devices=1):
   """Arms, the ViT and its hyper-connections, the image size the data gives; each arm sets
   model.residual, so an override of it would be ignored."""
@@ -313,15 +325,6 @@ def validate(config, overridden=frozenset(), devices=1):
       checks.unread_override(f'model.hc.{name}', overridden, 'by the regular arm alone (plain '
                              'residual connections)', 'add an mHC arm to --config.mhc.arms')
   preflight.check_vit(c, overridden)
-  from jaxlab.models import hyper_connections, vit  # pylint: disable=g-import-not-at-top
-  for field, choices in (('model.rope_form', vit.ROPE_FORMS), ('model.rope_dtype', vit.ROPE_DTYPES),
-                         ('model.stream_dtype', ('', 'float32', 'bfloat16')),
-                         ('model.hc.res_apply', hyper_connections.RES_APPLY),
-                         ('model.hc.final_norm', hyper_connections.FINAL_NORMS),
-                         ('mhc.embed_dtype', ('', 'float32', 'bfloat16')),
-                         ('augment.randaugment_interpolation', ('bilinear', 'nearest'))):
-    if checks.has(c, field):
-      checks.one_of(c, field, choices)
   size = c.augment.resize or IMAGE_SHAPE[0]
   if size != c.model.image_size:
     checks.fail('model.image_size', f'model.image_size {c.model.image_size} is not the size of '

@@ -50,8 +50,6 @@ def _optimizer(c):
   """The ranges that the optimizers, schedules and averaging declare (optim.optimizers.FIELDS,
   optim.schedules.FIELDS, optim.averaging.FIELDS), and the relations between fields."""
   checks.check_declared(c, 'optim', optimizers.FIELDS)
-  at_least(c, 'optim.base_batch', 1)
-  checks.one_of(c, 'optim.lr_scaling', tuple(optimizers.LR_SCALINGS))
   checks.check_declared(c, 'optim', schedules.FIELDS)
   for label in c.optim.groups:
     group = f'optim.groups.{label}'

@@ -57,9 +57,6 @@ FIELDS = {
 # The defaults of the hyper-parameters a config may leave out (make_optimizer's keywords).
 DEFAULTS = dict(momentum=0.9, nesterov=False, b1=0.9, b2=0.999, eps=1e-8,
                 trust_coefficient=0.001, large_batch_form='textbook')
-# Learning-rate scaling with the batch size (optim.lr_scaling, read by the distributed family):
-# lr × (batch_size / base_batch) ** power.
-LR_SCALINGS = {'none': 0.0, 'sqrt': 0.5, 'linear': 1.0}
 
 
 class ScheduleState(NamedTuple):

@@ -39,10 +39,13 @@ class Family:
   patterns over dotted names), declared in its module: `reads`, all of them; `neutral`, those
   that do not change a run's result (a resume may change them); `cells`, those that choose
   which cells of a sweep run (each cell guards its own workdir, so the launch's record may
-  change them)."""
+  change them); `ranges`, the values of those whose range is their own."""
   reads: tuple[str, ...]
   neutral: tuple[str, ...] = ()
   cells: tuple[str, ...] = ()
+  # {dotted field: checks.rule(...)}: the values a field may take, checked (where the config
+  # has the field) before the family's own validate.
+  ranges: dict = dataclasses.field(default_factory=dict)
 
 
 _FAMILIES = {}
