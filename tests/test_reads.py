@@ -164,3 +164,14 @@ def test_a_data_field_its_origin_does_not_read_is_refused(name, source, field, f
     experiments.validate(c, {field}, devices=1)
   assert e.value.where == f'--config.{field}' and fix in e.value.fix
   experiments.validate(c, set(), devices=1)
+
+
+@pytest.mark.parametrize('name', optimizers.OPTIMIZERS)
+def test_the_distributed_family_reads_lambs_own_fields_under_lamb_alone(name):
+  from jaxlab.experiments import distributed  # pylint: disable=g-import-not-at-top
+  c = importlib.import_module('configs.distributed').get_config('quick').optim
+  c.name = name
+  cfg = Recording(c)
+  distributed.base_lr(cfg), distributed.weight_decay_of(cfg)
+  lamb = {f for f in cfg.read if f.startswith('lamb')}
+  assert lamb == (set(distributed.LAMB_READS) if name == 'lamb' else set())
