@@ -16,6 +16,7 @@ errors (jaxlab/experiments/preflight.py) and tests/test_reads.py, which records 
 `optimizer_from_config` reads, all start from it.
 """
 
+import inspect
 import types
 from typing import NamedTuple
 
@@ -33,12 +34,13 @@ from jaxlab.peft.partition import FROZEN
 LARGE_BATCH_FORMS = ('original', 'textbook')
 # The optim fields every optimizer reads (record_last_grads: set by the run, not by a user).
 COMMON_READS = ('name', 'lr', 'weight_decay', 'groups', 'schedule', 'record_last_grads')
-# The optim fields each optimizer reads besides those (_around_lr).
+# The optim fields each optimizer reads besides those (_around_lr; lars reads nesterov in its
+# textbook form only).
 OPTIMIZER_READS = {
     'sgd': (),
     'sgdm': ('momentum', 'nesterov'),
     'adamw': ('b1', 'b2', 'eps'),
-    'lars': ('large_batch_form', 'momentum', 'nesterov', 'trust_coefficient'),  # nesterov: textbook
+    'lars': ('large_batch_form', 'momentum', 'nesterov', 'trust_coefficient'),
     'lamb': ('large_batch_form', 'b1', 'b2', 'eps'),
 }
 OPTIMIZERS = tuple(OPTIMIZER_READS)
@@ -54,9 +56,6 @@ FIELDS = {
     'trust_coefficient': rule(positive),
     'large_batch_form': rule(one_of, LARGE_BATCH_FORMS),
 }
-# The defaults of the hyper-parameters a config may leave out (make_optimizer's keywords).
-DEFAULTS = dict(momentum=0.9, nesterov=False, b1=0.9, b2=0.999, eps=1e-8,
-                trust_coefficient=0.001, large_batch_form='textbook')
 
 
 class ScheduleState(NamedTuple):
@@ -248,6 +247,11 @@ def make_optimizer(labels, name='adamw', lr=1e-3, weight_decay=0.0, schedule='co
                                  decay_start=decay_start, decay_shape=decay_shape)
   return _partitioned(labels, name, lr, weight_decay, groups, hp, schedule, total_steps,
                       values, steps_per_epoch, epochs, record_grads)
+
+
+# The defaults of the hyper-parameters an optim config may leave out: make_optimizer's.
+DEFAULTS = {name: inspect.signature(make_optimizer).parameters[name].default
+            for reads in OPTIMIZER_READS.values() for name in reads}
 
 
 def _partitioned(labels, name, lr, weight_decay, groups, hp, schedule, total_steps, values,
