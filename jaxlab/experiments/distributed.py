@@ -22,8 +22,8 @@ from jaxlab.io.report import line_plot, markdown_table, with_status
 from jaxlab.io.writers import write_json, write_text
 from jaxlab.models import conv
 from jaxlab.optim.optimizers import schedule_from_optim
-from jaxlab.parallel.local import (DYNAMIC_FORMS, METHODS as LOCAL_METHODS, WORKER_DATA,
-                                   LocalSpec, worker_steps_per_epoch)
+from jaxlab.parallel.local import (DYNAMIC_FORMS, METHOD_READS, METHODS as LOCAL_METHODS,
+                                   WORKER_DATA, LocalSpec, worker_steps_per_epoch)
 from jaxlab.train.guards import check_sweep, run_or_diverged
 from jaxlab.train.loop import fit, run_keys
 from jaxlab.train.report import print_summary
@@ -154,12 +154,13 @@ def validate(config, overridden=frozenset(), devices=1):
     for name in LAMB_READS:
       unread(f'optim.{name}', f'by optim.name={c.optim.name!r}', 'set --config.optim.name=lamb too')
   local = [m for m in methods if m != 'none']
-  for name, needs in (('workers', None), ('sync_every', None), ('dynamic_alpha', None),
-                      ('slowmo_alpha', 'slowmo'), ('slowmo_beta', 'slowmo'),
-                      ('outer_lr', 'diloco'), ('outer_momentum', 'diloco'),
-                      ('switch_epochs', 'post_local'), ('slowmo_lr', 'slowmo'),
-                      ('dynamic_form', None), ('worker_data', None)):
-    if (needs is None and not local) or (needs is not None and needs not in local):
+  users = {}  # local.* field -> the methods that read it (parallel.local.METHOD_READS)
+  for method, reads in METHOD_READS.items():
+    for name in reads:
+      users.setdefault(name, []).append(method)
+  for name, readers in users.items():
+    needs = None if len(readers) == len(METHOD_READS) else readers[0]
+    if not set(readers) & set(local):
       unread(f'local.{name}', f'by the methods run here ({", ".join(methods)})',
              f'run {needs or "a local method"} too: --config.local.method='
              f'{needs or "local_sgd"}' + (' or add it to --config.arms' if c.arms else ''))
