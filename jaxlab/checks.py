@@ -138,6 +138,21 @@ def one_of(config, field, choices):
   return value
 
 
+def rule(check, *args, **kwargs):
+  """A field's range declared beside the code that reads the field, e.g.
+  `{'b1': rule(within, 0, 1, high_open=True)}`; `spec(config, 'optim.b1')` runs the check."""
+  return lambda config, field: check(config, field, *args, **kwargs)
+
+
+def check_declared(config, prefix, specs):
+  """Run each declared range of `specs` ({name: rule or None}) on the fields of `prefix`
+  ('optim') that the config has."""
+  for name, spec in specs.items():
+    field = f'{prefix}.{name}'
+    if spec is not None and has(config, field):
+      spec(config, field)
+
+
 def ignored_override(field, overridden, setter, fix):
   """A field given on the command line that `setter` (a sweep, an arm list, a recipe) sets
   itself: the run would silently ignore it."""

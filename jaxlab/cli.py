@@ -2,7 +2,8 @@
 
 ml_collections' config flags already reject unknown fields and bad values, but
 with a traceback and without the valid choices. `check_command_line` loads the
-config the same way and explains each bad override in one message.
+config (the one time its file runs: the entry point hands this ConfigDict to absl,
+which applies the overrides to it) and explains each bad override in one message.
 
 A config is named by a path (`--config=configs/hybrid.py:quick`, read as it is when the
 file exists) or by the name of a config that ships inside the package

@@ -38,12 +38,12 @@ BAD_INPUT = 2  # exit code of a bad value, file or directory (nothing computed o
 DIVERGED = 3  # exit code of a run stopped by a non-finite loss or parameter
 ENVIRONMENT = 4  # the machine or the workdir's files: disk, platform, path, damaged files
 BUSY = 5  # another run holds the workdir
+_CONFIG_FLAG = '--config'
 _HELP = ('--help', '--helpshort', '--helpfull', '--helpxml', '-?', '-h')
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Config: a packaged config NAME[:variant] (distributed, hybrid, ladder, '
-    'mhc; e.g. hybrid:quick) or a file path[:variant] (configs/hybrid.py:quick).',
-    lock_config=True)
+_CONFIG_HELP = ('Config: a packaged config NAME[:variant] (distributed, hybrid, ladder, mhc; '
+                'e.g. hybrid:quick) or a file path[:variant] (configs/hybrid.py:quick); '
+                '--config.FIELD=value overrides a field.')
 _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Where the run writes; default workdirs/<config>[-<variant>].')
 
@@ -70,7 +70,7 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-  config = _CONFIG.value
+  config = flags.FLAGS.config
   simulate = config.get('simulated_cpu_devices', 0)
   if simulate and 'jax' not in sys.modules and not _env_device_count(sys.argv):
     os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
@@ -168,6 +168,21 @@ def overridden(argv):
   return {a[len('--config.'):].split('=', 1)[0] for a in argv if a.startswith('--config.')}
 
 
+def _define_config(config, argv):
+  """Hand absl the config that cli.check_command_line loaded (the config file runs once):
+  the flag --config holds it and absl applies each --config.FIELD=value to it. Returns the
+  command line absl parses: argv without --config=PATH, which it has no use for. Under
+  --help, where nothing was loaded, --config is only listed."""
+  for name in [n for n in flags.FLAGS if n == 'config' or n.startswith('config.')]:
+    delattr(flags.FLAGS, name)  # a second console() in one process (tests)
+  if config is None:
+    flags.DEFINE_string('config', None, _CONFIG_HELP)
+    return [a for a in argv if not a.startswith(_CONFIG_FLAG)]
+  argv = [a for a in argv if not a.startswith(_CONFIG_FLAG + '=')]
+  config_flags.DEFINE_config_dict('config', config, _CONFIG_HELP, lock_config=True, sys_argv=argv)
+  return argv
+
+
 def console():
   """The `jaxlab` command (also `python -m jaxlab` and a checkout's `python launch.py`):
   resolve --config to a file, check the command line, then run `main` under absl."""
@@ -176,13 +191,13 @@ def console():
     main_module.__doc__ = __doc__  # absl's --help prints the main module's docstring
   try:
     sys.argv[:] = cli.resolve_argv(sys.argv)
-    if not any(a in _HELP for a in sys.argv[1:]):
-      cli.check_command_line(sys.argv)
+    config = None if any(a in _HELP for a in sys.argv[1:]) else cli.check_command_line(sys.argv)
   except (cli.CommandLineError, ValueError) as e:
     bad_input(e)
+  argv = _define_config(config, sys.argv)
   with preemption.watching():  # from here on, Ctrl-C and SIGTERM end in one line
     try:
-      app.run(main)
+      app.run(main, argv=argv)
     except preemption.Preempted as e:  # before main's own handling (flag parsing, imports)
       print(str(e), file=sys.stderr)
       sys.exit(e.exit_code)

@@ -44,7 +44,7 @@ class _Layout:
     return self.train_files + self.test_files + (self.meta_file,)
 
 
-_LAYOUTS = {
+LAYOUTS = {
     'cifar10': _Layout(
         title='CIFAR-10',
         archive_folder='cifar-10-batches-py',
@@ -85,7 +85,7 @@ def load_archive(name: str, directory: str, label: str) -> tuple[Split, Split]:
 
   The files are pickles: only point this at archives you trust.
   """
-  layout = _LAYOUTS[name]
+  layout = LAYOUTS[name]
   folder = _find_archive_folder(layout, directory)
   key = layout.archive_label_keys[label]
   return (
@@ -110,7 +110,7 @@ def check_archive(name: str, directory: str) -> None:
   missing (FileNotFoundError), partial (a file of the archive absent) or truncated (a
   pickle that does not end with its STOP opcode: an interrupted download or copy);
   ValueError for the latter two, naming the file."""
-  layout = _LAYOUTS[name]
+  layout = LAYOUTS[name]
   required = layout.train_files + layout.test_files
   root = pathlib.Path(directory).expanduser() if directory else None
   if root is not None:
@@ -201,19 +201,19 @@ def load_tfds(name: str, tfds_dir: str, label: str) -> tuple[Split, Split]:
     FileNotFoundError: the data set is not prepared in `array_record` format
       under `tfds_dir`; the message lists the ways out. Nothing is downloaded.
   """
-  key = _LAYOUTS[name].tfds_label_keys[label]
+  key = LAYOUTS[name].tfds_label_keys[label]
   return (
-      _read_tfds_split(name, 'train', tfds_dir, key),
-      _read_tfds_split(name, 'test', tfds_dir, key),
+      read_tfds_split(name, 'train', tfds_dir, key),
+      read_tfds_split(name, 'test', tfds_dir, key),
   )
 
 
-def _read_tfds_split(name: str, split: str, tfds_dir: str, label_key: str) -> Split:
+def read_tfds_split(name: str, split: str, tfds_dir: str, label_key: str) -> Split:
   """Reads every example of one TFDS split into memory."""
-  return _stack_examples(_open_tfds_split(name, split, tfds_dir), label_key)
+  return stack_examples(open_tfds_split(name, split, tfds_dir), label_key)
 
 
-def _open_tfds_split(name: str, split: str, tfds_dir: str):
+def open_tfds_split(name: str, split: str, tfds_dir: str):
   """Returns the TFDS data source of one split, known to be readable."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
@@ -234,7 +234,7 @@ def _open_tfds_split(name: str, split: str, tfds_dir: str):
   return source
 
 
-def _stack_examples(source: Sequence[Mapping[str, Any]], label_key: str) -> Split:
+def stack_examples(source: Sequence[Mapping[str, Any]], label_key: str) -> Split:
   """Copies all examples of `source` into preallocated uint8/int32 arrays."""
   num = len(source)
   images = np.empty((num, *IMAGE_SHAPE), np.uint8)

@@ -27,9 +27,18 @@ from jaxlab.data.pipeline import Split
 
 DATASETS = ('digits', 'cifar10', 'cifar100')
 SOURCES = ('tfds', 'archive')
+# The data fields where the images come from, read by each origin (`_load_splits`): the
+# embedded digits, or a CIFAR data set from one of SOURCES.
+ORIGIN_READS = {'digits': (), 'tfds': ('source', 'tfds_dir', 'label'),
+                'archive': ('source', 'dir', 'label')}
+
+
+def origin(data_cfg):
+  """The key of ORIGIN_READS for `config.data`."""
+  return 'digits' if data_cfg.name == 'digits' else data_cfg.source
 
 # Label kinds each data set offers, with their number of classes.
-_NUM_CLASSES = {
+NUM_CLASSES = {
     'digits': {'fine': 10},
     'cifar10': {'fine': 10},
     'cifar100': {'fine': 100, 'coarse': 20},
@@ -113,7 +122,7 @@ def load_dataset(data_cfg: Any, devices=None) -> Dataset:
       name=request.name,
       train=train,
       test=test,
-      num_classes=_NUM_CLASSES[request.name][request.label],
+      num_classes=NUM_CLASSES[request.name][request.label],
       eval_split=eval_split,
       placement=placement,
       placement_reason=reason,
@@ -207,15 +216,15 @@ def _load_tfds_streamable(request: _Request, decide):
   from jaxlab.data import cifar  # pylint: disable=g-import-not-at-top
   from jaxlab.data import stream  # pylint: disable=g-import-not-at-top
 
-  key = cifar._LAYOUTS[request.name].tfds_label_keys[request.label]  # pylint: disable=protected-access
-  source = cifar._open_tfds_split(request.name, 'train', request.tfds_dir)  # pylint: disable=protected-access
+  key = cifar.LAYOUTS[request.name].tfds_label_keys[request.label]
+  source = cifar.open_tfds_split(request.name, 'train', request.tfds_dir)
   images = stream.TfdsImages(source)
   placement, reason = decide(images.nbytes)
   if placement == 'stream':
     train = Split(images=images, labels=images.read_labels(key))
   else:
-    train = cifar._stack_examples(source, key)  # pylint: disable=protected-access
-  test = cifar._read_tfds_split(  # pylint: disable=protected-access
+    train = cifar.stack_examples(source, key)
+  test = cifar.read_tfds_split(
       request.name, 'test', request.tfds_dir, key)
   return train, test, (placement, reason)
 
@@ -264,7 +273,7 @@ def _parse(data_cfg: Any) -> _Request:
         f'Unknown data source {request.source!r} (config.data.source); valid '
         f'choices: {_choices(SOURCES)}.'
     )
-  labels = _NUM_CLASSES[request.name]
+  labels = NUM_CLASSES[request.name]
   if request.label not in labels:
     raise ValueError(
         f'Label kind {request.label!r} (config.data.label) is not available '

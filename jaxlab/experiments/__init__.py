@@ -12,7 +12,7 @@ from jaxlab.io import lock
 from jaxlab.io.checkpoint import PARAMS
 from jaxlab.models import MODELS
 from jaxlab.optim.optimizers import OPTIMIZERS
-from jaxlab.optim.schedules import DECAY_SHAPES, SCHEDULES
+from jaxlab.optim.schedules import SCHEDULES
 from jaxlab.train import guards
 
 EXPERIMENTS = {
@@ -30,7 +30,6 @@ CHOICES = (
     ('model.name', MODELS),
     ('optim.name', OPTIMIZERS),
     ('optim.schedule', SCHEDULES),
-    ('optim.decay_shape', DECAY_SHAPES),
     ('augment.normalization', tuple(NORMALIZATIONS)),
     ('checkpoint.params', PARAMS),
 )
@@ -51,6 +50,9 @@ def validate(config, overridden=(), devices=None):
     devices = jax.device_count()
   preflight.check_divisible(config, 'train.eval_batch_size', devices)
   family = importlib.import_module(EXPERIMENTS[config.experiment])
+  for field, spec in family.FIELDS.ranges.items():
+    if checks.has(config, field):
+      spec(config, field)
   family.validate(config, frozenset(overridden), devices)
 
 
@@ -94,7 +96,7 @@ def run(config, workdir, overridden=()):
   try:
     with lock.hold(workdir):
       guards.check_resume(workdir, config.to_dict(), LAUNCH_CONFIG,
-                          guards.NEUTRAL_FIELDS + guards.SWEEP_FIELDS)
+                          guards.neutral_fields(config.experiment, launch=True))
       return importlib.import_module(EXPERIMENTS[config.experiment]).run(config, workdir)
   except ValueError:  # bad input found late (e.g. by the data): nothing of it stays
     if not guards.results_in(workdir):

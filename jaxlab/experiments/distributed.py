@@ -15,23 +15,25 @@ import os
 import jax.numpy as jnp
 
 from jaxlab import checks, experiments, models
-from jaxlab.checks import at_least, positive, within
+from jaxlab.checks import at_least, one_of, positive, rule, within
 from jaxlab.data.datasets import load_dataset
 from jaxlab.experiments import preflight
 from jaxlab.io.figures import line_plot, markdown_table, with_status
 from jaxlab.io.writers import write_json, write_text
 from jaxlab.models import conv
-from jaxlab.optim.optimizers import LARGE_BATCH_FORMS, schedule_from_optim
-from jaxlab.parallel.local import (DYNAMIC_FORMS, METHODS as LOCAL_METHODS, WORKER_DATA,
-                                   LocalSpec, worker_steps_per_epoch)
+from jaxlab.optim.optimizers import schedule_from_optim
+from jaxlab.parallel.local import (DYNAMIC_FORMS, METHOD_READS, METHODS as LOCAL_METHODS,
+                                   WORKER_DATA, LocalSpec, worker_steps_per_epoch)
 from jaxlab.params import run_keys
 from jaxlab.train.guards import check_sweep, run_or_diverged
 from jaxlab.train.loop import fit
 from jaxlab.train.summary import print_summary
 from jaxlab.train.sweep import apply_overrides, cell_name, parse_grid, run_cells, run_length
 from jaxlab.train.task import Task, flax_apply
+from jaxlab.train import guards
 
-LR_SCALING = ('none', 'sqrt', 'linear')
+# lr × (batch_size / optim.base_batch) ** power for each optim.lr_scaling (scaled_lr).
+LR_SCALINGS = {'none': 0.0, 'sqrt': 0.5, 'linear': 1.0}
 # SPEC §4 augmentation sets on top of the config's crop / flip / normalisation.
 AUG_SETS = {
     'basic': dict(crop_padding=4, flip=True, rotation=0.0, perspective=0.0,
@@ -73,9 +75,9 @@ def weight_decay_of(optim_cfg):
 def scaled_lr(optim_cfg, batch_size):
   """base lr × (B / base_batch) ** {0, 1/2, 1} for the none / sqrt / linear rule."""
   rule = optim_cfg.lr_scaling
-  if rule not in LR_SCALING:
-    raise ValueError(f'unknown optim.lr_scaling {rule!r}; choose one of {", ".join(LR_SCALING)}')
-  power = {'none': 0.0, 'sqrt': 0.5, 'linear': 1.0}[rule]
+  if rule not in LR_SCALINGS:
+    raise ValueError(f'unknown optim.lr_scaling {rule!r}; choose one of {", ".join(LR_SCALINGS)}')
+  power = LR_SCALINGS[rule]
   return base_lr(optim_cfg) * (batch_size / optim_cfg.base_batch) ** power
 
 
@@ -109,45 +111,57 @@ def make_task(config, num_classes, image_shape, workers=None):
   return Task(params=params, apply=flax_apply(model), rules=[('.*', 'base')], workers=workers)
 
 
+# What this family reads beyond configs/common.py's shared fields and the optimizers' own.
+FIELDS = guards.declare_family('distributed', guards.Family(
+    reads=('local.*', 'arms', 'aug_set', 'grid', 'model.conv_impl', 'model.param_init',
+           'optim.lr_scaling', 'optim.base_batch', 'optim.lamb_lr', 'optim.lamb_weight_decay'),
+    neutral=('model.conv_impl',),
+    cells=('arms', 'grid'),
+    ranges={
+        'local.method': rule(one_of, ('none', *LOCAL_METHODS)),
+        'aug_set': rule(one_of, ('', *AUG_SETS)),
+        'model.conv_impl': rule(one_of, conv.IMPLS),
+        'model.param_init': rule(one_of, conv.INITS),
+        'local.workers': rule(at_least, 1),
+        'local.sync_every': rule(at_least, 1),
+        'local.slowmo_alpha': rule(positive),
+        'local.slowmo_beta': rule(within, 0, 1, high_open=True),
+        'local.outer_lr': rule(positive),
+        'local.outer_momentum': rule(within, 0, 1, high_open=True),
+        'local.dynamic_alpha': rule(at_least, 0, ' (0: fixed rounds of local.sync_every)'),
+        'local.dynamic_form': rule(one_of, DYNAMIC_FORMS),
+        'local.worker_data': rule(one_of, WORKER_DATA),
+        'local.slowmo_lr': rule(one_of, ('scheduled', 'base')),
+        'optim.lr_scaling': rule(one_of, tuple(LR_SCALINGS)),
+        'optim.base_batch': rule(at_least, 1),
+        'optim.lamb_lr': rule(at_least, 0, ' (0 uses optim.lr)'),
+    }))
+# The optim fields read only under optim.name=lamb (base_lr, weight_decay_of).
+LAMB_READS = ('lamb_lr', 'lamb_weight_decay')
+
 def validate(config, overridden=frozenset(), devices=1):
   """The family's fields, the devices' split of each arm's batch or workers, overrides
   that `arms`, `aug_set` or `grid` would ignore, and every grid cell as a config of its own."""
   c = config
-  checks.one_of(c, 'local.method', ('none', *LOCAL_METHODS))
-  checks.one_of(c, 'aug_set', ('', *AUG_SETS))
-  checks.one_of(c, 'model.conv_impl', conv.IMPLS)
-  checks.one_of(c, 'model.param_init', conv.INITS)
   bad = [arm for arm in c.arms if arm not in ('sync', *LOCAL_METHODS)]
   if bad:
     checks.fail('arms', f'unknown arms {bad}', f'choose from sync, {", ".join(LOCAL_METHODS)}')
-  for field in ('local.workers', 'local.sync_every'):
-    at_least(c, field, 1)
-  positive(c, 'local.slowmo_alpha')
-  within(c, 'local.slowmo_beta', 0, 1, high_open=True)
-  positive(c, 'local.outer_lr')
-  within(c, 'local.outer_momentum', 0, 1, high_open=True)
-  at_least(c, 'local.dynamic_alpha', 0, ' (0: fixed rounds of local.sync_every)')
-  at_least(c, 'optim.lamb_lr', 0, ' (0 uses optim.lr)')
-  checks.one_of(c, 'optim.large_batch_form', LARGE_BATCH_FORMS)
-  checks.one_of(c, 'local.dynamic_form', DYNAMIC_FORMS)
-  checks.one_of(c, 'local.worker_data', WORKER_DATA)
-  checks.one_of(c, 'local.slowmo_lr', ('scheduled', 'base'))
   methods = [('none' if arm == 'sync' else arm) for arm in c.arms] or [c.local.method]
   if 'post_local' in methods:
     within(c, 'local.switch_epochs', 0, c.train.epochs, high_open=True,
            why=' (the epoch where post-local SGD turns local, inside train.epochs)')
   unread = lambda field, why, fix: checks.unread_override(field, overridden, why, fix)
   if c.optim.name != 'lamb':
-    unread('optim.lamb_lr', f'by optim.name={c.optim.name!r}', 'set --config.optim.name=lamb too')
-    unread('optim.lamb_weight_decay', f'by optim.name={c.optim.name!r}',
-           'set --config.optim.name=lamb too')
+    for name in LAMB_READS:
+      unread(f'optim.{name}', f'by optim.name={c.optim.name!r}', 'set --config.optim.name=lamb too')
   local = [m for m in methods if m != 'none']
-  for name, needs in (('workers', None), ('sync_every', None), ('dynamic_alpha', None),
-                      ('slowmo_alpha', 'slowmo'), ('slowmo_beta', 'slowmo'),
-                      ('outer_lr', 'diloco'), ('outer_momentum', 'diloco'),
-                      ('switch_epochs', 'post_local'), ('slowmo_lr', 'slowmo'),
-                      ('dynamic_form', None), ('worker_data', None)):
-    if (needs is None and not local) or (needs is not None and needs not in local):
+  users = {}  # local.* field -> the methods that read it (parallel.local.METHOD_READS)
+  for method, reads in METHOD_READS.items():
+    for name in reads:
+      users.setdefault(name, []).append(method)
+  for name, readers in users.items():
+    needs = None if len(readers) == len(METHOD_READS) else readers[0]
+    if not set(readers) & set(local):
       unread(f'local.{name}', f'by the methods run here ({", ".join(methods)})',
              f'run {needs or "a local method"} too: --config.local.method='
              f'{needs or "local_sgd"}' + (' or add it to --config.arms' if c.arms else ''))

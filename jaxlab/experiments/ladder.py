@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxlab import checks
-from jaxlab.checks import at_least
+from jaxlab.checks import at_least, rule
 from jaxlab.credit import rules as credit
 from jaxlab.data.datasets import load_dataset
 from jaxlab.experiments import preflight
@@ -27,6 +27,8 @@ from jaxlab.train.guards import check_sweep, run_or_diverged
 from jaxlab.train.loop import fit
 from jaxlab.train.sweep import run_cells, run_length
 from jaxlab.train.task import Task
+from jaxlab.train import guards
+
 
 # SPEC §2 reference: CIFAR-10 test accuracy, mean ± std over seeds {42, 123, 456}.
 REFERENCE = {
@@ -130,12 +132,16 @@ def run_cell(config, workdir, dataset, rule, k, image_shape):
           'avg_step_time_s': summary['avg_step_time_s']}
 
 
+# What this family reads beyond configs/common.py's shared fields and the optimizers' own.
+FIELDS = guards.declare_family('ladder', guards.Family(
+    reads=('credit.*', 'seeds', 'model.width', 'model.depth'),
+    cells=('credit.rules', 'credit.ks'),
+    ranges={'model.width': rule(at_least, 1), 'model.depth': rule(at_least, 1)}))
+
 def validate(config, overridden=frozenset(), devices=1):
   """Rules, depths and seeds of the ladder; each seed's batch split over the devices."""
   del overridden  # no field here is set per cell
   c = config
-  for field in ('model.width', 'model.depth'):
-    at_least(c, field, 1)
   bad = [rule for rule in c.credit.rules if rule not in credit.RULES]
   if bad or not c.credit.rules:
     checks.fail('credit.rules', f'credit.rules {tuple(c.credit.rules)} must name one or more '

@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxlab import checks, models
+from jaxlab.checks import one_of, rule
+from jaxlab.models import hyper_connections, vit
 from jaxlab.data.augment import make_eval_preprocess
 from jaxlab.data.datasets import load_dataset
 from jaxlab.data.pipeline import IMAGE_SHAPE, steps_per_epoch
@@ -40,6 +42,8 @@ from jaxlab.train.evaluate import make_outputs_fn, predict
 from jaxlab.train.guards import check_sweep, run_or_diverged
 from jaxlab.train.loop import fit
 from jaxlab.train.task import Task, flax_apply
+from jaxlab.train import guards
+
 
 # arm name → model.residual
 ARMS = {'regular': 'plain', 'mhc_static': 'static', 'mhc_dynamic': 'dynamic'}
@@ -290,6 +294,21 @@ def make_record(config, workdir, dataset, rows):
   return rec
 
 
+# What this family reads beyond configs/common.py's shared fields and the optimizers' own.
+FIELDS = guards.declare_family('mhc', guards.Family(
+    reads=('mhc.*', 'model.*', 'augment.randaugment_interpolation'),
+    neutral=('model.remat',),
+    cells=('mhc.arms',),
+    ranges={
+        'model.rope_form': rule(one_of, vit.ROPE_FORMS),
+        'model.rope_dtype': rule(one_of, vit.ROPE_DTYPES),
+        'model.stream_dtype': rule(one_of, ('', 'float32', 'bfloat16')),
+        'model.hc.res_apply': rule(one_of, hyper_connections.RES_APPLY),
+        'model.hc.final_norm': rule(one_of, hyper_connections.FINAL_NORMS),
+        'mhc.embed_dtype': rule(one_of, ('', 'float32', 'bfloat16')),
+        'augment.randaugment_interpolation': rule(one_of, ('bilinear', 'nearest')),
+    }))
+
 def validate(config, overridden=frozenset(), devices=1):
   """Arms, the ViT and its hyper-connections, the image size the data gives; each arm sets
   model.residual, so an override of it would be ignored."""
@@ -306,21 +325,7 @@ def validate(config, overridden=frozenset(), devices=1):
     for name in ('streams', 'tau', 'iterations', 'reduce', 'res_apply', 'final_norm'):
       checks.unread_override(f'model.hc.{name}', overridden, 'by the regular arm alone (plain '
                              'residual connections)', 'add an mHC arm to --config.mhc.arms')
-  if c.optim.schedule == 'whd_latent_space':
-    checks.unread_override('optim.decay_start_fraction', overridden,
-                           'by schedule whd_latent_space (the reference WHDScheduler triggers '
-                           'its cooldown at ⌊0.8n⌋)',
-                           'use --config.optim.schedule=whd to choose where the decay starts')
   preflight.check_vit(c, overridden)
-  from jaxlab.models import hyper_connections, vit  # pylint: disable=g-import-not-at-top
-  for field, choices in (('model.rope_form', vit.ROPE_FORMS), ('model.rope_dtype', vit.ROPE_DTYPES),
-                         ('model.stream_dtype', ('', 'float32', 'bfloat16')),
-                         ('model.hc.res_apply', hyper_connections.RES_APPLY),
-                         ('model.hc.final_norm', hyper_connections.FINAL_NORMS),
-                         ('mhc.embed_dtype', ('', 'float32', 'bfloat16')),
-                         ('augment.randaugment_interpolation', ('bilinear', 'nearest'))):
-    if checks.has(c, field):
-      checks.one_of(c, field, choices)
   size = c.augment.resize or IMAGE_SHAPE[0]
   if size != c.model.image_size:
     checks.fail('model.image_size', f'model.image_size {c.model.image_size} is not the size of '

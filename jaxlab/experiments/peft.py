@@ -15,7 +15,7 @@ import jax
 import ml_collections
 
 from jaxlab import checks, models
-from jaxlab.checks import at_least, positive, within
+from jaxlab.checks import at_least, one_of, positive, rule, within
 from jaxlab.data.datasets import load_dataset, select_classes
 from jaxlab.experiments import preflight
 from jaxlab.io import pretrained as pt
@@ -29,6 +29,8 @@ from jaxlab.train.guards import check_sweep, run_or_diverged
 from jaxlab.train.loop import fit
 from jaxlab.train.summary import print_summary
 from jaxlab.train.task import Task, flax_apply
+from jaxlab.train import guards
+
 
 PRETRAINED_SOURCES = ('augreg', 'npz', 'timm', 'none', 'pretrain')
 RECIPES = ('weights', 'week3', 'standard', 'seed')
@@ -242,6 +244,24 @@ def pretrain(config, workdir, dataset):
 RECIPE_FIELDS = ('resize', 'crop_padding', 'flip', 'normalization')
 
 
+# What this family reads beyond configs/common.py's shared fields and the optimizers' own.
+FIELDS = guards.declare_family('peft', guards.Family(
+    reads=('peft.*', 'pretrained.*', 'sweep.*', 'model.*', 'augment.recipe', 'data.classes'),
+    neutral=('peft.diagnostics', 'peft.diagnostics_every', 'model.remat',
+             'pretrained.cache_dir'),
+    cells=('sweep.runs',),
+    ranges={
+        'augment.recipe': rule(one_of, RECIPES),
+        'pretrained.source': rule(one_of, PRETRAINED_SOURCES),
+        'peft.head_init': rule(one_of, api.HEAD_INITS),
+        'peft.rank': rule(at_least, 1),
+        'peft.alpha': rule(positive),
+        'peft.dropout': rule(within, 0, 1, high_open=True),
+        **{f'peft.{name}': rule(at_least, 0, ' (0 turns it off)')
+           for name in ('freeze_lora_steps', 'freeze_norm_steps', 'alt_freeze_every',
+                        'diagnostics_every')},
+    }))
+
 def validate(config, overridden=frozenset(), devices=1):
   """The family's fields before anything is loaded or computed: methods, LoRA blocks inside
   the depth, freezing, classes inside the data set, the ViT, and overrides that sweep.runs
@@ -250,9 +270,6 @@ def validate(config, overridden=frozenset(), devices=1):
   if c.model.name != 'vit':
     checks.fail('model.name', f'the peft family fine-tunes a ViT; model.name is '
                 f'{c.model.name!r}', 'use --config.model.name=vit')
-  checks.one_of(c, 'augment.recipe', RECIPES)
-  checks.one_of(c, 'pretrained.source', PRETRAINED_SOURCES)
-  checks.one_of(c, 'peft.head_init', api.HEAD_INITS)
   arch = preflight.check_vit(c, overridden)
   runs = tuple(c.sweep.runs)
   for spec in (runs or (f'{p.method}/{p.policy}',)):
@@ -312,12 +329,6 @@ def validate(config, overridden=frozenset(), devices=1):
            'set --config.peft.diagnostics=true too')
   with checks.about('peft.alt_order', f'choose one of {", ".join(methods.ORDERS)}'):
     methods.hold_schedule(order=p.alt_order)
-  at_least(c, 'peft.rank', 1)
-  positive(c, 'peft.alpha')
-  within(c, 'peft.dropout', 0, 1, high_open=True)
-  for field in ('peft.freeze_lora_steps', 'peft.freeze_norm_steps', 'peft.alt_freeze_every',
-                'peft.diagnostics_every'):
-    at_least(c, field, 0, ' (0 turns it off)')
   classes = preflight.num_classes(c)
   preflight.check_classes(c, 'data.classes', classes)
   if c.pretrained.source == 'pretrain':

@@ -9,22 +9,9 @@ from absl import logging
 from jaxlab import checks
 from jaxlab.checks import BadInput, at_least, positive, within
 
-LR_SCALINGS = ('none', 'sqrt', 'linear')
+from jaxlab.optim import averaging, optimizers, schedules
+
 CPU_COLLECTIVES = ('gloo', 'mpi')
-WARMUP_SCHEDULES = ('warmup_cosine', 'whd', 'whd_latent_space', 'warmup_linear_epoch')
-# The optim fields each optimizer reads besides lr and weight_decay (optim.optimizers._around_lr).
-OPTIMIZER_READS = {'sgd': (), 'sgdm': ('momentum', 'nesterov'), 'adamw': ('b1', 'b2', 'eps'),
-                   'lars': ('momentum', 'nesterov', 'trust_coefficient'),
-                   'lamb': ('b1', 'b2', 'eps')}
-# The fields each schedule reads (optim.schedules.make_schedule).
-SCHEDULE_READS = {'constant': (), 'cosine': ('lr_floor',),
-                  'warmup_cosine': ('lr_floor', 'warmup_epochs', 'warmup_fraction'),
-                  'whd': ('lr_floor', 'warmup_epochs', 'warmup_fraction', 'decay_start_fraction',
-                          'decay_shape'),
-                  'whd_latent_space': ('lr_floor', 'warmup_epochs', 'warmup_fraction',
-                                       'decay_shape'),
-                  'cosine_epoch': ('lr_floor',),
-                  'warmup_linear_epoch': ('lr_floor', 'warmup_epochs', 'warmup_fraction')}
 
 
 def check_fields(c):
@@ -34,13 +21,11 @@ def check_fields(c):
                 'checkpoint.every_steps', 'checkpoint.keep'):
     at_least(c, field, 1)
   at_least(c, 'train.steps', 0, ' (0 runs every epoch)')
-  at_least(c, 'averaging.every_steps', 0, ' (0 turns averaging off)')
-  within(c, 'averaging.start_fraction', 0, 1, high_open=True)
-  at_least(c, 'averaging.window', 0, ' (0 averages every snapshot)')
+  checks.check_declared(c, 'averaging', averaging.FIELDS)
 
   from jaxlab.data import datasets, stream  # pylint: disable=g-import-not-at-top
   checks.one_of(c, 'data.placement', stream.PLACEMENTS)
-  checks.one_of(c, 'data.label', tuple(datasets._NUM_CLASSES[c.data.name]))  # pylint: disable=protected-access
+  checks.one_of(c, 'data.label', tuple(datasets.NUM_CLASSES[c.data.name]))
   within(c, 'data.validation_fraction', 0, 1, high_open=True)
   at_least(c, 'data.device_budget_mb', 0, ' (0 = half the device memory)')
   at_least(c, 'data.prefetch', 0)
@@ -62,18 +47,10 @@ def check_fields(c):
 
 
 def _optimizer(c):
-  positive(c, 'optim.lr')
-  at_least(c, 'optim.weight_decay', 0)
-  for field in ('optim.momentum', 'optim.b1', 'optim.b2'):
-    within(c, field, 0, 1, high_open=True)
-  positive(c, 'optim.eps')
-  positive(c, 'optim.trust_coefficient')
-  at_least(c, 'optim.base_batch', 1)
-  checks.one_of(c, 'optim.lr_scaling', LR_SCALINGS)
-  within(c, 'optim.lr_floor', 0, 1, why=' (a fraction of the peak lr)')
-  at_least(c, 'optim.warmup_epochs', 0)
-  within(c, 'optim.warmup_fraction', 0, 1, high_open=True)
-  within(c, 'optim.decay_start_fraction', 0, 1)
+  """The ranges that the optimizers, schedules and averaging declare (optim.optimizers.FIELDS,
+  optim.schedules.FIELDS, optim.averaging.FIELDS), and the relations between fields."""
+  checks.check_declared(c, 'optim', optimizers.FIELDS)
+  checks.check_declared(c, 'optim', schedules.FIELDS)
   for label in c.optim.groups:
     group = f'optim.groups.{label}'
     if checks.has(c, f'{group}.lr'):
@@ -82,7 +59,8 @@ def _optimizer(c):
       at_least(c, f'{group}.weight_decay', 0)
   # Relations: the warm-up ends inside the run (and before whd's decay starts).
   o = c.optim
-  if o.schedule in WARMUP_SCHEDULES and not o.warmup_fraction and o.warmup_epochs >= c.train.epochs:
+  warmup = 'warmup_epochs' in schedules.SCHEDULE_READS.get(o.schedule, ())
+  if warmup and not o.warmup_fraction and o.warmup_epochs >= c.train.epochs:
     checks.fail('optim.warmup_epochs',
                 f'the warm-up ({o.warmup_epochs:g} epochs) is not shorter than the run '
                 f'(train.epochs={c.train.epochs})',
@@ -93,45 +71,60 @@ def _optimizer(c):
                 f'whd\'s warm-up ({o.warmup_fraction:g} of the run) ends after its decay starts '
                 f'(optim.decay_start_fraction={o.decay_start_fraction:g})',
                 'set --config.optim.warmup_fraction at most optim.decay_start_fraction')
+  cooldown = 1 - schedules.LATENT_SPACE_FRAC_DECAY
+  if o.schedule == 'whd_latent_space' and o.warmup_fraction > cooldown:
+    checks.fail('optim.warmup_fraction',
+                f'whd_latent_space\'s warm-up ({o.warmup_fraction:g} of the run) ends after its '
+                f'cooldown starts ({cooldown:g} of the run, as the reference WHDScheduler\'s)',
+                f'set --config.optim.warmup_fraction at most {cooldown:g}, or use '
+                '--config.optim.schedule=whd to choose where the decay starts')
+
+
+def _unread(reads, chosen):
+  """{field: [the choices that read it]} for each field some choice of `reads` ({choice:
+  fields}) reads and `chosen` does not."""
+  users = {}
+  for choice, fields in reads.items():
+    for field in fields:
+      users.setdefault(field, []).append(choice)
+  return {field: who for field, who in users.items() if field not in reads[chosen]}
 
 
 def check_unread(c, overridden):
-  """Command-line overrides of shared fields that this run would never read."""
+  """Command-line overrides of shared fields that this run would never read: what the
+  optimizer, the schedule and the averaging mode declare they read (OPTIMIZER_READS,
+  SCHEDULE_READS, averaging.READS)."""
   o = c.optim
-  if o.name in OPTIMIZER_READS:
-    for name in ('momentum', 'nesterov', 'b1', 'b2', 'eps', 'trust_coefficient'):
-      if name not in OPTIMIZER_READS[o.name]:
-        users = [n for n, reads in OPTIMIZER_READS.items() if name in reads]
-        checks.unread_override(f'optim.{name}', overridden, f'by optim.name={o.name!r}',
-                               f'only {", ".join(users)} read it: set --config.optim.name too, '
-                               'or drop it')
-  if o.schedule in SCHEDULE_READS:
-    for name in ('lr_floor', 'warmup_epochs', 'warmup_fraction', 'decay_start_fraction',
-                 'decay_shape'):
-      if name not in SCHEDULE_READS[o.schedule]:
-        users = [n for n, reads in SCHEDULE_READS.items() if name in reads]
-        checks.unread_override(f'optim.{name}', overridden, f'by optim.schedule={o.schedule!r}',
-                               f'only the schedules {", ".join(users)} read it: set '
-                               '--config.optim.schedule too, or drop it')
+  if o.name in optimizers.OPTIMIZER_READS:
+    for name, users in _unread(optimizers.OPTIMIZER_READS, o.name).items():
+      checks.unread_override(f'optim.{name}', overridden, f'by optim.name={o.name!r}',
+                             f'only {", ".join(users)} read it: set --config.optim.name too, '
+                             'or drop it')
+  if o.schedule in schedules.SCHEDULE_READS:
+    for name, users in _unread(schedules.SCHEDULE_READS, o.schedule).items():
+      because = schedules.UNREAD_BECAUSE.get((o.schedule, name))
+      checks.unread_override(f'optim.{name}', overridden, f'by optim.schedule={o.schedule!r}'
+                             + (f' ({because})' if because else ''),
+                             f'only the schedules {", ".join(users)} read it: set '
+                             '--config.optim.schedule too, or drop it')
     if o.warmup_fraction:
       checks.unread_override('optim.warmup_epochs', overridden,
                              f'while optim.warmup_fraction={o.warmup_fraction:g} sets the warm-up',
                              'add --config.optim.warmup_fraction=0.0 to give it in epochs')
-  if not c.averaging.every_steps:
-    for name in ('start_fraction', 'window'):
-      checks.unread_override(f'averaging.{name}', overridden, 'while averaging.every_steps=0 '
-                             '(averaging off)', 'set --config.averaging.every_steps too')
-  d = c.data
-  if d.name == 'digits':
-    for name in ('source', 'dir', 'tfds_dir', 'label'):
-      checks.unread_override(f'data.{name}', overridden, 'for the embedded digits',
-                             'set --config.data.name=cifar10 or cifar100 too (or drop it)')
-  else:
-    unread = {'tfds': 'dir', 'archive': 'tfds_dir'}.get(d.source)
-    if unread:
-      checks.unread_override(f'data.{unread}', overridden, f'with data.source={d.source!r}',
-                             f'set --config.data.source={"archive" if unread == "dir" else "tfds"} '
-                             'too (or drop it)')
+  mode = averaging.mode(c.averaging)
+  for name in _unread(averaging.READS, mode):
+    checks.unread_override(f'averaging.{name}', overridden, 'while averaging.every_steps=0 '
+                           '(averaging off)', 'set --config.averaging.every_steps too')
+  from jaxlab.data import datasets  # pylint: disable=g-import-not-at-top
+  d, origin = c.data, datasets.origin(c.data)
+  if origin in datasets.ORIGIN_READS:
+    for name, users in _unread(datasets.ORIGIN_READS, origin).items():
+      if origin == 'digits':
+        checks.unread_override(f'data.{name}', overridden, 'for the embedded digits',
+                               'set --config.data.name=cifar10 or cifar100 too (or drop it)')
+      else:
+        checks.unread_override(f'data.{name}', overridden, f'with data.source={d.source!r}',
+                               f'set --config.data.source={users[0]} too (or drop it)')
 
 
 def _color_jitter(c):
@@ -175,7 +168,7 @@ def _distributed(c):
 
 def num_classes(c):
   from jaxlab.data import datasets  # pylint: disable=g-import-not-at-top
-  return datasets._NUM_CLASSES[c.data.name][c.data.label]  # pylint: disable=protected-access
+  return datasets.NUM_CLASSES[c.data.name][c.data.label]
 
 
 def check_classes(c, field, num_classes):
@@ -256,7 +249,7 @@ def check_data(c):
     logging.set_verbosity(logging.ERROR)  # TFDS warns about what the one line below says
     try:
       for split in ('train', 'test'):
-        cifar._open_tfds_split(c.data.name, split, c.data.tfds_dir)  # pylint: disable=protected-access
+        cifar.open_tfds_split(c.data.name, split, c.data.tfds_dir)
     except FileNotFoundError as e:
       cause = e.__cause__
       raise checks.Missing(
@@ -273,7 +266,7 @@ def check_data(c):
   try:
     cifar.check_archive(c.data.name, c.data.dir)
   except FileNotFoundError:
-    folder = cifar._LAYOUTS[c.data.name].archive_folder  # pylint: disable=protected-access
+    folder = cifar.LAYOUTS[c.data.name].archive_folder
     raise checks.Missing(f'{c.data.name} python archive not found ({folder}/ is neither the '
                          'folder nor inside it)', where,
                          f'extract the "python version" from {cifar.CIFAR_URL} and pass '

@@ -15,15 +15,15 @@ import numpy as np
 from jaxlab.checks import Damaged
 
 
-def _plain(x):
+def plain(x):
   """JSON-safe version of numpy / jax scalars and arrays; NaN and inf become null."""
   if isinstance(x, dict):
-    return {str(k): _plain(v) for k, v in x.items()}
+    return {str(k): plain(v) for k, v in x.items()}
   if isinstance(x, (list, tuple)):
-    return [_plain(v) for v in x]
+    return [plain(v) for v in x]
   if hasattr(x, 'shape') and hasattr(x, 'dtype'):
     x = np.asarray(x)
-    return _plain(x.item() if x.ndim == 0 else x.tolist())
+    return plain(x.item() if x.ndim == 0 else x.tolist())
   if isinstance(x, float) and not math.isfinite(x):
     return None
   return x
@@ -37,7 +37,7 @@ def is_writer():
 
 def write_json(path, obj):
   """Write `obj` to `path` atomically (a reader never sees half a file); process 0 only."""
-  write_text(path, json.dumps(_plain(obj), indent=2, sort_keys=True) + '\n')
+  write_text(path, json.dumps(plain(obj), indent=2, sort_keys=True) + '\n')
 
 
 def write_text(path, text):
@@ -118,4 +118,4 @@ class JsonlLog:
     if not self.writer:
       return
     with open(self.path, 'a') as f:
-      f.write(json.dumps(_plain(record), sort_keys=True) + '\n')
+      f.write(json.dumps(plain(record), sort_keys=True) + '\n')

@@ -6,12 +6,29 @@ weights): snapshots are taken every `every` steps once the run is past
 only the last `window` (a ring buffer). The statistics live in
 `TrainState.extra['average']`, so they are checkpointed and resumed with the
 rest of the state.
+
+`READS` says which averaging fields each mode reads, `FIELDS` the values each may take.
 """
 
 import dataclasses
 
 import jax
 import jax.numpy as jnp
+
+from jaxlab.checks import at_least, rule, within
+
+# The averaging fields each mode reads (`from_config`): off while every_steps is 0.
+READS = {'off': ('every_steps',), 'on': ('every_steps', 'start_fraction', 'window')}
+FIELDS = {
+    'every_steps': rule(at_least, 0, ' (0 turns averaging off)'),
+    'start_fraction': rule(within, 0, 1, high_open=True),
+    'window': rule(at_least, 0, ' (0 averages every snapshot)'),
+}
+
+
+def mode(avg_cfg):
+  """'on' or 'off': the key of READS for `config.averaging`."""
+  return 'on' if avg_cfg is not None and avg_cfg.every_steps else 'off'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +82,7 @@ class ParamAverage:
 
 def from_config(avg_cfg, total_steps):
   """The ParamAverage of `config.averaging`, or None when every_steps is 0 (off)."""
-  if avg_cfg is None or not avg_cfg.every_steps:
+  if mode(avg_cfg) == 'off':
     return None
   return ParamAverage(start=int(round(avg_cfg.start_fraction * total_steps)),
                       every=int(avg_cfg.every_steps), window=int(avg_cfg.window))

@@ -9,19 +9,53 @@ update count: a group held still for a while resumes at the schedule's current
 value, as a PyTorch scheduler stepping globally would have it, while its
 optimizer statistics (Adam's moments and bias-correction count) stay where they
 were. `optimizer_from_config` builds the same from an `optim` ConfigDict.
+
+`OPTIMIZER_READS` says which optim fields each optimizer reads besides `COMMON_READS` (and
+`FIELDS` the values each may take); validation, the "this override would have no effect"
+errors (jaxlab/experiments/preflight.py) and tests/test_reads.py, which records what
+`optimizer_from_config` reads, all start from it.
 """
 
+import inspect
+import types
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from jaxlab.optim.schedules import (EPOCH_SCHEDULES, SCHEDULES, decay_start_of, epoch_schedule,
-                                    make_schedule, warmup_steps_of)
+from jaxlab.checks import at_least, one_of, positive, rule, within
+from jaxlab.optim import schedules
+from jaxlab.optim.schedules import EPOCH_SCHEDULES, SCHEDULES
 from jaxlab.params import FROZEN
 
-OPTIMIZERS = ('sgd', 'sgdm', 'adamw', 'lars', 'lamb')
+# LARS and LAMB as the original code wrote them ('original'), or in their textbook form
+# ('textbook', optax.lars / optax.lamb): see _around_lr.
+LARGE_BATCH_FORMS = ('original', 'textbook')
+# The optim fields every optimizer reads (record_last_grads: set by the run, not by a user).
+COMMON_READS = ('name', 'lr', 'weight_decay', 'groups', 'schedule', 'record_last_grads')
+# The optim fields each optimizer reads besides those (_around_lr; lars reads nesterov in its
+# textbook form only).
+OPTIMIZER_READS = {
+    'sgd': (),
+    'sgdm': ('momentum', 'nesterov'),
+    'adamw': ('b1', 'b2', 'eps'),
+    'lars': ('large_batch_form', 'momentum', 'nesterov', 'trust_coefficient'),
+    'lamb': ('large_batch_form', 'b1', 'b2', 'eps'),
+}
+OPTIMIZERS = tuple(OPTIMIZER_READS)
+# The values of the fields the optimizers read (None: any value of the field's type).
+FIELDS = {
+    'lr': rule(positive),
+    'weight_decay': rule(at_least, 0),
+    'momentum': rule(within, 0, 1, high_open=True),
+    'nesterov': None,
+    'b1': rule(within, 0, 1, high_open=True),
+    'b2': rule(within, 0, 1, high_open=True),
+    'eps': rule(positive),
+    'trust_coefficient': rule(positive),
+    'large_batch_form': rule(one_of, LARGE_BATCH_FORMS),
+}
 
 
 class ScheduleState(NamedTuple):
@@ -75,11 +109,6 @@ def matrices_only(params):
   return jax.tree.map(lambda x: x.ndim > 1, params)
 
 
-# LARS and LAMB as the original code wrote them ('original'), or in their textbook form
-# ('textbook', optax.lars / optax.lamb): see _around_lr.
-LARGE_BATCH_FORMS = ('original', 'textbook')
-
-
 class OriginalLarsState(NamedTuple):
   """The original LARS's momentum buffers and its update count (0 before the first update)."""
   count: jax.Array
@@ -119,8 +148,13 @@ def original_lars(momentum, weight_decay, trust_coefficient):
 def _around_lr(name, weight_decay, hp):
   """(before, after): the optimizer's transforms before and after the learning-rate scaling.
 
-  hp: the hyper-parameters momentum, nesterov, b1, b2, eps, trust_coefficient and form
-  (LARGE_BATCH_FORMS, read by lars and lamb)."""
+  hp: a mapping of the hyper-parameters momentum, nesterov, b1, b2, eps, trust_coefficient and
+  large_batch_form (LARGE_BATCH_FORMS); each optimizer looks up only its own (OPTIMIZER_READS)."""
+  if name in ('lars', 'lamb'):
+    form = hp['large_batch_form']
+    if form not in LARGE_BATCH_FORMS:
+      raise ValueError(f'unknown large_batch_form {form!r}; choose one of '
+                       f'{", ".join(LARGE_BATCH_FORMS)}')
   if name == 'sgd':
     return optax.add_decayed_weights(weight_decay), optax.identity()
   if name == 'sgdm':
@@ -131,9 +165,9 @@ def _around_lr(name, weight_decay, hp):
     # AdamW: Adam direction plus decoupled decay, both scaled by the lr.
     return (optax.chain(optax.scale_by_adam(hp['b1'], hp['b2'], hp['eps']),
                         optax.add_decayed_weights(weight_decay)), optax.identity())
-  if name == 'lars' and hp['form'] == 'original':
+  if name == 'lars' and form == 'original':
     return original_lars(hp['momentum'], weight_decay, hp['trust_coefficient']), optax.identity()
-  if name == 'lamb' and hp['form'] == 'original':
+  if name == 'lamb' and form == 'original':
     # The original LAMB (lucavgn/AML_Project5, class `LAMB` in the large-batch notebooks):
     # u = m̂/(√v̂ + eps) + wd·w and the step −lr·(‖w‖/‖u‖)·u (ratio 1 when either norm is 0,
     # no clamp) on every tensor, biases included.
@@ -203,75 +237,87 @@ def make_optimizer(labels, name='adamw', lr=1e-3, weight_decay=0.0, schedule='co
   (0 at the first update); with `global_step=` it takes that step instead (the trainer's
   global schedule), and `lr_scales={label: factor}` multiplies a group's lr.
   """
-  if not _is_label_tree(labels):
-    raise TypeError('make_optimizer(labels, name=..., lr=..., ...) takes a label tree first; '
-                    'for an optim ConfigDict use optimizer_from_config(optim_cfg, labels, '
-                    'total_steps, steps_per_epoch)')
+  _check_label_tree(labels)
+  if large_batch_form not in LARGE_BATCH_FORMS:
+    raise ValueError(f'unknown large_batch_form {large_batch_form!r}; choose one of '
+                     f'{", ".join(LARGE_BATCH_FORMS)}')
+  hp = dict(momentum=momentum, nesterov=nesterov, b1=b1, b2=b2, eps=eps,
+            trust_coefficient=trust_coefficient, large_batch_form=large_batch_form)
+  values = types.SimpleNamespace(warmup_steps=warmup_steps, floor=lr_floor,
+                                 decay_start=decay_start, decay_shape=decay_shape)
+  return _partitioned(labels, name, lr, weight_decay, groups, hp, schedule, total_steps,
+                      values, steps_per_epoch, epochs, record_grads)
+
+
+# The defaults of the hyper-parameters an optim config may leave out: make_optimizer's.
+DEFAULTS = {name: inspect.signature(make_optimizer).parameters[name].default
+            for reads in OPTIMIZER_READS.values() for name in reads}
+
+
+def _partitioned(labels, name, lr, weight_decay, groups, hp, schedule, total_steps, values,
+                 steps_per_epoch, epochs, record_grads):
+  """make_optimizer's transformation; `hp` and `values` (the schedule's) are read only where
+  the optimizer and the schedule use them."""
   if name not in OPTIMIZERS:
     raise ValueError(f'unknown optimizer {name!r}; choose one of {", ".join(OPTIMIZERS)}')
   if schedule not in SCHEDULES:
     raise ValueError(f'unknown schedule {schedule!r}; choose one of {", ".join(SCHEDULES)}')
   if schedule != 'constant' and not total_steps:
     raise ValueError(f'schedule {schedule!r} needs total_steps (the length of the run)')
-  if large_batch_form not in LARGE_BATCH_FORMS:
-    raise ValueError(f'unknown large_batch_form {large_batch_form!r}; choose one of '
-                     f'{", ".join(LARGE_BATCH_FORMS)}')
   if schedule in EPOCH_SCHEDULES and not steps_per_epoch:
     raise ValueError(f'schedule {schedule!r} needs steps_per_epoch')
-  hp = dict(momentum=momentum, nesterov=nesterov, b1=b1, b2=b2, eps=eps,
-            trust_coefficient=trust_coefficient, form=large_batch_form)
   transforms = {}
   for label in sorted(set(jax.tree.leaves(labels))):
     if label == FROZEN:
       transforms[label] = optax.set_to_zero()
       continue
     group_lr, group_wd = group_settings(groups, label, lr, weight_decay)
-    group_schedule = _schedule(schedule, group_lr, total_steps, warmup_steps, lr_floor,
-                               decay_start, decay_shape, steps_per_epoch, epochs)
+    group_schedule = schedules.build(schedule, group_lr, total_steps, values, steps_per_epoch,
+                                     epochs)
     before, after = _around_lr(name, group_wd, hp)
     chain = [before, scale_by_global_schedule(group_schedule, label), after]
     transforms[label] = optax.chain(*([record_last_grads()] if record_grads else []), *chain)
   return optax.partition(transforms, labels)
 
 
-def _schedule(schedule, lr, total_steps, warmup_steps, lr_floor, decay_start, decay_shape,
-              steps_per_epoch, epochs=None):
-  if schedule in EPOCH_SCHEDULES:
-    return epoch_schedule(schedule, lr, steps_per_epoch,
-                          epochs or -(-total_steps // steps_per_epoch),
-                          warmup_steps / steps_per_epoch, lr_floor)
-  return make_schedule(schedule, lr, total_steps or 0, warmup_steps, lr_floor,
-                       decay_start=decay_start, decay_shape=decay_shape)
-
-
 def schedule_from_optim(optim_cfg, total_steps, steps_per_epoch):
   """The step → lr function `optimizer_from_config` gives its groups (at optim.lr)."""
-  c = optim_cfg
-  return _schedule(c.schedule, c.lr, total_steps, warmup_steps_of(c, total_steps, steps_per_epoch),
-                   c.get('lr_floor', 0.0), decay_start_of(c, total_steps),
-                   c.get('decay_shape', '1-sqrt'), steps_per_epoch)
+  return schedules.schedule_from_config(optim_cfg, optim_cfg.lr, total_steps, steps_per_epoch)
+
+
+def _check_label_tree(labels):
+  if not _is_label_tree(labels):
+    raise TypeError('make_optimizer(labels, name=..., lr=..., ...) takes a label tree first; '
+                    'for an optim ConfigDict use optimizer_from_config(optim_cfg, labels, '
+                    'total_steps, steps_per_epoch)')
 
 
 def _is_label_tree(labels):
   return not hasattr(labels, 'to_dict') and all(isinstance(x, str) for x in jax.tree.leaves(labels))
 
 
+class _ConfigHyper:
+  """The hyper-parameters of an optim config as _around_lr looks them up: each read from the
+  config (or DEFAULTS) only when asked for."""
+
+  def __init__(self, optim_cfg):
+    self._cfg = optim_cfg
+
+  def __getitem__(self, name):
+    return self._cfg.get(name, DEFAULTS[name])
+
+
 def optimizer_from_config(optim_cfg, labels, total_steps, steps_per_epoch):
-  """`make_optimizer` with the fields of an optim config (configs/common.py): name, lr,
-  weight_decay, groups, schedule, warmup_epochs or warmup_fraction, lr_floor,
-  decay_start_fraction, decay_shape, momentum, nesterov, b1, b2, eps, trust_coefficient,
-  large_batch_form (default 'textbook'), record_last_grads (default False).
+  """`make_optimizer` with the fields of an optim config (configs/common.py): COMMON_READS,
+  the fields of its optimizer (OPTIMIZER_READS; DEFAULTS where the config has none) and of
+  its schedule (schedules.SCHEDULE_READS), and nothing else.
   The trainer calls `update(..., global_step=step)`."""
   c = optim_cfg
-  return make_optimizer(
-      labels, c.name, c.lr, c.weight_decay, c.schedule, total_steps,
-      groups=c.get('groups', None), warmup_steps=warmup_steps_of(c, total_steps, steps_per_epoch),
-      lr_floor=c.get('lr_floor', 0.0), decay_start=decay_start_of(c, total_steps),
-      decay_shape=c.get('decay_shape', '1-sqrt'), momentum=c.get('momentum', 0.9),
-      nesterov=c.get('nesterov', False), b1=c.get('b1', 0.9), b2=c.get('b2', 0.999),
-      eps=c.get('eps', 1e-8), trust_coefficient=c.get('trust_coefficient', 0.001),
-      large_batch_form=c.get('large_batch_form', 'textbook'), steps_per_epoch=steps_per_epoch,
-      record_grads=c.get('record_last_grads', False))
+  _check_label_tree(labels)
+  return _partitioned(labels, c.name, c.lr, c.weight_decay, c.get('groups', None),
+                      _ConfigHyper(c), c.schedule, total_steps,
+                      schedules.ConfigValues(c, total_steps, steps_per_epoch), steps_per_epoch,
+                      None, c.get('record_last_grads', False))
 
 
 def hold_groups(new_state, old_state, held):

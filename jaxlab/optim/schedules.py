@@ -1,10 +1,43 @@
-"""Learning-rate schedules as optax schedules of the step count."""
+"""Learning-rate schedules as optax schedules of the step count.
+
+`SCHEDULE_READS` says which fields of an optim config each schedule reads (and `FIELDS` the
+values each may take): validation, the "this override would have no effect" errors
+(jaxlab/experiments/preflight.py) and tests/test_reads.py, which records what `build` reads,
+all start from it."""
+
+import types
 
 import jax.numpy as jnp
 import optax
 
-SCHEDULES = ('constant', 'cosine', 'warmup_cosine', 'whd', 'whd_latent_space')
+from jaxlab.checks import at_least, one_of, rule, within
+
 DECAY_SHAPES = ('linear', 'cosine', '1-sqrt')
+# The optim fields each schedule reads besides optim.schedule and the peak lr. A warm-up is
+# optim.warmup_fraction of the run when that is set, else optim.warmup_epochs.
+SCHEDULE_READS = {
+    'constant': (),
+    'cosine': ('lr_floor',),
+    'warmup_cosine': ('lr_floor', 'warmup_epochs', 'warmup_fraction'),
+    'whd': ('lr_floor', 'warmup_epochs', 'warmup_fraction', 'decay_start_fraction',
+            'decay_shape'),
+    'whd_latent_space': ('lr_floor', 'warmup_epochs', 'warmup_fraction', 'decay_shape'),
+    # Stepped once per epoch (EPOCH_SCHEDULES below).
+    'cosine_epoch': ('lr_floor',),
+    'warmup_linear_epoch': ('lr_floor', 'warmup_epochs', 'warmup_fraction'),
+}
+SCHEDULES = tuple(SCHEDULE_READS)
+# Why a schedule leaves a field unread, where a user would expect it to read it.
+UNREAD_BECAUSE = {('whd_latent_space', 'decay_start_fraction'):
+                  'the reference WHDScheduler triggers its cooldown at ⌊0.8n⌋'}
+# The values of the fields the schedules read.
+FIELDS = {
+    'lr_floor': rule(within, 0, 1, why=' (a fraction of the peak lr)'),
+    'warmup_epochs': rule(at_least, 0),
+    'warmup_fraction': rule(within, 0, 1, high_open=True),
+    'decay_start_fraction': rule(within, 0, 1),
+    'decay_shape': rule(one_of, DECAY_SHAPES),
+}
 
 
 def decay_curve(shape, t):
@@ -82,28 +115,75 @@ def whd_latent_space(peak_lr, total_steps, warmup_steps, floor=0.1, shape='1-sqr
 
 
 def make_schedule(kind, peak_lr, total_steps, warmup_steps=0, floor=0.0, decay_start=None,
-                  decay_shape='1-sqrt'):
+                  decay_shape='1-sqrt', steps_per_epoch=None, epochs=None):
   """A step → learning-rate function.
 
   constant: peak_lr throughout. cosine: peak_lr · cosine decay to `floor`·peak_lr
   over `total_steps` (T_max = the run, as PyTorch's CosineAnnealingLR with
   eta_min = floor·lr). warmup_cosine: linear 0 → peak_lr over `warmup_steps`,
   then cosine to floor·peak_lr at `total_steps`. whd: warmup_hold_decay with
-  the decay from `decay_start` (default: the last 20% of the steps).
+  the decay from `decay_start` (default: the last 20% of the steps). whd_latent_space:
+  see `whd_latent_space`. cosine_epoch, warmup_linear_epoch: stepped per epoch
+  (`epoch_schedule`; they need steps_per_epoch).
   """
+  values = types.SimpleNamespace(warmup_steps=warmup_steps, floor=floor,
+                                 decay_start=decay_start, decay_shape=decay_shape)
+  return build(kind, peak_lr, total_steps, values, steps_per_epoch, epochs)
+
+
+def build(kind, peak_lr, total_steps, values, steps_per_epoch=None, epochs=None):
+  """The schedule `kind` at `peak_lr`, reading of `values` (warmup_steps, floor, decay_start,
+  decay_shape: attributes, of `ConfigValues` for an optim config) only what `kind` uses
+  (SCHEDULE_READS)."""
+  if kind in EPOCH_SCHEDULES:
+    if not steps_per_epoch:
+      raise ValueError(f'schedule {kind!r} needs steps_per_epoch')
+    warmup = values.warmup_steps / steps_per_epoch if kind == 'warmup_linear_epoch' else 0.0
+    return epoch_schedule(kind, peak_lr, steps_per_epoch,
+                          epochs or -(-(total_steps or 0) // steps_per_epoch), warmup,
+                          values.floor)
+  total_steps = total_steps or 0
   if kind == 'constant':
     return optax.constant_schedule(peak_lr)
   if kind == 'cosine':
-    return optax.cosine_decay_schedule(peak_lr, max(total_steps, 1), alpha=floor)
+    return optax.cosine_decay_schedule(peak_lr, max(total_steps, 1), alpha=values.floor)
   if kind == 'warmup_cosine':
+    warmup_steps = values.warmup_steps
     return optax.warmup_cosine_decay_schedule(
-        0.0, peak_lr, warmup_steps, max(total_steps, warmup_steps + 1), end_value=floor * peak_lr)
+        0.0, peak_lr, warmup_steps, max(total_steps, warmup_steps + 1),
+        end_value=values.floor * peak_lr)
   if kind == 'whd':
-    start = int(0.8 * total_steps) if decay_start is None else decay_start
-    return warmup_hold_decay(peak_lr, total_steps, warmup_steps, start, floor, decay_shape)
+    start = values.decay_start
+    start = int(0.8 * total_steps) if start is None else start
+    return warmup_hold_decay(peak_lr, total_steps, values.warmup_steps, start, values.floor,
+                             values.decay_shape)
   if kind == 'whd_latent_space':  # decay_start unused: the reference triggers at ⌊0.8n⌋
-    return whd_latent_space(peak_lr, total_steps, warmup_steps, floor, decay_shape)
+    return whd_latent_space(peak_lr, total_steps, values.warmup_steps, values.floor,
+                            values.decay_shape)
   raise ValueError(f'unknown schedule {kind!r}; choose one of {", ".join(SCHEDULES)}')
+
+
+class ConfigValues:
+  """What `build` reads of an optim config, in steps; each field is read only when asked for."""
+
+  def __init__(self, optim_cfg, total_steps, steps_per_epoch):
+    self._cfg, self._total, self._spe = optim_cfg, total_steps, steps_per_epoch
+
+  @property
+  def warmup_steps(self):
+    return warmup_steps_of(self._cfg, self._total, self._spe)
+
+  @property
+  def floor(self):
+    return self._cfg.get('lr_floor', 0.0)
+
+  @property
+  def decay_start(self):
+    return decay_start_of(self._cfg, self._total)
+
+  @property
+  def decay_shape(self):
+    return self._cfg.get('decay_shape', '1-sqrt')
 
 
 def warmup_steps_of(optim_cfg, total_steps, steps_per_epoch):
@@ -122,13 +202,10 @@ def decay_start_of(optim_cfg, total_steps):
 
 
 def schedule_from_config(optim_cfg, peak_lr, total_steps, steps_per_epoch):
-  """`make_schedule` with the fields of an optim config: schedule, warmup_epochs or
-  warmup_fraction, lr_floor, decay_start_fraction and decay_shape (whd)."""
-  return make_schedule(
-      optim_cfg.schedule, peak_lr, total_steps,
-      warmup_steps_of(optim_cfg, total_steps, steps_per_epoch), optim_cfg.lr_floor,
-      decay_start=decay_start_of(optim_cfg, total_steps),
-      decay_shape=optim_cfg.get('decay_shape', '1-sqrt'))
+  """The schedule optim.schedule at `peak_lr`, with the fields of an optim config it reads
+  (SCHEDULE_READS)."""
+  return build(optim_cfg.schedule, peak_lr, total_steps,
+               ConfigValues(optim_cfg, total_steps, steps_per_epoch), steps_per_epoch)
 
 
 def describe(optim_cfg, total_steps, steps_per_epoch):
@@ -161,9 +238,8 @@ def describe(optim_cfg, total_steps, steps_per_epoch):
 #                        floor + (1 − floor)·(1 + cos πe/E)/2 of the peak lr
 #   warmup_linear_epoch  SqrtLRScheduler (Results/LargeBatch notebooks): (e + 1)/W for e < W, then
 #                        1 − (e − W)/(E − W) (0 at e = E, never reached), times the peak lr
-# (make_optimizer builds them with epoch_schedule; they need steps_per_epoch).
+# (`build` makes them with epoch_schedule; they need steps_per_epoch).
 EPOCH_SCHEDULES = ('cosine_epoch', 'warmup_linear_epoch')
-SCHEDULES = SCHEDULES + EPOCH_SCHEDULES
 
 
 def epoch_schedule(kind, peak_lr, steps_per_epoch, epochs, warmup_epochs=0.0, floor=0.0):

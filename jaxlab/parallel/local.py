@@ -42,7 +42,15 @@ from jax.sharding import PartitionSpec as P
 
 from jaxlab.parallel.mesh import DATA, all_sum
 
-METHODS = ('local_sgd', 'slowmo', 'diloco', 'post_local')
+_EVERY_METHOD = ('workers', 'sync_every', 'dynamic_alpha', 'dynamic_form', 'worker_data')
+# The local.* fields each method reads (through LocalSpec: run_round and the worker batches).
+METHOD_READS = {
+    'local_sgd': _EVERY_METHOD,
+    'slowmo': _EVERY_METHOD + ('slowmo_alpha', 'slowmo_beta', 'slowmo_lr'),
+    'diloco': _EVERY_METHOD + ('outer_lr', 'outer_momentum'),
+    'post_local': _EVERY_METHOD + ('switch_epochs',),
+}
+METHODS = tuple(METHOD_READS)
 DYNAMIC_FORMS = ('original', 'pseudo')
 WORKER_DATA = ('original', 'epoch')
 

@@ -11,6 +11,7 @@ where files are (progress bar, logging cadence, eval batch size, the step to
 stop at, ...) may differ.
 """
 
+import dataclasses
 import fnmatch
 import json
 import os
@@ -19,21 +20,48 @@ import sys
 import numpy as np
 
 from jaxlab import checks
-from jaxlab.io.writers import _plain, read_json, write_json
+from jaxlab.io.writers import plain, read_json, write_json
 
-# Fields that do not change a run's result (fnmatch patterns over dotted names).
+# Fields of the trainer's own that do not change a run's result (fnmatch patterns over dotted
+# names); each family declares its own (`Family`, below) beside the code that reads them.
 NEUTRAL_FIELDS = (
     'progress', 'simulated_cpu_devices', 'distributed.*', 'log.*',
     'train.log_every_steps', 'train.eval_batch_size', 'train.ece_batch_size', 'train.steps',
     'train.steps_per_dispatch',
     'checkpoint.every_steps', 'checkpoint.keep',
-    'peft.diagnostics', 'peft.diagnostics_every',
-    'model.remat', 'model.conv_impl',
     'data.dir', 'data.tfds_dir', 'data.placement', 'data.device_budget_mb', 'data.prefetch',
-    'pretrained.cache_dir',
 )
-# Fields that choose which cells of a sweep run: each cell guards its own workdir.
-SWEEP_FIELDS = ('arms', 'sweep.runs', 'credit.rules', 'credit.ks', 'mhc.arms', 'grid')
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+  """What an experiment family reads beyond the shared fields of configs/common.py (fnmatch
+  patterns over dotted names), declared in its module: `reads`, all of them; `neutral`, those
+  that do not change a run's result (a resume may change them); `cells`, those that choose
+  which cells of a sweep run (each cell guards its own workdir, so the launch's record may
+  change them); `ranges`, the values of those whose range is their own."""
+  reads: tuple[str, ...]
+  neutral: tuple[str, ...] = ()
+  cells: tuple[str, ...] = ()
+  # {dotted field: checks.rule(...)}: the values a field may take, checked (where the config
+  # has the field) before the family's own validate.
+  ranges: dict = dataclasses.field(default_factory=dict)
+
+
+_FAMILIES = {}
+
+
+def declare_family(experiment, family):
+  """Record `family` (a Family) as what config.experiment == `experiment` reads; returns it."""
+  _FAMILIES[experiment] = family
+  return family
+
+
+def neutral_fields(experiment, launch=False):
+  """The fields a resume of `experiment` may change: the trainer's NEUTRAL_FIELDS and the
+  family's neutral ones (with its cell choices too for the launch's record, `launch`)."""
+  family = _FAMILIES.get(experiment, Family(reads=()))
+  return NEUTRAL_FIELDS + family.neutral + (family.cells if launch else ())
 
 
 class DivergenceError(RuntimeError):
@@ -152,7 +180,7 @@ def config_diff(old, new, neutral=NEUTRAL_FIELDS):
 
 
 def _jsonable(config_dict):
-  return json.loads(json.dumps(_plain(config_dict)))
+  return json.loads(json.dumps(plain(config_dict)))
 
 
 def results_in(workdir):

@@ -85,7 +85,8 @@ def _fit(config, workdir, task, dataset, mesh, on_chunk, summary_extra):
         f'{workdir} holds a run already at step {saved[-1]}, past the {end} steps asked for',
         '--config.train.steps', f'ask for {saved[-1]} steps or more (train.steps=0 runs all '
         f'{total}), or use another --workdir')
-  guards.check_resume(workdir, config.to_dict())
+  guards.check_resume(workdir, config.to_dict(),
+                      neutral=guards.neutral_fields(config.get('experiment')))
   setup = build_setup(config, task, mesh, total, spe, layout)
   trainable_only = config.checkpoint.get('params', 'all') == 'trainable'
   if task.backbone is not None or trainable_only:  # before any restore: the frozen weights
