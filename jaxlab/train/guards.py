@@ -31,6 +31,7 @@ NEUTRAL_FIELDS = (
     'model.remat', 'model.conv_impl',
     'data.dir', 'data.tfds_dir', 'data.placement', 'data.device_budget_mb', 'data.prefetch',
     'pretrained.cache_dir',
+    'sweep.only',  # which cell a job runs: each cell's own record guards the cell
 )
 # Fields that choose which cells of a sweep run: each cell guards its own workdir.
 SWEEP_FIELDS = ('arms', 'sweep.runs', 'credit.rules', 'credit.ks', 'mhc.arms', 'grid')
