@@ -19,12 +19,13 @@ finished cells, one job at a time (lock.serial).
 import ast
 import dataclasses
 import itertools
+import json
 import os
 from typing import Callable
 
 from jaxlab import checks
 from jaxlab.io import lock
-from jaxlab.io.writers import read_json, write_json
+from jaxlab.io.writers import _plain, read_json, write_json
 from jaxlab.train.guards import check_sweep, run_or_diverged
 
 RESULT_FILE = 'cell.json'
@@ -81,11 +82,14 @@ def finished(cell):
   return record['result']
 
 
-def collect(cells):
-  """{name: result} of every finished cell, in the order of `cells`."""
+def collect(cells, ran=None):
+  """{name: result} of every finished cell, in the order of `cells`; `ran`: results this
+  process has in hand (in a multi-process run process 0 alone writes the files: the others
+  take what they ran from here, not from a file that may not have landed yet)."""
+  ran = ran or {}
   results = {}
   for cell in cells:
-    result = finished(cell)
+    result = ran[cell.name] if cell.name in ran else finished(cell)
     if result is not None:
       results[cell.name] = result
   return results
@@ -104,6 +108,7 @@ def run_sweep(config, workdir, cells, assemble, log=print):
     raise ValueError(f'two cells of one sweep share a name: {names}')
   only = only_of(config)
   check_only(only, names)
+  ran = {}
   for cell in cells:
     if only and cell.name != only:
       continue
@@ -111,12 +116,14 @@ def run_sweep(config, workdir, cells, assemble, log=print):
       if finished(cell) is not None:
         log(f'{cell.name}: finished earlier, skipped ({result_path(cell)})')
         continue
-      result = run_or_diverged(cell.run, log)
-      write_json(result_path(cell), {'cell': cell.name, 'length': cell.length, 'result': result})
+      # As the file will hold it (JSON: NaN as null), whether assembled from here or the file.
+      ran[cell.name] = json.loads(json.dumps(_plain(run_or_diverged(cell.run, log))))
+      write_json(result_path(cell), {'cell': cell.name, 'length': cell.length,
+                                     'result': ran[cell.name]})
     with lock.serial(workdir):
-      assemble(collect(cells), False)
+      assemble(collect(cells, ran), False)
   with lock.serial(workdir):  # jobs on other cells assemble one at a time: the last sees all
-    results = collect(cells)
+    results = collect(cells, ran)
     out = assemble(results, True)
   if len(results) == len(cells):
     check_sweep(results.items(), config)
