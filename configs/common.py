@@ -78,6 +78,9 @@ def base_config():
   c.distributed = ml_collections.ConfigDict(dict(
       initialize=False, coordinator_address='', num_processes=-1, process_id=-1,
       cpu_collectives='gloo', ordered_sums=True))
+  # only: run this one cell of a sweep (its name: a ladder's bp_k2, an arm, a grid cell, a
+  # PEFT run); '' runs every cell. Jobs for different cells may share one workdir.
+  c.sweep = ml_collections.ConfigDict(dict(only=''))
   return c
 
 

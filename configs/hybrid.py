@@ -86,7 +86,7 @@ def week4(method='hybrid_layerwise', policy='deep_lora'):
                  ece_batch_size=128)
   c.checkpoint.every_steps = 1000
   # runs: several methods ('method' or 'hybrid_layerwise/policy') in one sweep.
-  c.sweep = ml_collections.ConfigDict(dict(
+  c.sweep.update(dict(
       runs=('',), pretrain_classes=(0,), pretrain_epochs=0, pretrain_lr=1e-3))
   c.sweep.runs = ()  # the placeholders above give the fields their element types
   c.sweep.pretrain_classes = ()

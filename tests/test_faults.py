@@ -401,12 +401,12 @@ def test_bad_input_found_late_leaves_no_trace_in_the_workdir(tmp_path, capsys):
   assert code == 2 and os.listdir(workdir) == ['notes.txt']
 
 
-@pytest.mark.parametrize('damaged', ['summary.json', 'metrics.jsonl', 'ladder.json'])
+@pytest.mark.parametrize('damaged', ['summary.json', 'metrics.jsonl', 'cell.json'])
 def test_a_truncated_json_file_is_named(tmp_path, capsys, damaged):
   code, err = run_console([*LADDER[:1], f'--workdir={tmp_path}', *LADDER[1:],
                            '--config.train.steps=8'], capsys)
   assert code == 0, err
-  path = tmp_path / ('ladder.json' if damaged == 'ladder.json' else f'{CELL}/{damaged}')
+  path = tmp_path / CELL / damaged  # cell.json: the cell's result (ladder.json is assembled)
   path.write_text(path.read_text()[:-5])  # cut inside the last line
   # Each is read by the run that continues the cell to more steps.
   code, err = run_console([*LADDER[:1], f'--workdir={tmp_path}', *LADDER[1:],

@@ -13,7 +13,7 @@ from jaxlab.io.checkpoint import PARAMS
 from jaxlab.models import MODELS
 from jaxlab.optim.optimizers import OPTIMIZERS
 from jaxlab.optim.schedules import SCHEDULES
-from jaxlab.train import guards
+from jaxlab.train import guards, sweep
 
 EXPERIMENTS = {
     'distributed': 'jaxlab.experiments.distributed',
@@ -54,6 +54,7 @@ def validate(config, overridden=(), devices=None):
     if checks.has(config, field):
       spec(config, field)
   family.validate(config, frozenset(overridden), devices)
+  sweep.check_only(sweep.only_of(config), family.cell_names(config))
 
 
 def check_files(config, workdir):
@@ -87,19 +88,22 @@ def run(config, workdir, overridden=()):
   The workdir remembers the config it was started with (launch_config.json; each
   run inside it also keeps its own effective config.json): a rerun with a config
   that differs in a result-changing field is refused before anything is loaded.
-  The workdir is locked for the run (a second launch on it is refused), and a launch
-  that fails on bad input before anything trained leaves the workdir as it found it.
+  The workdir is locked for the run (a second launch on it is refused; sweep.only jobs
+  share it with each other, each holding its own cell's sub-workdir alone), and a launch
+  that fails on bad input before anything trained leaves the workdir as it found it
+  (unless other jobs are at work in it).
   """
   validate(config, overridden)
   check_files(config, workdir)
   before = _paths(workdir)
   try:
-    with lock.hold(workdir):
-      guards.check_resume(workdir, config.to_dict(), LAUNCH_CONFIG,
-                          guards.neutral_fields(config.experiment, launch=True))
+    with lock.hold(workdir, shared=bool(sweep.only_of(config))):
+      with lock.serial(workdir):  # sweep.only jobs check and record the launch one at a time
+        guards.check_resume(workdir, config.to_dict(), LAUNCH_CONFIG,
+                            guards.neutral_fields(config.experiment, launch=True))
       return importlib.import_module(EXPERIMENTS[config.experiment]).run(config, workdir)
   except ValueError:  # bad input found late (e.g. by the data): nothing of it stays
-    if not guards.results_in(workdir):
+    if not guards.results_in(workdir) and lock.free(workdir):
       _remove_new(workdir, before)
     raise
 

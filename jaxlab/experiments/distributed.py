@@ -5,11 +5,12 @@ large-batch optimizers (LARS, LAMB) with the learning rate scaled by batch
 size, and local methods (local SGD, SlowMo, DiLoCo, post-local SGD) over a
 worker axis sharded on the mesh. `arms` runs several methods side by side
 (each in its own sub-workdir) and writes a comparison table; `grid` runs a
-resumable grid (e.g. lr × wd × batch) and writes a table and a figure.
+grid (e.g. lr × wd × batch; each cell in cells/<name>) and writes a table and a figure.
+Both are sweeps of jaxlab.train.sweep: resumable cell by cell, sweep.only runs one, and
+the tables are assembled from the finished cells' result files.
 """
 
 import copy
-import functools
 import os
 
 import jax.numpy as jnp
@@ -25,10 +26,11 @@ from jaxlab.optim.optimizers import schedule_from_optim
 from jaxlab.parallel.local import (DYNAMIC_FORMS, METHOD_READS, METHODS as LOCAL_METHODS,
                                    WORKER_DATA, LocalSpec, worker_steps_per_epoch)
 from jaxlab.params import run_keys
-from jaxlab.train.guards import check_sweep, run_or_diverged
+from jaxlab.train.guards import run_or_diverged
 from jaxlab.train.loop import fit
 from jaxlab.train.summary import print_summary
-from jaxlab.train.sweep import apply_overrides, cell_name, parse_grid, run_cells, run_length
+from jaxlab.train.sweep import (Cell, apply_overrides, cell_name, parse_grid, run_length,
+                                run_sweep)
 from jaxlab.train.task import Task, flax_apply
 from jaxlab.train import guards
 
@@ -220,40 +222,51 @@ def run_one(config, workdir, dataset):
   return summary
 
 
+def grid_cell_config(config, overrides):
+  c = apply_overrides(copy.deepcopy(config), overrides)
+  with c.unlocked():
+    c.grid = ''
+  return c
+
+
 def run_grid(config, workdir, dataset):
   """Every cell of `config.grid` (resumable): grid.json, grid.md and grid.png."""
   grid = parse_grid(config.grid)
   fields = list(grid[0])
-
-  def cell_config(overrides):
-    c = apply_overrides(copy.deepcopy(config), overrides)
-    with c.unlocked():
-      c.grid = ''
-    return c
+  keep = ('acc1', 'acc1_best', 'best_epoch', 'nll', 'ece', 'throughput_img_s',
+          'avg_step_time_s', 'lr', 'peak_mem_bytes', 'status', 'diverged_at_step')
 
   def cell(overrides):
-    c = cell_config(overrides)
+    c = grid_cell_config(config, overrides)
     out = os.path.join(workdir, 'cells', cell_name(overrides))
-    summary = run_or_diverged(lambda: run_one(c, out, dataset))
-    keep = ('acc1', 'acc1_best', 'best_epoch', 'nll', 'ece', 'throughput_img_s',
-            'avg_step_time_s', 'lr', 'peak_mem_bytes', 'status', 'diverged_at_step')
+    return Cell(cell_name(overrides), out, lambda: run_one(c, out, dataset), run_length(c))
+
+  cells = [cell(o) for o in grid]
+  lengths = {c.name: c.length for c in cells}
+
+  def row(overrides, summary):
     return {**overrides, **{k: summary[k] for k in keep if k in summary}}
 
-  results = run_cells(os.path.join(workdir, 'grid.json'),
-                      [(cell_name(o), functools.partial(cell, o), run_length(cell_config(o)))
-                       for o in grid])
-  rows = [results['cells'][cell_name(o)] for o in grid]
-  columns = [(f, f, '{}') for f in fields] + [
-      ('lr (scaled)', 'lr', '{:.4g}'), (f'{dataset.eval_split} acc@1 (final)', 'acc1', '{:.4f}'),
-      ('acc@1 (best epoch)', 'acc1_best', '{:.4f}'), ('best epoch', 'best_epoch', '{:g}'),
-      ('NLL', 'nll', '{:.4f}'), ('img/s', 'throughput_img_s', '{:,.0f}')]
-  text = (f'# Grid on {config.data.name}: {config.grid}\n\n'
-          + markdown_table([with_status(r, 'acc1') for r in rows], columns) + '\n')
-  write_text(os.path.join(workdir, 'grid.md'), text)
-  plot_grid(rows, fields, os.path.join(workdir, 'grid.png'), dataset.eval_split)
-  print('\n' + text)
-  check_sweep([(cell_name(o), r) for o, r in zip(grid, rows)], config)
-  return results
+  def assemble(finished, final):
+    results = {'cells': {cell_name(o): {**row(o, finished[cell_name(o)]),
+                                        'length': lengths[cell_name(o)]}
+                         for o in grid if cell_name(o) in finished}}
+    write_json(os.path.join(workdir, 'grid.json'), results)
+    rows = list(results['cells'].values())
+    columns = [(f, f, '{}') for f in fields] + [
+        ('lr (scaled)', 'lr', '{:.4g}'),
+        (f'{dataset.eval_split} acc@1 (final)', 'acc1', '{:.4f}'),
+        ('acc@1 (best epoch)', 'acc1_best', '{:.4f}'), ('best epoch', 'best_epoch', '{:g}'),
+        ('NLL', 'nll', '{:.4f}'), ('img/s', 'throughput_img_s', '{:,.0f}')]
+    text = (f'# Grid on {config.data.name}: {config.grid}\n\n'
+            + markdown_table([with_status(r, 'acc1') for r in rows], columns) + '\n')
+    write_text(os.path.join(workdir, 'grid.md'), text)
+    plot_grid(rows, fields, os.path.join(workdir, 'grid.png'), dataset.eval_split)
+    if final:
+      print('\n' + text)
+    return results
+
+  return run_sweep(config, workdir, cells, assemble)
 
 
 def plot_grid(rows, fields, path, split):
@@ -271,6 +284,18 @@ def plot_grid(rows, fields, path, split):
   line_plot(path, lines, x, f'{split} acc@1 (final)', 'grid sweep', logx=logx, diverged=diverged)
 
 
+def arm_dir(workdir, arm):
+  return os.path.join(workdir, arm)
+
+
+def cell_names(config):
+  """The names of the sweep's cells (what sweep.only chooses from): the grid's cells, else
+  the arms; none for a single run."""
+  if config.grid:
+    return [cell_name(o) for o in parse_grid(config.grid)]
+  return list(config.arms)
+
+
 def run(config, workdir):
   dataset = load_dataset(config.data)
   if config.grid:
@@ -279,18 +304,23 @@ def run(config, workdir):
     summary = run_one(config, workdir, dataset)
     print_summary(summary, workdir)
     return summary
-  rows = []
-  for arm in config.arms:
+
+  def cell(arm):
     c = copy.deepcopy(config)
     with c.unlocked():
       c.local.method = 'none' if arm == 'sync' else arm
-    summary = run_or_diverged(lambda: run_one(c, os.path.join(workdir, arm), dataset))
-    rows.append({'arm': arm, 'workers': summary.get('workers', summary.get('num_devices')),
-                 **summary})
-  text = (f'# Synchronous data parallelism vs local methods on {config.data.name}\n\n'
-          + markdown_table([with_status(r, 'acc1') for r in rows], COLUMNS) + '\n')
-  write_text(os.path.join(workdir, 'comparison.md'), text)
-  write_json(os.path.join(workdir, 'comparison.json'), rows)
-  print('\n' + text)
-  check_sweep([(r['arm'], r) for r in rows], config)
-  return {'arms': rows}
+    return Cell(arm, arm_dir(workdir, arm), lambda: run_one(c, arm_dir(workdir, arm), dataset),
+                run_length(c))
+
+  def assemble(finished, final):
+    rows = [{'arm': arm, 'workers': summary.get('workers', summary.get('num_devices')),
+             **summary} for arm, summary in finished.items()]
+    text = (f'# Synchronous data parallelism vs local methods on {config.data.name}\n\n'
+            + markdown_table([with_status(r, 'acc1') for r in rows], COLUMNS) + '\n')
+    write_text(os.path.join(workdir, 'comparison.md'), text)
+    write_json(os.path.join(workdir, 'comparison.json'), rows)
+    if final:
+      print('\n' + text)
+    return {'arms': rows}
+
+  return run_sweep(config, workdir, [cell(arm) for arm in config.arms], assemble)

@@ -2,10 +2,11 @@
 
 A cell is one (rule, k): the last k blocks trainable, the first L−k frozen at
 their random init (not differentiated), embed / out_ln / out_head always
-trained; the cell's seeds train together under `jax.vmap`. The sweep appends
-each finished cell to `ladder.json` atomically and skips finished cells on a
-rerun; it writes `ladder.md` (mean ± sample std beside SPEC's table),
-`ladder.png` and `identity_check.json`.
+trained; the cell's seeds train together under `jax.vmap`. The cells run through
+jaxlab.train.sweep (each in cells/<rule>_k<k>, with its own result file; finished cells
+are skipped on a rerun; sweep.only runs one); `ladder.json`, `ladder.md` (mean ± sample
+std beside SPEC's table) and `ladder.png` are assembled from the finished cells, and
+`identity_check.json` is written first.
 """
 
 import functools
@@ -23,9 +24,9 @@ from jaxlab.experiments import preflight
 from jaxlab.io.figures import line_plot, markdown_table
 from jaxlab.io.writers import write_json, write_text
 from jaxlab.params import merge, run_keys
-from jaxlab.train.guards import check_sweep, run_or_diverged
+from jaxlab.train.guards import run_or_diverged
 from jaxlab.train.loop import fit
-from jaxlab.train.sweep import run_cells, run_length
+from jaxlab.train.sweep import Cell, run_length, run_sweep
 from jaxlab.train.task import Task
 from jaxlab.train import guards
 
@@ -115,11 +116,20 @@ def cell_name(rule, k):
   return f'{rule}_k{k}'
 
 
+def cell_names(config):
+  """The names of the sweep's cells (what sweep.only chooses from)."""
+  return [cell_name(rule, k) for rule, k in cells(config)]
+
+
+def cell_dir(workdir, rule, k):
+  return os.path.join(workdir, 'cells', cell_name(rule, k))
+
+
 def run_cell(config, workdir, dataset, rule, k, image_shape):
   """One cell's result: final accuracy per seed, mean ± std and the best epoch's mean; or, if
   any of its seeds diverged, 'diverged at step N'."""
   task = make_task(config, rule, k, tuple(config.seeds), image_shape, dataset.num_classes)
-  out = os.path.join(workdir, 'cells', cell_name(rule, k))
+  out = cell_dir(workdir, rule, k)
   summary = run_or_diverged(lambda: fit(config, out, task, dataset,
                                         summary_extra={'rule': rule, 'k': k})[0])
   if summary.get('diverged_at_step') is not None:
@@ -161,16 +171,22 @@ def run(config, workdir):
   os.makedirs(workdir, exist_ok=True)
   identity = identity_check(config, dataset, image_shape)
   write_json(os.path.join(workdir, 'identity_check.json'), identity)
-  results = run_cells(os.path.join(workdir, 'ladder.json'), [
-      (cell_name(rule, k), functools.partial(run_cell, config, workdir, dataset, rule, k,
-                                             image_shape), run_length(config))
-      for rule, k in cells(config)])
-  text = report(config, results, identity)
-  write_text(os.path.join(workdir, 'ladder.md'), text)
-  plot(config, results, os.path.join(workdir, 'ladder.png'))
-  print('\n' + text)
-  check_sweep(results['cells'].items(), config)
-  return results
+  length = run_length(config)
+
+  def assemble(finished, final):
+    results = {'cells': {name: {**r, 'length': length} for name, r in finished.items()}}
+    write_json(os.path.join(workdir, 'ladder.json'), results)
+    text = report(config, results, identity)
+    write_text(os.path.join(workdir, 'ladder.md'), text)
+    plot(config, results, os.path.join(workdir, 'ladder.png'))
+    if final:
+      print('\n' + text)
+    return results
+
+  return run_sweep(config, workdir, [
+      Cell(cell_name(rule, k), cell_dir(workdir, rule, k),
+           functools.partial(run_cell, config, workdir, dataset, rule, k, image_shape), length)
+      for rule, k in cells(config)], assemble)
 
 
 def report(config, results, identity):

@@ -4,10 +4,11 @@ white-richard/latent-space's CIFAR-10 runs (experiments/baseline_cifar10_002, co
 8ebd8c1: src/latent_space/lightning/, models/vision_transformer/, models/mHC_util/,
 schedulers/warm_hold_decay_scheduler.py).
 
-Each arm (regular, mhc_static, mhc_dynamic) trains in its own sub-workdir
-(resumable) with the shared trainer; afterwards its test embeddings (the
-normed class token of the final parameters) give the 1-NN accuracy, the silhouette and a
-2-D picture. The run writes `record.md` / `record.json`.
+Each arm (regular, mhc_static, mhc_dynamic) is a cell of jaxlab.train.sweep: it trains in
+its own sub-workdir (resumable; sweep.only runs one) with the shared trainer; afterwards its
+test embeddings (the normed class token of the final parameters) give the 1-NN accuracy,
+the silhouette and a 2-D picture. `record.md` / `record.json` are assembled from the
+finished arms.
 
 Model fields read here besides models.vit_arch's (configs/mhc.py): model.rope_form,
 model.rope_dtype, model.stream_dtype, model.hc.res_apply, model.hc.final_norm, and
@@ -39,8 +40,9 @@ from jaxlab.optim import averaging, schedules
 from jaxlab.parallel.mesh import make_mesh, replicate
 from jaxlab.params import flatten, merge, run_keys
 from jaxlab.train.evaluate import make_outputs_fn, predict
-from jaxlab.train.guards import check_sweep, run_or_diverged
+from jaxlab.train.guards import run_or_diverged
 from jaxlab.train.loop import fit
+from jaxlab.train.sweep import Cell, run_length, run_sweep
 from jaxlab.train.task import Task, flax_apply
 from jaxlab.train import guards
 
@@ -336,15 +338,24 @@ def validate(config, overridden=frozenset(), devices=1):
   preflight.check_divisible(c, 'train.batch_size', devices)
 
 
+def cell_names(config):
+  """The names of the sweep's cells (what sweep.only chooses from): the arms."""
+  return list(config.mhc.arms)
+
+
 def run(config, workdir):
   dataset = load_dataset(config.data)
-  # A diverged arm is a row of its own ('diverged at step N'); the other arms still run.
-  rows = [run_or_diverged(lambda arm=arm: run_arm(config, os.path.join(workdir, arm), dataset,
-                                                  arm))
-          for arm in config.mhc.arms]
-  rec = make_record(config, workdir, dataset, rows)
-  text = record.write(workdir, rec, REFERENCE)
-  results = text.split('## Results', 1)[1].split('## Config', 1)[0]
-  print('\n## Results' + results + f'Record: {os.path.join(workdir, "record.md")}')
-  check_sweep([(r['arm'], r) for r in rows], config)
-  return {'arms': rows}
+
+  def assemble(finished, final):
+    # A diverged arm is a row of its own ('diverged at step N'); the other arms still run.
+    rows = list(finished.values())
+    text = record.write(workdir, make_record(config, workdir, dataset, rows), REFERENCE)
+    if final:
+      results = text.split('## Results', 1)[1].split('## Config', 1)[0]
+      print('\n## Results' + results + f'Record: {os.path.join(workdir, "record.md")}')
+    return {'arms': rows}
+
+  return run_sweep(config, workdir, [
+      Cell(arm, os.path.join(workdir, arm),
+           lambda arm=arm: run_arm(config, os.path.join(workdir, arm), dataset, arm),
+           run_length(config)) for arm in config.mhc.arms], assemble)

@@ -1,8 +1,9 @@
 """PEFT family: a pretrained ViT fine-tuned with LoRA, Norm tuning or hybrids.
 
-One run trains one method; `sweep.runs` runs several (each in its own
-sub-workdir, resumable) and writes a table beside the source notes' own rows and a
-figure of accuracy against trainable parameters. With
+One run trains one method; `sweep.runs` runs several through jaxlab.train.sweep (each in
+its own sub-workdir, named after the run with '/' as '-', with its own result file;
+sweep.only runs one) and assembles from the finished runs a table beside the source notes'
+own rows, sweep.json and a figure of accuracy against trainable parameters. With
 `pretrained.source='pretrain'` the backbone is first trained from scratch on
 `sweep.pretrain_classes` (the offline demo on digits).
 """
@@ -25,9 +26,11 @@ from jaxlab.models.lora import LORA_TARGETS
 from jaxlab.params import flatten, label_paths, merge
 from jaxlab.peft import api, methods
 from jaxlab.peft.lr_parity import LrParity
-from jaxlab.train.guards import check_sweep, run_or_diverged
+from jaxlab.io import lock
+from jaxlab.train.guards import run_or_diverged
 from jaxlab.train.loop import fit
 from jaxlab.train.summary import print_summary
+from jaxlab.train.sweep import Cell, run_length, run_sweep
 from jaxlab.train.task import Task, flax_apply
 from jaxlab.train import guards
 
@@ -376,27 +379,43 @@ def check_files(config):
 def run(config, workdir):
   dataset, pretrained = _inputs(config)
   if config.pretrained.source == 'pretrain':
-    pretrained = pretrain(config, os.path.join(workdir, 'pretrain'), dataset)
+    with lock.serial(os.path.join(workdir, 'pretrain')):  # sweep.only jobs: one trains it
+      pretrained = pretrain(config, os.path.join(workdir, 'pretrain'), dataset)
   backbone = backbone_source(config, workdir)
   if not config.sweep.runs:
     summary, _ = run_one(config, workdir, dataset, pretrained, backbone)
     print_summary(summary, workdir)
     return summary
-  rows = []
-  for spec in config.sweep.runs:
+
+  def cell(spec):
     c = copy.deepcopy(config)
     method, _, policy = spec.partition('/')
     with c.unlocked():
       c.peft.method = method
       c.peft.policy = policy or c.peft.policy
-    out = os.path.join(workdir, spec.replace('/', '-'))
-    rows.append(run_or_diverged(lambda: run_one(c, out, dataset, pretrained, backbone)[0]))
-  write_report(workdir, rows, config)
-  check_sweep([(r['run'], r) for r in rows], config)
-  return {'runs': rows}
+    out = os.path.join(workdir, cell_name(spec))
+    return Cell(cell_name(spec), out, lambda: run_one(c, out, dataset, pretrained, backbone)[0],
+                run_length(c))
+
+  def assemble(finished, final):
+    rows = list(finished.values())
+    write_report(workdir, rows, config, echo=final)
+    return {'runs': rows}
+
+  return run_sweep(config, workdir, [cell(spec) for spec in config.sweep.runs], assemble)
 
 
-def write_report(workdir, rows, config):
+def cell_name(spec):
+  """A run of sweep.runs ('method' or 'hybrid_layerwise/policy') as its cell and folder name."""
+  return spec.replace('/', '-')
+
+
+def cell_names(config):
+  """The names of the sweep's cells (what sweep.only chooses from): none for a single run."""
+  return [cell_name(spec) for spec in config.sweep.runs]
+
+
+def write_report(workdir, rows, config, echo=True):
   """workdir/table.md (ours beside the notes' own rows) and workdir/accuracy_vs_trainables.png."""
   mc, classes = config.model, tuple(config.data.classes)
 
@@ -442,4 +461,5 @@ def write_report(workdir, rows, config):
                diverged=[(r['trainable_params'], f'{r["run"]}: {r["status"]}') for r in rows
                          if r.get('diverged_at_step') is not None])
   write_json(os.path.join(workdir, 'sweep.json'), rows)
-  print('\n' + text)
+  if echo:
+    print('\n' + text)

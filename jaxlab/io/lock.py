@@ -7,7 +7,11 @@ however it dies, so a lock whose holder was killed is free: the next run takes i
 says whose it was. A run that ends empties the file.
 
 Within one process `hold` nests (a sweep holds its workdir, each cell its own, and `fit` the
-one it writes). In a multi-process run (jax.distributed) process 0 holds the lock for the
+one it writes). `hold(workdir, shared=True)` is what a sweep.only job holds on the sweep's
+workdir: any number of shared holders go together (each also holds its own cell's workdir,
+exclusively), while a whole sweep (exclusive) and a sweep.only job refuse each other.
+`serial(workdir)` waits its turn for a short section (assembling a sweep's outputs) that
+jobs sharing a workdir must run one at a time. In a multi-process run (jax.distributed) process 0 holds the lock for the
 job and the processes agree on the outcome before any of them goes on.
 """
 
@@ -59,21 +63,25 @@ def describe(holder):
   return text + (f": {holder['command']}" if holder.get('command') else '')
 
 
-def _take(workdir, log):
+def _take(workdir, log, shared=False):
   """The locked file descriptor of `workdir`'s lock, or checks.WorkdirBusy."""
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, LOCK_FILE)
   fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
   try:
     try:
-      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
       locked = True
     except OSError as e:
       if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-        raise checks.WorkdirBusy(f'another run is writing this workdir ({describe(_read(fd))})',
+        holder = _read(fd)
+        who = describe(holder) if holder else 'sweep.only jobs, one per cell'
+        raise checks.WorkdirBusy(f'another run is writing this workdir ({who})',
                                  path, 'wait for it to end (or stop it), or use another '
                                  '--workdir') from None
       locked = False  # a file system without flock: the record alone decides
+    if shared:  # the record names an exclusive holder alone (shared ones would overwrite it)
+      return fd
     previous = _read(fd)
     if previous:
       here = previous.get('host') == socket.gethostname()
@@ -94,7 +102,10 @@ def _take(workdir, log):
     raise
 
 
-def _release(fd):
+def _release(fd, shared=False):
+  if shared:
+    os.close(fd)  # the record is not this holder's to empty
+    return
   try:
     os.ftruncate(fd, 0)  # empty: free (the file stays, so that nobody locks a deleted inode)
   except OSError:
@@ -118,9 +129,10 @@ def _agree(error):
 
 
 @contextlib.contextmanager
-def hold(workdir, log=None):
+def hold(workdir, log=None, shared=False):
   """Hold `workdir`'s lock for the block (created if needed; nested holds of one process are
-  free). Raises checks.WorkdirBusy while another live run holds it."""
+  free). Raises checks.WorkdirBusy while another live run holds it (`shared`: while another
+  holds it exclusively; shared holders go together)."""
   log = log or (lambda line: print(line, file=sys.stderr))
   key = os.path.realpath(workdir)
   if key in _held:
@@ -134,13 +146,13 @@ def hold(workdir, log=None):
   fd, error = None, None
   if is_writer():
     try:
-      fd = _take(workdir, log)
+      fd = _take(workdir, log, shared)
     except checks.WorkdirBusy as e:
       error = e
   error = _agree(error)
   if error is not None:
     if fd is not None:
-      _release(fd)
+      _release(fd, shared)
     raise error
   _held[key] = 1
   try:
@@ -148,4 +160,42 @@ def hold(workdir, log=None):
   finally:
     del _held[key]
     if fd is not None:
-      _release(fd)
+      _release(fd, shared)
+
+
+SERIAL_FILE = '.jaxlab.serial.lock'
+
+
+@contextlib.contextmanager
+def serial(workdir):
+  """Run the block while no other process runs a `serial` block of `workdir`: waits its turn
+  (process 0 alone takes it; the others write nothing)."""
+  from jaxlab.io.writers import is_writer  # pylint: disable=g-import-not-at-top
+  if not is_writer():
+    yield
+    return
+  os.makedirs(workdir, exist_ok=True)
+  fd = os.open(os.path.join(workdir, SERIAL_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError:
+      pass  # a file system without flock: nothing to wait for
+    yield
+  finally:
+    os.close(fd)
+
+
+def free(workdir):
+  """Whether no process holds `workdir`'s lock at all (shared or exclusive) right now."""
+  path = os.path.join(workdir, LOCK_FILE)
+  if not os.path.exists(path):
+    return True
+  fd = os.open(path, os.O_RDWR)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return True
+  except OSError:
+    return False
+  finally:
+    os.close(fd)

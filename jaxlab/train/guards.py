@@ -30,6 +30,7 @@ NEUTRAL_FIELDS = (
     'train.steps_per_dispatch',
     'checkpoint.every_steps', 'checkpoint.keep',
     'data.dir', 'data.tfds_dir', 'data.placement', 'data.device_budget_mb', 'data.prefetch',
+    'sweep.only',  # which cell a job runs: each cell's own record guards the cell
 )
 
 
