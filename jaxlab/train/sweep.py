@@ -25,7 +25,7 @@ from typing import Callable
 
 from jaxlab import checks
 from jaxlab.io import lock
-from jaxlab.io.writers import _plain, read_json, write_json
+from jaxlab.io.writers import plain, read_json, write_json
 from jaxlab.train.guards import check_sweep, run_or_diverged
 
 RESULT_FILE = 'cell.json'
@@ -117,7 +117,7 @@ def run_sweep(config, workdir, cells, assemble, log=print):
         log(f'{cell.name}: finished earlier, skipped ({result_path(cell)})')
         continue
       # As the file will hold it (JSON: NaN as null), whether assembled from here or the file.
-      ran[cell.name] = json.loads(json.dumps(_plain(run_or_diverged(cell.run, log))))
+      ran[cell.name] = json.loads(json.dumps(plain(run_or_diverged(cell.run, log))))
       write_json(result_path(cell), {'cell': cell.name, 'length': cell.length,
                                      'result': ran[cell.name]})
     with lock.serial(workdir):
