@@ -81,9 +81,13 @@ def base_config():
   return c
 
 
-def pick(variants, arg, default):
-  """variants[arg or default](), or an error that lists the variants."""
+def pick(variants, arg, default, renamed=None):
+  """variants[arg or default](), or an error that lists the variants. `renamed`: {old name:
+  new name} of variants given up; an old name is an error that names the new one."""
   name = arg or default
+  if renamed and name in renamed:
+    raise BadInput(f'config variant {name!r} was renamed {renamed[name]!r}', '--config',
+                   f'use --config=FILE:{renamed[name]}')
   if name not in variants:
     raise BadInput(f'unknown config variant {name!r}', '--config',
                    f'choose one of {", ".join(variants)} (--config=FILE:variant)')

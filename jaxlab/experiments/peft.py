@@ -31,7 +31,10 @@ from jaxlab.train.report import print_summary
 from jaxlab.train.task import Task, flax_apply
 
 PRETRAINED_SOURCES = ('augreg', 'npz', 'timm', 'none', 'pretrain')
-RECIPES = ('weights', 'week3', 'standard', 'seed')
+RECIPES = ('weights', 'crop_flip', 'flip_cifar100', 'reference')
+# Recipe names given up, each with the name that replaced it: an old name is an error that
+# names the new one, never a silent alias.
+RENAMED_RECIPES = {'seed': 'reference', 'week3': 'crop_flip', 'standard': 'flip_cifar100'}
 
 # The reference rows: the source notes' 10-epoch runs (ViT-S/16, CIFAR-100) as their own code
 # logged them, one row per epoch, in Tony-lyu/CV reports/results_week4.csv: the last epoch's
@@ -73,18 +76,17 @@ def apply_recipe(config):
   """Set the augmentation of `config.augment.recipe` in place.
 
   weights: resize, flip, the pretrained weights' own normalisation (0.5/0.5);
-  week3: resize, crop with padding 4, flip, no normalisation (hybrid_parallel
-  in the seed); standard: resize, flip, CIFAR-100 statistics (the seed's other
-  methods); seed: week3 for hybrid_parallel, standard otherwise. Digits are never flipped.
+  crop_flip: resize, crop with padding 4, flip, no normalisation (what the reference code
+  gave hybrid_parallel); flip_cifar100: resize, flip, CIFAR-100 statistics (what it gave
+  every other method); reference: crop_flip for hybrid_parallel, flip_cifar100 otherwise,
+  as the reference code chose per method (docs/references.md). Digits are never flipped.
   """
-  recipe = config.augment.recipe
-  if recipe not in RECIPES:
-    raise ValueError(f'unknown augment.recipe {recipe!r}; choose one of {", ".join(RECIPES)}')
-  if recipe == 'seed':
-    recipe = 'week3' if config.peft.method == 'hybrid_parallel' else 'standard'
+  recipe = check_recipe(config.augment.recipe)
+  if recipe == 'reference':
+    recipe = 'crop_flip' if config.peft.method == 'hybrid_parallel' else 'flip_cifar100'
   settings = {'weights': dict(crop_padding=0, flip=True, normalization='half'),
-              'week3': dict(crop_padding=4, flip=True, normalization='none'),
-              'standard': dict(crop_padding=0, flip=True, normalization='cifar100')}[recipe]
+              'crop_flip': dict(crop_padding=4, flip=True, normalization='none'),
+              'flip_cifar100': dict(crop_padding=0, flip=True, normalization='cifar100')}[recipe]
   if config.data.name == 'digits':
     settings['flip'] = False  # a mirrored digit is another glyph (or none)
   with config.unlocked():
@@ -92,7 +94,20 @@ def apply_recipe(config):
     config.augment.resize = config.model.image_size
 
 
-graft = api.graft  # the backbone grafting that make_task does, under its historical name
+def check_recipe(recipe):
+  """`recipe` if it names a recipe; checks.BadInput otherwise, naming the new name of a
+  renamed one."""
+  if recipe in RENAMED_RECIPES:
+    checks.fail('augment.recipe', f'augment.recipe {recipe!r} was renamed '
+                f'{RENAMED_RECIPES[recipe]!r}',
+                f'use --config.augment.recipe={RENAMED_RECIPES[recipe]}')
+  if recipe not in RECIPES:
+    checks.fail('augment.recipe', f'unknown augment.recipe {recipe!r}',
+                f'choose one of {", ".join(RECIPES)}')
+  return recipe
+
+
+graft = api.graft  # the backbone grafting that make_task does (jaxlab.peft.api.graft)
 
 
 def make_task(config, num_classes, pretrained=None):
@@ -250,7 +265,7 @@ def validate(config, overridden=frozenset(), devices=1):
   if c.model.name != 'vit':
     checks.fail('model.name', f'the peft family fine-tunes a ViT; model.name is '
                 f'{c.model.name!r}', 'use --config.model.name=vit')
-  checks.one_of(c, 'augment.recipe', RECIPES)
+  check_recipe(c.augment.recipe)
   checks.one_of(c, 'pretrained.source', PRETRAINED_SOURCES)
   checks.one_of(c, 'peft.head_init', api.HEAD_INITS)
   arch = preflight.check_vit(c, overridden)
@@ -277,8 +292,8 @@ def validate(config, overridden=frozenset(), devices=1):
   for key in RECIPE_FIELDS:
     checks.ignored_override(f'augment.{key}', overridden,
                             f'augment.recipe {c.augment.recipe!r} (resize = model.image_size)',
-                            'choose a recipe with --config.augment.recipe (weights, week3, '
-                            'standard, seed)')
+                            f'choose a recipe with --config.augment.recipe '
+                            f'({", ".join(RECIPES)})')
   unread = lambda field, why, fix: checks.unread_override(field, overridden, why, fix)
   src = c.pretrained.source
   if src not in ('npz', 'timm'):
