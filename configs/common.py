@@ -46,7 +46,8 @@ def base_config():
   # steps_per_dispatch: steps fused in one jitted lax.scan (raise it for small models).
   # steps: stop after this many steps (0: epochs × steps per epoch); the schedules still span
   # the whole run of `epochs` epochs, so a short smoke run trains with the real run's settings.
-  # drop_last: False (the seeds' PyTorch DataLoader) pads the last, partial batch of each epoch
+  # drop_last: False (as the reference code's PyTorch DataLoader) pads the last, partial batch
+  # of each epoch
   # and masks it, so every example is seen every epoch (391 steps of 128 on 50,000 images);
   # True drops it (390).
   # ece_batch_size > 0: evaluations also report ece_per_batch, the mean of the ECEs of

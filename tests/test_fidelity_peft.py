@@ -1,5 +1,5 @@
 """The PEFT family against numpy transcriptions of its source code (Tony-lyu/CV,
-src/week4/train.py, the script every 10- and 5-epoch run of the source notes used).
+src/week4/train.py, the script every 10- and 5-epoch run of the reference used; docs/references.md).
 
 Each reference function below transcribes the lines it names; torch ops are replaced by their
 numpy equivalents (float32 where the original computes in float32)."""

@@ -31,7 +31,8 @@ from jaxlab.train.sweep import apply_overrides, cell_name, parse_grid, run_cells
 from jaxlab.train.task import Task, flax_apply
 
 LR_SCALING = ('none', 'sqrt', 'linear')
-# SPEC §4 augmentation sets on top of the config's crop / flip / normalisation.
+# The reference's augmentation sets (docs/references.md) on top of the config's crop / flip /
+# normalisation.
 AUG_SETS = {
     'basic': dict(crop_padding=4, flip=True, rotation=0.0, perspective=0.0,
                   color_jitter=(0.0, 0.0, 0.0, 0.0)),

@@ -1,8 +1,8 @@
 """PEFT family: a pretrained ViT fine-tuned with LoRA, Norm tuning or hybrids.
 
 One run trains one method; `sweep.runs` runs several (each in its own
-sub-workdir, resumable) and writes a table beside the source notes' own rows and a
-figure of accuracy against trainable parameters. With
+sub-workdir, resumable) and writes a table beside the reference run's own rows
+(docs/references.md) and a figure of accuracy against trainable parameters. With
 `pretrained.source='pretrain'` the backbone is first trained from scratch on
 `sweep.pretrain_classes` (the offline demo on digits).
 """
@@ -36,12 +36,12 @@ RECIPES = ('weights', 'crop_flip', 'flip_cifar100', 'reference')
 # names the new one, never a silent alias.
 RENAMED_RECIPES = {'seed': 'reference', 'week3': 'crop_flip', 'standard': 'flip_cifar100'}
 
-# The reference rows: the source notes' 10-epoch runs (ViT-S/16, CIFAR-100) as their own code
-# logged them, one row per epoch, in Tony-lyu/CV reports/results_week4.csv: the last epoch's
-# accuracy and per-batch ECE (its ECE is a mean of per-batch ECEs at eval batch 128), the best
-# epoch's accuracy (the figure the write-up quotes), the median over the 10 epochs of its
-# step time (each epoch's wall clock a step, batches and diagnostics included; the first
-# epoch's holds CUDA's warm-up) and its peak memory (torch.cuda.max_memory_allocated).
+# The reference rows (docs/references.md): the 10-epoch reference runs (ViT-S/16, CIFAR-100) as
+# their own code logged them, one row per epoch, in Tony-lyu/CV reports/results_week4.csv: the last
+# epoch's accuracy and per-batch ECE (its ECE is a mean of per-batch ECEs at eval batch 128), the
+# best epoch's accuracy (the figure the write-up quotes), the median over the 10 epochs of its step
+# time (each epoch's wall clock a step, batches and diagnostics included; the first epoch's holds
+# CUDA's warm-up) and its peak memory (torch.cuda.max_memory_allocated).
 REFERENCE = (
     dict(run='hybrid_parallel', trainable_params=647_524, wall_step_time_s=0.7298,
          peak_mem_bytes=8_037_466_112, acc1=0.8950, acc1_best=0.8950, best_epoch=10,
@@ -401,7 +401,8 @@ def run(config, workdir):
 
 
 def write_report(workdir, rows, config):
-  """workdir/table.md (ours beside the notes' own rows) and workdir/accuracy_vs_trainables.png."""
+  """workdir/table.md (ours beside the reference run's own rows) and
+  workdir/accuracy_vs_trainables.png."""
   mc, classes = config.model, tuple(config.data.classes)
 
   def span(cs):  # (5, 6, 7, 8, 9) → '5–9'
@@ -431,7 +432,8 @@ def write_report(workdir, rows, config):
   finished = [r for r in rows if r.get('diverged_at_step') is None]
   text = (f'# PEFT methods: {title}\n\n'
           + markdown_table([with_status(r, 'acc1') for r in rows], COLUMNS) + note
-          + '\n\n## Reference: the source notes\' runs (ViT-S/16, CIFAR-100, 10 epochs)\n\n'
+          + '\n\n## Reference: the reference runs (ViT-S/16, CIFAR-100, 10 epochs; '
+          'docs/references.md)\n\n'
           'As their code logged them (Tony-lyu/CV, reports/results_week4.csv): the write-up '
           'quotes the best epoch\'s Acc@1. Their step time is the median over the epochs of '
           'the wall clock a step, their ECE the per-batch mean at eval batch 128, their '

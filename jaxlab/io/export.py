@@ -1,7 +1,7 @@
 """A jaxlab ViT's parameters in other libraries' layouts: timm state dicts and big_vision npz.
 
 `to_timm` and `to_big_vision` are the exact inverses of jaxlab.io.pretrained's
-`timm_to_params` and `big_vision_to_params` (same name mapping, SPEC §1): loading
+`timm_to_params` and `big_vision_to_params` (same name mapping, docs/references.md): loading
 what they return gives back the same arrays, bit for bit. LoRA pairs are merged
 into their kernels first (jaxlab.peft.merge.merge_lora, with the `alpha` the model
 was built with). Models that timm's and big_vision's plain ViT cannot hold (RoPE
