@@ -86,7 +86,7 @@ def render(record, reference=None):
   if reference:
     lines += ['', '## Reference (CIFAR-10, 200 epochs; docs/references.md)', '',
               markdown_table(reference, SUMMARY_COLUMNS)]
-  # The seed template's sections that only the experimenter can write.
+  # The reference's record template's sections that only the experimenter can write.
   for section in ('Hypothesis', 'Difference from the previous experiment',
                   'Observations / interpretation', 'Conclusion', 'Next steps', 'Run status'):
     lines += ['', f'## {section}', '', '_(for the experimenter to write)_']
