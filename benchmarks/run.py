@@ -36,7 +36,7 @@ Each workload runs in its own process (its peak memory is its own): the step is 
 of time, run --warmup times, then timed over --steps steps, each ended by block_until_ready.
 FLOPs are XLA's cost analysis of the same step lowered for one device (see step_flops).
 Results: benchmarks/results/suite_<device>_<date>[_small].json and a markdown table printed
-for the README.
+for docs/benchmarks.md.
 """
 
 import argparse

@@ -69,7 +69,7 @@ def base_config():
   # (pip install 'jaxlab[tensorboard]'; view with tensorboard --logdir WORKDIR).
   c.log = ml_collections.ConfigDict(dict(tensorboard=False))
   # initialize: call jax.distributed.initialize() before anything touches a JAX backend
-  # (multi-process runs; see the README). coordinator_address ('host:port'), num_processes and
+  # (multi-process runs; see docs/devices.md). coordinator_address ('host:port'), num_processes and
   # process_id: empty / -1 let JAX detect them (SLURM, Open MPI, Kubernetes, Cloud TPU).
   # cpu_collectives: how CPU devices of different processes talk (gloo | mpi).
   # ordered_sums: gradients and parameter averages summed over the devices in device order
