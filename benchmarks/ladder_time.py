@@ -18,7 +18,7 @@ in about 7 hours on one GPU.
 import tempfile
 import time
 
-SEED_GPU_HOURS = 7.0  # SPEC §2: both ladders, 72 runs, one GPU
+REFERENCE_GPU_HOURS = 7.0  # the reference run (docs/references.md): both ladders, 72 runs, one GPU
 
 
 def time_ladder_epoch(variant, small, rules=('bp', 'fa', 'dfa')):
@@ -91,6 +91,6 @@ def markdown(rows):
   if ok:
     total = sum(r['projected_h'] for r in ok)
     lines.append(f'\nBoth ladders projected: **{total:.2f} h** on this machine (an upper bound: '
-                 f'every cell costed as its rule\'s k = L cell); the seed: about '
-                 f'{SEED_GPU_HOURS:g} GPU-hours for the 72 runs.')
+                 f'every cell costed as its rule\'s k = L cell); the reference run: about '
+                 f'{REFERENCE_GPU_HOURS:g} GPU-hours for the 72 runs.')
   return '\n'.join(lines)

@@ -17,7 +17,7 @@ have requires_grad=False), the config's optimizer and cosine schedule.
              d=64, L=2 with 0.5/0.5 normalisation).
   vit_peft   ViT-S/16 at 224 px in timm's layout, 100 classes, PEFT method of
              jaxlab/peft/methods.py, LoRA rank 8 alpha 16 on qkv/proj/fc1/fc2; 32 px images
-             resized bilinearly inside the step, augmentation of the 'seed' recipe
+             resized bilinearly inside the step, augmentation of the 'reference' recipe
              (jaxlab/experiments/peft.py); AdamW groups head/norm/lora (configs/hybrid.py).
              small: configs/hybrid.py:quick's tiny ViT and its 'weights' recipe.
   vit_tiny   configs/mhc.py's plain residual ViT-Ti/4 from scratch: 32 px (no resize), patch 4,
@@ -86,7 +86,7 @@ LADDER = {  # configs/ladder.py
                   weight_decay=0.01, epochs=15),
 }
 LADDER_SEEDS = (42, 123, 456)
-VIT = {  # configs/hybrid.py: week4 (ViT-S/16) and quick
+VIT = {  # configs/hybrid.py: deep_lora and the other 10-epoch variants (ViT-S/16), and quick
     'S/16': dict(image_size=224, patch=16, width=384, depth=12, heads=6, mlp_dim=1536,
                  classes=100, epochs=10,
                  groups=dict(head=(1e-3, 0.05), norm=(1e-3, 0.0), lora=(5e-4, 0.0))),
@@ -741,8 +741,9 @@ def time_vit_peft(method, batch=128, steps=5, warmup=2, small=False, use_timm=No
                   for g, ps in sorted(groups.items())]
   opt, impl = _optimizer(torch, 'AdamW', param_groups, betas=(0.9, 0.999), eps=1e-8)
   sched = _cosine(torch, opt, c['epochs'] * (TRAIN_SIZE // batch))
-  # jaxlab.experiments.peft.apply_recipe: 'weights' for quick; 'seed' for week 4, which is
-  # 'week3' (crop pad 4, flip, no normalisation) for hybrid_parallel, else 'standard'.
+  # jaxlab.experiments.peft.apply_recipe: 'weights' for quick; 'reference' for the ViT-S/16
+  # variants, which is 'crop_flip' (crop pad 4, flip, no normalisation) for hybrid_parallel,
+  # else 'flip_cifar100'.
   if small:  # the digits are never flipped (apply_recipe); the race leaves out quick's zoom
     recipe = dict(crop_padding=0, flip=False, normalization='half')
   elif method == 'hybrid_parallel':

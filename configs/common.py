@@ -46,7 +46,8 @@ def base_config():
   # steps_per_dispatch: steps fused in one jitted lax.scan (raise it for small models).
   # steps: stop after this many steps (0: epochs × steps per epoch); the schedules still span
   # the whole run of `epochs` epochs, so a short smoke run trains with the real run's settings.
-  # drop_last: False (the seeds' PyTorch DataLoader) pads the last, partial batch of each epoch
+  # drop_last: False (as the reference code's PyTorch DataLoader) pads the last, partial batch
+  # of each epoch
   # and masks it, so every example is seen every epoch (391 steps of 128 on 50,000 images);
   # True drops it (390).
   # ece_batch_size > 0: evaluations also report ece_per_batch, the mean of the ECEs of
@@ -68,7 +69,7 @@ def base_config():
   # (pip install 'jaxlab[tensorboard]'; view with tensorboard --logdir WORKDIR).
   c.log = ml_collections.ConfigDict(dict(tensorboard=False))
   # initialize: call jax.distributed.initialize() before anything touches a JAX backend
-  # (multi-process runs; see the README). coordinator_address ('host:port'), num_processes and
+  # (multi-process runs; see docs/devices.md). coordinator_address ('host:port'), num_processes and
   # process_id: empty / -1 let JAX detect them (SLURM, Open MPI, Kubernetes, Cloud TPU).
   # cpu_collectives: how CPU devices of different processes talk (gloo | mpi).
   # ordered_sums: gradients and parameter averages summed over the devices in device order
@@ -84,9 +85,13 @@ def base_config():
   return c
 
 
-def pick(variants, arg, default):
-  """variants[arg or default](), or an error that lists the variants."""
+def pick(variants, arg, default, renamed=None):
+  """variants[arg or default](), or an error that lists the variants. `renamed`: {old name:
+  new name} of variants given up; an old name is an error that names the new one."""
   name = arg or default
+  if renamed and name in renamed:
+    raise BadInput(f'config variant {name!r} was renamed {renamed[name]!r}', '--config',
+                   f'use --config=FILE:{renamed[name]}')
   if name not in variants:
     raise BadInput(f'unknown config variant {name!r}', '--config',
                    f'choose one of {", ".join(variants)} (--config=FILE:variant)')

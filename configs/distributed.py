@@ -1,6 +1,7 @@
 """Distributed-learning family: LeNet-5 on CIFAR-100, centralized, large-batch and local SGD.
 
-The seed-table variants follow the original code (lucavgn/AML_Project5 notebooks) wherever it
+The reference-table variants follow the original code (lucavgn/AML_Project5 notebooks; the
+reference run and its numbers: docs/references.md) wherever it
 can be reproduced without torch: LeNet-5 initialised as PyTorch does (weights and biases
 U(±1/√fan_in)), every schedule stepped once per epoch, optim.large_batch_form='original' (the
 notebooks' own LARS and LAMB classes), local.worker_data='original' (each worker's loader over its

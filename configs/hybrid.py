@@ -1,40 +1,46 @@
 """PEFT family: ViT-S/16 (AugReg in21k→in1k) fine-tuned on CIFAR-100 with LoRA, Norm or hybrids.
 
-Default (the source notes' 10-epoch run): hybrid_layerwise/deep_lora, 10 epochs, batch 128,
-224 px, AdamW with groups head (lr 1e-3, wd 0.05), norm (1e-3, 0), lora (5e-4, 0), seed 42:
+Default (variant deep_lora, the reference run's 10-epoch setting): hybrid_layerwise/deep_lora,
+10 epochs, batch 128, 224 px, AdamW with groups head (lr 1e-3, wd 0.05), norm (1e-3, 0),
+lora (5e-4, 0), seed 42:
     python launch.py --config=configs/hybrid.py
-The notes' figures for it: Acc@1 89.6% (best epoch), per-batch ECE 0.075, 247,396 trainables.
+The reference run's figures for it: Acc@1 89.6% (best epoch), per-batch ECE 0.075, 247,396
+trainables (docs/references.md).
 
-These variants are the source code's definitions (Tony-lyu/CV, src/week4/train.py; each
+These variants follow the reference code's definitions (Tony-lyu/CV, src/week4/train.py; each
 difference with its verdict in docs/fidelity.md):
   - the cosine lr is stepped once per epoch (optim.schedule=cosine_epoch: PyTorch's
     CosineAnnealingLR(T_max=epochs) stepped after each epoch; 'cosine' steps it every step);
   - the fresh head is timm's: trunc-normal(0.02) kernel, zero bias (peft.head_init=timm;
     'uniform' is nn.Linear's own U(±1/sqrt(384)));
-  - the augmentation recipe per method (augment.recipe=seed, see below);
-  - evaluations report the global ECE over the test set (ece) and, beside the notes' figures,
-    the source code's mean of per-batch ECEs at its eval batch 128 (ece_per_batch;
+  - the augmentation recipe per method (augment.recipe=reference, see below);
+  - evaluations report the global ECE over the test set (ece) and, beside the reference
+    figures, the reference code's mean of per-batch ECEs at its eval batch 128 (ece_per_batch;
     train.ece_batch_size); summaries give the pure step time (avg_step_time_s) and the loop's
-    wall clock a step as the source code timed it (wall_step_time_s).
+    wall clock a step as the reference code timed it (wall_step_time_s).
 
 Variants (python launch.py --config=configs/hybrid.py:VARIANT):
   quick                   offline demo on digits: a small ViT pretrained on digits 0-4 (60 epochs,
-                          test acc ≈ 0.98), then the four methods of the notes transferred to 5-9
+                          test acc ≈ 0.98), then the four reference methods transferred to 5-9
                           for 20 epochs (norm ≈ 0.87, the others 0.93-0.98); prints the method
                           table and draws accuracy_vs_trainables.png (about 2 minutes on two CPU
                           cores).
-  norm, lora, hybrid_parallel, full, linear,
-  deep_lora, even_lora, odd_lora   (hybrid_layerwise policies)
-  table                   the notes' four methods in one sweep, table + figure, their own logged
-                          numbers beside (Tony-lyu/CV reports/results_week4.csv)
-  week5                   the 5-epoch baseline: deep_lora, 5 epochs (notes: 90.04%, ECE 0.0637)
-  warmup_lora200          week 5 with LoRA held for the first 200 steps (notes: 90.21%, ECE 0.0600)
-  alt50                   week 5 with alternation every 50 steps, lora-first (notes: 89.93%,
-                          ECE 0.0592)
-The 5-epoch runs of the notes used seeds 0 and 1 (torch's generator: not reproducible here);
-the warm-up figure is the best of their reruns of that setting.
+  deep_lora (default), even_lora, odd_lora   (hybrid_layerwise policies), 10 epochs
+  norm, lora, hybrid_parallel, full, linear  (one method each), 10 epochs
+  table                   the four reference methods in one sweep, table + figure, the
+                          reference run's own logged numbers beside (docs/references.md)
+  five_epochs             the 5-epoch baseline: deep_lora, 5 epochs (reference: 90.04%,
+                          ECE 0.0637)
+  warmup_lora200          five_epochs with LoRA held for the first 200 steps (reference: 90.21%,
+                          ECE 0.0600)
+  alt50                   five_epochs with alternation every 50 steps, lora-first (reference:
+                          89.93%, ECE 0.0592)
+The reference's 5-epoch runs used random seeds 0 and 1 (torch's generator: not reproducible
+here); the warm-up figure is the best of their reruns of that setting.
+Renamed variants (an error names the new one): week4 → deep_lora, week5 → five_epochs.
 
-CIFAR-100 and the weights must be on the machine (see README "Data" and "Pretrained weights").
+CIFAR-100 and the weights must be on the machine (see docs/peft.md "Data" and
+"Pretrained weights").
 """
 
 import ml_collections
@@ -42,7 +48,8 @@ import ml_collections
 from jaxlab.configs.common import base_config, pick
 
 
-def week4(method='hybrid_layerwise', policy='deep_lora'):
+def ten_epochs(method='hybrid_layerwise', policy='deep_lora'):
+  """One method on ViT-S/16 and CIFAR-100 for 10 epochs, with the reference code's recipe."""
   c = base_config()
   c.experiment = 'peft'
   c.data.name = 'cifar100'
@@ -54,12 +61,12 @@ def week4(method='hybrid_layerwise', policy='deep_lora'):
       source='augreg', path='', cache_dir='~/.cache/jaxlab'))
   # method: full | linear | norm | lora | hybrid_parallel | hybrid_layerwise.
   # policy (hybrid_layerwise): deep_lora | even_lora | odd_lora | explicit (with lora_blocks).
-  # lr_parity: dynamic LR parity between the lora and norm groups (the source code's extra).
+  # lr_parity: dynamic LR parity between the lora and norm groups (the reference code's extra).
   # diagnostics: per-group grad/update norms and the LoRA–Norm cosine, measured by their own
   # compiled function every diagnostics_every steps (0: every train.log_every_steps), outside
   # the timed training step.
   # head_init: timm (trunc-normal(0.02) kernel, zero bias: the head timm's create_model(...,
-  # num_classes=100) gives, as the source code built it) | uniform (U(±1/sqrt(width))).
+  # num_classes=100) gives, as the reference code built it) | uniform (U(±1/sqrt(width))).
   # Selective freezing: LoRA held while step < freeze_lora_steps, Norm while step <
   # freeze_norm_steps; then, if alt_freeze_every = K > 0, phase (step // K) % 2 alternates.
   c.peft = ml_collections.ConfigDict(dict(
@@ -68,19 +75,20 @@ def week4(method='hybrid_layerwise', policy='deep_lora'):
       alt_order='lora-first', diagnostics=True, diagnostics_every=0, lr_parity=False,
       head_init='timm'))
   c.peft.lora_blocks = ()  # typed as a tuple of ints by the placeholder above
-  # recipe: seed | weights | week3 | standard (see jaxlab/experiments/peft.py apply_recipe).
-  # Default here: 'seed' — the source code's recipes, with which the notes' numbers were
-  # measured (week3 for hybrid_parallel: crop pad 4 + flip, no normalisation; standard for the
-  # others: flip + CIFAR-100 statistics). For new experiments use --config.augment.recipe=weights:
-  # the pretrained weights' own 0.5/0.5 normalisation, as :quick does.
+  # recipe: reference | weights | crop_flip | flip_cifar100 (jaxlab/experiments/peft.py
+  # apply_recipe). Default here: 'reference' — the reference code's recipe per method, with
+  # which the reference numbers were measured (crop_flip for hybrid_parallel: crop pad 4 +
+  # flip, no normalisation; flip_cifar100 for the others: flip + CIFAR-100 statistics). For new
+  # experiments use --config.augment.recipe=weights: the pretrained weights' own 0.5/0.5
+  # normalisation, as :quick does.
   c.augment.update(resize=224, crop_padding=0, flip=True, normalization='half')
-  c.augment.recipe = 'seed'
+  c.augment.recipe = 'reference'
   c.optim.update(name='adamw', lr=1e-3, weight_decay=0.05, schedule='cosine_epoch')
   c.optim.groups = ml_collections.ConfigDict(dict(
       head=dict(lr=1e-3, weight_decay=0.05),
       norm=dict(lr=1e-3, weight_decay=0.0),
       lora=dict(lr=5e-4, weight_decay=0.0)))
-  # ece_batch_size 128: evaluations also report the source code's per-batch ECE at its eval
+  # ece_batch_size 128: evaluations also report the reference code's per-batch ECE at its eval
   # batch (ece_per_batch, set beside its numbers) next to the global ECE over the test set.
   c.train.update(batch_size=128, epochs=10, eval_batch_size=512, log_every_steps=50,
                  ece_batch_size=128)
@@ -93,17 +101,19 @@ def week4(method='hybrid_layerwise', policy='deep_lora'):
   return c
 
 
-SEED_METHODS = ('hybrid_parallel', 'hybrid_layerwise/deep_lora', 'lora', 'norm')
+REFERENCE_METHODS = ('hybrid_parallel', 'hybrid_layerwise/deep_lora', 'lora', 'norm')
 
 
 def table():
-  c = week4()
-  c.sweep.runs = SEED_METHODS
+  """The reference run's four methods in one sweep."""
+  c = ten_epochs()
+  c.sweep.runs = REFERENCE_METHODS
   return c
 
 
-def week5(**freezing):
-  c = week4()
+def five_epochs(**freezing):
+  """deep_lora for 5 epochs, with the selective freezing fields in `freezing`."""
+  c = ten_epochs()
   c.train.epochs = 5
   c.peft.update(freezing)
   return c
@@ -111,7 +121,7 @@ def week5(**freezing):
 
 def quick():
   """The offline demo: a ViT (patch 8, width 64, depth 4, 8 heads) trained from scratch on
-  digits 0-4, then the four seed methods transferred to digits 5-9 on its frozen backbone.
+  digits 0-4, then the four reference methods transferred to digits 5-9 on its frozen backbone.
 
   8 heads of width 8 learn faster from scratch on ~720 images than 2 of 32; small shifts and
   zooms (random-resized-crop 0.75-1, square) in pretraining and transfer give a backbone whose
@@ -127,8 +137,8 @@ def quick():
   c.sweep.update(pretrain_classes=(0, 1, 2, 3, 4), pretrain_epochs=60, pretrain_lr=3e-3)
   c.augment.recipe = 'weights'
   c.augment.update(rrc_scale=(0.75, 1.0), rrc_ratio=(1.0, 1.0))
-  # The demo reproduces no table of the notes and keeps its own recipe: a per-step cosine and
-  # nn.Linear's head init. With the notes' per-epoch cosine and timm's 0.02 head, the 720-image
+  # The demo reproduces no reference table and keeps its own recipe: a per-step cosine and
+  # nn.Linear's head init. With the reference's per-epoch cosine and timm's 0.02 head, the 720-image
   # pretraining reaches 0.967 instead of 0.989 and the norm transfer 0.79-0.85 instead of 0.87.
   c.optim.schedule = 'cosine'
   c.peft.head_init = 'uniform'
@@ -146,22 +156,25 @@ def quick():
 
 
 VARIANTS = {
-    'week4': week4,
+    'deep_lora': lambda: ten_epochs('hybrid_layerwise', 'deep_lora'),
     'quick': quick,
     'table': table,
-    'norm': lambda: week4('norm'),
-    'lora': lambda: week4('lora'),
-    'hybrid_parallel': lambda: week4('hybrid_parallel'),
-    'full': lambda: week4('full'),
-    'linear': lambda: week4('linear'),
-    'deep_lora': lambda: week4('hybrid_layerwise', 'deep_lora'),
-    'even_lora': lambda: week4('hybrid_layerwise', 'even_lora'),
-    'odd_lora': lambda: week4('hybrid_layerwise', 'odd_lora'),
-    'week5': week5,
-    'warmup_lora200': lambda: week5(freeze_lora_steps=200),
-    'alt50': lambda: week5(alt_freeze_every=50, alt_order='lora-first'),
+    'norm': lambda: ten_epochs('norm'),
+    'lora': lambda: ten_epochs('lora'),
+    'hybrid_parallel': lambda: ten_epochs('hybrid_parallel'),
+    'full': lambda: ten_epochs('full'),
+    'linear': lambda: ten_epochs('linear'),
+    'even_lora': lambda: ten_epochs('hybrid_layerwise', 'even_lora'),
+    'odd_lora': lambda: ten_epochs('hybrid_layerwise', 'odd_lora'),
+    'five_epochs': five_epochs,
+    'warmup_lora200': lambda: five_epochs(freeze_lora_steps=200),
+    'alt50': lambda: five_epochs(alt_freeze_every=50, alt_order='lora-first'),
 }
 
 
+# Variant names given up, each with the name that replaced it (an error names the new one).
+RENAMED = {'week4': 'deep_lora', 'week5': 'five_epochs'}
+
+
 def get_config(arg=None):
-  return pick(VARIANTS, arg, 'week4')
+  return pick(VARIANTS, arg, 'deep_lora', renamed=RENAMED)

@@ -1,10 +1,13 @@
-"""Credit-assignment family (SPEC §2): BP / FA / DFA on a residual MLP, trainable-depth ladder.
+"""Credit-assignment family: BP / FA / DFA on a residual MLP, trainable-depth ladder.
+
+The reference run, its table and definitions: docs/references.md; the family: docs/ladder.md.
 
 Variants (python launch.py --config=configs/ladder.py:VARIANT):
   d256_L4   (default) CIFAR-10, d=256, L=4, k = 0..4, seeds 42/123/456, AdamW lr 1e-3 wd 0.01,
-            cosine, batch 128, 100 epochs. SPEC: BP 0.389 → 0.617, FA 0.355 → 0.402,
+            cosine, batch 128, 100 epochs. Reference: BP 0.389 → 0.617, FA 0.355 → 0.402,
             DFA 0.349 → 0.301 (k = 0 → 4).
-  d512_L2   the same with d=512, L=2. SPEC: BP 0.386 → 0.603, FA 0.359 → 0.361, DFA 0.349 → 0.302.
+  d512_L2   the same with d=512, L=2. Reference: BP 0.386 → 0.603, FA 0.359 → 0.361,
+            DFA 0.349 → 0.302.
   quick     offline on digits: d=64, L=2, 3 seeds, a few epochs; writes ladder.json, ladder.md,
             ladder.png and identity_check.json in about two minutes on two CPU cores.
 Rules: bp, fa, dfa, usf (sign symmetry). --config.credit.rules="('bp','usf')" picks some.

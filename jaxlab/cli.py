@@ -67,7 +67,7 @@ def resolve_spec(spec):
 
 
 def resolve_argv(argv):
-  """argv with every `--config=SPEC` (or `--config SPEC`) as `--config=PATH[:variant]`
+  """argv with every `--config=VALUE` (or `--config VALUE`) as `--config=PATH[:variant]`
   (resolve_spec); everything else as it was."""
   out, rest = list(argv[:1]), iter(argv[1:])
   for arg in rest:

@@ -19,7 +19,7 @@ JAX_PLATFORMS, a path too long, a damaged file or checkpoint), 5 the workdir is 
 checkpoint saved at the step reached.
 
 Several processes (hosts) run one job when each runs the same command with
---config.distributed.initialize=true (see the README's "Several processes"):
+--config.distributed.initialize=true (see docs/devices.md, "Several processes"):
 process 0 writes the files, every process takes part in each checkpoint.
 """
 

@@ -99,7 +99,7 @@ def test_smoke_run_then_the_full_run_in_the_same_workdir_equals_a_fresh_full_run
   fresh = experiments.run(ladder_config(), str(tmp_path / 'fresh'))
   smoke = experiments.run(ladder_config(steps=5), str(tmp_path / 'w'))
   assert smoke['cells']['bp_k1']['length'] == {'train.epochs': 2, 'train.steps': 5}
-  full = experiments.run(ladder_config(), str(tmp_path / 'w'))  # the README's next command
+  full = experiments.run(ladder_config(), str(tmp_path / 'w'))  # the full run after the smoke run (docs/runs.md)
   a, b = fresh['cells']['bp_k1'], full['cells']['bp_k1']
   assert a['acc'] == b['acc'] and a['mean'] == b['mean'] and a['std'] == b['std']
   s = cell_summary(tmp_path / 'w')

@@ -427,7 +427,7 @@ def test_slowmo_gamma_is_the_workers_current_lr():
       np.testing.assert_allclose(ours[k], x0[k], rtol=1e-4, atol=1e-6, err_msg=f'round {r} {k}')
 
 
-def test_seed_table_variants_use_the_originals_definitions():
+def test_reference_table_variants_use_the_originals_definitions():
   """Training settings of the original's notebooks: Results/SGDM/test_model/TestModel_SGDM.ipynb
   (SGD lr 1e-2, momentum 0.9, wd 4e-4, batch 64, 150 epochs, CosineAnnealingLR T_max 150),
   Results/AdamW/testmodel/Centr_CIFAR_100_TestModel_AdamW_v1.ipynb (AdamW lr 5e-4, wd 1e-1),

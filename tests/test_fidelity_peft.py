@@ -1,5 +1,5 @@
 """The PEFT family against numpy transcriptions of its source code (Tony-lyu/CV,
-src/week4/train.py, the script every 10- and 5-epoch run of the source notes used).
+src/week4/train.py, the script every 10- and 5-epoch run of the reference used; docs/references.md).
 
 Each reference function below transcribes the lines it names; torch ops are replaced by their
 numpy equivalents (float32 where the original computes in float32)."""
@@ -113,7 +113,7 @@ def test_fresh_head_is_timms_for_a_new_label_set():
     fresh_head(params, 'xavier', 0)
 
 
-@pytest.mark.parametrize('variant,epochs', [('week4', 10), ('week5', 5)])
+@pytest.mark.parametrize('variant,epochs', [('deep_lora', 10), ('five_epochs', 5)])
 def test_cosine_is_stepped_per_epoch(variant, epochs):
   """src/week4/train.py lines 425-426 and 443: CosineAnnealingLR(optimizer, T_max=epochs),
   `scheduler.step()` after each epoch's evaluation; PyTorch's recursive get_lr written out

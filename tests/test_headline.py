@@ -85,7 +85,7 @@ def write_augreg_npz(path, depth=12, width=384, heads=6, mlp_dim=1536, patch=16,
   """A random ViT (default S/16 at 224 px, 1000-class head) under big_vision / AugReg names.
 
   Weights N(0, 0.02), LayerNorm scales 1, biases 0: the layout `big_vision_to_params` reads
-  (SPEC §1 name mapping), stored as float16 to halve the file.
+  (the name mapping of docs/references.md), stored as float16 to halve the file.
   """
   rng = np.random.default_rng(seed)
   hd = width // heads

@@ -274,8 +274,11 @@ def test_lr_parity_trains_and_scales(tmp_path, tiny_digits):
 
 
 @pytest.mark.parametrize('recipe,method,expected', [
-    ('seed', 'hybrid_parallel', dict(crop_padding=4, flip=True, normalization='none')),
-    ('seed', 'norm', dict(crop_padding=0, flip=True, normalization='cifar100')),
+    ('reference', 'hybrid_parallel', dict(crop_padding=4, flip=True, normalization='none')),
+    ('reference', 'norm', dict(crop_padding=0, flip=True, normalization='cifar100')),
+    ('crop_flip', 'norm', dict(crop_padding=4, flip=True, normalization='none')),
+    ('flip_cifar100', 'hybrid_parallel', dict(crop_padding=0, flip=True,
+                                              normalization='cifar100')),
     ('weights', 'lora', dict(crop_padding=0, flip=True, normalization='half')),
 ])
 def test_augmentation_recipes(recipe, method, expected):
@@ -284,6 +287,24 @@ def test_augmentation_recipes(recipe, method, expected):
   c.peft.method = method
   peft.apply_recipe(c)
   assert {k: c.augment[k] for k in expected} == expected and c.augment.resize == 224
+
+
+@pytest.mark.parametrize('old,new', [('seed', 'reference'), ('week3', 'crop_flip'),
+                                     ('standard', 'flip_cifar100')])
+def test_renamed_recipe_names_the_new_one(old, new):
+  """An old recipe name is an error naming its new name, never a silent alias."""
+  c = hybrid.get_config()
+  c.augment.recipe = old
+  with pytest.raises(ValueError, match=f'renamed {new!r}.*--config.augment.recipe={new}'):
+    peft.apply_recipe(c)
+  with pytest.raises(ValueError, match=f'renamed {new!r}'):
+    peft.validate(c)
+
+
+@pytest.mark.parametrize('old,new', [('week4', 'deep_lora'), ('week5', 'five_epochs')])
+def test_renamed_variant_names_the_new_one(old, new):
+  with pytest.raises(ValueError, match=f'renamed {new!r}.*:{new}'):
+    hybrid.get_config(old)
 
 
 def test_training_step_carries_no_diagnostics(tiny_digits):

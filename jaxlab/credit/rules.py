@@ -1,4 +1,5 @@
-"""Credit-assignment rules for the residual MLP: BP, FA, uSF and DFA (SPEC §2).
+"""Credit-assignment rules for the residual MLP: BP, FA, uSF and DFA (the ladder's
+reference definitions: docs/references.md).
 
 `credit_value_and_grad` walks the residual stream backwards once:
   - the readout (out_ln, out_head) always gets its exact gradient;

@@ -36,7 +36,8 @@ from jaxlab.train import guards
 
 # lr × (batch_size / optim.base_batch) ** power for each optim.lr_scaling (scaled_lr).
 LR_SCALINGS = {'none': 0.0, 'sqrt': 0.5, 'linear': 1.0}
-# SPEC §4 augmentation sets on top of the config's crop / flip / normalisation.
+# The reference's augmentation sets (docs/references.md) on top of the config's crop / flip /
+# normalisation.
 AUG_SETS = {
     'basic': dict(crop_padding=4, flip=True, rotation=0.0, perspective=0.0,
                   color_jitter=(0.0, 0.0, 0.0, 0.0)),

@@ -1,11 +1,13 @@
-"""Credit-assignment family (SPEC §2): BP / FA / DFA / uSF on a ResMLP, trainable-depth ladder.
+"""Credit-assignment family: BP / FA / DFA / uSF on a ResMLP, trainable-depth ladder.
+
+The reference run and its definitions: docs/references.md.
 
 A cell is one (rule, k): the last k blocks trainable, the first L−k frozen at
 their random init (not differentiated), embed / out_ln / out_head always
 trained; the cell's seeds train together under `jax.vmap`. The cells run through
 jaxlab.train.sweep (each in cells/<rule>_k<k>, with its own result file; finished cells
 are skipped on a rerun; sweep.only runs one); `ladder.json`, `ladder.md` (mean ± sample
-std beside SPEC's table) and `ladder.png` are assembled from the finished cells, and
+std beside the reference table, docs/references.md) and `ladder.png` are assembled from the finished cells, and
 `identity_check.json` is written first.
 """
 
@@ -31,7 +33,8 @@ from jaxlab.train.task import Task
 from jaxlab.train import guards
 
 
-# SPEC §2 reference: CIFAR-10 test accuracy, mean ± std over seeds {42, 123, 456}.
+# The reference run's table (docs/references.md): CIFAR-10 test accuracy, mean ± std over
+# seeds {42, 123, 456}.
 REFERENCE = {
     (256, 4): {'bp': [(0.389, 0.001), (0.565, 0.003), (0.598, 0.003), (0.608, 0.001), (0.617, 0.002)],
                'fa': [(0.355, 0.003), (0.382, 0.008), (0.349, 0.016), (0.398, 0.008), (0.402, 0.009)],
@@ -215,15 +218,18 @@ def report(config, results, identity):
     columns.append((rule, rule, '{}'))
     columns.append((f'{rule} best epoch', f'{rule}_best', '{}'))
     if reference and rule in reference:
-      columns.append((f'{rule} (SPEC)', f'{rule}_ref', '{}'))
+      columns.append((f'{rule} (reference)', f'{rule}_ref', '{}'))
   title = (f'# Trainable-depth ladder: ResMLP d={d} L={depth} on {config.data.name}, '
            f'{config.train.epochs} epochs, seeds {list(config.seeds)}\n\n'
            'Test accuracy after the last epoch, mean ± sample std (ddof 1); "best epoch": the '
-           'best evaluated epoch of the seeds\' mean. SPEC columns: CIFAR-10, 100 epochs.\n\n')
+           'best evaluated epoch of the seeds\' mean. Reference columns: CIFAR-10, 100 epochs '
+           '(docs/references.md).\n\n')
   ident = (f'\n\nFrozen-init identity check (one batch, mean over seeds): per-block ‖f‖/‖h‖ '
-           f'{", ".join(f"{r:.3f}" for r in identity["block_ratio"]["mean"])} (SPEC ≈ 0.10); '
-           f'‖h_L−h_0‖/‖h_0‖ {identity["stack_rel_change"]["mean"]:.3f} (SPEC 0.196 at L=4); '
-           f'cos(h_L, h_0) {identity["stack_cos"]["mean"]:.3f} (SPEC 0.981 at L=4).\n')
+           f'{", ".join(f"{r:.3f}" for r in identity["block_ratio"]["mean"])} '
+           '(reference ≈ 0.10); '
+           f'‖h_L−h_0‖/‖h_0‖ {identity["stack_rel_change"]["mean"]:.3f} '
+           '(reference 0.196 at L=4); '
+           f'cos(h_L, h_0) {identity["stack_cos"]["mean"]:.3f} (reference 0.981 at L=4).\n')
   return title + markdown_table(rows, columns) + ident
 
 

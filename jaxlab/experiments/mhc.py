@@ -50,7 +50,8 @@ from jaxlab.train import guards
 # arm name → model.residual
 ARMS = {'regular': 'plain', 'mhc_static': 'static', 'mhc_dynamic': 'dynamic'}
 
-# white-richard/latent-space experiments/baseline_cifar10_002/2026-01-25_22-57-11/results.md and
+# The reference rows (docs/references.md): white-richard/latent-space
+# experiments/baseline_cifar10_002/2026-01-25_22-57-11/results.md and
 # mhc/results.md (CIFAR-10, 200 epochs, seed 42; the mHC arm is vit_tiny(use_mhc=True) with
 # mhc_num_streams left at 1: in fact the plain network).
 REFERENCE = (

@@ -2,8 +2,8 @@
 
 One run trains one method; `sweep.runs` runs several through jaxlab.train.sweep (each in
 its own sub-workdir, named after the run with '/' as '-', with its own result file;
-sweep.only runs one) and assembles from the finished runs a table beside the source notes'
-own rows, sweep.json and a figure of accuracy against trainable parameters. With
+sweep.only runs one) and assembles from the finished runs a table beside the reference
+run's own rows (docs/references.md), sweep.json and a figure of accuracy against trainable parameters. With
 `pretrained.source='pretrain'` the backbone is first trained from scratch on
 `sweep.pretrain_classes` (the offline demo on digits).
 """
@@ -36,14 +36,17 @@ from jaxlab.train import guards
 
 
 PRETRAINED_SOURCES = ('augreg', 'npz', 'timm', 'none', 'pretrain')
-RECIPES = ('weights', 'week3', 'standard', 'seed')
+RECIPES = ('weights', 'crop_flip', 'flip_cifar100', 'reference')
+# Recipe names given up, each with the name that replaced it: an old name is an error that
+# names the new one, never a silent alias.
+RENAMED_RECIPES = {'seed': 'reference', 'week3': 'crop_flip', 'standard': 'flip_cifar100'}
 
-# The reference rows: the source notes' 10-epoch runs (ViT-S/16, CIFAR-100) as their own code
-# logged them, one row per epoch, in Tony-lyu/CV reports/results_week4.csv: the last epoch's
-# accuracy and per-batch ECE (its ECE is a mean of per-batch ECEs at eval batch 128), the best
-# epoch's accuracy (the figure the write-up quotes), the median over the 10 epochs of its
-# step time (each epoch's wall clock a step, batches and diagnostics included; the first
-# epoch's holds CUDA's warm-up) and its peak memory (torch.cuda.max_memory_allocated).
+# The reference rows (docs/references.md): the 10-epoch reference runs (ViT-S/16, CIFAR-100) as
+# their own code logged them, one row per epoch, in Tony-lyu/CV reports/results_week4.csv: the last
+# epoch's accuracy and per-batch ECE (its ECE is a mean of per-batch ECEs at eval batch 128), the
+# best epoch's accuracy (the figure the write-up quotes), the median over the 10 epochs of its step
+# time (each epoch's wall clock a step, batches and diagnostics included; the first epoch's holds
+# CUDA's warm-up) and its peak memory (torch.cuda.max_memory_allocated).
 REFERENCE = (
     dict(run='hybrid_parallel', trainable_params=647_524, wall_step_time_s=0.7298,
          peak_mem_bytes=8_037_466_112, acc1=0.8950, acc1_best=0.8950, best_epoch=10,
@@ -78,18 +81,17 @@ def apply_recipe(config):
   """Set the augmentation of `config.augment.recipe` in place.
 
   weights: resize, flip, the pretrained weights' own normalisation (0.5/0.5);
-  week3: resize, crop with padding 4, flip, no normalisation (hybrid_parallel
-  in the seed); standard: resize, flip, CIFAR-100 statistics (the seed's other
-  methods); seed: week3 for hybrid_parallel, standard otherwise. Digits are never flipped.
+  crop_flip: resize, crop with padding 4, flip, no normalisation (what the reference code
+  gave hybrid_parallel); flip_cifar100: resize, flip, CIFAR-100 statistics (what it gave
+  every other method); reference: crop_flip for hybrid_parallel, flip_cifar100 otherwise,
+  as the reference code chose per method (docs/references.md). Digits are never flipped.
   """
-  recipe = config.augment.recipe
-  if recipe not in RECIPES:
-    raise ValueError(f'unknown augment.recipe {recipe!r}; choose one of {", ".join(RECIPES)}')
-  if recipe == 'seed':
-    recipe = 'week3' if config.peft.method == 'hybrid_parallel' else 'standard'
+  recipe = check_recipe(config.augment.recipe)
+  if recipe == 'reference':
+    recipe = 'crop_flip' if config.peft.method == 'hybrid_parallel' else 'flip_cifar100'
   settings = {'weights': dict(crop_padding=0, flip=True, normalization='half'),
-              'week3': dict(crop_padding=4, flip=True, normalization='none'),
-              'standard': dict(crop_padding=0, flip=True, normalization='cifar100')}[recipe]
+              'crop_flip': dict(crop_padding=4, flip=True, normalization='none'),
+              'flip_cifar100': dict(crop_padding=0, flip=True, normalization='cifar100')}[recipe]
   if config.data.name == 'digits':
     settings['flip'] = False  # a mirrored digit is another glyph (or none)
   with config.unlocked():
@@ -97,7 +99,20 @@ def apply_recipe(config):
     config.augment.resize = config.model.image_size
 
 
-graft = pt.graft  # the backbone grafting that make_task does, under its historical name
+def check_recipe(recipe):
+  """`recipe` if it names a recipe; checks.BadInput otherwise, naming the new name of a
+  renamed one."""
+  if recipe in RENAMED_RECIPES:
+    checks.fail('augment.recipe', f'augment.recipe {recipe!r} was renamed '
+                f'{RENAMED_RECIPES[recipe]!r}',
+                f'use --config.augment.recipe={RENAMED_RECIPES[recipe]}')
+  if recipe not in RECIPES:
+    checks.fail('augment.recipe', f'unknown augment.recipe {recipe!r}',
+                f'choose one of {", ".join(RECIPES)}')
+  return recipe
+
+
+graft = pt.graft  # the backbone grafting that make_task does (jaxlab.io.pretrained.graft)
 
 
 def make_task(config, num_classes, pretrained=None):
@@ -254,7 +269,7 @@ FIELDS = guards.declare_family('peft', guards.Family(
              'pretrained.cache_dir'),
     cells=('sweep.runs',),
     ranges={
-        'augment.recipe': rule(one_of, RECIPES),
+        'augment.recipe': lambda c, _: check_recipe(c.augment.recipe),  # names renamed ones
         'pretrained.source': rule(one_of, PRETRAINED_SOURCES),
         'peft.head_init': rule(one_of, api.HEAD_INITS),
         'peft.rank': rule(at_least, 1),
@@ -297,8 +312,8 @@ def validate(config, overridden=frozenset(), devices=1):
   for key in RECIPE_FIELDS:
     checks.ignored_override(f'augment.{key}', overridden,
                             f'augment.recipe {c.augment.recipe!r} (resize = model.image_size)',
-                            'choose a recipe with --config.augment.recipe (weights, week3, '
-                            'standard, seed)')
+                            f'choose a recipe with --config.augment.recipe '
+                            f'({", ".join(RECIPES)})')
   unread = lambda field, why, fix: checks.unread_override(field, overridden, why, fix)
   src = c.pretrained.source
   if src not in ('npz', 'timm'):
@@ -416,7 +431,8 @@ def cell_names(config):
 
 
 def write_report(workdir, rows, config, echo=True):
-  """workdir/table.md (ours beside the notes' own rows) and workdir/accuracy_vs_trainables.png."""
+  """workdir/table.md (ours beside the reference run's own rows) and
+  workdir/accuracy_vs_trainables.png."""
   mc, classes = config.model, tuple(config.data.classes)
 
   def span(cs):  # (5, 6, 7, 8, 9) → '5–9'
@@ -446,7 +462,8 @@ def write_report(workdir, rows, config, echo=True):
   finished = [r for r in rows if r.get('diverged_at_step') is None]
   text = (f'# PEFT methods: {title}\n\n'
           + markdown_table([with_status(r, 'acc1') for r in rows], COLUMNS) + note
-          + '\n\n## Reference: the source notes\' runs (ViT-S/16, CIFAR-100, 10 epochs)\n\n'
+          + '\n\n## Reference: the reference runs (ViT-S/16, CIFAR-100, 10 epochs; '
+          'docs/references.md)\n\n'
           'As their code logged them (Tony-lyu/CV, reports/results_week4.csv): the write-up '
           'quotes the best epoch\'s Acc@1. Their step time is the median over the epochs of '
           'the wall clock a step, their ECE the per-batch mean at eval batch 128, their '

@@ -4,7 +4,7 @@ Both converters return `(arch, params)`: `arch` holds the keyword arguments of
 `jaxlab.models.vit.ViT` that the checkpoint fixes (num_classes, image_size, patch,
 width, depth, heads, mlp_dim), all read from the array shapes, and `params` is the
 nested dict of float32 numpy arrays that `ViT(**arch).apply({'params': params}, x)`
-takes (images NHWC). The name mapping is SPEC §1 "Name mapping":
+takes (images NHWC). The name mapping (docs/references.md, PEFT):
 
   timm                         big_vision / AugReg npz               jaxlab
   patch_embed.proj (OIHW)      embedding (HWIO)                      patch_embed (HWIO)

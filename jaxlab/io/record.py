@@ -2,7 +2,7 @@
 
 A run writes `record.json` (the facts) and `record.md` (the same facts for a
 person): date-time, data set, model, optimizer and base learning rate,
-schedule, each arm's residual kind, the results table beside SPEC's
+schedule, each arm's residual kind, the results table beside the reference run's
 reference rows, the git commit and the full config. Several runs go side by
 side in one page with
 
@@ -84,9 +84,9 @@ def render(record, reference=None):
     lines += ['', '### Embeddings', '']
     lines += [f'![{name}]({path})' for name, path in record['figures']]
   if reference:
-    lines += ['', '## Reference (SPEC §3, CIFAR-10, 200 epochs)', '',
+    lines += ['', '## Reference (CIFAR-10, 200 epochs; docs/references.md)', '',
               markdown_table(reference, SUMMARY_COLUMNS)]
-  # The seed template's sections that only the experimenter can write.
+  # The reference's record template's sections that only the experimenter can write.
   for section in ('Hypothesis', 'Difference from the previous experiment',
                   'Observations / interpretation', 'Conclusion', 'Next steps', 'Run status'):
     lines += ['', f'## {section}', '', '_(for the experimenter to write)_']

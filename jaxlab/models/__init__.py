@@ -9,7 +9,8 @@ from jaxlab.models.vit import VARIANTS, ViT
 
 MODELS = ('lenet5', 'vit', 'resmlp')
 RESIDUALS = ('plain', 'static', 'dynamic')
-# Sinkhorn iterations of each hyper-connection variant when model.hc.iterations is 0 (SPEC §3).
+# Sinkhorn iterations of each hyper-connection variant when model.hc.iterations is 0 (the mHC
+# reference code's: docs/references.md).
 DEFAULT_ITERATIONS = {'static': 10, 'dynamic': 20}
 
 

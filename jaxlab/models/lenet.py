@@ -8,11 +8,12 @@ from jaxlab.models.conv import Conv, initializers, max_pool_2x2
 class LeNet5(nn.Module):
   """Conv(64, 5x5) → ReLU → MaxPool 2 → Conv(64, 5x5) → ReLU → MaxPool 2 → 384 → 192 → classes.
 
-  On 32×32 inputs the flattened features are 5·5·64 = 1600, as in the seed. `conv_impl`: 'auto'
-  (patch matmuls on the CPU, the library convolution elsewhere), 'xla' or 'patches' (see
-  jaxlab.models.conv); the parameters are the same either way. `param_init`: 'torch' (default:
-  PyTorch's nn.Conv2d / nn.Linear defaults, weights and biases U(±1/√fan_in), as the original
-  code's LeNet5 in lucavgn/AML_Project5) or 'lecun' (LeCun-normal weights, zero biases).
+  On 32×32 inputs the flattened features are 5·5·64 = 1600, as in the reference code.
+  `conv_impl`: 'auto' (patch matmuls on the CPU, the library convolution elsewhere), 'xla' or
+  'patches' (see jaxlab.models.conv); the parameters are the same either way. `param_init`:
+  'torch' (default: PyTorch's nn.Conv2d / nn.Linear defaults, weights and biases U(±1/√fan_in),
+  as the original code's LeNet5 in lucavgn/AML_Project5) or 'lecun' (LeCun-normal weights, zero
+  biases).
   """
   num_classes: int = 100
   conv_impl: str = 'auto'

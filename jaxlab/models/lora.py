@@ -3,7 +3,7 @@
 A LoRA layer computes x·W + b + (alpha/rank)·x·A·B (jaxlab.models.vit.LoraDense), so
 W' = W + (alpha/rank)·A·B gives the same outputs from a plain Dense. The rank is read
 from A's shape; alpha is not stored in the parameters and must be the one the model
-was built with (jaxlab's default and the seeds' is 16).
+was built with (jaxlab's default and the reference code's is 16).
 """
 
 import dataclasses

@@ -1,9 +1,9 @@
-"""Residual MLP of the credit-assignment family (SPEC §2).
+"""Residual MLP of the credit-assignment family (docs/references.md).
 
 embed: Linear(pixels → d) on flattened images; L residual blocks
 h ← h + f_l(h) with f_l(h) = fc2(relu(fc1(h))); out_ln: LayerNorm(d);
 out_head: Linear(d → classes). fc2 starts scaled so that ‖f_l(h)‖/‖h‖ ≈ 0.10
-at init (the seed's frozen stack is a near-identity random feature map).
+at init (the reference run's frozen stack is a near-identity random feature map).
 
 The dense layers of the blocks take their backward rule from `rule`:
 'bp' (exact), 'fa' (the input gradient goes through a fixed random matrix B

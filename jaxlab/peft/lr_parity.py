@@ -1,4 +1,5 @@
-"""Dynamic learning-rate parity between two parameter groups (SPEC §1, extras).
+"""Dynamic learning-rate parity between two parameter groups (an extra of the
+PEFT reference code: docs/references.md).
 
 Every step the host folds each group's gradient norm into an EMA (β 0.9).
 Every `every` steps, unless cooling off, it compares r = EMA_a / EMA_b: inside

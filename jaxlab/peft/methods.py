@@ -1,4 +1,5 @@
-"""PEFT methods and layer policies as partition rules over ViT parameter paths (SPEC §1).
+"""PEFT methods and layer policies as partition rules over ViT parameter paths
+(definitions: docs/references.md).
 
 Every method trains the head. `norm` trains every LayerNorm (final norm
 included); `lora` adds LoRA to every block; `hybrid_parallel` does both;
@@ -62,7 +63,8 @@ def rules(method, depth, blocks_with_lora):
 
 def hold_schedule(freeze_lora_steps=0, freeze_norm_steps=0, alt_freeze_every=0,
                   order='lora-first'):
-  """step -> the set of groups held still at that step (SPEC §1, selective freezing).
+  """step -> the set of groups held still at that step (selective freezing as the
+  PEFT reference code scheduled it).
 
   LoRA is held while step < freeze_lora_steps, Norm while step <
   freeze_norm_steps. Once both warm-ups are over and K = alt_freeze_every > 0,

@@ -217,7 +217,7 @@ def _train(config, workdir, task, dataset, mesh, on_chunk, summary_extra, layout
   try:
     with preemption.training():  # a signal now stops the loop after the step, with a save
       while step < end:
-        # The wall clock of the loop as the source notes timed theirs: batches, diagnostics,
+        # The wall clock of the loop as the PEFT reference code timed its own: batches, diagnostics,
         # the step and the host's work around it; compiling, saving and evaluating not.
         t_wall, compiled_before = time.perf_counter(), compile_time
         every = getattr(task.controller, 'every', None)
@@ -346,7 +346,7 @@ def _train(config, workdir, task, dataset, mesh, on_chunk, summary_extra, layout
       # The training step alone: diagnostics and evaluation run outside it.
       'avg_step_time_s': train_time / timed_steps if timed_steps else None,
       # The loop's wall clock a step, batches and diagnostics included (compiles, checkpoint
-      # saves and evaluations not): the step time as the source notes measured theirs.
+      # saves and evaluations not): the step time as the PEFT reference code measured it.
       'wall_step_time_s': wall_time / wall_steps if wall_steps else None,
       # Images per second summed over the seeds or workers trained together.
       'throughput_img_s': (timed_steps * tc.batch_size * copies / train_time
@@ -430,7 +430,7 @@ def _finished_summary(path, end):
 
 
 def _best_eval(records):
-  """acc1_best and best_epoch over the run's evaluation records (the PEFT source note reports
+  """acc1_best and best_epoch over the run's evaluation records (the PEFT reference run reports
   the best epoch); with several seeds, the best of their mean."""
   evals = [r for r in records if r.get('acc1') is not None]
   if not evals:

@@ -139,11 +139,12 @@ def _group_norms(name, tree, live_labels, groups):
 
 def diagnostics_step(state, batch, *, task, tx, augment, labels, hold=frozenset(), groups=(),
                      axis_name=DATA):
-  """What the step at `state` would do on `batch`, measured and not applied (SPEC §1
-  diagnostics): per group grad_norm/<g> and update_norm/<g> (NaN for a held or absent
-  group) and, for two groups (a, b), cos/a_b: the cosine between the logit changes J_a·g_a
-  and J_b·g_b that each group's gradient makes (both live in logit space; raw parameter
-  gradients of disjoint groups are orthogonal by construction, so their cosine is always 0).
+  """What the step at `state` would do on `batch`, measured and not applied (the PEFT
+  reference's diagnostics, docs/references.md): per group grad_norm/<g> and update_norm/<g>
+  (NaN for a held or absent group) and, for two groups (a, b), cos/a_b: the cosine between
+  the logit changes J_a·g_a and J_b·g_b that each group's gradient makes (both live in logit
+  space; raw parameter gradients of disjoint groups are orthogonal by construction, so their
+  cosine is always 0).
 
   Its own compiled function, run every `peft.diagnostics_every` steps outside the timed
   training step, so step times and memory are those of training alone.

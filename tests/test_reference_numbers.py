@@ -1,5 +1,5 @@
-"""Numbers that mean what the seeds' numbers mean: tuning splits, LAMB's own base lr, tables
-that report the best epoch beside the final one."""
+"""Numbers that mean what the reference numbers mean (docs/references.md): tuning splits,
+LAMB's own base lr, tables that report the best epoch beside the final one."""
 
 import math
 
@@ -8,7 +8,7 @@ from jaxlab.experiments import distributed, peft
 from jaxlab.train.sweep import parse_grid
 
 
-def test_seed004_tuning_variants_hold_out_20_percent_with_seed_42():
+def test_distributed_tuning_variants_hold_out_20_percent_with_split_seed_42():
   for name in ('tune_sgdm', 'tune_adamw'):
     c = dist_configs.get_config(name)
     assert c.data.validation_fraction == 0.2 and c.data.split_seed == 42
