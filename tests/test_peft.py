@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from configs import hybrid
-from jaxlab import models
+from jaxlab import experiments, models
 from jaxlab.data.datasets import Dataset, load_dataset
 from jaxlab.data.pipeline import Split
 from jaxlab.experiments import peft
@@ -298,7 +298,7 @@ def test_renamed_recipe_names_the_new_one(old, new):
   with pytest.raises(ValueError, match=f'renamed {new!r}.*--config.augment.recipe={new}'):
     peft.apply_recipe(c)
   with pytest.raises(ValueError, match=f'renamed {new!r}'):
-    peft.validate(c)
+    experiments.validate(c)  # the family's declared range for augment.recipe
 
 
 @pytest.mark.parametrize('old,new', [('week4', 'deep_lora'), ('week5', 'five_epochs')])
