@@ -65,7 +65,7 @@ Variants combine with commas (python launch.py --config=configs/mhc.py:mhc_stati
              learned_pos (learned position embeddings instead of RoPE)
              quick (offline demo on the embedded digits: a 4-block ViT with patch 8, 15 epochs
                     of batch 32, regular vs mhc_dynamic unless arms are named, record + PNGs;
-                    test acc ≈ 0.95-0.96 for both arms, about 2 minutes on two CPU cores)
+                    test acc ≈ 0.94-0.95 for both arms, 2-4 minutes on two CPU cores)
 The CIFAR-10 data must be on the machine (see docs/runs.md, "Data").
 """
 
