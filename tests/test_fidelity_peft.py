@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from jaxlab.metrics.classification import classification_metrics
-from jaxlab.models.vit import init_vit
 from jaxlab.peft.api import fresh_head, peft_vit
 from jaxlab.train.evaluate import ece_eval_batch_size
 

@@ -13,7 +13,6 @@ from jaxlab import experiments, models
 from jaxlab.data.datasets import Dataset, load_dataset
 from jaxlab.data.pipeline import Split
 from jaxlab.experiments import peft
-from jaxlab.metrics.classification import count_params
 from jaxlab.models.lora import LoraSpec
 from jaxlab.parallel.mesh import make_mesh
 from jaxlab.params import FROZEN, flatten, label_tree, merge

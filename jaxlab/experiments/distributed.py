@@ -26,7 +26,6 @@ from jaxlab.optim.optimizers import schedule_from_optim
 from jaxlab.parallel.local import (DYNAMIC_FORMS, METHOD_READS, METHODS as LOCAL_METHODS,
                                    WORKER_DATA, LocalSpec, worker_steps_per_epoch)
 from jaxlab.params import run_keys
-from jaxlab.train.guards import run_or_diverged
 from jaxlab.train.loop import fit
 from jaxlab.train.summary import print_summary
 from jaxlab.train.sweep import (Cell, apply_overrides, cell_name, parse_grid, run_length,

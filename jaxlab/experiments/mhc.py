@@ -40,7 +40,6 @@ from jaxlab.optim import averaging, schedules
 from jaxlab.parallel.mesh import make_mesh, replicate
 from jaxlab.params import flatten, merge, run_keys
 from jaxlab.train.evaluate import make_outputs_fn, predict
-from jaxlab.train.guards import run_or_diverged
 from jaxlab.train.loop import fit
 from jaxlab.train.sweep import Cell, run_length, run_sweep
 from jaxlab.train.task import Task, flax_apply

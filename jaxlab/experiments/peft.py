@@ -27,7 +27,6 @@ from jaxlab.params import flatten, label_paths, merge
 from jaxlab.peft import api, methods
 from jaxlab.peft.lr_parity import LrParity
 from jaxlab.io import lock
-from jaxlab.train.guards import run_or_diverged
 from jaxlab.train.loop import fit
 from jaxlab.train.summary import print_summary
 from jaxlab.train.sweep import Cell, run_length, run_sweep
