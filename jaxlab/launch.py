@@ -118,7 +118,11 @@ def _quiet_background_failures():
 
 
 def _run(config, workdir):
-  from jaxlab.parallel import processes  # after flag parsing: imports JAX
+  with preemption.deferred():  # a signal inside an extension's import would crash it
+    from jaxlab.parallel import processes  # after flag parsing: imports JAX
+    from jaxlab import experiments  # pylint: disable=g-import-not-at-top
+    if config.get('experiment') in experiments.EXPERIMENTS:  # else run() names the choices
+      experiments.family_module(config)  # flax, optax, orbax (tensorstore), ...
   try:
     processes.initialize(config.distributed)  # before anything touches a JAX backend
   except (ValueError, RuntimeError) as e:
@@ -127,7 +131,6 @@ def _run(config, workdir):
   if not processes.is_main():  # process 0 alone talks to the user (errors still show)
     sys.stdout.flush()
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # C++ libraries' prints too
-  from jaxlab import experiments  # pylint: disable=g-import-not-at-top
   experiments.run(config, workdir, overridden(sys.argv))
 
 

@@ -325,6 +325,20 @@ def test_a_second_signal_kills_at_once():
   assert signal.getsignal(signal.SIGINT) is before  # the handler before, restored
 
 
+def test_a_signal_during_the_imports_waits_for_them_to_finish():
+  # Raising inside a C++ extension's initialisation (jaxlib's, on Ctrl-C at startup) aborted
+  # the interpreter or became an ImportError: the launcher imports under deferred().
+  reached_the_end = False
+  with preemption.watching():
+    with pytest.raises(preemption.Preempted) as e:
+      with preemption.deferred():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # the handler has run: the flag is up, nothing raised here
+        reached_the_end = preemption.requested()
+    preemption.clear()
+  assert reached_the_end and e.value.signum == signal.SIGINT and e.value.step is None
+
+
 # ---------------------------------------------------------------------------------------------
 # A run resumed on another device count.
 

@@ -49,7 +49,7 @@ def validate(config, overridden=(), devices=None):
     import jax  # pylint: disable=g-import-not-at-top
     devices = jax.device_count()
   preflight.check_divisible(config, 'train.eval_batch_size', devices)
-  family = importlib.import_module(EXPERIMENTS[config.experiment])
+  family = family_module(config)
   for field, spec in family.FIELDS.ranges.items():
     if checks.has(config, field):
       spec(config, field)
@@ -61,7 +61,7 @@ def check_files(config, workdir):
   """The workdir, the data's files, the family's own inputs (pretrained weights) and any
   checkpoint a rerun would restore: checks.BadInput naming the path."""
   preflight.check_workdir(workdir)
-  family = importlib.import_module(EXPERIMENTS[config.experiment])
+  family = family_module(config)
   missing = []  # data and weights that are not here: reported together
   for check in (preflight.check_data, getattr(family, 'check_files', None)):
     try:
@@ -80,6 +80,11 @@ def check_files(config, workdir):
 
 # What the workdir of a launch records: the config as launched (after command-line overrides).
 LAUNCH_CONFIG = 'launch_config.json'
+
+
+def family_module(config):
+  """The module of `config.experiment`'s family (imported on first use)."""
+  return importlib.import_module(EXPERIMENTS[config.experiment])
 
 
 def run(config, workdir, overridden=()):
@@ -101,7 +106,7 @@ def run(config, workdir, overridden=()):
       with lock.serial(workdir):  # sweep.only jobs check and record the launch one at a time
         guards.check_resume(workdir, config.to_dict(), LAUNCH_CONFIG,
                             guards.neutral_fields(config.experiment, launch=True))
-      return importlib.import_module(EXPERIMENTS[config.experiment]).run(config, workdir)
+      return family_module(config).run(config, workdir)
   except ValueError:  # bad input found late (e.g. by the data): nothing of it stays
     if not guards.results_in(workdir) and lock.free(workdir):
       _remove_new(workdir, before)

@@ -5,11 +5,13 @@ step it reached.
 `watching()` installs the handlers for a block (from the main thread only; nested blocks
 share them, and the ones before are put back after the outermost). Inside `training()` (the
 training loop) the first signal only raises a flag: the trainer asks `requested()` after
-every dispatch, saves and raises `Preempted`. Outside it (loading data, compiling, between
-the cells of a sweep, the final evaluation) there is nothing half-done to save, so the
-signal raises `Preempted` at once. Either way a second signal kills the process at once. In
-a multi-process run the processes agree through a reduction of their flags, so all of them
-stop after the same step, even when only one of them received the signal.
+every dispatch, saves and raises `Preempted`. Inside `deferred()` (the launcher's imports of
+JAX and the other C++ extensions) it raises the flag too, and `Preempted` follows when the
+block ends. Anywhere else (loading data, compiling, between the cells of a sweep, the final
+evaluation) there is nothing half-done to save, so the signal raises `Preempted` at once.
+Either way a second signal kills the process at once. In a multi-process run the processes
+agree through a reduction of their flags, so all of them stop after the same step, even when
+only one of them received the signal.
 """
 
 import contextlib
@@ -77,16 +79,23 @@ def watching():
 
 
 @contextlib.contextmanager
-def training():
-  """The training loop: a signal only raises the flag that `requested()` reads."""
+def deferred():
+  """A block a signal must not cut: the first signal only raises the flag, and Preempted is
+  raised when the outermost such block ends. The training loop is one (it asks `requested()`
+  after every dispatch and saves first); importing JAX and the other C++ extensions is
+  another (an exception raised inside an extension's initialisation aborts the interpreter or
+  turns into an ImportError)."""
   global _in_training
   _in_training += 1
   try:
     yield
   finally:
     _in_training -= 1
-  if _flag.is_set() and not _in_training:  # a signal after the loop's last look at the flag
+  if _flag.is_set() and not _in_training:  # a signal after the block's last look at the flag
     raise Preempted(None, None, signal_received())
+
+
+training = deferred  # the training loop: a signal only raises the flag `requested()` reads
 
 
 def signal_received():
