@@ -9,6 +9,8 @@ import tempfile
 
 import pytest
 
+import timings  # tests/timings.py: this folder is on sys.path (pytest's rootdir conftest)
+
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_force_host_platform_device_count=8').strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
@@ -63,74 +65,42 @@ def _no_network(monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------
-# Under pytest-xdist (python -m pytest -n 2): the slowest tests first, each worker taking the
-# next one when it is free, so that the run does not end with one worker alone on a long test.
+# The quick tier, and under pytest-xdist (python -m pytest -n 2) the slowest tests first.
 #
-# A work unit is one test, or a whole module where its tests share an expensive module-scoped
-# fixture (the fixture is then built once, on one worker). Units run longest first, by the
-# seconds below (measured with -n 2 on two CPU cores; the others count as 0 and keep their
-# collection order, after these). A renamed or new slow test only runs later: the results are
-# the same either way.
-_TOGETHER = (
+# tests/timings.py holds the measured seconds of every test of 1 s or more; a test of
+# SLOW_SECONDS or more, or one that needs an expensive module fixture, is marked `slow`, so
+# `-m "not slow"` is the quick tier. Under xdist each worker takes the next work unit when it is
+# free, longest first, so that the run does not end with one worker alone on a long test. A
+# work unit is one test, or a whole module where its tests share an expensive module-scoped
+# fixture (the fixture is then built once, on one worker). Unlisted tests count as 0 s and
+# keep their collection order, after the others: a renamed or new slow test only runs later
+# (and in the quick tier until the table is regenerated); the results are the same either way.
+TOGETHER = (
     'tests/test_mhc.py',  # two_arms: two full runs of the family
     'tests/test_export.py',  # runs: three PEFT runs
     'tests/test_multiprocess.py',  # reference: a one-process run of both arms
 )
-_SECONDS = {
-    'tests/test_headline.py::test_headline_command[mhc]': 220,
-    'tests/test_headline.py::test_headline_command[ladder]': 85,
-    'tests/test_headline.py::test_headline_command[hybrid]': 65,
-    'tests/test_headline.py::test_headline_command[distributed]': 16,
-    'tests/test_headline.py::test_headline_command[large_batch]': 13,
-    'tests/test_multiprocess.py': 110,
-    'tests/test_faults.py::test_a_smoke_run_of_a_transfer_sweep_then_the_full_run_equals_a_fresh_one': 52,
-    'tests/test_faults.py::test_killed_at_random_moments_and_rerun_it_ends_as_the_uninterrupted_run': 34,
-    'tests/test_faults.py::test_smoke_run_then_the_full_run_in_the_same_workdir_equals_a_fresh_full_run': 32,
-    'tests/test_faults.py::test_ctrl_c_saves_the_step_reached_and_exits_130': 23,
-    'tests/test_mhc.py': 85,
-    'tests/test_export.py': 45,
-    'tests/test_guards.py::test_grid_records_diverged_cells_and_each_cells_own_memory': 42,
-    'tests/test_guards.py::test_rerun_with_another_lr_is_refused_naming_the_field': 20,
-    'tests/test_guards.py::test_diverged_run_exits_nonzero_naming_the_step': 15,
-    'tests/test_peft.py::test_diagnostics_match_numpy': 33,
-    'tests/test_peft.py::test_held_group_is_bit_identical_and_head_moves': 23,
-    'tests/test_peft.py::test_lr_parity_trains_and_scales': 8,
-    'tests/test_placement.py::test_stream_equals_device_on_digits[none]': 32,
-    'tests/test_placement.py::test_stream_equals_device_on_digits[local_sgd]': 15,
-    'tests/test_placement.py::test_stream_equals_device_on_tfds_cifar': 15,
-    'tests/test_local.py::test_grid_sweep_resumes_cell_by_cell': 25,
-    'tests/test_fast_path.py::test_bf16_loss_within_two_percent_of_fp32_with_fp32_parameters': 22,
-    'tests/test_fast_path.py::test_remat_gives_the_same_loss_and_gradients': 11,
-    'tests/test_benchmark_reports.py::test_loop_efficiency_row_times_the_trainer_and_the_bare_loop': 18,
-    'tests/test_benchmarks.py::test_local_sgd_workload_counts_flops_and_spreads_the_average': 16,
-    'tests/test_trainer.py::test_padded_and_masked_step_equals_the_step_on_the_real_examples[4]': 15,
-    'tests/test_trainer.py::test_checkpoint_averaging_is_the_mean_of_the_snapshots_and_resumes': 9,
-    'tests/test_trainer.py::test_four_devices_equal_one_device': 9,
-    'tests/test_trainer.py::test_summary_reports_the_best_epoch': 8,
-    'tests/test_trainer.py::test_metrics_fetched_lazily_equal_the_eager_ones': 8,
-    'tests/test_packaging.py::test_installed_wheel_runs_a_family_from_another_directory': 15,
-    'tests/test_vit_grads.py::test_hyper_connection_products_have_autodiffs_gradients': 13,
-    'tests/test_api.py::test_own_loop_example_learns_digits': 10,
-    'tests/test_api.py::test_from_timm_and_big_vision_with_another_num_classes': 10,
-    'tests/test_ladder.py::test_vmapped_seeds_equal_separate_runs[bp]': 10,
-    'tests/test_ladder.py::test_sweep_resumes_without_recomputing_finished_cells': 9,
-    'tests/test_ladder.py::test_frozen_blocks_are_bit_identical_and_not_differentiated': 8,
-    'tests/test_ladder.py::test_vmapped_seeds_equal_separate_runs[dfa]': 8,
-    'tests/test_hyper_connections.py::test_one_stream_static_equals_plain_residual_and_warns[rope]': 8,
-    'tests/test_resample.py::test_peft_forward_at_other_sizes[64-8]': 8,
-}
 
 
 def _unit(nodeid):
   module = nodeid.split('::', 1)[0]
-  return module if module in _TOGETHER else nodeid
+  return module if module in TOGETHER else nodeid
 
 
 def _seconds(unit):
-  return _SECONDS.get(unit, 0)
+  return sum(s for nodeid, s in timings.SECONDS.items() if _unit(nodeid) == unit)
+
+
+def _slow(item):
+  if set(timings.EXPENSIVE_FIXTURES) & set(getattr(item, 'fixturenames', ())):
+    return True
+  return timings.SECONDS.get(item.nodeid, 0) >= timings.SLOW_SECONDS
 
 
 def pytest_collection_modifyitems(config, items):
+  for item in items:
+    if _slow(item):
+      item.add_marker(pytest.mark.slow)
   if not hasattr(config, 'workerinput'):  # one process: the order makes no difference
     return
   units = {}

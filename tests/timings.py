@@ -1,0 +1,201 @@
+"""How long each test takes, measured: the quick tier and the order of the full run.
+
+SECONDS: setup + call + teardown of every test that took 1 s or more on two CPU cores, the
+longer of two measurements: the full suite and the quick tier (a test can be slower there:
+the programs an earlier test compiled into the session's cache are not there to load). A test
+at SLOW_SECONDS or more, or one that needs an EXPENSIVE_FIXTURES fixture, is marked `slow`, so
+`python -m pytest -q -n 2 -m "not slow"` is the quick tier of the edit-test loop. A test not
+listed counts as quick (0 s). After the suite changes, regenerate the table:
+
+    python -m pytest -q -n 2 --durations=0 -p no:cacheprovider > full.txt
+    python -m pytest -q -n 2 -m "not slow" --durations=0 -p no:cacheprovider > quick.txt
+    python tests/timings.py full.txt quick.txt > table.py   # then put it below
+"""
+
+import re
+import sys
+
+SLOW_SECONDS = 3.0
+
+# Module-scoped fixtures that cost more than SLOW_SECONDS to build: every test using one is slow
+# (in the quick tier the fixture would be built by whichever of them ran first).
+EXPENSIVE_FIXTURES = ('two_arms', 'runs', 'reference')
+
+SECONDS = {
+    'tests/test_headline.py::test_headline_command[mhc]': 248.1,
+    'tests/test_headline.py::test_headline_command[hybrid]': 82.3,
+    'tests/test_headline.py::test_headline_command[ladder]': 78.4,
+    'tests/test_multiprocess.py::test_two_processes_equal_one_and_write_once_even_killed_and_restarted': 75.5,
+    'tests/test_faults.py::test_a_smoke_run_of_a_transfer_sweep_then_the_full_run_equals_a_fresh_one': 60.4,
+    'tests/test_faults.py::test_killed_at_random_moments_and_rerun_it_ends_as_the_uninterrupted_run': 55.8,
+    'tests/test_mhc.py::test_record_has_every_field_and_both_arms': 45.1,
+    'tests/test_guards.py::test_grid_records_diverged_cells_and_each_cells_own_memory': 42.8,
+    'tests/test_multiprocess.py::test_one_process_run_writes_its_files': 40.6,
+    'tests/test_peft.py::test_diagnostics_match_numpy': 30.3,
+    'tests/test_fast_path.py::test_bf16_loss_within_two_percent_of_fp32_with_fp32_parameters': 27.4,
+    'tests/test_placement.py::test_stream_equals_device_on_digits[none]': 25.9,
+    'tests/test_faults.py::test_smoke_run_then_the_full_run_in_the_same_workdir_equals_a_fresh_full_run': 25.1,
+    'tests/test_export.py::test_adapter_only_checkpoints_resume_exactly': 24.5,
+    'tests/test_local.py::test_grid_sweep_resumes_cell_by_cell': 24.0,
+    'tests/test_mhc.py::test_one_stream_warns_and_the_record_says_so': 23.1,
+    'tests/test_headline.py::test_headline_command[large_batch]': 23.0,
+    'tests/test_headline.py::test_headline_command[distributed]': 22.4,
+    'tests/test_faults.py::test_a_truncated_json_file_is_named[cell.json]': 19.4,
+    'tests/test_ladder.py::test_sweep_resumes_without_recomputing_finished_cells': 18.9,
+    'tests/test_faults.py::test_a_resume_on_fewer_devices_keeps_the_run_and_says_it_is_not_bit_identical': 17.6,
+    'tests/test_faults.py::test_ctrl_c_saves_the_step_reached_and_exits_130': 17.0,
+    'tests/test_multiprocess.py::test_sigterm_saves_the_step_reached_and_the_rerun_ends_as_uninterrupted': 15.9,
+    'tests/test_api.py::test_own_loop_example_learns_digits': 15.8,
+    'tests/test_guards.py::test_rerun_with_another_lr_is_refused_naming_the_field': 15.8,
+    'tests/test_peft.py::test_held_group_is_bit_identical_and_head_moves': 15.7,
+    'tests/test_guards.py::test_diverged_run_exits_nonzero_naming_the_step': 15.4,
+    'tests/test_trainer.py::test_workdir_files': 15.1,
+    'tests/test_benchmarks.py::test_local_sgd_workload_counts_flops_and_spreads_the_average': 15.1,
+    'tests/test_peft.py::test_lr_parity_trains_and_scales': 15.0,
+    'tests/test_packaging.py::test_installed_wheel_runs_a_family_from_another_directory': 14.7,
+    'tests/test_placement.py::test_stream_equals_device_on_digits[local_sgd]': 14.6,
+    'tests/test_trainer.py::test_four_devices_equal_one_device': 14.5,
+    'tests/test_faults.py::test_a_damaged_checkpoint_is_one_line_without_asyncio_noise': 14.3,
+    'tests/test_api.py::test_from_timm_and_big_vision_with_another_num_classes': 14.3,
+    'tests/test_trainer.py::test_metrics_fetched_lazily_equal_the_eager_ones': 14.0,
+    'tests/test_benchmark_reports.py::test_loop_efficiency_row_times_the_trainer_and_the_bare_loop': 14.0,
+    'tests/test_fast_path.py::test_remat_gives_the_same_loss_and_gradients': 13.9,
+    'tests/test_hyper_connections.py::test_one_stream_static_equals_plain_residual_and_warns[rope]': 13.8,
+    'tests/test_vit_grads.py::test_hyper_connection_products_have_autodiffs_gradients': 12.9,
+    'tests/test_trainer.py::test_padded_and_masked_step_equals_the_step_on_the_real_examples[4]': 11.7,
+    'tests/test_credit.py::test_fa_with_feedback_equal_to_weights_is_bp': 10.9,
+    'tests/test_placement.py::test_stream_equals_device_on_tfds_cifar': 10.7,
+    'tests/test_faults.py::test_a_second_launch_on_a_busy_workdir_is_refused_naming_the_holder': 10.4,
+    'tests/test_trainer.py::test_checkpoint_averaging_is_the_mean_of_the_snapshots_and_resumes': 10.4,
+    'tests/test_hyper_connections.py::test_four_streams_differ_from_plain_and_count_their_parameters': 10.4,
+    'tests/test_trainer.py::test_rerun_with_another_config_is_refused_and_a_finished_run_is_not_retrained': 10.3,
+    'tests/test_ladder.py::test_vmapped_seeds_equal_separate_runs[dfa]': 10.1,
+    'tests/test_resample.py::test_peft_forward_at_other_sizes[64-8]': 10.0,
+    'tests/test_export.py::test_merge_lora_gives_the_same_logits': 9.9,
+    'tests/test_credit.py::test_dfa_signal_is_the_projected_output_error': 9.7,
+    'tests/test_credit.py::test_bp_without_normalisation_is_autodiff': 9.6,
+    'tests/test_bad_input.py::test_as_a_process_one_line_and_exit_2_traceback_on_request': 9.4,
+    'tests/test_ladder.py::test_vmapped_seeds_equal_separate_runs[bp]': 9.4,
+    'tests/test_conv.py::test_lenet_same_loss_and_gradients_with_either_conv': 9.0,
+    'tests/test_hyper_connections.py::test_one_stream_static_equals_plain_residual_and_warns[learned]': 8.7,
+    'tests/test_local.py::test_diloco_one_plain_sgd_step_outer_lr1_is_synchronous_sgd': 8.4,
+    'tests/test_api.py::test_vit_with_peft_builds_what_the_config_path_builds': 8.3,
+    'tests/test_sweep.py::test_sweep_only_jobs_on_one_workdir_each_run_their_cell': 8.1,
+    'tests/test_faults.py::test_a_run_extended_after_it_finished_equals_an_uninterrupted_run[workers]': 7.6,
+    'tests/test_fidelity_distributed.py::test_lamb_matches_the_original_and_textbook_transcriptions[original]': 7.3,
+    'tests/test_local.py::test_eight_workers_on_four_devices_equal_eight_devices': 7.2,
+    'tests/test_vit_grads.py::test_low_rank_gradient_equals_autodiff': 6.8,
+    'tests/test_trainer.py::test_the_loop_times_the_device_not_the_dispatch': 6.8,
+    'tests/test_trainer.py::test_padded_and_masked_step_equals_the_step_on_the_real_examples[1]': 6.7,
+    'tests/test_api.py::test_all_weight_formats_give_the_same_model': 6.7,
+    'tests/test_trainer.py::test_summary_reports_the_best_epoch': 6.6,
+    'tests/test_export.py::test_export_refuses_what_timm_cannot_hold': 6.3,
+    'tests/test_faults.py::test_a_run_extended_after_it_finished_equals_an_uninterrupted_run[data]': 6.0,
+    'tests/test_tensorboard.py::test_events_mirror_metrics_jsonl_after_a_crash_and_resume': 6.0,
+    'tests/test_api.py::test_vit_with_peft_from_timm_keeps_the_backbone_and_a_fresh_head': 5.9,
+    'tests/test_faults.py::test_ctrl_c_before_training_still_prints_its_line': 5.8,
+    'tests/test_augment.py::test_full_sgdm_set_is_deterministic_and_in_range': 5.7,
+    'tests/test_export.py::test_exported_lora_model_reproduces_timm_logits_and_loads_in_timm': 5.5,
+    'tests/test_hyper_connections.py::test_dynamic_maps_are_per_token_and_doubly_stochastic': 5.3,
+    'tests/test_local.py::test_dynamic_local_steps_follow_the_formula': 5.3,
+    'tests/test_faults.py::test_a_truncated_json_file_is_named[summary.json]': 5.3,
+    'tests/test_fidelity_mhc.py::test_final_norm_after_reduce': 5.3,
+    'tests/test_evaluate.py::test_device_reduced_metrics_equal_full_logits': 5.2,
+    'tests/test_ladder.py::test_frozen_blocks_are_bit_identical_and_not_differentiated': 5.2,
+    'tests/test_fidelity_mhc.py::test_latent_space_init_statistics': 5.1,
+    'tests/test_vit_init.py::test_trunc_normal_kernels_have_std_002_within_the_bound': 5.1,
+    'tests/test_faults.py::test_an_unavailable_platform_is_one_line': 5.1,
+    'tests/test_fidelity_peft.py::test_per_batch_ece_is_the_source_codes_aggregate[1000]': 5.0,
+    'tests/test_faults.py::test_a_full_disk_is_one_line_naming_the_path_and_the_space': 4.9,
+    'tests/test_vit_init.py::test_trunc_normal_biases_zero': 4.9,
+    'tests/test_vit_init.py::test_default_init_is_todays': 4.9,
+    'tests/test_fidelity_peft.py::test_fresh_head_is_timms_for_a_new_label_set': 4.7,
+    'tests/test_fidelity_distributed.py::test_lars_matches_the_original_and_textbook_transcriptions[textbook]': 4.5,
+    'tests/test_peft.py::test_training_step_carries_no_diagnostics': 4.5,
+    'tests/test_fidelity_mhc.py::test_dynamic_hres_applied_transposed': 4.4,
+    'tests/test_resample.py::test_peft_forward_at_other_sizes[32-4]': 4.4,
+    'tests/test_launch.py::test_launch_errors_are_one_clean_line': 4.4,
+    'tests/test_augment.py::test_color_jitter_random_order_and_factors': 4.3,
+    'tests/test_fidelity_distributed.py::test_lars_matches_the_original_and_textbook_transcriptions[original]': 4.1,
+    'tests/test_fidelity_mhc.py::test_randaugment_geometric_ops_interpolate_nearest': 4.1,
+    'tests/test_fidelity_mhc.py::test_static_hres_applied_transposed_as_reference': 3.9,
+    'tests/test_faults.py::test_bad_input_found_late_leaves_no_trace_in_the_workdir': 3.9,
+    'tests/test_fidelity_distributed.py::test_slowmo_gamma_is_the_workers_current_lr': 3.9,
+    'tests/test_trainer.py::test_kill_and_resume_equals_uninterrupted': 3.9,
+    'tests/test_evaluate.py::test_streamed_batches_equal_indices': 3.8,
+    'tests/test_fidelity_peft.py::test_per_batch_ece_is_the_source_codes_aggregate[1016]': 3.6,
+    'tests/test_fidelity_mhc.py::test_static_identical_at_init_either_way': 3.6,
+    'tests/test_local.py::test_slowmo_alpha1_beta0_is_local_sgd': 3.5,
+    'tests/test_fidelity_distributed.py::test_dynamic_rounds_end_to_end_use_the_last_gradients': 3.5,
+    'tests/test_evaluate.py::test_replicas_per_seed': 3.5,
+    'tests/test_local.py::test_workers_differ_between_averages_and_agree_after': 3.5,
+    'tests/test_augment.py::test_shapes_and_resize': 3.4,
+    'tests/test_augment.py::test_random_resized_crop_is_a_window_at_random_positions': 3.4,
+    'tests/test_augment.py::test_train_augment_with_rrc_randaugment_and_erasing': 3.4,
+    'tests/test_trainer.py::test_nonfinite_loss_stops_the_run_and_nothing_nonfinite_is_saved': 3.4,
+    'tests/test_fast_path.py::test_dot_product_attention_matches_numpy_softmax_attention': 3.2,
+    'tests/test_conv.py::test_conv_valid_gradients_match_hand_derived_and_xla': 3.2,
+    'tests/test_faults.py::test_the_lock_nests_within_a_process_and_refuses_another_holder': 3.2,
+    'tests/test_faults.py::test_a_truncated_json_file_is_named[metrics.jsonl]': 3.1,
+    'tests/test_faults.py::test_checkpoints_without_a_readable_config_record_are_refused': 3.0,
+    'tests/test_augment.py::test_perspective_with_corners_in_place_is_identity': 3.0,
+    'tests/test_hyper_connections.py::test_axial_rope_scores_depend_on_relative_position_only': 2.9,
+    'tests/test_local.py::test_local_sgd_j1_with_momentum_is_synchronous_sgd': 2.7,
+    'tests/test_hyper_connections.py::test_sinkhorn_random_logits_are_doubly_stochastic[20-1.0-1.0]': 2.5,
+    'tests/test_ladder.py::test_identity_check_values': 2.4,
+    'tests/test_fidelity_peft.py::test_per_batch_ece_through_sharded_evaluation': 2.4,
+    'tests/test_fidelity_distributed.py::test_lamb_matches_the_original_and_textbook_transcriptions[textbook]': 2.4,
+    'tests/test_conv.py::test_conv_module_equals_flax_conv[VALID]': 2.3,
+    'tests/test_export.py::test_exported_model_reproduces_the_runs_accuracy': 2.3,
+    'tests/test_api.py::test_make_optimizer_is_optax_adamw_per_group_without_a_global_step': 2.3,
+    'tests/test_credit.py::test_frozen_blocks_get_no_gradient': 2.3,
+    'tests/test_augment.py::test_random_erasing_rectangles': 2.1,
+    'tests/test_conv.py::test_unknown_impl_names_the_choices': 2.1,
+    'tests/test_augment.py::test_same_key_same_batch_and_keys_matter': 2.0,
+    'tests/test_credit.py::test_usf_is_fa_with_sign_feedback': 2.0,
+    'tests/test_sweep.py::test_a_stopped_sweep_rerun_does_not_rerun_its_finished_cell': 1.8,
+    'tests/test_fidelity_mhc.py::test_rope_rotated_queries_match_reference[float32]': 1.7,
+    'tests/test_augment.py::test_colour_adjustments_python_factors_one_image_and_special_cases': 1.7,
+    'tests/test_fidelity_mhc.py::test_whd_multiplier_every_step[391-1-sqrt]': 1.6,
+    'tests/test_packaging.py::test_wheel_holds_exactly_the_source_tree': 1.5,
+    'tests/test_augment.py::test_randaugment_pixel_ops_match_pil': 1.5,
+    'tests/test_augment.py::test_colour_adjustments_match_numpy_definitions[hue]': 1.5,
+    'tests/test_trainer.py::test_steps_per_epoch_keep_the_last_partial_batch': 1.4,
+    'tests/test_packaging.py::test_wheel_declares_the_console_script': 1.4,
+    'tests/test_ladder.py::test_a_diverged_cell_is_a_result_and_the_ladder_goes_on': 1.4,
+    'tests/test_augment.py::test_random_resized_crop_boxes_by_hand': 1.4,
+    'tests/test_metrics.py::test_accuracy_and_nll': 1.4,
+    'tests/test_fidelity_mhc.py::test_whd_multiplier_every_step[39200-1-sqrt]': 1.3,
+    'tests/test_metrics.py::test_ece_matches_numpy[10.0]': 1.2,
+    'tests/test_fidelity_mhc.py::test_whd_multiplier_every_step[395-1-sqrt]': 1.2,
+    'tests/test_embedding.py::test_embedding_plot_writes_a_labelled_png': 1.2,
+    'tests/test_evaluate.py::test_predict_returns_rows_in_order': 1.1,
+    'tests/test_architecture.py::test_imports_point_down': 1.1,
+    'tests/test_fidelity_peft.py::test_cosine_is_stepped_per_epoch[deep_lora-10]': 1.0,
+    'tests/test_architecture.py::test_the_graph_sees_imports_inside_functions_and_relative_ones': 1.0,
+}
+
+
+def table(*reports, minimum=1.0):
+  """SECONDS from pytest --durations=0 reports: per test, the longest of its measurements."""
+  longest = {}
+  for text in reports:
+    totals = {}
+    for seconds, nodeid in re.findall(r'^([0-9.]+)s (?:setup|call|teardown)\s+(\S+)$', text,
+                                       re.M):
+      totals[nodeid] = totals.get(nodeid, 0.0) + float(seconds)
+    for nodeid, s in totals.items():
+      longest[nodeid] = max(longest.get(nodeid, 0.0), s)
+  return {nodeid: round(s, 1) for nodeid, s in sorted(longest.items(), key=lambda kv: -kv[1])
+          if s >= minimum}
+
+
+if __name__ == '__main__':
+  texts = []
+  for path in sys.argv[1:]:
+    with open(path) as f:
+      texts.append(f.read())
+  print('SECONDS = {')
+  for nodeid, s in table(*texts).items():
+    print(f'    {nodeid!r}: {s},')
+  print('}')
