@@ -71,9 +71,10 @@ def launch_process(*args, env=None, prefix=(), timeout=300):
   return proc.returncode, out, err
 
 
-def wait_for(path, proc=None, timeout=240):
+def wait_for(path, proc=None, timeout=240, holding=None):
+  """Wait until `path` exists (and, given `holding`, a line of it contains that text)."""
   t0 = time.time()
-  while not os.path.exists(path):
+  while not (os.path.exists(path) and (holding is None or holding in open(path).read())):
     if proc is not None and proc.poll() is not None:
       raise AssertionError(f'the run ended before {path} appeared: {proc.stderr.read()[-3000:]}')
     if time.time() - t0 > timeout:
@@ -279,7 +280,7 @@ def test_ctrl_c_saves_the_step_reached_and_exits_130(tmp_path):
   args = [*LADDER, '--config.train.epochs=15', '--config.checkpoint.every_steps=1000',
           f'--workdir={tmp_path}']
   proc = start(*args)
-  wait_for(tmp_path / CELL / 'metrics.jsonl', proc)  # training has begun
+  wait_for(tmp_path / CELL / 'metrics.jsonl', proc, holding='"split": "train"')  # it trains
   proc.send_signal(signal.SIGINT)
   out, err = proc.communicate(timeout=120)
   line = one_error_line(err)

@@ -120,9 +120,10 @@ def test_one_process_run_writes_its_files(reference):
   assert '| local_sgd | 4 | 8 |' in open(reference / 'comparison.md').read()
 
 
-def _wait_for(path, timeout=240):
+def _wait_for(path, timeout=240, holding=None):
+  """Wait until `path` exists (and, given `holding`, a line of it contains that text)."""
   t0 = time.time()
-  while not os.path.exists(path):
+  while not (os.path.exists(path) and (holding is None or holding in open(path).read())):
     if time.time() - t0 > timeout:
       raise TimeoutError(path)
     time.sleep(0.1)
@@ -145,10 +146,19 @@ def test_two_processes_equal_one_and_write_once_even_killed_and_restarted(refere
   assert summary(tmp_path, 'local_sgd')['resumed_from_step'] is None
   assert_same_run(tmp_path, reference)
   for arm in ARMS:
-    lines = open(tmp_path / arm / 'metrics.jsonl').read().splitlines()
-    ref_lines = open(reference / arm / 'metrics.jsonl').read().splitlines()
-    assert len(lines) == len(set(lines)) == len(ref_lines)  # one writer, no duplicate
-    assert [json.loads(l)['step'] for l in lines] == [json.loads(l)['step'] for l in ref_lines]
+    records = [json.loads(l) for l in open(tmp_path / arm / 'metrics.jsonl')]
+    ref = [r for r in map(json.loads, open(reference / arm / 'metrics.jsonl'))
+           if r['split'] != 'provenance']
+    starts = [r['provenance'] for r in records if r['split'] == 'provenance']
+    ours = [{k: v for k, v in r.items() if k != 'time'} for r in records
+            if r['split'] != 'provenance']
+    # One writer, no duplicate (a record written twice differs only in its time).
+    assert len(ours) == len({json.dumps(r, sort_keys=True) for r in ours}) == len(ref)
+    assert [r['step'] for r in ours] == [r['step'] for r in ref]
+    # The log opens with where the run came from, and each restart adds its own.
+    assert records[0]['split'] == 'provenance' and starts[0]['resumed_from_step'] is None
+    assert all(p['process_count'] == 2 and p['device_count'] == 4 for p in starts)
+    assert len(starts) == (1 if arm == 'local_sgd' else 2), starts
     assert summary(tmp_path, arm)['num_processes'] == 2
     assert sorted(os.listdir(tmp_path / arm / 'checkpoints')) == sorted(
         os.listdir(reference / arm / 'checkpoints'))  # one checkpoint series
@@ -157,7 +167,8 @@ def test_two_processes_equal_one_and_write_once_even_killed_and_restarted(refere
 def test_sigterm_saves_the_step_reached_and_the_rerun_ends_as_uninterrupted(reference, tmp_path):
   args = ("--config.arms=('sync',)", '--config.checkpoint.every_steps=1000')
   proc = start(tmp_path, *args)
-  _wait_for(tmp_path / 'sync' / 'metrics.jsonl')  # training has begun (first log at step 5)
+  # Training has begun (first log at step 5).
+  _wait_for(tmp_path / 'sync' / 'metrics.jsonl', holding='"split": "train"')
   sent = time.time()
   proc.send_signal(signal.SIGTERM)
   ((rc, _, err),) = finish([proc])

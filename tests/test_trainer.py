@@ -1,7 +1,12 @@
 """The shared trainer: data parallelism, resumption, outputs, evaluation."""
 
+import datetime
+import importlib.metadata
 import json
 import os
+import platform
+import shutil
+import subprocess
 
 import jax
 import numpy as np
@@ -14,6 +19,8 @@ from jaxlab.experiments.distributed import make_task
 from jaxlab.parallel.mesh import make_mesh
 from jaxlab.params import flatten
 from jaxlab.train.loop import fit
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SUMMARY_FIELDS = ('acc1', 'nll', 'ece', 'trainable_params', 'avg_step_time_s',
                   'throughput_img_s', 'peak_mem_bytes', 'peak_mem_source')
@@ -84,6 +91,10 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, small_digits):
            if r['split'] == 'train']
   # Records after the checkpoint (step 3) were dropped and rewritten: no duplicates.
   assert steps == [2, 4, 6, 8]
+  records = map(json.loads, open(tmp_path / 'resumed' / 'metrics.jsonl'))
+  starts = [r['provenance'] for r in records if r['split'] == 'provenance']
+  assert [p['resumed_from_step'] for p in starts] == [None, 3]  # each start says where it began
+  assert summary['provenance']['resumed_from_step'] == 3
 
 
 def test_workdir_files(tmp_path, small_digits):
@@ -92,7 +103,7 @@ def test_workdir_files(tmp_path, small_digits):
   config = json.load(open(tmp_path / 'config.json'))
   assert config['train']['batch_size'] == 16
   records = [json.loads(l) for l in open(tmp_path / 'metrics.jsonl')]
-  assert {r['split'] for r in records} == {'train', 'train_epoch', 'test'}
+  assert {r['split'] for r in records} == {'provenance', 'train', 'train_epoch', 'test'}
   summary = json.load(open(tmp_path / 'summary.json'))
   for field in SUMMARY_FIELDS:
     assert summary[field] is not None, field
@@ -103,6 +114,34 @@ def test_workdir_files(tmp_path, small_digits):
   # The compiled step holds at least the data set, the state and its output state.
   assert summary['peak_mem_bytes'] > small_digits.train.images.nbytes + 2 * 4 * 797_962
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['3', '4']
+  check_provenance(summary, records)
+
+
+def utc(text):
+  assert text.endswith('Z'), text
+  return datetime.datetime.fromisoformat(text[:-1]).replace(tzinfo=datetime.timezone.utc)
+
+
+def check_provenance(summary, records):
+  """The summary and the log's first record say where the run came from, from independent
+  sources (importlib.metadata, git itself, the clock around the test)."""
+  first, prov = records[0], summary['provenance']
+  assert first['split'] == 'provenance'
+  assert first['provenance'] == {k: v for k, v in prov.items() if k != 'ended'}
+  for package in ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint'):
+    assert prov['versions'][package] == importlib.metadata.version(package)
+  assert prov['versions']['python'] == platform.python_version()
+  assert (prov['platform'], prov['device_count'], prov['process_count']) == ('cpu', 1, 1)
+  assert prov['device_kind'] == jax.devices()[0].device_kind
+  if shutil.which('git') and os.path.isdir(os.path.join(ROOT, '.git')):  # run from a checkout
+    head = subprocess.run(['git', '-C', ROOT, 'rev-parse', 'HEAD'], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    assert prov['git']['commit'] == head and isinstance(prov['git']['dirty'], bool)
+  times = [utc(r['time']) for r in records]  # every record, in the order written
+  assert times == sorted(times)
+  assert utc(prov['started']) <= times[1] and times[-1] <= utc(prov['ended'])
+  now = datetime.datetime.now(datetime.timezone.utc)
+  assert now - datetime.timedelta(minutes=10) < utc(prov['started']) <= now
 
 
 def test_indivisible_batch_is_an_error(tmp_path, small_digits):

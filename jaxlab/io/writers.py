@@ -13,6 +13,7 @@ import tempfile
 import numpy as np
 
 from jaxlab.checks import Damaged
+from jaxlab.io.provenance import now
 
 
 def plain(x):
@@ -88,9 +89,10 @@ def read_jsonl(path, fix=None):
 class JsonlLog:
   """Appends one JSON object per line, flushed at once.
 
-  `keep_until_step`: on a resumed run, records with a larger 'step' (written
-  after the checkpoint the run resumed from) are dropped first, so that the
-  log reads as one uninterrupted run. `kept` holds the records kept (the same
+  Every record gets 'time', when it was written (UTC, ISO 8601). `keep_until_step`: on a
+  resumed run, records with a larger 'step' (written after the checkpoint the run resumed
+  from) are dropped first, so that the log reads as one uninterrupted run; records without
+  a step (a run's start: its provenance) stay. `kept` holds the records kept (the same
   on every process); only process 0 touches the file.
   """
 
@@ -112,8 +114,10 @@ class JsonlLog:
     elif keep_until_step is None and os.path.exists(self.path):
       os.remove(self.path)
 
-  def write(self, record):
-    if self.also is not None:
+  def write(self, record, mirror=True):
+    """Append `record` with its 'time'; `mirror`: write it to `also` too (metrics only)."""
+    record = {**record, 'time': now()}
+    if self.also is not None and mirror:
       self.also.write(record)
     if not self.writer:
       return

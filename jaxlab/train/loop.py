@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from jaxlab import checks
 from jaxlab.data.augment import make_eval_preprocess
-from jaxlab.io import lock
+from jaxlab.io import lock, provenance
 from jaxlab.io.checkpoint import (Checkpointer, backbone_record, check_backbone,
                                   describe_backbone, saved_steps)
 from jaxlab.io.tensorboard import TensorBoardLog
@@ -167,6 +167,11 @@ def _train(config, workdir, task, dataset, mesh, on_chunk, summary_extra, layout
            if config.get('log', {}).get('tensorboard', False) else None)
   log = JsonlLog(os.path.join(workdir, 'metrics.jsonl'), keep_until_step=resumed_from,
                  also=board)
+  # Where the run came from: the log's first record; a resumed run adds its own.
+  origin = {**provenance.describe(mesh.devices.size), 'started': provenance.now(),
+            'resumed_from_step': resumed_from}
+  log.write({'split': 'provenance', 'step': resumed_from or 0, 'provenance': origin},
+            mirror=False)
   # The evaluations of the epochs: a shorter earlier run's final one (train.steps) is not one.
   evals = [r for r in log.kept if r.get('split') == dataset.eval_split and r['step'] % spe == 0]
   diag_every = (task.diagnostics_every or tc.log_every_steps) if setup.diagnostics_fn else 0
@@ -203,7 +208,8 @@ def _train(config, workdir, task, dataset, mesh, on_chunk, summary_extra, layout
       error = guards.DivergenceError(
           *bad, ckpt.latest_step(), workdir, guards.divergence_hint(config),
           details={**(summary_extra or {}),
-                   'trainable_params': count_params(setup.state.params) // setup.copies})
+                   'trainable_params': count_params(setup.state.params) // setup.copies,
+                   'provenance': {**origin, 'ended': provenance.now()}})
       write_json(summary_path, error.record())
       raise error
     metrics = {k: v for k, v in metrics.items() if not k.startswith('finite/')}
@@ -364,6 +370,7 @@ def _train(config, workdir, task, dataset, mesh, on_chunk, summary_extra, layout
       'runtime_peak_mem_bytes': runtime_bytes,
       'runtime_peak_mem_source': runtime_source,
       'resumed_from_step': resumed_from,
+      'provenance': {**origin, 'ended': provenance.now()},
       **layout.summary(state, train_time),
       **(summary_extra or {}),
   }
