@@ -142,7 +142,7 @@ CASES = {
                    weights=True, runs=['.'], files=[], says='run written to'),
     'ladder': dict(config='configs/ladder.py', batch=2, eval_batch=None,
                    runs=[f'cells/{c}' for c in LADDER_CELLS],
-                   files=['ladder.json', 'ladder.md', 'identity_check.json'],
+                   files=['ladder.json', 'ladder.md', 'identity_check.json', 'stats.json'],
                    says='# Trainable-depth ladder'),
     'mhc': dict(config='configs/mhc.py', batch=2, eval_batch=TEST_PER_SPLIT,
                 runs=list(MHC_ARMS), files=['record.md', 'record.json'], says='Record: '),

@@ -134,3 +134,41 @@ def test_a_diverged_cell_is_a_result_and_the_ladder_goes_on(tmp_path, digits, mo
   c.credit.rules = ('fa',)  # every cell diverged: the sweep as a whole fails, naming the step
   with pytest.raises(SweepDivergedError, match='fa_k1: non-finite loss at step 5'):
     ladder.run(c, str(tmp_path / 'all'))
+
+
+def test_stats_json_recomputed_independently_and_the_claims_table():
+  from scipy import stats as sp  # pylint: disable=g-import-not-at-top
+  c = ladder_config.get_config('quick')  # digits
+  c.model.update(width=256, depth=4)  # the note's primary configuration: its numbers appear
+  rng = np.random.default_rng(1)
+  cells = {}
+  for rule, base, slope in (('bp', 0.40, 0.05), ('fa', 0.36, 0.01), ('dfa', 0.35, -0.01)):
+    for k in range(5):
+      cells[f'{rule}_k{k}'] = {'rule': rule, 'k': k, 'seeds': [42, 123, 456],
+                               'acc': (base + slope * k + rng.normal(0, 0.004, 3)).tolist()}
+  cells['fa_k4'] = {'rule': 'fa', 'k': 4, 'status': 'diverged at step 7', 'diverged_at_step': 7}
+  out = json.loads(json.dumps(ladder.seed_stats(c, {'cells': cells})))  # as stats.json holds it
+  assert 'fa_k4' not in out['cells']
+  for name, cell in out['cells'].items():
+    acc = np.array(cells[name]['acc'])
+    assert cell['mean'] == pytest.approx(acc.mean()) and cell['n'] == 3
+    assert cell['std'] == pytest.approx(acc.std(ddof=1))
+    assert cell['ci95'] == pytest.approx(list(sp.t.interval(0.95, 2, acc.mean(), sp.sem(acc))))
+  by_pair = {(r['a'], r['b']): r for r in out['comparisons']}
+  assert len(by_pair) == len(ladder.CLAIMS)
+  bp = by_pair[('bp_k4', 'bp_k0')]
+  a, b = np.array(bp['a_values']), np.array(bp['b_values'])
+  assert bp['a_values'] == cells['bp_k4']['acc'] and bp['b_values'] == cells['bp_k0']['acc']
+  assert bp['mean_diff'] == pytest.approx((a - b).mean())
+  assert bp['p_value'] == pytest.approx(sp.ttest_rel(a, b).pvalue, rel=1e-9)
+  assert bp['reference_diff'] == pytest.approx(0.617 - 0.389)
+  assert bp['verdict'] == 'supported'  # +0.20 with noise 0.004
+  assert by_pair[('dfa_k4', 'dfa_k0')]['verdict'] == 'supported'  # claimed −, measured −0.04
+  assert by_pair[('fa_k4', 'fa_k0')]['verdict'] is None
+  assert 'fa_k4' in by_pair[('fa_k4', 'fa_k0')]['not_measured']
+  text = ladder.claims_report(c, out)
+  assert 'the verdicts concern digits' in text and '+0.228' in text
+  assert 'not measured: no finished cell fa_k4' in text
+  two = ladder.seed_stats(c, {'cells': {n: {**v, 'acc': v['acc'][:2], 'seeds': [42, 123]}
+                                        for n, v in cells.items() if 'acc' in v}})
+  assert {r['note'] for r in two['comparisons'] if 'note' in r} == {'n too small'}

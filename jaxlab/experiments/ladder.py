@@ -25,6 +25,7 @@ from jaxlab.data.datasets import load_dataset
 from jaxlab.experiments import preflight
 from jaxlab.io.figures import line_plot, markdown_table
 from jaxlab.io.writers import write_json, write_text
+from jaxlab.metrics import stats
 from jaxlab.params import merge, run_keys
 from jaxlab.train.guards import run_or_diverged
 from jaxlab.train.loop import fit
@@ -43,6 +44,19 @@ REFERENCE = {
                'fa': [(0.359, 0.000), (0.412, 0.004), (0.361, 0.003)],
                'dfa': [(0.349, 0.005), (0.226, 0.015), (0.302, 0.005)]},
 }
+# The source note's conclusions, as paired comparisons of two cells on the same seeds (the
+# rules share each seed's initial params and data order): (claim, (rule, k) of a, (rule, k) of
+# b, the claimed sign of a − b). 'L' is the full depth. The note's own difference comes from
+# REFERENCE where it holds the configuration.
+CLAIMS = (
+    ('BP climbs with trainable depth: full above frozen', ('bp', 'L'), ('bp', 0), +1),
+    ('DFA peaks at the frozen baseline: full below frozen', ('dfa', 'L'), ('dfa', 0), -1),
+    ('FA uses some depth: full above frozen (the note: +4.7 pp at d=256 L=4, none at d=512 '
+     'L=2)', ('fa', 'L'), ('fa', 0), +1),
+    ('BP above FA at full depth', ('bp', 'L'), ('fa', 'L'), +1),
+    ('FA above DFA at full depth', ('fa', 'L'), ('dfa', 'L'), +1),
+    ('BP above DFA at full depth', ('bp', 'L'), ('dfa', 'L'), +1),
+)
 IDENTITY_REFERENCE = {'block_ratio': 0.10, 'stack_rel_change': (0.196, 0.003),
                       'stack_cos': (0.981, 0.001)}
 
@@ -179,7 +193,9 @@ def run(config, workdir):
   def assemble(finished, final):
     results = {'cells': {name: {**r, 'length': length} for name, r in finished.items()}}
     write_json(os.path.join(workdir, 'ladder.json'), results)
-    text = report(config, results, identity)
+    results_stats = seed_stats(config, results)
+    write_json(os.path.join(workdir, 'stats.json'), results_stats)
+    text = report(config, results, identity) + claims_report(config, results_stats)
     write_text(os.path.join(workdir, 'ladder.md'), text)
     plot(config, results, os.path.join(workdir, 'ladder.png'))
     if final:
@@ -190,6 +206,64 @@ def run(config, workdir):
       Cell(cell_name(rule, k), cell_dir(workdir, rule, k),
            functools.partial(run_cell, config, workdir, dataset, rule, k, image_shape), length)
       for rule, k in cells(config)], assemble)
+
+
+def seed_stats(config, results):
+  """stats.json: every finished cell's per-seed accuracy with its summary, and each of the
+  note's comparisons (CLAIMS) between cells of this sweep: both sides' per-seed values, the
+  paired statistics and the verdict, or why it was not measured."""
+  depth = config.model.depth
+  cells_out = {name: {'seeds': c['seeds'], 'acc': c['acc'], **stats.summarize(c['acc'])}
+               for name, c in results['cells'].items() if 'acc' in c}
+  reference = REFERENCE.get((config.model.width, depth), {})
+  comparisons = []
+  for claim, a, b, sign in CLAIMS:
+    (rule_a, k_a), (rule_b, k_b) = [(r, depth if k == 'L' else k) for r, k in (a, b)]
+    names = cell_name(rule_a, k_a), cell_name(rule_b, k_b)
+    row = {'claim': claim, 'a': names[0], 'b': names[1], 'claimed_sign': sign,
+           'reference_diff': (reference[rule_a][k_a][0] - reference[rule_b][k_b][0]
+                              if rule_a in reference and rule_b in reference else None)}
+    missing = [n for n in names if n not in cells_out]
+    if missing:
+      comparisons.append({**row, 'verdict': None,
+                          'not_measured': f'no finished cell {", ".join(missing)} in this sweep'})
+      continue
+    va, vb = cells_out[names[0]], cells_out[names[1]]
+    compared = stats.paired(va['acc'], vb['acc'])
+    comparisons.append({**row, 'a_values': va['acc'], 'b_values': vb['acc'], **compared,
+                        'verdict': stats.verdict(compared, sign)})
+  return {'metric': 'acc1 (test accuracy after the last epoch)', 'dataset': config.data.name,
+          'seeds': list(config.seeds), 'confidence': stats.CONFIDENCE, 'cells': cells_out,
+          'comparisons': comparisons}
+
+
+def claims_report(config, results_stats):
+  """The note's conclusions against this sweep: ladder.md's second table."""
+  rows = []
+  for c in results_stats['comparisons']:
+    ref = c['reference_diff']
+    if c.get('not_measured'):
+      measured, verdict = '–', f'not measured: {c["not_measured"]}'
+    elif c['note']:
+      measured, verdict = f'{c["mean_diff"]:+.3f}', f'{c["note"]} (n = {c["n"]})'
+    else:
+      measured = (f'{c["mean_diff"]:+.3f} [{c["ci95"][0]:+.3f}, {c["ci95"][1]:+.3f}], '
+                  f'p = {c["p_value"]:.3g}')
+      verdict = c['verdict']
+    rows.append({'claim': c['claim'], 'pair': f'{c["a"]} − {c["b"]}',
+                 'ref': f'{ref:+.3f}' if ref is not None else '–', 'measured': measured,
+                 'verdict': verdict})
+  columns = [('the note\'s conclusion', 'claim', '{}'), ('a − b', 'pair', '{}'),
+             ('the note (CIFAR-10)', 'ref', '{}'),
+             ('measured: mean [95% CI], paired t-test', 'measured', '{}'),
+             ('verdict', 'verdict', '{}')]
+  where = ('CIFAR-10, the note\'s setting' if config.data.name == 'cifar10' else
+           f'{config.data.name}, not the note\'s CIFAR-10: the verdicts concern {config.data.name}')
+  return (f'\n## The note\'s conclusions on this sweep ({where})\n\n'
+          f'Paired over seeds {list(config.seeds)} (n = {len(config.seeds)}): supported = the 95% '
+          'interval of a − b lies on the claimed side of 0, contradicted = on the other side, not '
+          'distinguishable = it holds 0; below 3 seeds no verdict. Per-seed values: stats.json.'
+          '\n\n' + markdown_table(rows, columns) + '\n')
 
 
 def report(config, results, identity):
