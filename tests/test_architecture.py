@@ -15,13 +15,13 @@ TREES = ('jaxlab', 'benchmarks')
 # Lowest first. A module belongs to the first entry that is its name or a package above it; it
 # may import only modules of its own layer or of a layer below.
 LAYERS = (
-    ('jaxlab.checks', 'jaxlab.params'),
+    ('jaxlab.checks', 'jaxlab.params', 'jaxlab.reference_claims'),
     ('jaxlab.data', 'jaxlab.metrics'),
     ('jaxlab.models', 'jaxlab.optim', 'jaxlab.parallel'),
     ('jaxlab.credit', 'jaxlab.io'),
     ('jaxlab.peft', 'jaxlab.train'),
     ('jaxlab.experiments',),
-    ('jaxlab.cli', 'jaxlab.launch', 'jaxlab.export', 'jaxlab.__main__', 'jaxlab'),
+    ('jaxlab.cli', 'jaxlab.launch', 'jaxlab.export', 'jaxlab.claims', 'jaxlab.__main__', 'jaxlab'),
     ('benchmarks.workloads', 'benchmarks.torch_refs'),
     ('benchmarks.loop', 'benchmarks.ladder_time'),
     ('benchmarks.run',),

@@ -156,6 +156,8 @@ def test_stats_json_recomputed_independently_and_the_claims_table():
     assert cell['ci95'] == pytest.approx(list(sp.t.interval(0.95, 2, acc.mean(), sp.sem(acc))))
   by_pair = {(r['a'], r['b']): r for r in out['comparisons']}
   assert len(by_pair) == len(ladder.CLAIMS)
+  assert by_pair[('bp_k4', 'bp_k0')]['claim_id'] == 'ladder-1'  # the deep ladder's claims
+  assert by_pair[('fa_k1', 'fa_k2')]['claim_id'] == 'ladder-11'
   bp = by_pair[('bp_k4', 'bp_k0')]
   a, b = np.array(bp['a_values']), np.array(bp['b_values'])
   assert bp['a_values'] == cells['bp_k4']['acc'] and bp['b_values'] == cells['bp_k0']['acc']

@@ -65,3 +65,8 @@ def test_verdicts_follow_the_interval():
   assert same_shift['p_value'] == 0.0 and same_shift['ci95'] == [0.5, 0.5]
   assert stats.verdict(same_shift, +1) == 'supported'
   assert math.isclose(stats.paired([1, 2, 3], [1, 2, 3])['p_value'], 1.0)
+  # A claim of no difference: the interval holding 0 is what it says; excluding 0 refutes it.
+  assert stats.verdict(noise, 0) == 'not distinguishable'
+  assert stats.verdict(higher, 0) == 'contradicted'
+  with pytest.raises(ValueError, match='claimed_sign'):
+    stats.verdict(higher, 2)

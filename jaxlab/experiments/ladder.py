@@ -45,17 +45,24 @@ REFERENCE = {
                'dfa': [(0.349, 0.005), (0.226, 0.015), (0.302, 0.005)]},
 }
 # The source note's conclusions, as paired comparisons of two cells on the same seeds (the
-# rules share each seed's initial params and data order): (claim, (rule, k) of a, (rule, k) of
-# b, the claimed sign of a − b). 'L' is the full depth. The note's own difference comes from
-# REFERENCE where it holds the configuration.
+# rules share each seed's initial params and data order): (the ids of the claim in
+# jaxlab.reference_claims for the note's deep (d=256 L=4) and shallow (d=512 L=2) ladders, the
+# claim, (rule, k) of a, (rule, k) of b, the claimed sign of a − b in each: +1 / −1, or 0 for
+# "no difference"). 'L' is the full depth; a ladder of depth ≥ 3 is held to the deep claims,
+# a shallower one to the shallow ones. The note's own difference comes from REFERENCE where it
+# holds the configuration.
 CLAIMS = (
-    ('BP climbs with trainable depth: full above frozen', ('bp', 'L'), ('bp', 0), +1),
-    ('DFA peaks at the frozen baseline: full below frozen', ('dfa', 'L'), ('dfa', 0), -1),
-    ('FA uses some depth: full above frozen (the note: +4.7 pp at d=256 L=4, none at d=512 '
-     'L=2)', ('fa', 'L'), ('fa', 0), +1),
-    ('BP above FA at full depth', ('bp', 'L'), ('fa', 'L'), +1),
-    ('FA above DFA at full depth', ('fa', 'L'), ('dfa', 'L'), +1),
-    ('BP above DFA at full depth', ('bp', 'L'), ('dfa', 'L'), +1),
+    (('ladder-1', 'ladder-2'), 'BP climbs with trainable depth: full above frozen',
+     ('bp', 'L'), ('bp', 0), (+1, +1)),
+    (('ladder-5', 'ladder-6'), 'DFA peaks at the frozen baseline: full below frozen',
+     ('dfa', 'L'), ('dfa', 0), (-1, -1)),
+    (('ladder-8', 'ladder-9'), 'FA: full above frozen in the deep ladder, no net gain in the '
+     'shallow one', ('fa', 'L'), ('fa', 0), (+1, 0)),
+    (('ladder-11', 'ladder-11'), 'FA dips at k=2: k=1 above k=2', ('fa', 1), ('fa', 2),
+     (+1, +1)),
+    (('ladder-12', 'ladder-12'), 'BP above FA at full depth', ('bp', 'L'), ('fa', 'L'), (+1, +1)),
+    ((None, None), 'FA above DFA at full depth', ('fa', 'L'), ('dfa', 'L'), (+1, +1)),
+    ((None, None), 'BP above DFA at full depth', ('bp', 'L'), ('dfa', 'L'), (+1, +1)),
 )
 IDENTITY_REFERENCE = {'block_ratio': 0.10, 'stack_rel_change': (0.196, 0.003),
                       'stack_cos': (0.981, 0.001)}
@@ -217,10 +224,15 @@ def seed_stats(config, results):
                for name, c in results['cells'].items() if 'acc' in c}
   reference = REFERENCE.get((config.model.width, depth), {})
   comparisons = []
-  for claim, a, b, sign in CLAIMS:
+  deep = depth >= 3
+  for ids, claim, a, b, signs in CLAIMS:
     (rule_a, k_a), (rule_b, k_b) = [(r, depth if k == 'L' else k) for r, k in (a, b)]
+    if max(k_a, k_b) > depth:
+      continue
+    sign = signs[0 if deep else 1]
     names = cell_name(rule_a, k_a), cell_name(rule_b, k_b)
-    row = {'claim': claim, 'a': names[0], 'b': names[1], 'claimed_sign': sign,
+    row = {'claim_id': ids[0 if deep else 1], 'claim': claim, 'a': names[0], 'b': names[1],
+           'claimed_sign': sign,
            'reference_diff': (reference[rule_a][k_a][0] - reference[rule_b][k_b][0]
                               if rule_a in reference and rule_b in reference else None)}
     missing = [n for n in names if n not in cells_out]

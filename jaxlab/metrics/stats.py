@@ -103,8 +103,11 @@ def paired(a, b):
          'p_value': None, 'note': None}
   if out['n'] < MIN_PAIRED:
     return {**out, 'ci95': None, 'note': 'n too small'}
-  if out['std_diff'] == 0.0:  # every seed differs by the same amount
-    out['p_value'] = 1.0 if out['mean_diff'] == 0.0 else 0.0
+  # Every seed differs by the same amount (to rounding: accuracies are multiples of 1/n_test).
+  if out['std_diff'] <= 1e-12 * max(1.0, abs(out['mean_diff'])):
+    out['std_diff'] = 0.0
+    out['ci95'] = [out['mean_diff'], out['mean_diff']]
+    out['p_value'] = 1.0 if abs(out['mean_diff']) <= 1e-12 else 0.0
     return out
   t = out['mean_diff'] / (out['std_diff'] / math.sqrt(out['n']))
   out['p_value'] = min(1.0, 2.0 * t_cdf(-abs(t), out['n'] - 1))
@@ -113,14 +116,17 @@ def paired(a, b):
 
 def verdict(comparison, claimed_sign):
   """What a paired comparison says of a claim that a − b has sign `claimed_sign` (+1: a is
-  higher, -1: a is lower): 'supported' when the 95% interval lies on the claimed side of
-  zero, 'contradicted' when it lies on the other side, 'not distinguishable' when it holds
-  zero; None when the comparison had too few seeds."""
-  if claimed_sign not in (1, -1):
-    raise ValueError(f'claimed_sign must be +1 or -1, got {claimed_sign}')
+  higher, -1: a is lower, 0: no difference): 'supported' when the 95% interval lies on the
+  claimed side of zero, 'contradicted' when it lies on the other side (for a claim of no
+  difference: when it excludes zero), 'not distinguishable' when it holds zero (which is
+  what a claim of no difference says); None when the comparison had too few seeds."""
+  if claimed_sign not in (1, 0, -1):
+    raise ValueError(f'claimed_sign must be +1, 0 or -1, got {claimed_sign}')
   ci = comparison.get('ci95')
   if ci is None:
     return None
+  if claimed_sign == 0:
+    return 'not distinguishable' if ci[0] <= 0 <= ci[1] else 'contradicted'
   low, high = (v * claimed_sign for v in ci)
   low, high = min(low, high), max(low, high)
   if low > 0:
