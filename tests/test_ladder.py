@@ -136,7 +136,7 @@ def test_a_diverged_cell_is_a_result_and_the_ladder_goes_on(tmp_path, digits, mo
     ladder.run(c, str(tmp_path / 'all'))
 
 
-def test_stats_json_recomputed_independently_and_the_claims_table():
+def test_stats_json_recomputed_independently_and_the_claims_table(tmp_path):
   from scipy import stats as sp  # pylint: disable=g-import-not-at-top
   c = ladder_config.get_config('quick')  # digits
   c.model.update(width=256, depth=4)  # the note's primary configuration: its numbers appear
@@ -171,6 +171,10 @@ def test_stats_json_recomputed_independently_and_the_claims_table():
   text = ladder.claims_report(c, out)
   assert 'the verdicts concern digits' in text and '+0.228' in text
   assert 'not measured: no finished cell fa_k4' in text
+  finished = {n: {**v, 'mean': float(np.mean(v['acc']))} if 'acc' in v else v
+              for n, v in cells.items()}
+  ladder.plot(c, {'cells': finished}, tmp_path / 'ladder.png')  # bars: the 95% t-intervals
+  assert (tmp_path / 'ladder.png').stat().st_size > 0
   two = ladder.seed_stats(c, {'cells': {n: {**v, 'acc': v['acc'][:2], 'seeds': [42, 123]}
                                         for n, v in cells.items() if 'acc' in v}})
   assert {r['note'] for r in two['comparisons'] if 'note' in r} == {'n too small'}

@@ -320,14 +320,20 @@ def report(config, results, identity):
 
 
 def plot(config, results, path):
-  """Accuracy against k, one line per rule, with the seeds' sample std as error bars."""
+  """Accuracy against k, one line per rule: the seeds' mean, with the 95% t-interval of the
+  mean as error bars (none with one seed)."""
   lines, diverged = [], []
   for rule in config.credit.rules:
     cells = [c for c in results['cells'].values() if c['rule'] == rule]
-    pts = sorted((c['k'], c['mean'], c['std']) for c in cells if 'mean' in c)
+    pts = []
+    for c in sorted((c for c in cells if 'mean' in c), key=lambda c: c['k']):
+      ci = stats.summarize(c['acc'])['ci95']
+      pts.append((c['k'], c['mean'], 0.0 if ci is None else (ci[1] - ci[0]) / 2))
     if pts:
       lines.append((rule, *zip(*pts)))
     diverged += [(c['k'], f'{rule}: {c["status"]}') for c in cells if 'mean' not in c]
-  line_plot(path, lines, 'trainable blocks k (last k)', 'test accuracy',
+  n = len(config.seeds)
+  line_plot(path, lines, 'trainable blocks k (last k)',
+            f'test accuracy: mean of {n} seeds' + (', bars: 95% t-interval' if n > 1 else ''),
             f'ResMLP d={config.model.width} L={config.model.depth} on {config.data.name}',
             xticks=range(config.model.depth + 1), diverged=diverged)
