@@ -13,10 +13,10 @@ import argparse
 import datetime
 import json
 import os
-import subprocess
 import sys
 
 from jaxlab.checks import Damaged
+from jaxlab.io import provenance
 from jaxlab.io.figures import markdown_table, with_status
 from jaxlab.io.writers import read_json, write_json, write_text
 
@@ -40,18 +40,13 @@ SUMMARY_COLUMNS = tuple(c for c in RESULT_COLUMNS
                         if c[1] in ('arm', 'residual', 'loss', 'acc', 'knn_acc', 'silhouette'))
 
 
-def git_commit(path=None):
-  """The commit of the repository holding `path` (this package by default), with '-dirty' when
-  the tree has uncommitted changes; 'unknown' outside a git checkout."""
-  where = path or os.path.dirname(os.path.abspath(__file__))
-  try:
-    commit = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=where, capture_output=True,
-                            text=True, check=True, timeout=10).stdout.strip()
-    dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=where,
-                           capture_output=True, text=True, check=True, timeout=10).stdout.strip()
-  except (OSError, subprocess.SubprocessError):
+def git_commit():
+  """The commit of the checkout jaxlab runs from, with '-dirty' when tracked files have
+  uncommitted changes; 'unknown' when it is not a git checkout (an installed package)."""
+  state = provenance.git_state()
+  if state is None:
     return 'unknown'
-  return commit + ('-dirty' if dirty else '')
+  return state['commit'] + ('-dirty' if state['dirty'] else '')
 
 
 def now():
