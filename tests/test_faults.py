@@ -231,7 +231,7 @@ def test_a_second_launch_on_a_busy_workdir_is_refused_naming_the_holder(tmp_path
   code, err = run_console([*LADDER[:1], f'--workdir={tmp_path}', *LADDER[1:],
                            '--config.train.steps=1'], capsys)
   assert code == 0, err
-  assert f'took over the lock of a run that is no longer running (host ' in err
+  assert 'took over the lock of a run that is no longer running (host ' in err
   assert f'pid {holder.pid}' in err
   assert open(tmp_path / lock.LOCK_FILE).read() == ''  # released at the end
 
@@ -443,7 +443,7 @@ def test_a_damaged_checkpoint_is_one_line_without_asyncio_noise(tmp_path):
   rc, _, err = launch_process(*LADDER, f'--workdir={tmp_path}', '--config.train.steps=12')
   line = one_error_line(err)
   assert rc == 4, err
-  assert f'checkpoint step 8 cannot be restored' in line and f'delete {step}' in line
+  assert 'checkpoint step 8 cannot be restored' in line and f'delete {step}' in line
 
 
 DISK = 'mount -t tmpfs -o size=4m tmpfs "$0" && exec "$@"'

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxlab import checks
-from jaxlab.checks import at_least, rule
+from jaxlab.checks import at_least
 from jaxlab.credit import rules as credit
 from jaxlab.data.datasets import load_dataset
 from jaxlab.experiments import preflight
@@ -170,7 +170,8 @@ def run_cell(config, workdir, dataset, rule, k, image_shape):
 FIELDS = guards.declare_family('ladder', guards.Family(
     reads=('credit.*', 'seeds', 'model.width', 'model.depth'),
     cells=('credit.rules', 'credit.ks'),
-    ranges={'model.width': rule(at_least, 1), 'model.depth': rule(at_least, 1)}))
+    ranges={'model.width': checks.rule(at_least, 1),
+            'model.depth': checks.rule(at_least, 1)}))
 
 def validate(config, overridden=frozenset(), devices=1):
   """Rules, depths and seeds of the ladder; each seed's batch split over the devices."""
