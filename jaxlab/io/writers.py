@@ -91,8 +91,9 @@ class JsonlLog:
 
   Every record gets 'time', when it was written (UTC, ISO 8601). `keep_until_step`: on a
   resumed run, records with a larger 'step' (written after the checkpoint the run resumed
-  from) are dropped first, so that the log reads as one uninterrupted run; records without
-  a step (a run's start: its provenance) stay. `kept` holds the records kept (the same
+  from) are dropped first, so that the log reads as one uninterrupted run (a start's
+  provenance record carries the step it started from, so it stays). `kept` holds the records
+  kept (the same
   on every process); only process 0 touches the file.
   """
 
