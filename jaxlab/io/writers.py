@@ -93,8 +93,7 @@ class JsonlLog:
   resumed run, records with a larger 'step' (written after the checkpoint the run resumed
   from) are dropped first, so that the log reads as one uninterrupted run (a start's
   provenance record carries the step it started from, so it stays). `kept` holds the records
-  kept (the same
-  on every process); only process 0 touches the file.
+  kept (the same on every process); only process 0 touches the file.
   """
 
   def __init__(self, path, keep_until_step=None, also=None):
