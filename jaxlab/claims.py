@@ -19,6 +19,7 @@ import sys
 
 from jaxlab.io.figures import markdown_table
 from jaxlab.io.writers import write_text
+from jaxlab.metrics import stats
 from jaxlab.reference_claims import CLAIMS, NOTES
 
 
@@ -47,17 +48,6 @@ def measurements(paths):
   return out
 
 
-def _measured(comparison):
-  if comparison.get('not_measured'):
-    return f'not measured: {comparison["not_measured"]}', '–'
-  if comparison.get('note'):
-    return (f'{comparison["mean_diff"]:+.4f} (n = {comparison["n"]})',
-            f'{comparison["note"]}: no verdict')
-  low, high = comparison['ci95']
-  return (f'{comparison["mean_diff"]:+.4f} [{low:+.4f}, {high:+.4f}], '
-          f'p = {comparison["p_value"]:.3g}, n = {comparison["n"]}'), comparison['verdict']
-
-
 def render(found, paths):
   """The claims.md page."""
   lines = ['# The reference notes\' conclusions, measured\n',
@@ -80,11 +70,13 @@ def render(found, paths):
         counts['not measured'] = counts.get('not measured', 0) + 1
         continue
       for path, dataset, comparison in got:
-        measured, verdict = _measured(comparison)
+        measured, verdict = stats.describe(comparison, places=4)
         rows.append({'id': claim.id, 'claim': claim.text, 'numbers': claim.numbers,
                      'where': f'{dataset} ({os.path.dirname(path)})', 'measured': measured,
                      'verdict': verdict})
-        counts[verdict] = counts.get(verdict, 0) + 1
+        kind = comparison.get('verdict') or ('not measured' if comparison.get('not_measured')
+                                             else 'no verdict')
+        counts[kind] = counts.get(kind, 0) + 1
     lines.append(f'\n## {title}\n')
     lines.append(markdown_table(rows, [
         ('id', 'id', '{}'), ('the note\'s conclusion', 'claim', '{}'),

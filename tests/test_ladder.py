@@ -173,7 +173,7 @@ def test_stats_json_recomputed_independently_and_the_claims_table(tmp_path):
   assert 'not measured: no finished cell fa_k4' in text
   finished = {n: {**v, 'mean': float(np.mean(v['acc']))} if 'acc' in v else v
               for n, v in cells.items()}
-  ladder.plot(c, {'cells': finished}, tmp_path / 'ladder.png')  # bars: the 95% t-intervals
+  ladder.plot(c, {'cells': finished}, out, tmp_path / 'ladder.png')  # bars: 95% t-intervals
   assert (tmp_path / 'ladder.png').stat().st_size > 0
   two = ladder.seed_stats(c, {'cells': {n: {**v, 'acc': v['acc'][:2], 'seeds': [42, 123]}
                                         for n, v in cells.items() if 'acc' in v}})

@@ -205,7 +205,7 @@ def run(config, workdir):
     write_json(os.path.join(workdir, 'stats.json'), results_stats)
     text = report(config, results, identity) + claims_report(config, results_stats)
     write_text(os.path.join(workdir, 'ladder.md'), text)
-    plot(config, results, os.path.join(workdir, 'ladder.png'))
+    plot(config, results, results_stats, os.path.join(workdir, 'ladder.png'))
     if final:
       print('\n' + text)
     return results
@@ -255,20 +255,13 @@ def claims_report(config, results_stats):
   rows = []
   for c in results_stats['comparisons']:
     ref = c['reference_diff']
-    if c.get('not_measured'):
-      measured, verdict = '–', f'not measured: {c["not_measured"]}'
-    elif c['note']:
-      measured, verdict = f'{c["mean_diff"]:+.3f}', f'{c["note"]} (n = {c["n"]})'
-    else:
-      measured = (f'{c["mean_diff"]:+.3f} [{c["ci95"][0]:+.3f}, {c["ci95"][1]:+.3f}], '
-                  f'p = {c["p_value"]:.3g}')
-      verdict = c['verdict']
+    measured, verdict = stats.describe(c)
     rows.append({'claim': c['claim'], 'pair': f'{c["a"]} − {c["b"]}',
                  'ref': f'{ref:+.3f}' if ref is not None else '–', 'measured': measured,
                  'verdict': verdict})
   columns = [('the note\'s conclusion', 'claim', '{}'), ('a − b', 'pair', '{}'),
              ('the note (CIFAR-10)', 'ref', '{}'),
-             ('measured: mean [95% CI], paired t-test', 'measured', '{}'),
+             ('measured: mean [95% CI], paired t-test p, n', 'measured', '{}'),
              ('verdict', 'verdict', '{}')]
   where = ('CIFAR-10, the note\'s setting' if config.data.name == 'cifar10' else
            f'{config.data.name}, not the note\'s CIFAR-10: the verdicts concern {config.data.name}')
@@ -320,15 +313,15 @@ def report(config, results, identity):
   return title + markdown_table(rows, columns) + ident
 
 
-def plot(config, results, path):
+def plot(config, results, results_stats, path):
   """Accuracy against k, one line per rule: the seeds' mean, with the 95% t-interval of the
-  mean as error bars (none with one seed)."""
+  mean (seed_stats) as error bars (none with one seed)."""
   lines, diverged = [], []
   for rule in config.credit.rules:
     cells = [c for c in results['cells'].values() if c['rule'] == rule]
     pts = []
     for c in sorted((c for c in cells if 'mean' in c), key=lambda c: c['k']):
-      ci = stats.summarize(c['acc'])['ci95']
+      ci = results_stats['cells'][cell_name(rule, c['k'])]['ci95']
       pts.append((c['k'], c['mean'], 0.0 if ci is None else (ci[1] - ci[0]) / 2))
     if pts:
       lines.append((rule, *zip(*pts)))

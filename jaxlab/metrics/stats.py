@@ -11,7 +11,6 @@ import math
 
 CONFIDENCE = 0.95
 MIN_PAIRED = 3  # fewer seeds than this: a paired comparison says "n too small"
-VERDICTS = ('supported', 'not distinguishable', 'contradicted')
 
 
 def _beta_fraction(a, b, x, iterations=300, eps=1e-15):
@@ -134,3 +133,17 @@ def verdict(comparison, claimed_sign):
   if high < 0:
     return 'contradicted'
   return 'not distinguishable'
+
+
+def describe(comparison, places=3):
+  """(measured, verdict) of a comparison as tables print it: the mean difference with its 95%
+  interval, p-value and n; below MIN_PAIRED seeds the difference and n with no verdict; a
+  comparison with `not_measured` says why in the verdict."""
+  if comparison.get('not_measured'):
+    return '–', f'not measured: {comparison["not_measured"]}'
+  diff, n = f'{comparison["mean_diff"]:+.{places}f}', comparison['n']
+  if comparison.get('note'):
+    return f'{diff}, n = {n}', f'{comparison["note"]}: no verdict'
+  low, high = comparison['ci95']
+  return (f'{diff} [{low:+.{places}f}, {high:+.{places}f}], p = {comparison["p_value"]:.3g}, '
+          f'n = {n}'), comparison['verdict']
