@@ -25,7 +25,7 @@ _flag = threading.Event()
 _received = []  # the signal numbers received since the last clear()
 _depth = 0  # nested watching() blocks
 _previous = {}  # the handlers watching() replaced
-_in_training = 0  # nested training() blocks
+_deferring = 0  # nested deferred() blocks (the training loop is one)
 
 
 class Preempted(BaseException):
@@ -52,7 +52,7 @@ def _on_signal(signum, frame):
   for s in SIGNALS:  # a second signal ends the process at once
     signal.signal(s, signal.SIG_DFL)
   _flag.set()
-  if not _in_training:
+  if not _deferring:
     raise Preempted(None, None, signum)
 
 
@@ -85,13 +85,13 @@ def deferred():
   after every dispatch and saves first); importing JAX and the other C++ extensions is
   another (an exception raised inside an extension's initialisation aborts the interpreter or
   turns into an ImportError)."""
-  global _in_training
-  _in_training += 1
+  global _deferring
+  _deferring += 1
   try:
     yield
   finally:
-    _in_training -= 1
-  if _flag.is_set() and not _in_training:  # a signal after the block's last look at the flag
+    _deferring -= 1
+  if _flag.is_set() and not _deferring:  # a signal after the block's last look at the flag
     raise Preempted(None, None, signal_received())
 
 
