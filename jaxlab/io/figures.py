@@ -160,14 +160,18 @@ def place_labels(fig, ax, points, colors, fontsize=8):
   return out
 
 
-def draw_scatter(points, xlabel, ylabel, title, logx=False, diverged=()):
+def draw_scatter(points, xlabel, ylabel, title, logx=False, diverged=(), intervals=None):
   """(plt, fig, ax, label annotations) of scatter_plot's figure, not yet saved."""
   plt, fig, ax = _figure()
   colors = [f'C{i % 10}' for i in range(len(points))]
-  for (x, y, _), color in zip(points, colors):
+  intervals = intervals or [None] * len(points)
+  for (x, y, _), color, ci in zip(points, colors, intervals):
     ax.scatter([x], [y], s=40, color=color, zorder=3)
+    if ci is not None:
+      ax.errorbar([x], [y], yerr=[[y - ci[0]], [ci[1] - y]], color=color, capsize=3, zorder=2)
   if points:
-    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    xs = [p[0] for p in points]
+    ys = [p[1] for p in points] + [v for ci in intervals if ci is not None for v in ci]
     if logx:  # room for the labels: a fifth of the span (at least a quarter-decade) each side
       lo, hi = math.log10(min(xs)), math.log10(max(xs))
       pad = max(0.2 * (hi - lo), 0.25)
@@ -182,12 +186,14 @@ def draw_scatter(points, xlabel, ylabel, title, logx=False, diverged=()):
   return plt, fig, ax, place_labels(fig, ax, points, colors)
 
 
-def scatter_plot(path, points, xlabel, ylabel, title, logx=False, diverged=()):
-  """Save a labelled scatter plot. points: (x, y, label) triples; diverged: (x, text) pairs.
+def scatter_plot(path, points, xlabel, ylabel, title, logx=False, diverged=(), intervals=None):
+  """Save a labelled scatter plot. points: (x, y, label) triples; diverged: (x, text) pairs;
+  intervals: per point (low, high) drawn as an error bar, or None (the caller's title says what
+  they are).
 
   No label overlaps another or a marker; a log x axis has plain-number ticks; the title is
   wrapped to the figure's width."""
-  plt, fig, _, _ = draw_scatter(points, xlabel, ylabel, title, logx, diverged)
+  plt, fig, _, _ = draw_scatter(points, xlabel, ylabel, title, logx, diverged, intervals)
   _write(plt, fig, path)
 
 
