@@ -96,15 +96,26 @@ def _rebuild_frozen(config, trainable, record):
   return frozen
 
 
-def run_params(run_dir, step=None):
+def run_params(run_dir, step=None, seed=None):
   """(config, params, trainable, step) of a PEFT run: `params` the whole model's tree (LoRA
-  unmerged), `trainable` its trained part, as numpy arrays."""
+  unmerged), `trainable` its trained part, as numpy arrays. A run of several seeds (config.seeds,
+  trained together) holds one model per seed: `seed` picks one."""
   config = _config(run_dir)
   step, tree = _checkpoint_tree(run_dir, step)
   trainable, frozen = _numpy(tree['params']), _numpy(tree.get('frozen'))
   backbone = os.path.join(run_dir, BACKBONE)
   if not frozen and os.path.exists(backbone):  # saved with checkpoint.params=trainable
     frozen = _rebuild_frozen(config, trainable, read_json(backbone))
+  seeds = list(config.get('seeds') or ())
+  if seeds:
+    if seed not in seeds:
+      raise ExportError(f'{run_dir} trained seeds {seeds} together: choose the model of one '
+                        f'with --seed (one of {", ".join(map(str, seeds))})')
+    pick = lambda tree: {k: pick(v) for k, v in tree.items()} if isinstance(tree, dict) \
+        else tree[seeds.index(seed)]
+    trainable, frozen = pick(trainable), pick(frozen)
+  elif seed is not None and seed != config.seed:
+    raise ExportError(f'{run_dir} trained seed {config.seed} alone, not {seed}: drop --seed')
   return config, merge(trainable, frozen), trainable, step
 
 
@@ -117,11 +128,12 @@ def read_adapters(path):
   return unflatten(read_safetensors(path)), info
 
 
-def export(run_dir, fmt, out, step=None, heads=None):
-  """Write run_dir's model to `out` in format `fmt` (one of FORMATS); returns a one-line report."""
+def export(run_dir, fmt, out, step=None, heads=None, seed=None):
+  """Write run_dir's model to `out` in format `fmt` (one of FORMATS); returns a one-line report.
+  `seed`: which seed's model, of a run that trained several together."""
   if fmt not in FORMATS:
     raise ExportError(f'unknown format {fmt!r}; choose one of {", ".join(FORMATS)}')
-  config, params, trainable, step = run_params(run_dir, step)
+  config, params, trainable, step = run_params(run_dir, step, seed)
   alpha = config.peft.alpha
   merged = 'LoRA merged' if has_lora(params) else 'no LoRA'
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
@@ -142,7 +154,8 @@ def export(run_dir, fmt, out, step=None, heads=None):
       record = read_json(backbone)
     p = config.peft
     meta = dict(jaxlab_format='adapters', method=p.method, policy=p.policy, rank=p.rank,
-                alpha=alpha, step=step, backbone=record, model=config.model.to_dict())
+                alpha=alpha, step=step, backbone=record, model=config.model.to_dict(),
+                seed=config.seed if seed is None else seed)
     write_safetensors(out, arrays, metadata={k: v if k == 'jaxlab_format' else json.dumps(v)
                                              for k, v in meta.items()})
     merged = 'adapters only'
@@ -162,9 +175,11 @@ def main(argv=None):
   parser.add_argument('--step', type=int, default=None, help='checkpoint step (default: latest)')
   parser.add_argument('--heads', type=int, default=None,
                       help='attention heads, for npz (default: the run\'s config)')
+  parser.add_argument('--seed', type=int, default=None,
+                      help='the seed whose model to write, of a run of several seeds')
   args = parser.parse_args(argv)
   try:
-    print(export(args.workdir, args.format, args.out, args.step, args.heads))
+    print(export(args.workdir, args.format, args.out, args.step, args.heads, args.seed))
   except (ExportError, ValueError, FileNotFoundError, EnvFailure) as e:
     print(f'error: {e}', file=sys.stderr)
     return 1

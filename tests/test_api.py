@@ -42,6 +42,7 @@ def test_vit_with_peft_builds_what_the_config_path_builds():
   with a pretrained backbone grafted in."""
   c = hybrid.get_config('quick')
   c.seed = 7
+  c.seeds = ()  # one model, as vit_with_peft builds
   c.model.update(image_size=16, patch=8, width=16, depth=3, heads=2, mlp_dim=32)
   c.peft.update(method='hybrid_layerwise', policy='explicit', lora_blocks=(1,), rank=2,
                 attn_only=True)

@@ -4,10 +4,13 @@ import json
 import os
 
 import numpy as np
+import pytest
+from scipy import stats as sp
 
+from configs import hybrid as hybrid_config
 from configs import ladder as ladder_config
 from jaxlab import claims
-from jaxlab.experiments import ladder
+from jaxlab.experiments import ladder, peft, peft_stats
 from jaxlab.reference_claims import CLAIMS, NOTES
 
 
@@ -20,6 +23,59 @@ def test_every_claim_is_measured_or_says_why_not():
   # The ladder measures exactly the claims the registry says it does.
   measured = {c.id for c in CLAIMS if c.measured_by == 'ladder'}
   assert measured == {i for entry in ladder.CLAIMS for i in entry[0] if i}
+  # So does the PEFT sweep.
+  assert {c.id for c in CLAIMS if c.measured_by == 'peft'} == {e[0] for e in peft_stats.CLAIMS}
+
+
+def test_peft_stats_recomputed_from_the_per_seed_values(tmp_path):
+  """A PEFT sweep's stats.json, recomputed independently (SciPy) from the per-seed values it
+  holds: every run's summary, every comparison's paired test, the verdicts."""
+  rng = np.random.default_rng(0)
+  seeds = (42, 43, 44, 45)
+  rows = []
+  for i, run in enumerate(peft.REFERENCE):
+    acc = (0.9 - 0.01 * i + 0.005 * rng.standard_normal(len(seeds))).tolist()
+    ece = (0.05 + 0.01 * i + 0.003 * rng.standard_normal(len(seeds))).tolist()
+    rows.append(dict(run=run['run'], trainable_params=run['trainable_params'],
+                     seeds=list(seeds), acc1=float(np.mean(acc)), acc1_per_seed=acc,
+                     acc1_best=float(np.mean(acc)), best_epoch=1, ece=float(np.mean(ece)),
+                     ece_per_seed=ece, ece_per_batch=float(np.mean(ece)),
+                     ece_per_batch_per_seed=ece, nll=1.0, nll_per_seed=[1.0] * len(seeds)))
+  c = hybrid_config.get_config('quick')
+  c.seeds = seeds
+  peft.write_report(str(tmp_path), rows, c, echo=False)
+  record = json.load(open(tmp_path / 'stats.json'))
+  assert record['seeds'] == list(seeds) and record['dataset'] == 'digits'
+  for row in rows:
+    got = record['runs'][row['run']]['acc1']
+    values = np.array(row['acc1_per_seed'])
+    half = sp.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
+    assert got['values'] == row['acc1_per_seed'] and got['n'] == len(seeds)
+    assert got['mean'] == pytest.approx(values.mean(), rel=1e-12)
+    assert got['std'] == pytest.approx(values.std(ddof=1), rel=1e-12)
+    assert got['ci95'] == pytest.approx([values.mean() - half, values.mean() + half], rel=1e-9)
+  assert len(record['comparisons']) == len(peft_stats.CLAIMS)
+  by_run = {r['run']: r for r in rows}
+  for comp, (claim_id, _, metric, a, b, sign) in zip(record['comparisons'], peft_stats.CLAIMS):
+    metric = 'ece_per_batch' if metric == 'ece' else metric
+    va, vb = (np.array(by_run[x][f'{metric}_per_seed']) for x in (a, b))
+    diff = va - vb
+    half = sp.t.ppf(0.975, len(diff) - 1) * diff.std(ddof=1) / np.sqrt(len(diff))
+    low, high = diff.mean() - half, diff.mean() + half
+    assert (comp['claim_id'], comp['metric'], comp['a'], comp['b']) == (claim_id, metric, a, b)
+    assert comp['a_values'] == va.tolist() and comp['b_values'] == vb.tolist()
+    assert comp['ci95'] == pytest.approx([low, high], rel=1e-9)
+    assert comp['p_value'] == pytest.approx(sp.ttest_rel(va, vb).pvalue, rel=1e-9)
+    if sign == 0:
+      expected = 'not distinguishable' if low <= 0 <= high else 'contradicted'
+    else:
+      expected = ('supported' if sign * low > 0 and sign * high > 0 else
+                  'contradicted' if sign * low < 0 and sign * high < 0 else
+                  'not distinguishable')
+    assert comp['verdict'] == expected, comp
+  table = open(tmp_path / 'table.md').read()
+  assert '## Over the seeds' in table and 'the verdicts concern digits' in table
+  assert '| norm | 4 |' in table
 
 
 def fake_ladder(workdir, width, depth, seeds, shift):

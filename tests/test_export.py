@@ -147,6 +147,7 @@ def run_config(params_mode, steps=6):
   c = hybrid.get_config('quick')
   c.progress = False
   c.sweep.runs = ()
+  c.seeds = ()  # one model
   c.pretrained.update(source='timm', path=TINY)
   c.model.update(image_size=32, patch=8, width=128, depth=2, heads=2, mlp_dim=256)
   c.peft.update(method='lora', rank=2, alpha=8.0, diagnostics=False)

@@ -123,6 +123,7 @@ def peft_config(**train):
   c = hybrid.get_config('quick')
   c.progress = False
   c.sweep.update(runs=('norm',), pretrain_epochs=1)
+  c.seeds = ()  # one model
   c.model.update(width=32, depth=2, heads=2, mlp_dim=64)
   c.train.update(batch_size=64, epochs=1, steps_per_dispatch=4, log_every_steps=4, **train)
   return c

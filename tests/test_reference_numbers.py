@@ -48,7 +48,7 @@ def test_peft_table_puts_the_reference_in_the_best_epoch_column(tmp_path, capsys
           '10 | – | 0.0738 |') in table
   assert (tmp_path / 'accuracy_vs_trainables.png').exists()
   # The title says what ran: model, data, epochs, where the backbone came from, how many methods.
-  what = ('ViT (patch 8, width 64, depth 4, 32 px) on digits 5–9, 20 epochs; backbone trained '
+  what = ('ViT (patch 8, width 64, depth 4, 32 px) on digits 5–9, 15 epochs; backbone trained '
           'from scratch on digits 0–4 (60 epochs)')
   assert f'# PEFT methods: {what}' in table
   assert titles == [f'PEFT, 2 methods: {what}']

@@ -13,12 +13,13 @@ import dataclasses
 import os
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from jaxlab import checks, models
 from jaxlab.checks import at_least, one_of, positive, rule, within
 from jaxlab.data.datasets import load_dataset, select_classes
-from jaxlab.experiments import preflight
+from jaxlab.experiments import peft_stats, preflight
 from jaxlab.io import pretrained as pt
 from jaxlab.io.figures import markdown_table, scatter_plot, with_status
 from jaxlab.io.writers import write_json, write_text
@@ -123,10 +124,11 @@ def make_task(config, num_classes, pretrained=None):
   if config.model.name != 'vit':
     raise ValueError(f'the peft family fine-tunes a ViT; model.name is {config.model.name!r}')
   targets = ('qkv', 'proj') if p.attn_only else LORA_TARGETS
-  model, params, rules = api.peft_vit(models.vit_arch(config.model), num_classes, p.method,
-                                      p.policy, p.rank, p.alpha, p.dropout, tuple(p.lora_blocks),
-                                      targets, config.seed, pretrained,
-                                      p.get('head_init', 'timm'))
+  seeds = run_seeds(config)
+  built = [api.peft_vit(models.vit_arch(config.model), num_classes, p.method, p.policy, p.rank,
+                        p.alpha, p.dropout, tuple(p.lora_blocks), targets, seed, pretrained,
+                        p.get('head_init', 'timm')) for seed in seeds]
+  model, params, rules = built[0]
   groups = set(label_paths(flatten(params), rules).values())
   parity = None
   if p.lr_parity:
@@ -134,12 +136,22 @@ def make_task(config, num_classes, pretrained=None):
       raise ValueError(f'peft.lr_parity needs both a lora and a norm group; {p.method} has '
                        f'{sorted(groups)}')
     parity = LrParity(peak_lrs={g: config.optim.groups[g].lr for g in ('lora', 'norm')})
+  if config.get('seeds'):
+    # The seeds train together under vmap (jaxlab.train.layouts.Replicas): each its own fresh
+    # leaves (head, LoRA), data order and augmentation; the same backbone.
+    params = jax.tree.map(lambda *leaves: jnp.stack(leaves), *(b[1] for b in built))
   return Task(
       params=params, apply=flax_apply(model), rules=rules,
       hold_schedule=methods.hold_schedule(p.freeze_lora_steps, p.freeze_norm_steps,
                                           p.alt_freeze_every, p.alt_order),
       diagnostics=('lora', 'norm') if p.diagnostics else (),
-      diagnostics_every=p.get('diagnostics_every', 0), controller=parity)
+      diagnostics_every=p.get('diagnostics_every', 0), controller=parity,
+      seeds=seeds if config.get('seeds') else None)
+
+
+def run_seeds(config):
+  """The random seeds of each method's run: config.seeds (trained together), or config.seed."""
+  return tuple(config.get('seeds') or ()) or (config.seed,)
 
 
 def load_pretrained(config):
@@ -247,6 +259,7 @@ def pretrain(config, workdir, dataset):
     c.peft.update(method='full', freeze_lora_steps=0, freeze_norm_steps=0, alt_freeze_every=0,
                   diagnostics=False)
     c.train.epochs = config.sweep.pretrain_epochs
+    c.seeds = ()  # one backbone, from config.seed, for every transfer seed
     c.optim.lr = config.sweep.pretrain_lr
     # Every group at pretrain_lr: ConfigDict.update(groups={}) would merge, keeping the
     # transfer's per-group rates for the head and the norms.
@@ -263,7 +276,8 @@ RECIPE_FIELDS = ('resize', 'crop_padding', 'flip', 'normalization')
 
 # What this family reads beyond configs/common.py's shared fields and the optimizers' own.
 FIELDS = guards.declare_family('peft', guards.Family(
-    reads=('peft.*', 'pretrained.*', 'sweep.*', 'model.*', 'augment.recipe', 'data.classes'),
+    reads=('peft.*', 'pretrained.*', 'sweep.*', 'model.*', 'augment.recipe', 'data.classes',
+           'seeds'),
     neutral=('peft.diagnostics', 'peft.diagnostics_every', 'model.remat',
              'pretrained.cache_dir'),
     cells=('sweep.runs',),
@@ -344,6 +358,18 @@ def validate(config, overridden=frozenset(), devices=1):
   if not p.diagnostics:
     unread('peft.diagnostics_every', 'while peft.diagnostics=false',
            'set --config.peft.diagnostics=true too')
+  if c.get('seeds'):
+    if len(set(c.seeds)) != len(c.seeds):
+      checks.fail('seeds', f'seeds {tuple(c.seeds)} repeats a seed',
+                  'list each seed once, e.g. --config.seeds="(42, 43, 44)"')
+    if p.diagnostics:
+      checks.fail('peft.diagnostics', 'the gradient diagnostics measure one model, and seeds '
+                  f'{tuple(c.seeds)} train several together',
+                  'set --config.peft.diagnostics=false, or --config.seeds="()" for one seed')
+    if p.lr_parity:
+      checks.fail('peft.lr_parity', 'LR parity steers one model\'s learning rates, and seeds '
+                  f'{tuple(c.seeds)} train several together',
+                  'set --config.peft.lr_parity=false, or --config.seeds="()" for one seed')
   with checks.about('peft.alt_order', f'choose one of {", ".join(methods.ORDERS)}'):
     methods.hold_schedule(order=p.alt_order)
   classes = preflight.num_classes(c)
@@ -459,6 +485,16 @@ def write_report(workdir, rows, config, echo=True):
           '(arguments, incl. the device-resident data set, + outputs − donated + temporaries); '
           'the runtime\'s process-wide peak is in each summary.json.')
   finished = [r for r in rows if r.get('diverged_at_step') is None]
+  seeds = run_seeds(config)
+  results_stats = peft_stats.seed_stats(rows, REFERENCE, config.data.name, seeds)
+  write_json(os.path.join(workdir, 'stats.json'), results_stats)
+  if any('acc1_per_seed' in r for r in finished):
+    note += (f'\n\nEvery method trained seeds {list(seeds)} together: each number above is '
+             'the seeds\' mean (the best epoch: of the mean; step time and memory: of the '
+             'seeds\' joint step).\n\n## Over the seeds\n\n'
+             + peft_stats.seeds_table(results_stats)
+             + '\n\nmean ± sample std (ddof 1) over the n seeds; the 95% CI is the t-interval '
+             'of the mean.\n' + peft_stats.claims_report(results_stats, config.data.name))
   text = (f'# PEFT methods: {title}\n\n'
           + markdown_table([with_status(r, 'acc1') for r in rows], COLUMNS) + note
           + '\n\n## Reference: the reference runs (ViT-S/16, CIFAR-100, 10 epochs; '
@@ -470,12 +506,15 @@ def write_report(workdir, rows, config, echo=True):
           'measured the same way (wall step time, ECE per batch).\n\n'
           + markdown_table(REFERENCE, COLUMNS) + '\n')
   write_text(os.path.join(workdir, 'table.md'), text)
+  n = max((results_stats['runs'][r['run']]['acc1']['n'] for r in finished), default=1)
+  spread = f'; mean of {n} seeds, bars: 95% t-interval' if n > 1 else ''
   scatter_plot(os.path.join(workdir, 'accuracy_vs_trainables.png'),
                [(r['trainable_params'], r['acc1'], r['run']) for r in finished],
                'trainable parameters', 'Acc@1 (final)',
-               f'PEFT, {len(rows)} method{"s" * (len(rows) != 1)}: {title}', logx=True,
+               f'PEFT, {len(rows)} method{"s" * (len(rows) != 1)}: {title}{spread}', logx=True,
                diverged=[(r['trainable_params'], f'{r["run"]}: {r["status"]}') for r in rows
-                         if r.get('diverged_at_step') is not None])
+                         if r.get('diverged_at_step') is not None],
+               intervals=[results_stats['runs'][r['run']]['acc1']['ci95'] for r in finished])
   write_json(os.path.join(workdir, 'sweep.json'), rows)
   if echo:
     print('\n' + text)
