@@ -71,6 +71,9 @@ def render(found, paths):
         continue
       for path, dataset, comparison in got:
         measured, verdict = stats.describe(comparison, places=4)
+        if comparison.get('a') and comparison.get('b'):  # which pair: a claim may have several
+          metric = f', {comparison["metric"]}' if comparison.get('metric') else ''
+          measured = f'{comparison["a"]} − {comparison["b"]}{metric}: {measured}'
         rows.append({'id': claim.id, 'claim': claim.text, 'numbers': claim.numbers,
                      'where': f'{dataset} ({os.path.dirname(path)})', 'measured': measured,
                      'verdict': verdict})

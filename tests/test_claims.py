@@ -105,7 +105,7 @@ def test_claims_page_from_two_ladders(tmp_path, capsys):
   rows = {line.split(' | ')[0][2:]: line for line in text.splitlines()
           if line.startswith('| ladder-')}
   assert rows['ladder-1'].endswith('| supported |')  # BP full vs frozen, deep ladder
-  assert 'digits' in rows['ladder-1'] and '+0.2' in rows['ladder-1']
+  assert 'digits' in rows['ladder-1'] and 'bp_k4 − bp_k0: +0.19' in rows['ladder-1']
   assert 'n too small: no verdict' in rows['ladder-2']  # the two-seed shallow ladder
   assert 'not measured: a consistency check' in rows['ladder-14']
   assert 'not measured: this family runs one seed' in text  # the PEFT, mHC, LeNet claims
