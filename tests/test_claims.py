@@ -10,7 +10,7 @@ from scipy import stats as sp
 from configs import hybrid as hybrid_config
 from configs import ladder as ladder_config
 from jaxlab import claims
-from jaxlab.experiments import ladder, peft, peft_stats
+from jaxlab.experiments import ladder, mhc, peft, peft_stats
 from jaxlab.reference_claims import CLAIMS, NOTES
 
 
@@ -25,6 +25,8 @@ def test_every_claim_is_measured_or_says_why_not():
   assert measured == {i for entry in ladder.CLAIMS for i in entry[0] if i}
   # So does the PEFT sweep.
   assert {c.id for c in CLAIMS if c.measured_by == 'peft'} == {e[0] for e in peft_stats.CLAIMS}
+  assert {c.id for c in CLAIMS if c.measured_by == 'mhc'} == {
+      e[0] for e in mhc.WHD_CLAIMS + mhc.COSINE_CLAIMS}
 
 
 def test_peft_stats_recomputed_from_the_per_seed_values(tmp_path):
@@ -47,7 +49,7 @@ def test_peft_stats_recomputed_from_the_per_seed_values(tmp_path):
   record = json.load(open(tmp_path / 'stats.json'))
   assert record['seeds'] == list(seeds) and record['dataset'] == 'digits'
   for row in rows:
-    got = record['runs'][row['run']]['acc1']
+    got = record['arms'][row['run']]['acc1']
     values = np.array(row['acc1_per_seed'])
     half = sp.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
     assert got['values'] == row['acc1_per_seed'] and got['n'] == len(seeds)

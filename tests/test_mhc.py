@@ -20,6 +20,7 @@ def tiny(arms, **hc):
   # Batch 256: 5 steps an epoch on digits; snapshots after steps 3 and 5 for the average.
   c.train.update(dict(epochs=1, eval_every_epochs=1, batch_size=256, eval_batch_size=120))
   c.averaging.update(dict(every_steps=1, start_fraction=0.5, window=0))
+  c.seeds = ()  # the averaged parameters are one model's
   return c
 
 
@@ -106,3 +107,44 @@ def test_bad_arm_and_residual_are_errors_naming_the_choices():
     experiments.validate(c)
   with pytest.raises(ValueError, match='combine them with commas'):
     mhc_config.get_config('quick,wsd')
+
+
+def test_seeds_trained_together_equal_each_seed_alone(tmp_path):
+  """config.seeds: each arm's seeds train together under vmap; each seed's accuracy, loss and
+  embedding metrics are those of that seed's run alone; the record and stats.json give the
+  mean ± std and the note's comparisons of the arms (two seeds: "n too small")."""
+  from jaxlab.data.datasets import load_dataset
+  from jaxlab.experiments import mhc
+  c = tiny(('regular', 'mhc_dynamic'))
+  c.averaging.every_steps = 0
+  c.seeds = (3, 5)
+  workdir = tmp_path / 'sweep'
+  experiments.run(c, str(workdir))
+  together = {r['arm']: r for r in json.load(open(workdir / 'record.json'))['arms']}
+  dynamic = together['mhc_dynamic']
+  assert dynamic['seeds'] == [3, 5]
+  assert dynamic['acc'] == pytest.approx(sum(dynamic['acc_per_seed']) / 2)
+  alone_config = tiny(('regular', 'mhc_dynamic'))
+  alone_config.averaging.every_steps = 0
+  alone_config.seed = 5
+  alone = mhc.run_arm(alone_config, str(tmp_path / 'seed5'), load_dataset(c.data), 'mhc_dynamic')
+  for key in ('acc', 'loss', 'knn_acc', 'silhouette'):
+    assert dynamic[f'{key}_per_seed'][1] == pytest.approx(alone[key], abs=1e-5), key
+  stats = json.load(open(workdir / 'stats.json'))
+  assert stats['seeds'] == [3, 5] and set(stats['arms']) == {'regular', 'mhc_dynamic'}
+  assert stats['arms']['mhc_dynamic']['acc']['values'] == dynamic['acc_per_seed']
+  assert {x['claim_id'] for x in stats['comparisons']} == {'mhc-7', 'mhc-8', 'mhc-9'}
+  assert all(x.get('note') == 'n too small' and x['verdict'] is None
+             for x in stats['comparisons'])
+  text = open(workdir / 'record.md').read()
+  assert '### Over the seeds' in text and 'the verdicts concern digits' in text
+
+
+def test_seeds_refuse_checkpoint_averaging():
+  from jaxlab import checks
+  from jaxlab.experiments import mhc
+  c = tiny(('regular',))
+  c.seeds = (1, 2, 3)
+  with pytest.raises(checks.BadInput, match='averages one model') as e:
+    mhc.validate(c)
+  assert e.value.where == '--config.averaging.every_steps'

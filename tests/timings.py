@@ -31,6 +31,7 @@ SECONDS = {
     'tests/test_mhc.py::test_record_has_every_field_and_both_arms': 45.1,
     'tests/test_guards.py::test_grid_records_diverged_cells_and_each_cells_own_memory': 42.8,
     'tests/test_multiprocess.py::test_one_process_run_writes_its_files': 40.6,
+    'tests/test_mhc.py::test_seeds_trained_together_equal_each_seed_alone': 82.0,
     'tests/test_peft.py::test_diagnostics_match_numpy': 30.3,
     'tests/test_peft.py::test_seeds_trained_together_equal_each_seed_alone': 24.2,
     'tests/test_fast_path.py::test_bf16_loss_within_two_percent_of_fp32_with_fp32_parameters': 27.4,

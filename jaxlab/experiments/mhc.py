@@ -23,6 +23,7 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxlab import checks, models
 from jaxlab.checks import one_of, rule
@@ -30,7 +31,7 @@ from jaxlab.models import hyper_connections, vit
 from jaxlab.data.augment import make_eval_preprocess
 from jaxlab.data.datasets import load_dataset
 from jaxlab.data.pipeline import IMAGE_SHAPE, steps_per_epoch
-from jaxlab.experiments import preflight
+from jaxlab.experiments import over_seeds, preflight
 from jaxlab.io import record
 from jaxlab.io.figures import embedding_plot
 from jaxlab.io.writers import read_json, read_jsonl, write_json
@@ -62,6 +63,63 @@ REFERENCE = (
 )
 
 
+# What each arm reports per seed, and the note's conclusions about mHC against the regular
+# arm as paired comparisons over the seeds (jaxlab.experiments.over_seeds): (claim id in
+# jaxlab.reference_claims, the claim, the metric, arm a, arm b, the claimed sign of a − b).
+# The note's runs 002 used the WHD schedule, run 003 cosine without warm-up: a sweep is held to
+# the claims of its own schedule. The note's "mHC" was the static variant with one stream.
+METRICS = ('acc', 'loss', 'knn_acc', 'silhouette')
+DESCRIPTIONS = {'acc': 'test accuracy of the final parameters', 'loss': 'test loss (NLL)',
+                'knn_acc': 'leave-one-out 1-NN accuracy of the test embeddings',
+                'silhouette': 'silhouette of the test embeddings, classes as clusters'}
+MHC_ARMS = ('mhc_static', 'mhc_dynamic')
+WHD_CLAIMS = tuple(
+    claim for arm in MHC_ARMS for claim in (
+        ('mhc-7', f'{arm} above the regular arm in test accuracy (the run\'s hypothesis)',
+         'acc', arm, 'regular', +1),
+        ('mhc-8', f'{arm} marginally below the regular arm in test accuracy', 'acc', arm,
+         'regular', -1),
+        ('mhc-9', f'{arm} marginally above the regular arm in kNN accuracy', 'knn_acc', arm,
+         'regular', +1)))
+COSINE_CLAIMS = tuple(
+    ('mhc-14', f'{arm} above the regular arm in {metric} (cosine, no warm-up)', metric, arm,
+     'regular', sign)
+    for arm in MHC_ARMS for metric, sign in (('acc', +1), ('knn_acc', +1), ('silhouette', +1),
+                                             ('loss', -1)))
+
+
+def claims_of(config):
+  """The note's conclusions a sweep with this config's schedule is held to."""
+  oc = config.optim
+  if oc.schedule.startswith('whd'):
+    return WHD_CLAIMS
+  if oc.schedule == 'cosine' and not oc.warmup_fraction and not oc.warmup_epochs:
+    return COSINE_CLAIMS
+  return ()
+
+
+def seed_stats(config, rows, dataset_name):
+  """stats.json of the sweep (over_seeds.seed_stats): the arms' per-seed metrics and the
+  note's conclusions for its schedule, with the note's own numbers (REFERENCE) as theirs."""
+  regular, note_mhc = ({k: r[k] for k in METRICS} for r in REFERENCE)
+  reference = {'regular': regular, **{arm: note_mhc for arm in MHC_ARMS}}
+  arms = set(config.mhc.arms)
+  claims = [c for c in claims_of(config) if {c[3], c[4]} <= arms]  # the arms this sweep runs
+  return over_seeds.seed_stats(rows, 'arm', METRICS, claims, dataset_name,
+                               run_seeds(config), DESCRIPTIONS, reference)
+
+
+def over_seeds_text(results_stats, dataset_name):
+  """record.md's section of the arms over their seeds and the note's conclusions."""
+  where = ('CIFAR-10, the note\'s data set' if dataset_name == 'cifar10' else
+           f'{dataset_name}, not the note\'s CIFAR-10: the verdicts concern {dataset_name}')
+  return ('### Over the seeds\n\n' + over_seeds.seeds_table(
+      results_stats, (('acc', 'test/acc'), ('loss', 'test/loss'), ('knn_acc', 'test/knn_acc'),
+                      ('silhouette', 'test/silhouette')), 'acc')
+          + over_seeds.claims_report(results_stats, where, 'the note (one run each)')
+          .replace('\n## ', '\n### '))
+
+
 def arm_config(config, arm):
   c = copy.deepcopy(config)
   with c.unlocked():
@@ -86,22 +144,30 @@ def build_model(model_cfg, num_classes):
   return model.clone(**extra)
 
 
-def model_and_params(config, num_classes):
-  """(model, initial params) of the configured ViT."""
+def model_and_params(config, num_classes, seed=None):
+  """(model, initial params) of the configured ViT, from `seed` (default config.seed)."""
   model = build_model(config.model, num_classes)
   size = config.model.image_size
-  params = jax.jit(model.init)(run_keys(config.seed)[0], jnp.zeros((1, size, size, 3)))['params']
+  seed = config.seed if seed is None else seed
+  params = jax.jit(model.init)(run_keys(seed)[0], jnp.zeros((1, size, size, 3)))['params']
   return model, params
+
+
+def run_seeds(config):
+  """The random seeds of each arm: config.seeds (trained together), or config.seed alone."""
+  return tuple(config.get('seeds') or ()) or (config.seed,)
 
 
 def make_embed(task, model, config, mesh):
   """The sharded outputs function (`make_outputs_fn`) of the task, returning the normed class
-  token [B, width] in place of the logits; `predict` gathers them."""
+  token [B, width] ([seeds, B, width] for a task of several seeds) in place of the logits;
+  `predict` gathers them."""
   dtype = config.mhc.get('embed_dtype', '')
   embed_model = model.clone(dtype=jnp.dtype(dtype)) if dtype else model
   apply = lambda p, x, train, rng: embed_model.apply({'params': p}, x, embed=True)
   return make_outputs_fn(dataclasses.replace(task, apply=apply),
-                         make_eval_preprocess(config.augment), mesh)
+                         make_eval_preprocess(config.augment), mesh,
+                         replicas=task.seeds is not None)
 
 
 def hres_stats(model, config, params, images):
@@ -146,11 +212,17 @@ def step_time(summary, workdir):
 def run_arm(config, workdir, dataset, arm):
   """Train one arm; returns its row of the record (also in workdir/arm.json)."""
   c = arm_config(config, arm)
-  model, params = model_and_params(c, dataset.num_classes)
+  seeds = run_seeds(c)
+  inits = [model_and_params(c, dataset.num_classes, seed) for seed in seeds]
+  model, params = inits[0]
   spec = model.residual
   if spec is not None:
     spec.warn_if_trivial()
-  task = Task(params=params, apply=flax_apply(model), rules=(('.*', 'all'),))
+  together = bool(c.get('seeds'))  # the seeds train together under vmap (Replicas)
+  if together:
+    params = jax.tree.map(lambda *leaves: jnp.stack(leaves), *(p for _, p in inits))
+  task = Task(params=params, apply=flax_apply(model), rules=(('.*', 'all'),),
+              seeds=seeds if together else None)
   mesh = make_mesh()
   summary, state = fit(c, workdir, task, dataset, mesh=mesh,
                        summary_extra={'arm': arm, 'residual': _describe_residual(spec)})
@@ -166,16 +238,26 @@ def run_arm(config, workdir, dataset, arm):
   test_data = replicate({'image': images, 'label': labels}, mesh)
   embed = lambda p: predict(embed_fn, p, test_data, len(labels), c.train.eval_batch_size, mesh)
   emb = embed(final)
-  title = f'{arm}: test embeddings ({dataset.name})'
-  method = embedding_plot(os.path.join(workdir, 'embeddings.png'), emb, labels, title)
+  per_seed = [emb] if not together else list(emb)  # [seeds, N, D] when trained together
+  title = f'{arm}: test embeddings ({dataset.name}' + (f', seed {seeds[0]})' if together else ')')
+  method = embedding_plot(os.path.join(workdir, 'embeddings.png'), per_seed[0], labels, title)
+  measured = [embedding_metrics(e, labels) for e in per_seed]
   row = dict(arm=arm, residual=_describe_residual(spec), loss=summary['nll'],
              acc=summary['acc1'], acc_best=summary.get('acc1_best'),
-             best_epoch=summary.get('best_epoch'), **embedding_metrics(emb, labels),
+             best_epoch=summary.get('best_epoch'),
+             **{k: float(np.mean([m[k] for m in measured])) for k in measured[0]},
              params=summary['total_params'], step_time_s=step_time(summary, workdir),
              img_s=summary['throughput_img_s'], compile_time_s=summary.get('compile_time_s'),
-             **(hres_stats(model, c, final, images[:c.train.eval_batch_size])
-                if spec is not None else {}),
              projection=method)
+  if spec is not None:
+    seed_params = [final] if not together else [jax.tree.map(lambda x, i=i: x[i], final)
+                                                 for i in range(len(seeds))]
+    hres = [hres_stats(model, c, p, images[:c.train.eval_batch_size]) for p in seed_params]
+    row.update({k: max(h[k] for h in hres) for k in hres[0]})  # the worst seed's
+  if together:
+    row.update(seeds=list(seeds), loss_per_seed=summary['nll_per_seed'],
+               acc_per_seed=summary['acc1_per_seed'],
+               **{f'{k}_per_seed': [m[k] for m in measured] for k in measured[0]})
   averaged = summary.get('averaged')
   if averaged and averaged['snapshots']:
     avg = averaging.from_config(c.averaging, summary['planned_steps']).average(
@@ -278,7 +360,9 @@ def make_record(config, workdir, dataset, rows):
               f'{dataset.eval_split} images, {dataset.num_classes} classes)',
       model=describe_model(config.model),
       optimizer=f'{oc.name}, base lr {oc.lr:g}, weight decay {oc.weight_decay:g}, batch '
-                f'{tc.batch_size}, {tc.epochs} epochs ({total} steps), seed {config.seed}',
+                f'{tc.batch_size}, {tc.epochs} epochs ({total} steps), '
+                + (f'seeds {list(config.seeds)} (trained together; each number below is their '
+                   'mean)' if config.get('seeds') else f'seed {config.seed}'),
       schedule=schedules.describe(oc, total, spe),
       averaging=(f'mean of the parameters every {avg.every} steps after step {avg.start}'
                  + (f', last {avg.window} snapshots' if avg.window else '')) if avg else '',
@@ -298,7 +382,7 @@ def make_record(config, workdir, dataset, rows):
 
 # What this family reads beyond configs/common.py's shared fields and the optimizers' own.
 FIELDS = guards.declare_family('mhc', guards.Family(
-    reads=('mhc.*', 'model.*', 'augment.randaugment_interpolation'),
+    reads=('mhc.*', 'model.*', 'augment.randaugment_interpolation', 'seeds'),
     neutral=('model.remat',),
     cells=('mhc.arms',),
     ranges={
@@ -327,6 +411,14 @@ def validate(config, overridden=frozenset(), devices=1):
     for name in ('streams', 'tau', 'iterations', 'reduce', 'res_apply', 'final_norm'):
       checks.unread_override(f'model.hc.{name}', overridden, 'by the regular arm alone (plain '
                              'residual connections)', 'add an mHC arm to --config.mhc.arms')
+  if c.get('seeds'):
+    if len(set(c.seeds)) != len(c.seeds):
+      checks.fail('seeds', f'seeds {tuple(c.seeds)} repeats a seed',
+                  'list each seed once, e.g. --config.seeds="(42, 43, 44)"')
+    if c.averaging.every_steps:
+      checks.fail('averaging.every_steps', 'checkpoint averaging averages one model\'s '
+                  f'parameters, and seeds {tuple(c.seeds)} train several together',
+                  'set --config.seeds="()" for one seed, or --config.averaging.every_steps=0')
   preflight.check_vit(c, overridden)
   size = c.augment.resize or IMAGE_SHAPE[0]
   if size != c.model.image_size:
@@ -349,7 +441,12 @@ def run(config, workdir):
   def assemble(finished, final):
     # A diverged arm is a row of its own ('diverged at step N'); the other arms still run.
     rows = list(finished.values())
-    text = record.write(workdir, make_record(config, workdir, dataset, rows), REFERENCE)
+    results_stats = seed_stats(config, rows, dataset.name)
+    write_json(os.path.join(workdir, 'stats.json'), results_stats)
+    rec = make_record(config, workdir, dataset, rows)
+    if any('acc_per_seed' in r for r in rows):
+      rec['over_seeds'] = over_seeds_text(results_stats, dataset.name)
+    text = record.write(workdir, rec, REFERENCE)
     if final:
       results = text.split('## Results', 1)[1].split('## Config', 1)[0]
       print('\n## Results' + results + f'Record: {os.path.join(workdir, "record.md")}')

@@ -493,8 +493,7 @@ def write_report(workdir, rows, config, echo=True):
              'the seeds\' mean (the best epoch: of the mean; step time and memory: of the '
              'seeds\' joint step).\n\n## Over the seeds\n\n'
              + peft_stats.seeds_table(results_stats)
-             + '\n\nmean ± sample std (ddof 1) over the n seeds; the 95% CI is the t-interval '
-             'of the mean.\n' + peft_stats.claims_report(results_stats, config.data.name))
+             + peft_stats.claims_report(results_stats, config.data.name))
   text = (f'# PEFT methods: {title}\n\n'
           + markdown_table([with_status(r, 'acc1') for r in rows], COLUMNS) + note
           + '\n\n## Reference: the reference runs (ViT-S/16, CIFAR-100, 10 epochs; '
@@ -506,7 +505,7 @@ def write_report(workdir, rows, config, echo=True):
           'measured the same way (wall step time, ECE per batch).\n\n'
           + markdown_table(REFERENCE, COLUMNS) + '\n')
   write_text(os.path.join(workdir, 'table.md'), text)
-  n = max((results_stats['runs'][r['run']]['acc1']['n'] for r in finished), default=1)
+  n = max((results_stats['arms'][r['run']]['acc1']['n'] for r in finished), default=1)
   spread = f'; mean of {n} seeds, bars: 95% t-interval' if n > 1 else ''
   scatter_plot(os.path.join(workdir, 'accuracy_vs_trainables.png'),
                [(r['trainable_params'], r['acc1'], r['run']) for r in finished],
@@ -514,7 +513,7 @@ def write_report(workdir, rows, config, echo=True):
                f'PEFT, {len(rows)} method{"s" * (len(rows) != 1)}: {title}{spread}', logx=True,
                diverged=[(r['trainable_params'], f'{r["run"]}: {r["status"]}') for r in rows
                          if r.get('diverged_at_step') is not None],
-               intervals=[results_stats['runs'][r['run']]['acc1']['ci95'] for r in finished])
+               intervals=[results_stats['arms'][r['run']]['acc1']['ci95'] for r in finished])
   write_json(os.path.join(workdir, 'sweep.json'), rows)
   if echo:
     print('\n' + text)

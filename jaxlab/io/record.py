@@ -73,6 +73,8 @@ def render(record, reference=None):
   if averaged:
     lines += ['', 'With checkpoint averaging (' + record.get('averaging', '') + '):', '',
               markdown_table(averaged, SUMMARY_COLUMNS)]
+  if record.get('over_seeds'):  # markdown: the arms over their seeds, the note's conclusions
+    lines += ['', record['over_seeds'].strip()]
   if record.get('notes'):
     lines += [''] + [f'- {n}' for n in record['notes']]
   if record.get('figures'):

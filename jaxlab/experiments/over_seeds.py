@@ -1,0 +1,106 @@
+"""Arms trained on the same seeds, compared seed by seed: each arm's per-seed values of every
+metric with mean ± std and the 95% t-interval, and a reference note's conclusions as paired
+tests over the seeds with their verdicts (stats.json), and the tables that show them.
+
+A family gives its rows (one per arm: `<metric>_per_seed` lists, or a single `<metric>` for
+one seed) and its claims: (claim id in jaxlab.reference_claims, the claim, the metric, arm a,
+arm b, the claimed sign of a − b: +1 / −1, or 0 for "about equal")."""
+
+from jaxlab.io.figures import markdown_table
+from jaxlab.metrics import stats
+
+
+def per_seed(row, metric):
+  """The arm's per-seed values of `metric` (one value for a one-seed run), or None."""
+  if f'{metric}_per_seed' in row:
+    return list(row[f'{metric}_per_seed'])
+  return [row[metric]] if row.get(metric) is not None else None
+
+
+def seed_stats(rows, key, metrics, claims, dataset, seeds, descriptions, reference=None):
+  """stats.json: each finished arm's (row[key]) per-seed values of every metric with their
+  summary, and each claim compared between arms of this sweep: both sides' per-seed values, the
+  paired statistics and the verdict, or why it was not measured. `reference`: {arm: {metric:
+  value}}, the note's own numbers (for its difference); `descriptions`: {metric: what it is}."""
+  finished = {r[key]: r for r in rows if r.get('diverged_at_step') is None}
+  arms = {}
+  for name, row in finished.items():
+    arms[name] = {'seeds': row.get('seeds', list(seeds))}
+    for metric in metrics:
+      values = per_seed(row, metric)
+      if values is not None:
+        arms[name][metric] = {'values': values, **stats.summarize(values)}
+  reference = reference or {}
+  comparisons = []
+  for claim_id, claim, metric, a, b, sign in claims:
+    ref_a, ref_b = reference.get(a, {}).get(metric), reference.get(b, {}).get(metric)
+    row = {'claim_id': claim_id, 'claim': claim, 'metric': metric, 'a': a, 'b': b,
+           'claimed_sign': sign,
+           'reference_diff': ref_a - ref_b if ref_a is not None and ref_b is not None else None}
+    missing = [n for n in (a, b) if n not in arms or metric not in arms[n]]
+    if missing:
+      comparisons.append({**row, 'verdict': None,
+                          'not_measured': f'no finished {", ".join(missing)} in this sweep'})
+      continue
+    va, vb = arms[a][metric]['values'], arms[b][metric]['values']
+    compared = stats.paired(va, vb)
+    comparisons.append({**row, 'a_values': va, 'b_values': vb, **compared,
+                        'verdict': stats.verdict(compared, sign)})
+  return {'dataset': dataset, 'seeds': list(seeds), 'confidence': stats.CONFIDENCE,
+          'metrics': {m: descriptions.get(m, m) for m in metrics}, 'arms': arms,
+          'comparisons': comparisons}
+
+
+def shown(summary):
+  """'mean ± std' of a stats.summarize result (the mean alone for one seed)."""
+  if summary.get('std') is None:
+    return f'{summary["mean"]:.4f}'
+  return f'{summary["mean"]:.4f} ± {summary["std"]:.4f}'
+
+
+def interval(summary):
+  return '–' if summary.get('ci95') is None else \
+      f'[{summary["ci95"][0]:.4f}, {summary["ci95"][1]:.4f}]'
+
+
+def seeds_table(results_stats, metrics, first):
+  """Each arm over the seeds: n, then per metric (name, title) mean ± std; the 95% t-interval
+  of `first` (a metric name) beside it."""
+  rows, columns = [], [('arm', 'arm', '{}'), ('n', 'n', '{}')]
+  for name, arm in results_stats['arms'].items():
+    row = {'arm': name, 'n': arm[first]['n'] if first in arm else 0,
+           'ci': interval(arm[first]) if first in arm else '–'}
+    for metric, _ in metrics:
+      row[metric] = shown(arm[metric]) if metric in arm else '–'
+    rows.append(row)
+  for metric, title in metrics:
+    columns.append((f'{title}: mean ± std', metric, '{}'))
+    if metric == first:
+      columns.append((f'{title} 95% CI', 'ci', '{}'))
+  return (markdown_table(rows, columns) + '\n\nmean ± sample std (ddof 1) over the n seeds; the '
+          '95% CI is the t-interval of the mean.\n')
+
+
+def claims_report(results_stats, where, reference_title):
+  """The note's conclusions tested on this sweep, as a markdown section. `where`: the data set
+  and whether it is the note's; `reference_title`: the heading of the note's own column."""
+  rows = []
+  for c in results_stats['comparisons']:
+    ref = c['reference_diff']
+    measured, verdict = stats.describe(c, places=4)
+    rows.append({'id': c['claim_id'], 'claim': c['claim'], 'pair': f'{c["a"]} − {c["b"]}',
+                 'metric': c['metric'], 'ref': f'{ref:+.4f}' if ref is not None else '–',
+                 'measured': measured, 'verdict': verdict})
+  seeds = results_stats['seeds']
+  return (f'\n## The note\'s conclusions on this sweep ({where})\n\n'
+          f'Paired over seeds {seeds} (n = {len(seeds)}; each seed\'s arms share the data '
+          'order): supported = the 95% interval of a − b lies on the claimed side of 0, '
+          'contradicted = on the other side, not distinguishable = it holds 0 (what a claim of '
+          '"about equal" says; such a claim is contradicted when the interval excludes 0); '
+          'below 3 seeds no verdict. Per-seed values: stats.json.\n\n'
+          + markdown_table(rows, [
+              ('id', 'id', '{}'), ('the note\'s conclusion', 'claim', '{}'),
+              ('a − b', 'pair', '{}'), ('metric', 'metric', '{}'),
+              (reference_title, 'ref', '{}'),
+              ('measured: mean [95% CI], paired t-test p, n', 'measured', '{}'),
+              ('verdict', 'verdict', '{}')]) + '\n')
