@@ -23,6 +23,7 @@ from jaxlab.checks import at_least
 from jaxlab.credit import rules as credit
 from jaxlab.data.datasets import load_dataset
 from jaxlab.experiments import preflight
+from jaxlab.experiments.over_seeds import stacked
 from jaxlab.io.figures import line_plot, markdown_table
 from jaxlab.io.writers import write_json, write_text
 from jaxlab.metrics import stats
@@ -66,10 +67,6 @@ CLAIMS = (
 )
 IDENTITY_REFERENCE = {'block_ratio': 0.10, 'stack_rel_change': (0.196, 0.003),
                       'stack_cos': (0.981, 0.001)}
-
-
-def stacked(trees):
-  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
 def init_params(config, seed, image_shape, num_classes):

@@ -106,7 +106,7 @@ def seed_stats(config, rows, dataset_name):
   arms = set(config.mhc.arms)
   claims = [c for c in claims_of(config) if {c[3], c[4]} <= arms]  # the arms this sweep runs
   return over_seeds.seed_stats(rows, 'arm', METRICS, claims, dataset_name,
-                               run_seeds(config), DESCRIPTIONS, reference)
+                               over_seeds.run_seeds(config), DESCRIPTIONS, reference)
 
 
 def over_seeds_text(results_stats, dataset_name):
@@ -151,11 +151,6 @@ def model_and_params(config, num_classes, seed=None):
   seed = config.seed if seed is None else seed
   params = jax.jit(model.init)(run_keys(seed)[0], jnp.zeros((1, size, size, 3)))['params']
   return model, params
-
-
-def run_seeds(config):
-  """The random seeds of each arm: config.seeds (trained together), or config.seed alone."""
-  return tuple(config.get('seeds') or ()) or (config.seed,)
 
 
 def make_embed(task, model, config, mesh):
@@ -212,7 +207,7 @@ def step_time(summary, workdir):
 def run_arm(config, workdir, dataset, arm):
   """Train one arm; returns its row of the record (also in workdir/arm.json)."""
   c = arm_config(config, arm)
-  seeds = run_seeds(c)
+  seeds = over_seeds.run_seeds(c)
   inits = [model_and_params(c, dataset.num_classes, seed) for seed in seeds]
   model, params = inits[0]
   spec = model.residual
@@ -220,7 +215,7 @@ def run_arm(config, workdir, dataset, arm):
     spec.warn_if_trivial()
   together = bool(c.get('seeds'))  # the seeds train together under vmap (Replicas)
   if together:
-    params = jax.tree.map(lambda *leaves: jnp.stack(leaves), *(p for _, p in inits))
+    params = over_seeds.stacked([p for _, p in inits])
   task = Task(params=params, apply=flax_apply(model), rules=(('.*', 'all'),),
               seeds=seeds if together else None)
   mesh = make_mesh()

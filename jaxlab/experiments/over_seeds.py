@@ -6,8 +6,21 @@ A family gives its rows (one per arm: `<metric>_per_seed` lists, or a single `<m
 one seed) and its claims: (claim id in jaxlab.reference_claims, the claim, the metric, arm a,
 arm b, the claimed sign of a − b: +1 / −1, or 0 for "about equal")."""
 
+import jax
+import jax.numpy as jnp
+
 from jaxlab.io.figures import markdown_table
 from jaxlab.metrics import stats
+
+
+def run_seeds(config):
+  """The random seeds of each arm: config.seeds (trained together), or config.seed alone."""
+  return tuple(config.get('seeds') or ()) or (config.seed,)
+
+
+def stacked(trees):
+  """Trees of equal structure stacked leaf by leaf on a new leading (seed) axis."""
+  return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
 
 
 def per_seed(row, metric):

@@ -13,13 +13,12 @@ import dataclasses
 import os
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 
 from jaxlab import checks, models
 from jaxlab.checks import at_least, one_of, positive, rule, within
 from jaxlab.data.datasets import load_dataset, select_classes
-from jaxlab.experiments import peft_stats, preflight
+from jaxlab.experiments import over_seeds, peft_stats, preflight
 from jaxlab.io import pretrained as pt
 from jaxlab.io.figures import markdown_table, scatter_plot, with_status
 from jaxlab.io.writers import write_json, write_text
@@ -124,7 +123,7 @@ def make_task(config, num_classes, pretrained=None):
   if config.model.name != 'vit':
     raise ValueError(f'the peft family fine-tunes a ViT; model.name is {config.model.name!r}')
   targets = ('qkv', 'proj') if p.attn_only else LORA_TARGETS
-  seeds = run_seeds(config)
+  seeds = over_seeds.run_seeds(config)
   built = [api.peft_vit(models.vit_arch(config.model), num_classes, p.method, p.policy, p.rank,
                         p.alpha, p.dropout, tuple(p.lora_blocks), targets, seed, pretrained,
                         p.get('head_init', 'timm')) for seed in seeds]
@@ -139,7 +138,7 @@ def make_task(config, num_classes, pretrained=None):
   if config.get('seeds'):
     # The seeds train together under vmap (jaxlab.train.layouts.Replicas): each its own fresh
     # leaves (head, LoRA), data order and augmentation; the same backbone.
-    params = jax.tree.map(lambda *leaves: jnp.stack(leaves), *(b[1] for b in built))
+    params = over_seeds.stacked([b[1] for b in built])
   return Task(
       params=params, apply=flax_apply(model), rules=rules,
       hold_schedule=methods.hold_schedule(p.freeze_lora_steps, p.freeze_norm_steps,
@@ -147,11 +146,6 @@ def make_task(config, num_classes, pretrained=None):
       diagnostics=('lora', 'norm') if p.diagnostics else (),
       diagnostics_every=p.get('diagnostics_every', 0), controller=parity,
       seeds=seeds if config.get('seeds') else None)
-
-
-def run_seeds(config):
-  """The random seeds of each method's run: config.seeds (trained together), or config.seed."""
-  return tuple(config.get('seeds') or ()) or (config.seed,)
 
 
 def load_pretrained(config):
@@ -485,7 +479,7 @@ def write_report(workdir, rows, config, echo=True):
           '(arguments, incl. the device-resident data set, + outputs − donated + temporaries); '
           'the runtime\'s process-wide peak is in each summary.json.')
   finished = [r for r in rows if r.get('diverged_at_step') is None]
-  seeds = run_seeds(config)
+  seeds = over_seeds.run_seeds(config)
   results_stats = peft_stats.seed_stats(rows, REFERENCE, config.data.name, seeds)
   write_json(os.path.join(workdir, 'stats.json'), results_stats)
   if any('acc1_per_seed' in r for r in finished):
