@@ -407,9 +407,7 @@ def validate(config, overridden=frozenset(), devices=1):
       checks.unread_override(f'model.hc.{name}', overridden, 'by the regular arm alone (plain '
                              'residual connections)', 'add an mHC arm to --config.mhc.arms')
   if c.get('seeds'):
-    if len(set(c.seeds)) != len(c.seeds):
-      checks.fail('seeds', f'seeds {tuple(c.seeds)} repeats a seed',
-                  'list each seed once, e.g. --config.seeds="(42, 43, 44)"')
+    preflight.check_seeds(c)
     if c.averaging.every_steps:
       checks.fail('averaging.every_steps', 'checkpoint averaging averages one model\'s '
                   f'parameters, and seeds {tuple(c.seeds)} train several together',

@@ -353,9 +353,7 @@ def validate(config, overridden=frozenset(), devices=1):
     unread('peft.diagnostics_every', 'while peft.diagnostics=false',
            'set --config.peft.diagnostics=true too')
   if c.get('seeds'):
-    if len(set(c.seeds)) != len(c.seeds):
-      checks.fail('seeds', f'seeds {tuple(c.seeds)} repeats a seed',
-                  'list each seed once, e.g. --config.seeds="(42, 43, 44)"')
+    preflight.check_seeds(c)
     if p.diagnostics:
       checks.fail('peft.diagnostics', 'the gradient diagnostics measure one model, and seeds '
                   f'{tuple(c.seeds)} train several together',

@@ -181,6 +181,13 @@ def check_classes(c, field, num_classes):
                 f'list labels in 0..{num_classes - 1}')
 
 
+def check_seeds(c):
+  """config.seeds, when set, names each random seed once."""
+  if len(set(c.seeds)) != len(c.seeds):
+    checks.fail('seeds', f'seeds {tuple(c.seeds)} repeats a seed',
+                'list each seed once, e.g. --config.seeds="(42, 43, 44)"')
+
+
 def check_divisible(c, field, devices, what='devices'):
   """A batch (or a worker count) that the mesh's devices must split evenly."""
   value = checks.get(c, field)
