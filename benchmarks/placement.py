@@ -26,7 +26,8 @@ from benchmarks.workloads import default_out
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKLOADS = {
     # LeNet-5 on the digits, 4 simulated devices, batch 64, one step per dispatch.
-    'lenet/quick': ['--config=configs/distributed.py:quick', "--config.arms=('sync',)"],
+    'lenet/quick': ['--config=configs/distributed.py:quick', "--config.arms=('sync',)",
+                    '--config.seeds=()'],
     # The mHC quick ViT (regular residual) on the digits, batch 64, 23 steps per dispatch.
     'vit/quick': ['--config=configs/mhc.py:quick', "--config.mhc.arms=('regular',)"],
 }

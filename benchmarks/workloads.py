@@ -99,6 +99,7 @@ def _lenet(batch, small, conv_impl):
   from jaxlab.experiments.distributed import make_task
   c = get_config(None)
   with c.unlocked():
+    c.seeds = ()  # one model: the step users time
     c.train.batch_size = min(batch, 1024) if small else batch
     c.model.conv_impl = conv_impl
   return c, make_task(c, 100, (32, 32, 3)), (32, 32, 3), frozenset()
@@ -110,6 +111,7 @@ def _local(arm, small, conv_impl):
   from configs.distributed import get_config
   from jaxlab.experiments.distributed import local_spec, make_task
   c = get_config(None)
+  c.seeds = ()  # one model: the step users time
   per_worker = 16 if small else 64
   devices = jax.device_count()
   workers = -(-LOCAL_WORKERS // devices) * devices  # 4, or a multiple of a larger device count

@@ -23,8 +23,6 @@ NOTES = {
     'dist': 'Distributed training: baselines, large batch, local SGD (LeNet-5, CIFAR-100)',
 }
 
-ONE_SEED = ('this family runs one seed per arm so far: a paired comparison over seeds needs '
-            'config.seeds in it (not built yet)')
 PEFT_COST = ('step time and peak memory are measured once per method, for its seeds trained '
              'together: one value, no spread over seeds (the PEFT table reports them)')
 PEFT_PLACEMENT = ('needs deep_lora, odd_lora and even_lora run over the same seeds; their '
@@ -34,6 +32,11 @@ PEFT_FREEZING = ('the selective-freezing variants run one method each; their com
 MHC_FIRST = ('about the note\'s first mHC (wrapped around whole blocks), which is not an arm here '
              '(the arms wrap the attention and MLP branches)')
 INTERPRETATION = 'an interpretation or explanation, not a comparison a run measures'
+DIST_TUNING = ('a ranking of the note\'s ten AdamW tuning runs: the tune_adamw grid runs AdamW '
+               'settings over seeds (grid.md shows their means), but no stats.json compares its '
+               'cells pairwise yet')
+DIST_SWAPPED = ('its two arms differ in learning rate as well as augmentation (V7 lr 1e-3 against '
+                'the lr 5e-4 runs): no pair of arms isolates the swap yet')
 
 CLAIMS = (
     Claim('peft4-1', 'peft4',
@@ -272,7 +275,8 @@ CLAIMS = (
           ('For DFA the frozen rung k=0 is the best accuracy in both configs; every configuration '
            'with trained blocks lands below it.'),
           'd=256: 0.349 vs 0.244 / 0.286 / 0.296 / 0.301; d=512: 0.349 vs 0.226 / 0.302',
-          why_not=ONE_SEED),
+          why_not=('k=0 against every trained rung: the ladder\'s stats.json compares k=0 with '
+                   'the fully trained rung alone (ladder-5, ladder-6), not with each k')),
     Claim('ladder-5', 'ladder',
           'Fully trained DFA (d=256) is worse than its frozen baseline.',
           '0.301 vs 0.349 (−4.8 pp)',
@@ -436,7 +440,7 @@ CLAIMS = (
           'The best AdamW configuration is S6.',
           ('S6 (bs 64, β 0.9, wd 4e-4, lr 5e-4): val acc 49.95%; next best L1 49.21%; range '
            '44.80–49.95% over 10 runs'),
-          why_not=ONE_SEED),
+          why_not=DIST_TUNING),
     Claim('dist-2', 'dist',
           ("SGDM's chosen learning rate is 0.01 (its batch size, momentum and weight-decay entries"
            ' are left blank).'),
@@ -450,7 +454,7 @@ CLAIMS = (
     Claim('dist-4', 'dist',
           'With the augmentations swapped, AdamW reaches only 42.83%.',
           'V7 (AdamW, bs 64, wd 4e-4, lr 1e-3): 42.83%',
-          why_not=ONE_SEED),
+          why_not=DIST_SWAPPED),
     Claim('dist-5', 'dist',
           'With the augmentations swapped, SGDM overfits.',
           'V8 (SGDM, bs 64, momentum 0.9, wd 4e-4, lr 1e-2): "the model overfit" (no number)',
@@ -459,7 +463,7 @@ CLAIMS = (
           ('With the shared final augmentation (the SGDM transforms minus RandomAffine), SGDM '
            'beats AdamW.'),
           'SGDM 53.38% vs AdamW 45.94% (+7.44 pp)',
-          why_not=ONE_SEED),
+          measured_by='distributed'),
     Claim('dist-7', 'dist',
           ("LARS scales each layer's learning rate by weight and gradient norms, which the note "
            'says removes the need for traditional LR schedulers.'),

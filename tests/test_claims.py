@@ -10,7 +10,7 @@ from scipy import stats as sp
 from configs import hybrid as hybrid_config
 from configs import ladder as ladder_config
 from jaxlab import claims
-from jaxlab.experiments import ladder, mhc, peft, peft_stats
+from jaxlab.experiments import distributed, ladder, mhc, peft, peft_stats
 from jaxlab.reference_claims import CLAIMS, NOTES
 
 
@@ -27,6 +27,8 @@ def test_every_claim_is_measured_or_says_why_not():
   assert {c.id for c in CLAIMS if c.measured_by == 'peft'} == {e[0] for e in peft_stats.CLAIMS}
   assert {c.id for c in CLAIMS if c.measured_by == 'mhc'} == {
       e[0] for e in mhc.WHD_CLAIMS + mhc.COSINE_CLAIMS}
+  assert {c.id for c in CLAIMS if c.measured_by == 'distributed'} == {
+      e[0] for e in distributed.CLAIMS}
 
 
 def test_peft_stats_recomputed_from_the_per_seed_values(tmp_path):
@@ -105,12 +107,13 @@ def test_claims_page_from_two_ladders(tmp_path, capsys):
   for c in CLAIMS:
     assert f'| {c.id} |' in text, c.id
   rows = {line.split(' | ')[0][2:]: line for line in text.splitlines()
-          if line.startswith('| ladder-')}
+          if line.startswith(('| ladder-', '| dist-'))}
   assert rows['ladder-1'].endswith('| supported |')  # BP full vs frozen, deep ladder
   assert 'digits' in rows['ladder-1'] and 'bp_k4 − bp_k0: +0.19' in rows['ladder-1']
   assert 'n too small: no verdict' in rows['ladder-2']  # the two-seed shallow ladder
   assert 'not measured: a consistency check' in rows['ladder-14']
-  assert 'not measured: this family runs one seed' in text  # the PEFT, mHC, LeNet claims
+  # A claim another family measures, with none of its workdirs read: said so.
+  assert 'not measured: no stats.json of the distributed family' in rows['dist-6']
 
 
 def test_a_missing_workdir_is_one_line(tmp_path, capsys):

@@ -38,6 +38,7 @@ def quick_config(**train):
   c = distributed.get_config('quick')
   c.progress = False
   c.arms = ()
+  c.seeds = ()
   c.train.update(eval_batch_size=120, steps=4, **train)  # lr 1e4 overflows at step 3
   return c
 

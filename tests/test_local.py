@@ -219,6 +219,7 @@ def test_grid_sweep_resumes_cell_by_cell(tmp_path, monkeypatch):
   c = dist_config.get_config('quick')
   c.progress = False
   c.arms = ()
+  c.seeds = ()
   c.train.update(batch_size=16, epochs=1, eval_batch_size=8)
   c.grid = 'optim.lr=0.01,0.1;optim.weight_decay=0.0,0.001'
   real_fit = distributed.fit

@@ -21,7 +21,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 12  # about half an epoch of the quick sync arm, two of local SGD
-COMMON = ['--config=configs/distributed.py:quick', '--config.progress=false',
+COMMON = ['--config=configs/distributed.py:quick', '--config.progress=false', '--config.seeds=()',
           f'--config.train.steps={STEPS}', '--config.checkpoint.every_steps=4']
 ARMS = ('sync', 'local_sgd')
 COMPARED = ('acc1', 'nll', 'ece', 'acc1_best', 'steps')

@@ -14,11 +14,12 @@ import copy
 import os
 
 import jax.numpy as jnp
+import numpy as np
 
 from jaxlab import checks, experiments, models
 from jaxlab.checks import at_least, one_of, positive, rule, within
 from jaxlab.data.datasets import load_dataset
-from jaxlab.experiments import preflight
+from jaxlab.experiments import over_seeds, preflight
 from jaxlab.io.figures import line_plot, markdown_table, with_status
 from jaxlab.io.writers import write_json, write_text
 from jaxlab.models import conv
@@ -45,6 +46,26 @@ AUG_SETS = {
     'sgdm': dict(crop_padding=4, flip=True, rotation=15.0, perspective=0.2, perspective_p=0.5,
                  color_jitter=(0.3, 0.3, 0.3, 0.2)),
 }
+# Arms that compare optimizers (the synchronous baseline with the note's recipes): each sets
+# these optim fields; the note's stronger-augmentation comparison (docs/references.md) ran
+# SGDM at lr 1e-2, wd 4e-4 against AdamW at lr 5e-4, wd 5e-4.
+OPTIMIZER_ARMS = {
+    'sgdm': dict(name='sgdm', lr=1e-2, momentum=0.9, weight_decay=4e-4),
+    'adamw': dict(name='adamw', lr=5e-4, weight_decay=5e-4),
+}
+# The metrics each run reports per seed (summary.json '<metric>_per_seed'), and the note's
+# conclusions that a sweep of these arms tests as paired comparisons over its seeds (claim id
+# in jaxlab.reference_claims, the claim, the metric, arm a, arm b, the claimed sign of a − b).
+METRICS = ('acc1', 'acc1_best', 'nll', 'ece')
+DESCRIPTIONS = {'acc1': 'accuracy after the last epoch on the evaluation split',
+                'acc1_best': 'accuracy at the best evaluated epoch',
+                'nll': 'NLL after the last epoch', 'ece': 'global ECE (15 bins)'}
+CLAIMS = (
+    ('dist-6', 'SGDM beats AdamW with the shared stronger augmentation', 'acc1', 'sgdm',
+     'adamw', +1),
+)
+# The note's own numbers (validation accuracy on the 20% hold-out, one run each).
+REFERENCE = {'sgdm': {'acc1': 0.5338}, 'adamw': {'acc1': 0.4594}}
 COLUMNS = (
     ('arm', 'arm', '{}'),
     ('workers (sync: devices)', 'workers', '{}'),
@@ -104,18 +125,24 @@ def local_spec(config, steps_per_epoch):
 
 def make_task(config, num_classes, image_shape, workers=None):
   """LeNet-style classifier with every parameter in one optimizer group; model.param_init:
-  'torch' (PyTorch's defaults, as the original) or 'lecun' (see jaxlab.models.conv)."""
+  'torch' (PyTorch's defaults, as the original) or 'lecun' (see jaxlab.models.conv). With
+  config.seeds (and no local workers) the seeds train together under vmap: each its own init,
+  data order and augmentation (jaxlab.train.layouts.Replicas)."""
   model = models.model_from_config(config.model, num_classes)
   if hasattr(model, 'param_init'):
     model = model.clone(param_init=config.model.get('param_init', 'torch'))
-  init_key, _, _ = run_keys(config.seed)
-  params = model.init(init_key, jnp.zeros((1, *image_shape)), train=False)['params']
-  return Task(params=params, apply=flax_apply(model), rules=[('.*', 'base')], workers=workers)
+  seeds = over_seeds.run_seeds(config)
+  inits = [model.init(run_keys(seed)[0], jnp.zeros((1, *image_shape)), train=False)['params']
+           for seed in seeds]
+  together = bool(config.get('seeds')) and workers is None
+  return Task(params=over_seeds.stacked(inits) if together else inits[0],
+              apply=flax_apply(model), rules=[('.*', 'base')], workers=workers,
+              seeds=seeds if together else None)
 
 
 # What this family reads beyond configs/common.py's shared fields and the optimizers' own.
 FIELDS = guards.declare_family('distributed', guards.Family(
-    reads=('local.*', 'arms', 'aug_set', 'grid', 'model.conv_impl', 'model.param_init',
+    reads=('local.*', 'arms', 'seeds', 'aug_set', 'grid', 'model.conv_impl', 'model.param_init',
            'optim.lr_scaling', 'optim.base_batch', 'optim.lamb_lr', 'optim.lamb_weight_decay'),
     neutral=('model.conv_impl',),
     cells=('arms', 'grid'),
@@ -145,10 +172,18 @@ def validate(config, overridden=frozenset(), devices=1):
   """The family's fields, the devices' split of each arm's batch or workers, overrides
   that `arms`, `aug_set` or `grid` would ignore, and every grid cell as a config of its own."""
   c = config
-  bad = [arm for arm in c.arms if arm not in ('sync', *LOCAL_METHODS)]
+  bad = [arm for arm in c.arms if arm not in ('sync', *LOCAL_METHODS, *OPTIMIZER_ARMS)]
   if bad:
-    checks.fail('arms', f'unknown arms {bad}', f'choose from sync, {", ".join(LOCAL_METHODS)}')
-  methods = [('none' if arm == 'sync' else arm) for arm in c.arms] or [c.local.method]
+    checks.fail('arms', f'unknown arms {bad}',
+                f'choose from sync, {", ".join(LOCAL_METHODS)} (local methods) or '
+                f'{", ".join(OPTIMIZER_ARMS)} (the note\'s optimizer recipes, synchronous)')
+  if c.get('seeds'):
+    preflight.check_seeds(c)
+  for arm in c.arms:
+    for name in OPTIMIZER_ARMS.get(arm, {}):
+      checks.ignored_override(f'optim.{name}', overridden, f'arm {arm!r}',
+                              f'the arm sets it; drop {arm} from --config.arms to set it')
+  methods = [(arm if arm in LOCAL_METHODS else 'none') for arm in c.arms] or [c.local.method]
   if 'post_local' in methods:
     within(c, 'local.switch_epochs', 0, c.train.epochs, high_open=True,
            why=' (the epoch where post-local SGD turns local, inside train.epochs)')
@@ -202,6 +237,10 @@ def validate(config, overridden=frozenset(), devices=1):
 
 
 def run_one(config, workdir, dataset):
+  """One run of `config` in `workdir`: its summary. Several seeds (config.seeds) train together
+  in one program; under a local method (a leading worker axis) they run one after another."""
+  if config.get('seeds') and config.local.method != 'none':
+    return run_seeds_in_turn(config, workdir, dataset)
   config = copy.deepcopy(config)
   size = config.augment.resize or dataset.train.images.shape[1]
   shape = (size, size, dataset.train.images.shape[3])
@@ -220,6 +259,44 @@ def run_one(config, workdir, dataset):
   task = make_task(config, dataset.num_classes, shape, local_spec(config, spe))
   summary, _ = fit(config, workdir, task, dataset, summary_extra={'lr': config.optim.lr})
   return summary
+
+
+def seed_dir(workdir, seed):
+  return os.path.join(workdir, f'seed_{seed}')
+
+
+def run_seeds_in_turn(config, workdir, dataset):
+  """config.seeds one after another, each a resumable run of its own in WORKDIR/seed_<s>/ (the
+  local methods' worker axis holds one set of workers per program); WORKDIR/summary.json holds
+  their per-seed values and means, as a run of seeds trained together does."""
+  summaries = []
+  for seed in config.seeds:
+    c = copy.deepcopy(config)
+    with c.unlocked():
+      c.seed, c.seeds = seed, ()
+    print(f'seed {seed} of {tuple(config.seeds)} (one after another: local methods train one '
+          'set of workers per program)')
+    summaries.append(run_one(c, seed_dir(workdir, seed), dataset))
+  summary = combine_seeds(summaries, list(config.seeds))
+  write_json(os.path.join(workdir, 'summary.json'), summary)
+  return summary
+
+
+def combine_seeds(summaries, seeds):
+  """One summary of runs that differ only in their seed: the first's fields, each per-seed
+  metric as its mean with `<metric>_per_seed` and `<metric>_std` (ddof 1) beside it, as
+  jaxlab.train.evaluate reports seeds trained together."""
+  out = dict(summaries[0])
+  out.update(seeds=seeds, seeds_run='one after another',
+             seed_dirs=[f'seed_{s}' for s in seeds])
+  for key in (*METRICS, 'throughput_img_s', 'avg_step_time_s', 'compute_time_s', 'comm_time_s'):
+    values = [s.get(key) for s in summaries]
+    if any(v is None for v in values):
+      continue
+    out[key] = float(np.mean(values))
+    out[f'{key}_per_seed'] = [float(v) for v in values]
+    out[f'{key}_std'] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+  return out
 
 
 def grid_cell_config(config, overrides):
@@ -284,6 +361,43 @@ def plot_grid(rows, fields, path, split):
   line_plot(path, lines, x, f'{split} acc@1 (final)', 'grid sweep', logx=logx, diverged=diverged)
 
 
+def arm_config(config, arm):
+  """The config of one arm: 'sync' (synchronous data parallelism), a local method, or an
+  optimizer recipe of OPTIMIZER_ARMS (synchronous)."""
+  c = copy.deepcopy(config)
+  with c.unlocked():
+    c.local.method = arm if arm in LOCAL_METHODS else 'none'
+    if arm in OPTIMIZER_ARMS:
+      c.optim.update(OPTIMIZER_ARMS[arm])
+  return c
+
+
+def seed_stats(config, rows, dataset):
+  """stats.json of an arms sweep over seeds (over_seeds.seed_stats): every arm's per-seed
+  values, and the note's conclusions about the arms present as paired comparisons."""
+  arms = set(config.arms)
+  claims = [c for c in CLAIMS if {c[3], c[4]} <= arms]
+  seeds = list(over_seeds.run_seeds(config))
+  return over_seeds.seed_stats(rows, 'arm', METRICS, claims, dataset.name, seeds, DESCRIPTIONS,
+                               REFERENCE)
+
+
+def over_seeds_text(config, results_stats, dataset):
+  """comparison.md's sections over the seeds: each arm's mean ± std and interval, and the
+  note's conclusions with their verdicts where the sweep has both arms."""
+  text = ('\n## Over the seeds\n\n'
+          + over_seeds.seeds_table(results_stats, (('acc1', 'acc@1 (final)'),
+                                                   ('acc1_best', 'acc@1 (best epoch)'),
+                                                   ('nll', 'NLL')), 'acc1'))
+  if results_stats['comparisons']:
+    where = ('the note\'s 20% validation hold-out of CIFAR-100' if dataset.name == 'cifar100'
+             and config.data.get('validation_fraction') else
+             f'{dataset.name} {dataset.eval_split}, not the note\'s CIFAR-100 validation hold-out:'
+             f' the verdicts concern this setting')
+    text += over_seeds.claims_report(results_stats, where, 'the note (one run)')
+  return text
+
+
 def arm_dir(workdir, arm):
   return os.path.join(workdir, arm)
 
@@ -306,17 +420,22 @@ def run(config, workdir):
     return summary
 
   def cell(arm):
-    c = copy.deepcopy(config)
-    with c.unlocked():
-      c.local.method = 'none' if arm == 'sync' else arm
+    c = arm_config(config, arm)
     return Cell(arm, arm_dir(workdir, arm), lambda: run_one(c, arm_dir(workdir, arm), dataset),
                 run_length(c))
 
   def assemble(finished, final):
     rows = [{'arm': arm, 'workers': summary.get('workers', summary.get('num_devices')),
              **summary} for arm, summary in finished.items()]
-    text = (f'# Synchronous data parallelism vs local methods on {config.data.name}\n\n'
+    optimizers = any(arm in OPTIMIZER_ARMS for arm in config.arms)
+    title = ('SGDM vs AdamW' if optimizers else
+             'Synchronous data parallelism vs local methods')
+    text = (f'# {title} on {config.data.name}\n\n'
             + markdown_table([with_status(r, 'acc1') for r in rows], COLUMNS) + '\n')
+    if any('acc1_per_seed' in r for r in rows):
+      results_stats = seed_stats(config, rows, dataset)
+      write_json(os.path.join(workdir, 'stats.json'), results_stats)
+      text += over_seeds_text(config, results_stats, dataset)
     write_text(os.path.join(workdir, 'comparison.md'), text)
     write_json(os.path.join(workdir, 'comparison.json'), rows)
     if final:
