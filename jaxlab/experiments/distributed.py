@@ -14,7 +14,6 @@ import copy
 import os
 
 import jax.numpy as jnp
-import numpy as np
 
 from jaxlab import checks, experiments, models
 from jaxlab.checks import at_least, one_of, positive, rule, within
@@ -27,6 +26,7 @@ from jaxlab.optim.optimizers import schedule_from_optim
 from jaxlab.parallel.local import (DYNAMIC_FORMS, METHOD_READS, METHODS as LOCAL_METHODS,
                                    WORKER_DATA, LocalSpec, worker_steps_per_epoch)
 from jaxlab.params import run_keys
+from jaxlab.train.evaluate import seed_fields
 from jaxlab.train.loop import fit
 from jaxlab.train.summary import print_summary
 from jaxlab.train.sweep import (Cell, apply_overrides, cell_name, parse_grid, run_length,
@@ -131,10 +131,10 @@ def make_task(config, num_classes, image_shape, workers=None):
   model = models.model_from_config(config.model, num_classes)
   if hasattr(model, 'param_init'):
     model = model.clone(param_init=config.model.get('param_init', 'torch'))
-  seeds = over_seeds.run_seeds(config)
+  together = bool(config.get('seeds')) and workers is None  # local methods: run_seeds_in_turn
+  seeds = tuple(config.seeds) if together else (config.seed,)
   inits = [model.init(run_keys(seed)[0], jnp.zeros((1, *image_shape)), train=False)['params']
            for seed in seeds]
-  together = bool(config.get('seeds')) and workers is None
   return Task(params=over_seeds.stacked(inits) if together else inits[0],
               apply=flax_apply(model), rules=[('.*', 'base')], workers=workers,
               seeds=seeds if together else None)
@@ -284,18 +284,14 @@ def run_seeds_in_turn(config, workdir, dataset):
 
 def combine_seeds(summaries, seeds):
   """One summary of runs that differ only in their seed: the first's fields, each per-seed
-  metric as its mean with `<metric>_per_seed` and `<metric>_std` (ddof 1) beside it, as
-  jaxlab.train.evaluate reports seeds trained together."""
+  metric as seeds trained together report it (evaluate.seed_fields)."""
   out = dict(summaries[0])
   out.update(seeds=seeds, seeds_run='one after another',
              seed_dirs=[f'seed_{s}' for s in seeds])
   for key in (*METRICS, 'throughput_img_s', 'avg_step_time_s', 'compute_time_s', 'comm_time_s'):
     values = [s.get(key) for s in summaries]
-    if any(v is None for v in values):
-      continue
-    out[key] = float(np.mean(values))
-    out[f'{key}_per_seed'] = [float(v) for v in values]
-    out[f'{key}_std'] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    if all(v is not None for v in values):
+      out.update(seed_fields(key, values))
   return out
 
 

@@ -107,11 +107,16 @@ def evaluate(eval_fn, params, data, num_examples, batch_size, mesh, feed=None):
     return metrics
   out = {}
   for key, per_seed in metrics.items():
-    values = np.array(per_seed)
-    out[key] = float(values.mean())
-    out[f'{key}_per_seed'] = values.tolist()
-    out[f'{key}_std'] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    out.update(seed_fields(key, per_seed))
   return out
+
+
+def seed_fields(key, per_seed):
+  """How a summary reports a metric of several seeds: {key: their mean, `key`_per_seed: the
+  values, `key`_std: their sample std (ddof 1; 0 for one seed)}."""
+  values = np.asarray(per_seed, np.float64)
+  return {key: float(values.mean()), f'{key}_per_seed': values.tolist(),
+          f'{key}_std': float(values.std(ddof=1)) if len(values) > 1 else 0.0}
 
 
 def predict(fn, params, data, num_examples, batch_size, mesh, feed=None):
