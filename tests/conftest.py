@@ -1,5 +1,6 @@
 """Shared test setup: eight simulated CPU devices, set before JAX starts (tests that need
-four take the first four), and one persistent compilation cache for the whole session."""
+four take the first four), the session's compile level (tests/xla_flags.py), and one
+persistent compilation cache for the whole session."""
 
 import os
 import shutil
@@ -10,9 +11,11 @@ import tempfile
 import pytest
 
 import timings  # tests/timings.py: this folder is on sys.path (pytest's rootdir conftest)
+import xla_flags  # tests/xla_flags.py: the session's compile level
 
-os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                           ' --xla_force_host_platform_device_count=8').strip()
+os.environ['XLA_FLAGS'] = ' '.join(filter(None, (
+    os.environ.get('XLA_FLAGS', ''), '--xla_force_host_platform_device_count=8',
+    xla_flags.COMPILE)))
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

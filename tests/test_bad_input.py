@@ -27,6 +27,7 @@ from absl import flags
 
 from jaxlab import experiments, launch
 from tests.test_headline import write_augreg_npz, write_cifar100
+import xla_flags  # tests/xla_flags.py
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 D, H, L, M = 'distributed:quick', 'hybrid:quick', 'ladder:quick', 'mhc:quick'
@@ -238,7 +239,7 @@ def test_bad_input_is_one_line_before_anything_runs(name, files, guarded, capsys
 
 
 def _launch(*args):
-  env = dict(os.environ, XLA_FLAGS='', PYTHONPATH=ROOT)
+  env = dict(os.environ, XLA_FLAGS=xla_flags.for_command(), PYTHONPATH=ROOT)
   return subprocess.run([sys.executable, 'launch.py', *args], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=300)
 

@@ -35,6 +35,7 @@ from jaxlab.train import guards, preemption
 from jaxlab.train.loop import fit
 from jaxlab.train.task import Task, flax_apply
 from tests.test_bad_input import run_console
+import xla_flags  # tests/xla_flags.py
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A one-cell ladder on digits: 2 seeds vmapped, 2 epochs of 12 steps, a few seconds a run.
@@ -56,7 +57,7 @@ def ladder_config(**train):
 
 
 def _env(**extra):
-  return {**os.environ, 'XLA_FLAGS': '', 'PYTHONPATH': ROOT, 'JAX_PLATFORMS': 'cpu', **extra}
+  return {**os.environ, 'XLA_FLAGS': xla_flags.for_command(), 'PYTHONPATH': ROOT, 'JAX_PLATFORMS': 'cpu', **extra}
 
 
 def start(*args, env=None, prefix=()):

@@ -18,6 +18,7 @@ import sys
 
 import numpy as np
 import pytest
+import xla_flags  # tests/xla_flags.py
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 2
@@ -26,14 +27,15 @@ TEST_PER_SPLIT = 4  # the final evaluation (and mhc's embeddings) run over all o
 
 
 def launch(*args, cache_dir=None, timeout=600):
-  """python launch.py ARGS on one CPU device (XLA_FLAGS cleared: the default configs' setting).
+  """python launch.py ARGS on one CPU device (no device count in XLA_FLAGS: the default configs'
+  setting; the session's compile level, tests/xla_flags.py).
 
   `cache_dir`: JAX's persistent compilation cache, shared by the runs of this module. Every
   program is still compiled once by its first run (and checked there); a rerun and a case that
   compiles the same program (LeNet in both distributed configs, the eager init ops) load it
   instead (measured on two shared CPU cores: distributed's rerun 19 s without it, 4 s with it).
   """
-  env = dict(os.environ, XLA_FLAGS='', PYTHONPATH=ROOT)
+  env = dict(os.environ, XLA_FLAGS=xla_flags.for_command(), PYTHONPATH=ROOT)
   if cache_dir:
     env.update(JAX_COMPILATION_CACHE_DIR=str(cache_dir),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',

@@ -7,13 +7,14 @@ import sys
 import pytest
 
 from jaxlab import cli, experiments
+import xla_flags  # tests/xla_flags.py
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = 'configs/distributed.py:quick'
 
 
 def launch(*args, timeout=240):
-  env = dict(os.environ, XLA_FLAGS='', PYTHONPATH=ROOT)
+  env = dict(os.environ, XLA_FLAGS=xla_flags.for_command(), PYTHONPATH=ROOT)
   return subprocess.run([sys.executable, 'launch.py', *args], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=timeout)
 

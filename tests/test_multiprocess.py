@@ -18,6 +18,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+import xla_flags  # tests/xla_flags.py
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 12  # about half an epoch of the quick sync arm, two of local SGD
@@ -29,7 +30,8 @@ COMPARED = ('acc1', 'nll', 'ece', 'acc1_best', 'steps')
 
 def _env():
   # No inherited device count: each run sets its own through simulated_cpu_devices.
-  return dict(os.environ, XLA_FLAGS='', PYTHONPATH=ROOT, JAX_PLATFORMS='cpu')
+  return dict(os.environ, XLA_FLAGS=xla_flags.for_command(), PYTHONPATH=ROOT,
+              JAX_PLATFORMS='cpu')
 
 
 def _free_port():

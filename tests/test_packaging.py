@@ -17,6 +17,7 @@ import pytest
 import jaxlab
 from jaxlab import cli
 from jaxlab.launch import default_workdir
+import xla_flags  # tests/xla_flags.py
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Where each source directory lands in the wheel (pyproject's package-dir).
@@ -127,7 +128,7 @@ def test_installed_wheel_runs_a_family_from_another_directory(wheel, tmp_path):
   # PYTHONPATH=site comes before the editable install's finder, which could otherwise supply
   # jaxlab (or just jaxlab.configs) from the checkout.
   env = {k: v for k, v in os.environ.items() if not k.startswith(('PYTHON', 'XLA_', 'JAX_'))}
-  env.update(PYTHONPATH=str(site), XLA_FLAGS='', JAX_PLATFORMS='cpu')
+  env.update(PYTHONPATH=str(site), XLA_FLAGS=xla_flags.for_command(), JAX_PLATFORMS='cpu')
 
   def run(*cmd):
     return subprocess.run(cmd, cwd=elsewhere, env=env, capture_output=True, text=True,
