@@ -101,7 +101,7 @@ def test_optimizer_arms_over_seeds_write_the_notes_comparison(small, tmp_path):
     assert comp['p_value'] == pytest.approx(sp.ttest_rel(va, vb).pvalue, rel=1e-9)
   text = open(tmp_path / 'comparison.md').read()
   assert '# SGDM vs AdamW on digits' in text and '## Over the seeds' in text
-  assert 'dist-6' in text and 'the verdicts concern this setting' in text
+  assert 'dist-6' in text and 'the verdicts concern digits test' in text
 
 
 def test_bad_seed_and_arm_settings_are_refused():

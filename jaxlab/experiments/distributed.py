@@ -262,6 +262,7 @@ def run_one(config, workdir, dataset):
 
 
 def seed_dir(workdir, seed):
+  """Where a seed run in turn lives: WORKDIR/seed_<s>/ (`workdir` '' gives the relative name)."""
   return os.path.join(workdir, f'seed_{seed}')
 
 
@@ -287,7 +288,7 @@ def combine_seeds(summaries, seeds):
   metric as seeds trained together report it (evaluate.seed_fields)."""
   out = dict(summaries[0])
   out.update(seeds=seeds, seeds_run='one after another',
-             seed_dirs=[f'seed_{s}' for s in seeds])
+             seed_dirs=[seed_dir('', s) for s in seeds])
   for key in (*METRICS, 'throughput_img_s', 'avg_step_time_s', 'compute_time_s', 'comm_time_s'):
     values = [s.get(key) for s in summaries]
     if all(v is not None for v in values):
@@ -386,10 +387,9 @@ def over_seeds_text(config, results_stats, dataset):
                                                    ('acc1_best', 'acc@1 (best epoch)'),
                                                    ('nll', 'NLL')), 'acc1'))
   if results_stats['comparisons']:
-    where = ('the note\'s 20% validation hold-out of CIFAR-100' if dataset.name == 'cifar100'
-             and config.data.get('validation_fraction') else
-             f'{dataset.name} {dataset.eval_split}, not the note\'s CIFAR-100 validation hold-out:'
-             f' the verdicts concern this setting')
+    where = over_seeds.where_verdicts_apply(
+        f'{dataset.name} {dataset.eval_split}', 'the note\'s 20% validation hold-out of CIFAR-100',
+        dataset.name == 'cifar100' and bool(config.data.get('validation_fraction')))
     text += over_seeds.claims_report(results_stats, where, 'the note (one run)')
   return text
 

@@ -23,7 +23,7 @@ from jaxlab.checks import at_least
 from jaxlab.credit import rules as credit
 from jaxlab.data.datasets import load_dataset
 from jaxlab.experiments import preflight
-from jaxlab.experiments.over_seeds import stacked
+from jaxlab.experiments.over_seeds import stacked, where_verdicts_apply
 from jaxlab.io.figures import line_plot, markdown_table
 from jaxlab.io.writers import write_json, write_text
 from jaxlab.metrics import stats
@@ -260,8 +260,8 @@ def claims_report(config, results_stats):
              ('the note (CIFAR-10)', 'ref', '{}'),
              ('measured: mean [95% CI], paired t-test p, n', 'measured', '{}'),
              ('verdict', 'verdict', '{}')]
-  where = ('CIFAR-10, the note\'s setting' if config.data.name == 'cifar10' else
-           f'{config.data.name}, not the note\'s CIFAR-10: the verdicts concern {config.data.name}')
+  where = where_verdicts_apply(config.data.name, 'the note\'s CIFAR-10',
+                               config.data.name == 'cifar10')
   return (f'\n## The note\'s conclusions on this sweep ({where})\n\n'
           f'Paired over seeds {list(config.seeds)} (n = {len(config.seeds)}): supported = the 95% '
           'interval of a − b lies on the claimed side of 0, contradicted = on the other side, not '

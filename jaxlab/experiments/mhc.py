@@ -111,8 +111,8 @@ def seed_stats(config, rows, dataset_name):
 
 def over_seeds_text(results_stats, dataset_name):
   """record.md's section of the arms over their seeds and the note's conclusions."""
-  where = ('CIFAR-10, the note\'s data set' if dataset_name == 'cifar10' else
-           f'{dataset_name}, not the note\'s CIFAR-10: the verdicts concern {dataset_name}')
+  where = over_seeds.where_verdicts_apply(dataset_name, 'the note\'s CIFAR-10',
+                                         dataset_name == 'cifar10')
   return ('### Over the seeds\n\n' + over_seeds.seeds_table(
       results_stats, (('acc', 'test/acc'), ('loss', 'test/loss'), ('knn_acc', 'test/knn_acc'),
                       ('silhouette', 'test/silhouette')), 'acc')

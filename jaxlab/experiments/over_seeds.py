@@ -94,6 +94,15 @@ def seeds_table(results_stats, metrics, first):
           '95% CI is the t-interval of the mean.\n')
 
 
+def where_verdicts_apply(measured_on, note_setting, is_note_setting):
+  """Where a claims section's verdicts apply: the note's own setting (`note_setting`, e.g. "the
+  note's CIFAR-10") when the sweep ran it, else what the sweep measured instead, saying that
+  the verdicts concern that and not the note's setting."""
+  if is_note_setting:
+    return note_setting
+  return f'{measured_on}, not {note_setting}: the verdicts concern {measured_on}'
+
+
 def claims_report(results_stats, where, reference_title):
   """The note's conclusions tested on this sweep, as a markdown section. `where`: the data set
   and whether it is the note's; `reference_title`: the heading of the note's own column."""

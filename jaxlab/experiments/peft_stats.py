@@ -64,6 +64,5 @@ def seeds_table(results_stats):
 
 def claims_report(results_stats, dataset):
   """The note's conclusions against this sweep: table.md's claims section."""
-  where = ('CIFAR-100, the note\'s data set (the note: ViT-S/16)' if dataset == 'cifar100' else
-           f'{dataset}, not the note\'s CIFAR-100: the verdicts concern {dataset}')
+  where = over_seeds.where_verdicts_apply(dataset, 'the note\'s CIFAR-100', dataset == 'cifar100')
   return over_seeds.claims_report(results_stats, where, 'the note (one run)')
