@@ -275,8 +275,7 @@ CLAIMS = (
           ('For DFA the frozen rung k=0 is the best accuracy in both configs; every configuration '
            'with trained blocks lands below it.'),
           'd=256: 0.349 vs 0.244 / 0.286 / 0.296 / 0.301; d=512: 0.349 vs 0.226 / 0.302',
-          why_not=('k=0 against every trained rung: the ladder\'s stats.json compares k=0 with '
-                   'the fully trained rung alone (ladder-5, ladder-6), not with each k')),
+          measured_by='ladder'),
     Claim('ladder-5', 'ladder',
           'Fully trained DFA (d=256) is worse than its frozen baseline.',
           '0.301 vs 0.349 (−4.8 pp)',

@@ -112,6 +112,12 @@ def test_claims_page_from_two_ladders(tmp_path, capsys):
   assert 'digits' in rows['ladder-1'] and 'bp_k4 − bp_k0: +0.19' in rows['ladder-1']
   assert 'n too small: no verdict' in rows['ladder-2']  # the two-seed shallow ladder
   assert 'not measured: a consistency check' in rows['ladder-14']
+  # ladder-4 (frozen DFA above every trained rung): a row per trained rung of each ladder.
+  four = [line for line in text.splitlines() if line.startswith('| ladder-4 |')]
+  assert [line.split(' | ')[4].split(':')[0] for line in four] == [
+      f'dfa_k0 − dfa_k{k}' for k in (1, 2, 3, 4, 1, 2)]
+  assert all(line.endswith('| supported |') for line in four[:4])  # the deep ladder, 3 seeds
+  assert all('n too small' in line for line in four[4:])  # the shallow one, 2 seeds
   # A claim another family measures, with none of its workdirs read: said so.
   assert 'not measured: no stats.json of the distributed family' in rows['dist-6']
 

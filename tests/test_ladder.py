@@ -155,7 +155,14 @@ def test_stats_json_recomputed_independently_and_the_claims_table(tmp_path):
     assert cell['std'] == pytest.approx(acc.std(ddof=1))
     assert cell['ci95'] == pytest.approx(list(sp.t.interval(0.95, 2, acc.mean(), sp.sem(acc))))
   by_pair = {(r['a'], r['b']): r for r in out['comparisons']}
-  assert len(by_pair) == len(ladder.CLAIMS)
+  # One pair per claim, and ladder-4's frozen DFA rung against each of the 4 trained ones.
+  assert len(by_pair) == len(ladder.CLAIMS) - 1 + 4
+  each = [r for r in out['comparisons'] if r['claim_id'] == 'ladder-4']
+  assert [(r['a'], r['b']) for r in each] == [('dfa_k0', f'dfa_k{k}') for k in (1, 2, 3, 4)]
+  assert each[0]['reference_diff'] == pytest.approx(0.349 - 0.244)  # the note's d=256 ladder
+  # Made-up DFA falls 0.01 a rung: k0 − k1 = +0.01 with noise 0.004 is not yet certain at n = 3;
+  # k0 − k4 = +0.04 is.
+  assert each[-1]['verdict'] == 'supported' and each[-1]['claimed_sign'] == 1
   assert by_pair[('bp_k4', 'bp_k0')]['claim_id'] == 'ladder-1'  # the deep ladder's claims
   assert by_pair[('fa_k1', 'fa_k2')]['claim_id'] == 'ladder-11'
   bp = by_pair[('bp_k4', 'bp_k0')]

@@ -49,12 +49,14 @@ REFERENCE = {
 # rules share each seed's initial params and data order): (the ids of the claim in
 # jaxlab.reference_claims for the note's deep (d=256 L=4) and shallow (d=512 L=2) ladders, the
 # claim, (rule, k) of a, (rule, k) of b, the claimed sign of a − b in each: +1 / −1, or 0 for
-# "no difference"). 'L' is the full depth; a ladder of depth ≥ 3 is held to the deep claims,
-# a shallower one to the shallow ones. The note's own difference comes from REFERENCE where it
+# "no difference"). 'L' is the full depth, 'each' every trained rung k = 1..L (one comparison
+# each); a ladder of depth ≥ 3 is held to the deep claims, a shallower one to the shallow ones. The note's own difference comes from REFERENCE where it
 # holds the configuration.
 CLAIMS = (
     (('ladder-1', 'ladder-2'), 'BP climbs with trainable depth: full above frozen',
      ('bp', 'L'), ('bp', 0), (+1, +1)),
+    (('ladder-4', 'ladder-4'), 'DFA: frozen above every trained rung', ('dfa', 0),
+     ('dfa', 'each'), (+1, +1)),
     (('ladder-5', 'ladder-6'), 'DFA peaks at the frozen baseline: full below frozen',
      ('dfa', 'L'), ('dfa', 0), (-1, -1)),
     (('ladder-8', 'ladder-9'), 'FA: full above frozen in the deep ladder, no net gain in the '
@@ -213,6 +215,16 @@ def run(config, workdir):
       for rule, k in cells(config)], assemble)
 
 
+def _pairs(depth):
+  """Each CLAIMS entry with its two cells (rule, k) for a ladder of `depth`: 'L' made the
+  depth, 'each' one pair per trained rung k = 1..depth; pairs beyond the depth left out."""
+  for ids, claim, a, b, signs in CLAIMS:
+    for rung in range(1, depth + 1) if 'each' in (a[1], b[1]) else (None,):
+      pair = [(rule, {'L': depth, 'each': rung}.get(k, k)) for rule, k in (a, b)]
+      if max(pair[0][1], pair[1][1]) <= depth:
+        yield ids, claim, signs, *pair
+
+
 def seed_stats(config, results):
   """stats.json: every finished cell's per-seed accuracy with its summary, and each of the
   note's comparisons (CLAIMS) between cells of this sweep: both sides' per-seed values, the
@@ -223,10 +235,7 @@ def seed_stats(config, results):
   reference = REFERENCE.get((config.model.width, depth), {})
   comparisons = []
   deep = depth >= 3
-  for ids, claim, a, b, signs in CLAIMS:
-    (rule_a, k_a), (rule_b, k_b) = [(r, depth if k == 'L' else k) for r, k in (a, b)]
-    if max(k_a, k_b) > depth:
-      continue
+  for ids, claim, signs, (rule_a, k_a), (rule_b, k_b) in _pairs(depth):
     sign = signs[0 if deep else 1]
     names = cell_name(rule_a, k_a), cell_name(rule_b, k_b)
     row = {'claim_id': ids[0 if deep else 1], 'claim': claim, 'a': names[0], 'b': names[1],
