@@ -57,6 +57,21 @@ class Missing(BadInput):
   """Data or weights that are not on this machine (several are reported together)."""
 
 
+class SeedsDoNotFit(BadInput):
+  """The seeds a run trains together under vmap need more memory on a device than it has, by
+  XLA's memory analysis of the compiled training step (checked before the step first runs).
+  A family whose seeds can run one after another catches it and does so."""
+
+  def __init__(self, seeds, needed, available):
+    self.seeds, self.needed, self.available = tuple(seeds), needed, available
+    super().__init__(
+        f'the {len(self.seeds)} seeds {self.seeds} trained together need {size_text(needed)} '
+        f'on a device (XLA\'s memory analysis of the compiled training step), more than the '
+        f'{size_text(available)} a device has', flag('seeds'),
+        'train fewer seeds together (e.g. --config.seeds="(0,)", the others in runs of their '
+        'own) or use a smaller train.batch_size')
+
+
 def flag(field):
   """How a config field is set on the command line: --config.train.batch_size."""
   return f'--config.{field}'

@@ -1,6 +1,7 @@
-"""Seeds in the distributed family: synchronous runs train their seeds together under vmap, the
-local methods one after another; an arms sweep over seeds writes stats.json with the note's
-SGDM-vs-AdamW conclusion as a paired comparison."""
+"""Seeds in the distributed family: synchronous runs train their seeds together under vmap (one
+after another where they do not fit in memory together), the local methods one after another;
+an arms sweep over seeds writes stats.json with the note's SGDM-vs-AdamW conclusion as a paired
+comparison."""
 
 import json
 
@@ -113,3 +114,34 @@ def test_bad_seed_and_arm_settings_are_refused():
   assert e.value.where == '--config.optim.lr'
   with pytest.raises(checks.BadInput, match='unknown arms'):
     experiments.validate(config(arms=('sgdm', 'rmsprop')), devices=1)
+
+
+def test_seeds_that_do_not_fit_together_run_one_after_another(small, tmp_path, monkeypatch,
+                                                              capsys):
+  """A device too small for the seeds' vmapped step, by XLA's memory analysis of the compiled
+  step (here: a device of 1 byte): the seeds run one after another, said on stderr and in
+  summary.json; one seed alone is not checked (nothing to split)."""
+  from jaxlab.train import loop
+  monkeypatch.setattr(loop, 'device_memory_bytes', lambda: 1)
+  summary = distributed.run(config(seeds=(0, 1)), str(tmp_path))
+  assert summary['seeds'] == [0, 1] and summary['seeds_run'] == 'one after another'
+  assert 'seeds (0, 1) trained together need' in summary['seeds_run_why']
+  assert 'note: the 2 seeds (0, 1) trained together need' in capsys.readouterr().err
+  for i, seed in enumerate((0, 1)):
+    alone = json.load(open(tmp_path / f'seed_{seed}' / 'summary.json'))
+    assert alone['seeds'] == [seed] and summary['acc1_per_seed'][i] == alone['acc1']
+
+
+def test_a_family_without_seeds_in_turn_refuses_seeds_that_do_not_fit(tmp_path, monkeypatch):
+  from configs import ladder as ladder_config
+  from jaxlab.train import loop
+  monkeypatch.setattr(loop, 'device_memory_bytes', lambda: 1)
+  c = ladder_config.get_config('quick')
+  c.progress = False
+  c.credit.update(rules=('bp',), ks=(1,))
+  c.seeds = (1, 2)
+  c.train.update(epochs=1, steps=2)
+  with pytest.raises(checks.SeedsDoNotFit, match=r'more than the 1 B a device has') as e:
+    experiments.run(c, str(tmp_path))
+  assert e.value.where == '--config.seeds' and '--config.seeds="(0,)"' in e.value.fix
+  assert not (tmp_path / 'cells' / 'bp_k1' / 'checkpoints').exists()  # nothing trained

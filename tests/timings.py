@@ -58,6 +58,8 @@ SECONDS = {
     'tests/test_mhc.py::test_one_stream_warns_and_the_record_says_so': 9.5,
     'tests/test_fast_path.py::test_bf16_loss_within_two_percent_of_fp32_with_fp32_parameters': 9.5,
     'tests/test_distributed_seeds.py::test_optimizer_arms_over_seeds_write_the_notes_comparison': 9.3,
+    'tests/test_distributed_seeds.py::test_seeds_that_do_not_fit_together_run_one_after_another': 11.2,
+    'tests/test_distributed_seeds.py::test_a_family_without_seeds_in_turn_refuses_seeds_that_do_not_fit': 3.5,
     'tests/test_peft.py::test_held_group_is_bit_identical_and_head_moves': 9.1,
     'tests/test_api.py::test_from_timm_and_big_vision_with_another_num_classes': 8.6,
     'tests/test_placement.py::test_stream_equals_device_on_tfds_cifar': 8.2,

@@ -439,11 +439,8 @@ def _host_memory_bytes() -> int:
 def device_budget_bytes(budget_mb: float, devices=None) -> int:
   """Bytes each device may spend on the training split's images.
 
-  budget_mb > 0: that many MB (10^6 bytes). 0 (automatic): half the smallest
-  `memory_stats()['bytes_limit']` of this process's devices among `devices`
-  (default: `jax.local_devices()`) where the backend reports it; otherwise
-  (CPU) half of the host's physical memory divided by the number of those
-  devices, which share it.
+  budget_mb > 0: that many MB (10^6 bytes). 0 (automatic): half of what each device has
+  (`device_memory_bytes`).
   """
   budget_mb = float(budget_mb)
   if budget_mb < 0:
@@ -451,6 +448,14 @@ def device_budget_bytes(budget_mb: float, devices=None) -> int:
                      '(--config.data.device_budget_mb=)')
   if budget_mb > 0:
     return int(budget_mb * _MB)
+  return device_memory_bytes(devices) // 2
+
+
+def device_memory_bytes(devices=None) -> int:
+  """The memory one device has: the smallest `memory_stats()['bytes_limit']` of this process's
+  devices among `devices` (default: `jax.local_devices()`) where the backend reports it;
+  otherwise (CPU) the host's physical memory divided by the number of those devices, which
+  share it."""
   import jax  # pylint: disable=g-import-not-at-top
 
   devices = list(jax.local_devices() if devices is None else devices)
@@ -465,5 +470,5 @@ def device_budget_bytes(budget_mb: float, devices=None) -> int:
     if stats and stats.get('bytes_limit'):
       limits.append(int(stats['bytes_limit']))
   if devices and len(limits) == len(devices):
-    return min(limits) // 2
-  return _host_memory_bytes() // 2 // max(len(devices), 1)
+    return min(limits)
+  return _host_memory_bytes() // max(len(devices), 1)

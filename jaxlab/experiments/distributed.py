@@ -12,6 +12,7 @@ the tables are assembled from the finished cells' result files.
 
 import copy
 import os
+import sys
 
 import jax.numpy as jnp
 
@@ -238,9 +239,19 @@ def validate(config, overridden=frozenset(), devices=1):
 
 def run_one(config, workdir, dataset):
   """One run of `config` in `workdir`: its summary. Several seeds (config.seeds) train together
-  in one program; under a local method (a leading worker axis) they run one after another."""
+  in one program; under a local method (a leading worker axis), or where the seeds together do
+  not fit in a device's memory (checks.SeedsDoNotFit), they run one after another."""
   if config.get('seeds') and config.local.method != 'none':
     return run_seeds_in_turn(config, workdir, dataset)
+  try:
+    return _run_together(config, workdir, dataset)
+  except checks.SeedsDoNotFit as e:
+    why = f'{e.what}: the seeds run one after another'
+    print(f'note: {why}', file=sys.stderr)
+    return run_seeds_in_turn(config, workdir, dataset, why)
+
+
+def _run_together(config, workdir, dataset):
   config = copy.deepcopy(config)
   size = config.augment.resize or dataset.train.images.shape[1]
   shape = (size, size, dataset.train.images.shape[3])
@@ -266,19 +277,22 @@ def seed_dir(workdir, seed):
   return os.path.join(workdir, f'seed_{seed}')
 
 
-def run_seeds_in_turn(config, workdir, dataset):
+LOCAL_IN_TURN = 'local methods train one set of workers per program'
+
+
+def run_seeds_in_turn(config, workdir, dataset, why=LOCAL_IN_TURN):
   """config.seeds one after another, each a resumable run of its own in WORKDIR/seed_<s>/ (the
-  local methods' worker axis holds one set of workers per program); WORKDIR/summary.json holds
-  their per-seed values and means, as a run of seeds trained together does."""
+  local methods' worker axis holds one set of workers per program; or the seeds together do
+  not fit in memory: `why`); WORKDIR/summary.json holds their per-seed values and means, as a
+  run of seeds trained together does, and why they ran in turn (seeds_run_why)."""
   summaries = []
   for seed in config.seeds:
     c = copy.deepcopy(config)
     with c.unlocked():
       c.seed, c.seeds = seed, ()
-    print(f'seed {seed} of {tuple(config.seeds)} (one after another: local methods train one '
-          'set of workers per program)')
+    print(f'seed {seed} of {tuple(config.seeds)} (one after another: {why})')
     summaries.append(run_one(c, seed_dir(workdir, seed), dataset))
-  summary = combine_seeds(summaries, list(config.seeds))
+  summary = {**combine_seeds(summaries, list(config.seeds)), 'seeds_run_why': why}
   write_json(os.path.join(workdir, 'summary.json'), summary)
   return summary
 

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from jaxlab import checks
 from jaxlab.data.augment import make_eval_preprocess
+from jaxlab.data.stream import device_memory_bytes
 from jaxlab.io import lock, provenance
 from jaxlab.io.checkpoint import (Checkpointer, backbone_record, check_backbone,
                                   describe_backbone, saved_steps)
@@ -252,6 +253,7 @@ def _train(config, workdir, task, dataset, mesh, on_chunk, summary_extra, layout
           compiled[n, hold] = chunk_fn(hold).lower(state, feed.train, batches).compile()
           compile_time += time.perf_counter() - t0
           step_mem[n, hold] = compiled_memory(compiled[n, hold])
+          check_seeds_fit(layout, step_mem[n, hold])
         # A step's time includes waiting for its batch; the metrics stay on the device until
         # settle() fetches them, so dispatches queue while the device computes.
         queue.open(step, t_feed)
@@ -381,6 +383,17 @@ def _train(config, workdir, task, dataset, mesh, on_chunk, summary_extra, layout
 
 
 MEMORY_SOURCE = 'xla_memory_analysis'
+
+
+def check_seeds_fit(layout, needed):
+  """Seeds trained together (the Replicas layout) whose compiled step needs more memory than a
+  device has (stream.device_memory_bytes: its limit, or on the CPU its share of the host's
+  memory) are refused before the step runs: checks.SeedsDoNotFit."""
+  if layout.name != 'replicas' or len(layout.seeds) < 2 or needed is None:
+    return
+  available = device_memory_bytes()
+  if needed > available:
+    raise checks.SeedsDoNotFit(layout.seeds, needed, available)
 
 
 def compiled_memory(compiled):
