@@ -57,7 +57,8 @@ def ladder_config(**train):
 
 
 def _env(**extra):
-  return {**os.environ, 'XLA_FLAGS': xla_flags.for_command(), 'PYTHONPATH': ROOT, 'JAX_PLATFORMS': 'cpu', **extra}
+  return {**os.environ, 'XLA_FLAGS': xla_flags.for_command(), 'PYTHONPATH': ROOT,
+          'JAX_PLATFORMS': 'cpu', **extra}
 
 
 def start(*args, env=None, prefix=()):

@@ -50,8 +50,8 @@ REFERENCE = {
 # jaxlab.reference_claims for the note's deep (d=256 L=4) and shallow (d=512 L=2) ladders, the
 # claim, (rule, k) of a, (rule, k) of b, the claimed sign of a − b in each: +1 / −1, or 0 for
 # "no difference"). 'L' is the full depth, 'each' every trained rung k = 1..L (one comparison
-# each); a ladder of depth ≥ 3 is held to the deep claims, a shallower one to the shallow ones. The note's own difference comes from REFERENCE where it
-# holds the configuration.
+# each); a ladder of depth ≥ 3 is held to the deep claims, a shallower one to the shallow ones.
+# The note's own difference comes from REFERENCE where it holds the configuration.
 CLAIMS = (
     (('ladder-1', 'ladder-2'), 'BP climbs with trainable depth: full above frozen',
      ('bp', 'L'), ('bp', 0), (+1, +1)),
