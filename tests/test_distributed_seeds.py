@@ -133,15 +133,10 @@ def test_seeds_that_do_not_fit_together_run_one_after_another(small, tmp_path, m
 
 
 def test_a_family_without_seeds_in_turn_refuses_seeds_that_do_not_fit(tmp_path, monkeypatch):
-  from configs import ladder as ladder_config
   from jaxlab.train import loop
+  from tests.test_faults import ladder_config  # one cell, two seeds
   monkeypatch.setattr(loop, 'device_memory_bytes', lambda: 1)
-  c = ladder_config.get_config('quick')
-  c.progress = False
-  c.credit.update(rules=('bp',), ks=(1,))
-  c.seeds = (1, 2)
-  c.train.update(epochs=1, steps=2)
   with pytest.raises(checks.SeedsDoNotFit, match=r'more than the 1 B a device has') as e:
-    experiments.run(c, str(tmp_path))
+    experiments.run(ladder_config(steps=2), str(tmp_path))
   assert e.value.where == '--config.seeds' and '--config.seeds="(0,)"' in e.value.fix
   assert not (tmp_path / 'cells' / 'bp_k1' / 'checkpoints').exists()  # nothing trained
