@@ -53,11 +53,11 @@ Grid sweeps (resumable cell by cell; grid.md, grid.png):
       --config.grid="optim.lr=0.005,0.01,0.05;optim.weight_decay=1e-4,4e-4" \
       --config.data.validation_fraction=0.2
 
-Seeds: config.seeds (default 0, 1, 2 in every centralized, large-batch and tuning variant and
-in quick; the local-method variants run config.seed alone) trains each seed from its own init,
+Seeds: config.seeds (default 0, 1, 2 in every variant) trains each seed from its own init,
 data order and augmentation. Synchronous runs train the seeds together under vmap in one program
-(n seeds hold n models' activations: at batch 8192 give --config.seeds="()" where memory is
-short); local methods run them one after another in WORKDIR/seed_<s>/. summary.json holds each
+(n seeds hold n models' activations: where they do not fit in a device's memory together, by
+XLA's memory analysis of the compiled step, they run one after another, and say so); local
+methods run them one after another in WORKDIR/seed_<s>/. summary.json holds each
 metric's mean with <metric>_per_seed beside it; an arms sweep writes stats.json and the seeds'
 table (mean ± std, 95% interval) in comparison.md.
 quick runs the synchronous baseline and local SGD (J = 8) side by side on 4 simulated CPU
@@ -204,8 +204,10 @@ def optimizers():
 
 def local_sgd(method='local_sgd', workers=4, sync_every=16):
   c = centralized_sgdm()
-  # One seed: the local methods' seeds run one after another (--config.seeds="(0, 1, 2)").
-  c.seeds = ()
+  # Seeds 0, 1, 2 as in every table variant; the local methods' run one after another (each a
+  # resumable run in WORKDIR/seed_<s>/): three times one seed's time (--config.seeds="()" for
+  # config.seed alone).
+  c.seeds = (0, 1, 2)
   c.local.update(method=method, workers=workers, sync_every=sync_every)
   c.optim.lr = 1e-3 * workers
   return c

@@ -121,7 +121,6 @@ def schedule(kind, **kw):
 
 
 def average(c):
-  c.seeds = ()  # the averaged parameters are one model's
   c.optim.update(dict(schedule='whd', decay_start_fraction=1.0))
   total = c.train.epochs * -(-50_000 // c.train.batch_size)  # every example: ceil(n / B) steps
   c.averaging.update(dict(every_steps=max(total // 50, 1), start_fraction=0.8, window=0))

@@ -130,6 +130,12 @@ def test_seeds_that_do_not_fit_together_run_one_after_another(small, tmp_path, m
   for i, seed in enumerate((0, 1)):
     alone = json.load(open(tmp_path / f'seed_{seed}' / 'summary.json'))
     assert alone['seeds'] == [seed] and summary['acc1_per_seed'][i] == alone['acc1']
+  # A rerun keeps the decision (seeds_in_turn.json): the seeds resume in turn, nothing trains.
+  assert json.load(open(tmp_path / 'seeds_in_turn.json'))['seeds'] == [0, 1]
+  again = distributed.run(config(seeds=(0, 1)), str(tmp_path))
+  out = capsys.readouterr()
+  assert out.out.count('finished earlier') == 2 and 'note:' not in out.err
+  assert again['acc1_per_seed'] == summary['acc1_per_seed']
 
 
 def test_a_family_without_seeds_in_turn_refuses_seeds_that_do_not_fit(tmp_path, monkeypatch):

@@ -20,7 +20,7 @@ def tiny(arms, **hc):
   # Batch 256: 5 steps an epoch on digits; snapshots after steps 3 and 5 for the average.
   c.train.update(dict(epochs=1, eval_every_epochs=1, batch_size=256, eval_batch_size=120))
   c.averaging.update(dict(every_steps=1, start_fraction=0.5, window=0))
-  c.seeds = ()  # the averaged parameters are one model's
+  c.seeds = ()  # one model (the tests that train seeds name them)
   return c
 
 
@@ -109,42 +109,57 @@ def test_bad_arm_and_residual_are_errors_naming_the_choices():
     mhc_config.get_config('quick,wsd')
 
 
-def test_seeds_trained_together_equal_each_seed_alone(tmp_path):
-  """config.seeds: each arm's seeds train together under vmap; each seed's accuracy, loss and
-  embedding metrics are those of that seed's run alone; the record and stats.json give the
-  mean ± std and the note's comparisons of the arms (two seeds: "n too small")."""
+def test_seeds_trained_together_equal_each_seed_alone(tmp_path, monkeypatch, capsys):
+  """config.seeds: each arm's seeds train together under vmap, checkpoint averaging keeping one
+  average per seed; each seed's accuracy, loss and embedding metrics, of the final and of the
+  averaged parameters, are those of that seed's run alone; the record and stats.json give the
+  mean ± std and the note's comparisons of the arms (two seeds: "n too small"). Where the
+  seeds do not fit in a device's memory together, they run one after another: those runs are
+  the seeds alone."""
   from jaxlab.data.datasets import load_dataset
   from jaxlab.experiments import mhc
+  from jaxlab.train import loop
   c = tiny(('regular', 'mhc_dynamic'))
-  c.averaging.every_steps = 0
   c.seeds = (3, 5)
   workdir = tmp_path / 'sweep'
   experiments.run(c, str(workdir))
   together = {r['arm']: r for r in json.load(open(workdir / 'record.json'))['arms']}
   dynamic = together['mhc_dynamic']
-  assert dynamic['seeds'] == [3, 5]
+  assert dynamic['seeds'] == [3, 5] and dynamic['averaged']['seeds'] == [3, 5]
   assert dynamic['acc'] == pytest.approx(sum(dynamic['acc_per_seed']) / 2)
-  alone_config = tiny(('regular', 'mhc_dynamic'))
-  alone_config.averaging.every_steps = 0
-  alone_config.seed = 5
-  alone = mhc.run_arm(alone_config, str(tmp_path / 'seed5'), load_dataset(c.data), 'mhc_dynamic')
-  for key in ('acc', 'loss', 'knn_acc', 'silhouette'):
-    assert dynamic[f'{key}_per_seed'][1] == pytest.approx(alone[key], abs=1e-5), key
+  # The same arm on a device too small for its two seeds together (by XLA's memory analysis of
+  # the compiled step; here a device of 1 byte): each seed alone, one after another.
+  monkeypatch.setattr(loop, 'device_memory_bytes', lambda: 1)
+  in_turn_dir = tmp_path / 'in_turn'
+  in_turn = mhc.run_arm(c, str(in_turn_dir), load_dataset(c.data), 'mhc_dynamic')
+  assert in_turn['seeds_run'] == 'one after another' and in_turn['seeds'] == [3, 5]
+  assert 'the 2 seeds (3, 5) trained together need' in capsys.readouterr().err
+  assert (in_turn_dir / 'embeddings.png').exists() and (in_turn_dir / 'arm.json').exists()
+  for i, seed in enumerate((3, 5)):
+    alone = json.load(open(in_turn_dir / f'seed_{seed}' / 'arm.json'))
+    assert alone['averaged']['arm'] == dynamic['averaged']['arm']  # the same snapshots
+    for key in ('acc', 'loss', 'knn_acc', 'silhouette'):
+      assert in_turn[f'{key}_per_seed'][i] == alone[key], key
+      assert in_turn['averaged'][f'{key}_per_seed'][i] == alone['averaged'][key], key
+      assert dynamic[f'{key}_per_seed'][i] == pytest.approx(alone[key], abs=1e-5), key
+      assert dynamic['averaged'][f'{key}_per_seed'][i] == pytest.approx(
+          alone['averaged'][key], abs=1e-5), key
+  # A rerun keeps the decision: the seeds resume in turn (finished: nothing trains).
+  again = mhc.run_arm(c, str(in_turn_dir), load_dataset(c.data), 'mhc_dynamic')
+  err = capsys.readouterr()
+  assert again['acc_per_seed'] == in_turn['acc_per_seed'] and 'note:' not in err.err
+  assert err.out.count('finished earlier') == 2
+  # The averaged parameters are not the final ones (the average is of two snapshots).
+  assert dynamic['averaged']['loss_per_seed'] != dynamic['loss_per_seed']
   stats = json.load(open(workdir / 'stats.json'))
-  assert stats['seeds'] == [3, 5] and set(stats['arms']) == {'regular', 'mhc_dynamic'}
+  assert stats['seeds'] == [3, 5] and set(stats['arms']) == {
+      'regular', 'mhc_dynamic', 'regular (averaged)', 'mhc_dynamic (averaged)'}
   assert stats['arms']['mhc_dynamic']['acc']['values'] == dynamic['acc_per_seed']
+  assert (stats['arms']['mhc_dynamic (averaged)']['loss']['values']
+          == dynamic['averaged']['loss_per_seed'])
   assert {x['claim_id'] for x in stats['comparisons']} == {'mhc-7', 'mhc-8', 'mhc-9'}
   assert all(x.get('note') == 'n too small' and x['verdict'] is None
              for x in stats['comparisons'])
   text = open(workdir / 'record.md').read()
   assert '### Over the seeds' in text and 'the verdicts concern digits' in text
-
-
-def test_seeds_refuse_checkpoint_averaging():
-  from jaxlab import checks
-  from jaxlab.experiments import mhc
-  c = tiny(('regular',))
-  c.seeds = (1, 2, 3)
-  with pytest.raises(checks.BadInput, match='averages one model') as e:
-    mhc.validate(c)
-  assert e.value.where == '--config.averaging.every_steps'
+  assert 'mhc_dynamic (averaged)' in text.split('### Over the seeds', 1)[1]

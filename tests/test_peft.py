@@ -355,6 +355,32 @@ def test_seeds_trained_together_equal_each_seed_alone(tmp_path, tiny_digits):
   assert not np.allclose(a['head/kernel'][0], a['head/kernel'][1])
 
 
+def test_seeds_that_do_not_fit_together_run_one_after_another(tmp_path, tiny_digits, monkeypatch,
+                                                              capsys):
+  """A device too small for the seeds' vmapped step (XLA's memory analysis of the compiled step;
+  here a device of 1 byte): the method's seeds run one after another, each alone in
+  WORKDIR/seed_<s>/, said on stderr and in summary.json; a rerun keeps that decision."""
+  from jaxlab.train import loop
+  monkeypatch.setattr(loop, 'device_memory_bytes', lambda: 1)
+  c = tiny_config(diagnostics=False)
+  c.seeds = (3, 5)
+  summary = peft.run_seeds(c, str(tmp_path), tiny_digits, None, None)
+  assert summary['seeds'] == [3, 5] and summary['seeds_run'] == 'one after another'
+  assert 'the 2 seeds (3, 5) trained together need' in summary['seeds_run_why']
+  assert 'note: the 2 seeds (3, 5) trained together need' in capsys.readouterr().err
+  assert json.load(open(tmp_path / 'summary.json')) == json.loads(json.dumps(summary))
+  for i, seed in enumerate((3, 5)):
+    alone = json.load(open(tmp_path / f'seed_{seed}' / 'summary.json'))
+    assert alone['seeds'] == [seed]
+    for metric in ('acc1', 'nll', 'ece', 'ece_per_batch'):
+      assert summary[f'{metric}_per_seed'][i] == alone[metric], metric
+  assert summary['acc1'] == pytest.approx(np.mean(summary['acc1_per_seed']))
+  again = peft.run_seeds(c, str(tmp_path), tiny_digits, None, None)
+  out = capsys.readouterr()
+  assert out.out.count('finished earlier') == 2 and 'note:' not in out.err
+  assert again['acc1_per_seed'] == summary['acc1_per_seed']
+
+
 def test_seeds_refuse_the_one_model_measurements():
   for field in ('diagnostics', 'lr_parity'):
     c = tiny_config(diagnostics=field == 'diagnostics', lr_parity=field == 'lr_parity')

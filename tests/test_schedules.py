@@ -81,6 +81,28 @@ def test_average_equals_numpy_mean_of_the_snapshots(window, last):
                              rtol=1e-6)
 
 
+@pytest.mark.parametrize('window', [0, 3])
+def test_seeds_keep_each_their_own_average(window):
+  """Seeds trained together (parameters stacked on a leading seed axis): each seed's average is
+  the one it would have alone, exactly."""
+  avg = averaging.ParamAverage(start=0, every=1, window=window)
+  seeds = [snapshots(5), [jax.tree.map(lambda x: 2 * x + 1, s) for s in snapshots(5)]]
+  stacked = [jax.tree.map(lambda *x: np.stack(x), a, b) for a, b in zip(*seeds)]
+  stats = avg.init(stacked[0], seeds=True)
+  update = jax.jit(lambda st, p: avg.update(st, p, seeds=True))
+  for s in stacked:
+    stats = update(stats, s)
+  assert stats['count'].shape == (2,) and avg.snapshots(stats) == 5
+  got = avg.average(stats, stacked[0], seeds=True)
+  for i, snaps in enumerate(seeds):
+    alone = avg.init(snaps[0])
+    for s in snaps:
+      alone = jax.jit(avg.update)(alone, s)
+    want = avg.average(alone, snaps[0])
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+      np.testing.assert_array_equal(np.asarray(g)[i], np.asarray(w))
+
+
 def test_snapshot_steps_and_config():
   avg = averaging.from_config(ml_collections.ConfigDict(
       dict(every_steps=5, start_fraction=0.8, window=0)), total_steps=100)

@@ -12,7 +12,6 @@ the tables are assembled from the finished cells' result files.
 
 import copy
 import os
-import sys
 
 import jax.numpy as jnp
 
@@ -27,7 +26,6 @@ from jaxlab.optim.optimizers import schedule_from_optim
 from jaxlab.parallel.local import (DYNAMIC_FORMS, METHOD_READS, METHODS as LOCAL_METHODS,
                                    WORKER_DATA, LocalSpec, worker_steps_per_epoch)
 from jaxlab.params import run_keys
-from jaxlab.train.evaluate import seed_fields
 from jaxlab.train.loop import fit
 from jaxlab.train.summary import print_summary
 from jaxlab.train.sweep import (Cell, apply_overrides, cell_name, parse_grid, run_length,
@@ -237,18 +235,23 @@ def validate(config, overridden=frozenset(), devices=1):
                               e.fix + ' (in --config.grid)') from e
 
 
+# What a run of seeds one after another reports per seed (over_seeds.combined).
+SEED_KEYS = (*METRICS, 'throughput_img_s', 'avg_step_time_s', 'compute_time_s', 'comm_time_s')
+
+
 def run_one(config, workdir, dataset):
   """One run of `config` in `workdir`: its summary. Several seeds (config.seeds) train together
   in one program; under a local method (a leading worker axis), or where the seeds together do
-  not fit in a device's memory (checks.SeedsDoNotFit), they run one after another."""
+  not fit in a device's memory (checks.SeedsDoNotFit), they run one after another, each in
+  WORKDIR/seed_<s>/, and WORKDIR/summary.json holds their per-seed values and means."""
+  run = lambda c, w: _run_together(c, w, dataset)
   if config.get('seeds') and config.local.method != 'none':
-    return run_seeds_in_turn(config, workdir, dataset)
-  try:
-    return _run_together(config, workdir, dataset)
-  except checks.SeedsDoNotFit as e:
-    why = f'{e.what}: the seeds run one after another'
-    print(f'note: {why}', file=sys.stderr)
-    return run_seeds_in_turn(config, workdir, dataset, why)
+    summary = over_seeds.in_turn(config, workdir, run, SEED_KEYS, LOCAL_IN_TURN)
+  else:
+    summary = over_seeds.together_or_in_turn(config, workdir, run, SEED_KEYS)
+  if summary.get('seeds_run') == 'one after another':
+    write_json(os.path.join(workdir, 'summary.json'), summary)
+  return summary
 
 
 def _run_together(config, workdir, dataset):
@@ -272,42 +275,7 @@ def _run_together(config, workdir, dataset):
   return summary
 
 
-def seed_dir(workdir, seed):
-  """Where a seed run in turn lives: WORKDIR/seed_<s>/ (`workdir` '' gives the relative name)."""
-  return os.path.join(workdir, f'seed_{seed}')
-
-
 LOCAL_IN_TURN = 'local methods train one set of workers per program'
-
-
-def run_seeds_in_turn(config, workdir, dataset, why=LOCAL_IN_TURN):
-  """config.seeds one after another, each a resumable run of its own in WORKDIR/seed_<s>/ (the
-  local methods' worker axis holds one set of workers per program; or the seeds together do
-  not fit in memory: `why`); WORKDIR/summary.json holds their per-seed values and means, as a
-  run of seeds trained together does, and why they ran in turn (seeds_run_why)."""
-  summaries = []
-  for seed in config.seeds:
-    c = copy.deepcopy(config)
-    with c.unlocked():
-      c.seed, c.seeds = seed, ()
-    print(f'seed {seed} of {tuple(config.seeds)} (one after another: {why})')
-    summaries.append(run_one(c, seed_dir(workdir, seed), dataset))
-  summary = {**combine_seeds(summaries, list(config.seeds)), 'seeds_run_why': why}
-  write_json(os.path.join(workdir, 'summary.json'), summary)
-  return summary
-
-
-def combine_seeds(summaries, seeds):
-  """One summary of runs that differ only in their seed: the first's fields, each per-seed
-  metric as seeds trained together report it (evaluate.seed_fields)."""
-  out = dict(summaries[0])
-  out.update(seeds=seeds, seeds_run='one after another',
-             seed_dirs=[seed_dir('', s) for s in seeds])
-  for key in (*METRICS, 'throughput_img_s', 'avg_step_time_s', 'compute_time_s', 'comm_time_s'):
-    values = [s.get(key) for s in summaries]
-    if all(v is not None for v in values):
-      out.update(seed_fields(key, values))
-  return out
 
 
 def grid_cell_config(config, overrides):

@@ -19,6 +19,7 @@ lightning_module.py `on_test_epoch_end`, outside the bf16 autocast of its test s
 import copy
 import dataclasses
 import os
+import shutil
 import sys
 
 import jax
@@ -105,6 +106,9 @@ def seed_stats(config, rows, dataset_name):
   reference = {'regular': regular, **{arm: note_mhc for arm in MHC_ARMS}}
   arms = set(config.mhc.arms)
   claims = [c for c in claims_of(config) if {c[3], c[4]} <= arms]  # the arms this sweep runs
+  # Each arm's averaged parameters (checkpoint averaging) as an arm of their own.
+  rows = rows + [{**r['averaged'], 'arm': f'{r["arm"]} (averaged)'} for r in rows
+                 if r.get('averaged')]
   return over_seeds.seed_stats(rows, 'arm', METRICS, claims, dataset_name,
                                over_seeds.run_seeds(config), DESCRIPTIONS, reference)
 
@@ -204,9 +208,40 @@ def step_time(summary, workdir):
   return seconds / steps if steps else None
 
 
+# What an arm whose seeds ran one after another reports per seed (over_seeds.combined).
+SEED_KEYS = (*METRICS, 'acc_best', 'step_time_s', 'img_s', 'compile_time_s')
+HRES_KEYS = ('hres_row_error', 'hres_from_identity')
+
+
 def run_arm(config, workdir, dataset, arm):
-  """Train one arm; returns its row of the record (also in workdir/arm.json)."""
-  c = arm_config(config, arm)
+  """Train one arm; returns its row of the record (also in workdir/arm.json). Its seeds train
+  together, or, where they do not fit in memory together, one after another in
+  WORKDIR/seed_<s>/ (over_seeds.together_or_in_turn)."""
+  row = over_seeds.together_or_in_turn(
+      arm_config(config, arm), workdir, lambda c, w: _train_arm(c, w, dataset, arm),
+      SEED_KEYS, combine=_combined_rows)
+  if row.get('seeds_run') == 'one after another':
+    first = os.path.join(over_seeds.seed_dir(workdir, row['seeds'][0]), 'embeddings.png')
+    if os.path.exists(first):  # the record's picture: the first seed's, as when together
+      shutil.copyfile(first, os.path.join(workdir, 'embeddings.png'))
+    write_json(os.path.join(workdir, 'arm.json'), row)
+  return row
+
+
+def _combined_rows(rows, seeds, keys):
+  """One arm's row from its seeds' rows (each run alone): per-seed values and means, the worst
+  seed's H_res figures, the averaged parameters' row likewise."""
+  out = over_seeds.combined(rows, seeds, keys)
+  for key in HRES_KEYS:
+    if all(r.get(key) is not None for r in rows):
+      out[key] = max(r[key] for r in rows)
+  if all(r.get('averaged') for r in rows):
+    out['averaged'] = over_seeds.combined([r['averaged'] for r in rows], seeds, METRICS)
+  return out
+
+
+def _train_arm(c, workdir, dataset, arm):
+  """Train one arm (`c`: its arm_config) with its seeds together; its row, in workdir/arm.json."""
   seeds = over_seeds.run_seeds(c)
   inits = [model_and_params(c, dataset.num_classes, seed) for seed in seeds]
   model, params = inits[0]
@@ -256,11 +291,19 @@ def run_arm(config, workdir, dataset, arm):
   averaged = summary.get('averaged')
   if averaged and averaged['snapshots']:
     avg = averaging.from_config(c.averaging, summary['planned_steps']).average(
-        state.extra['average'], state.params)
+        state.extra['average'], state.params, together)
     avg_emb = embed(merge(avg, state.frozen))
+    avg_measured = [embedding_metrics(e, labels) for e in ([avg_emb] if not together
+                                                            else list(avg_emb))]
     row['averaged'] = dict(arm=f'{arm} (averaged, {averaged["snapshots"]} snapshots)',
                            residual=row['residual'], loss=averaged['nll'], acc=averaged['acc1'],
-                           **embedding_metrics(avg_emb, labels))
+                           **{k: float(np.mean([m[k] for m in avg_measured]))
+                              for k in avg_measured[0]})
+    if together:
+      row['averaged'].update(
+          seeds=list(seeds), loss_per_seed=averaged['nll_per_seed'],
+          acc_per_seed=averaged['acc1_per_seed'],
+          **{f'{k}_per_seed': [m[k] for m in avg_measured] for k in avg_measured[0]})
   write_json(os.path.join(workdir, 'arm.json'), row)
   return row
 
@@ -408,10 +451,6 @@ def validate(config, overridden=frozenset(), devices=1):
                              'residual connections)', 'add an mHC arm to --config.mhc.arms')
   if c.get('seeds'):
     preflight.check_seeds(c)
-    if c.averaging.every_steps:
-      checks.fail('averaging.every_steps', 'checkpoint averaging averages one model\'s '
-                  f'parameters, and seeds {tuple(c.seeds)} train several together',
-                  'set --config.seeds="()" for one seed, or --config.averaging.every_steps=0')
   preflight.check_vit(c, overridden)
   size = c.augment.resize or IMAGE_SHAPE[0]
   if size != c.model.image_size:

@@ -4,18 +4,86 @@ tests over the seeds with their verdicts (stats.json), and the tables that show 
 
 A family gives its rows (one per arm: `<metric>_per_seed` lists, or a single `<metric>` for
 one seed) and its claims: (claim id in jaxlab.reference_claims, the claim, the metric, arm a,
-arm b, the claimed sign of a − b: +1 / −1, or 0 for "about equal")."""
+arm b, the claimed sign of a − b: +1 / −1, or 0 for "about equal").
+
+Seeds train together in one program (a leading seed axis, jaxlab.train.layouts.Replicas);
+where they do not fit in a device's memory together (checks.SeedsDoNotFit, decided from the
+compiled step's memory analysis before it runs), `together_or_in_turn` runs them one after
+another, each a resumable run of its own in WORKDIR/seed_<s>/, and combines their results as a
+run of seeds trained together reports them (`<metric>_per_seed`, mean, std), saying so
+(`seeds_run`, `seeds_run_why`)."""
+
+import copy
+import os
+import sys
 
 import jax
 import jax.numpy as jnp
 
+from jaxlab import checks
 from jaxlab.io.figures import markdown_table
+from jaxlab.io.writers import read_json, write_json
 from jaxlab.metrics import stats
+from jaxlab.train.evaluate import seed_fields
 
 
 def run_seeds(config):
   """The random seeds of each arm: config.seeds (trained together), or config.seed alone."""
   return tuple(config.get('seeds') or ()) or (config.seed,)
+
+
+def seed_dir(workdir, seed):
+  """Where a seed run in turn lives: WORKDIR/seed_<s>/ (`workdir` '' gives the relative name)."""
+  return os.path.join(workdir, f'seed_{seed}')
+
+
+def combined(results, seeds, keys):
+  """One result of runs that differ only in their seed: the first's fields, and each of `keys`
+  as seeds trained together report it (evaluate.seed_fields: the mean, `<key>_per_seed`,
+  `<key>_std`)."""
+  out = dict(results[0])
+  out.update(seeds=list(seeds), seeds_run='one after another',
+             seed_dirs=[seed_dir('', s) for s in seeds])
+  for key in keys:
+    values = [r.get(key) for r in results]
+    if all(v is not None for v in values):
+      out.update(seed_fields(key, values))
+  return out
+
+
+def in_turn(config, workdir, run, keys, why, combine=combined):
+  """`run(config, workdir)` of each of config.seeds alone (config.seed = s, no seeds), in
+  WORKDIR/seed_<s>/, one after another (`why`); their results combined (`combine(results,
+  seeds, keys)`) with `seeds_run_why`."""
+  results = []
+  for seed in config.seeds:
+    c = copy.deepcopy(config)
+    with c.unlocked():
+      c.seed, c.seeds = seed, ()
+    print(f'seed {seed} of {tuple(config.seeds)} (one after another: {why})')
+    results.append(run(c, seed_dir(workdir, seed)))
+  return {**combine(results, config.seeds, keys), 'seeds_run_why': why}
+
+
+IN_TURN_FILE = 'seeds_in_turn.json'
+
+
+def together_or_in_turn(config, workdir, run, keys, combine=combined):
+  """`run(config, workdir)`, config.seeds trained together; where they do not fit in a device's
+  memory together (checks.SeedsDoNotFit, raised before the first step), `in_turn`. The
+  decision is kept (WORKDIR/seeds_in_turn.json), so a rerun resumes the seeds in turn without
+  compiling the joint step again."""
+  kept = os.path.join(workdir, IN_TURN_FILE)
+  if config.get('seeds') and os.path.exists(kept):
+    why = read_json(kept, f'delete {kept} to try the seeds together again')['why']
+    return in_turn(config, workdir, run, keys, why, combine)
+  try:
+    return run(config, workdir)
+  except checks.SeedsDoNotFit as e:
+    why = f'{e.what}: the seeds run one after another'
+    print(f'note: {why}', file=sys.stderr)
+    write_json(kept, {'why': why, 'seeds': list(config.seeds)})
+    return in_turn(config, workdir, run, keys, why, combine)
 
 
 def stacked(trees):

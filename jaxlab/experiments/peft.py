@@ -245,6 +245,22 @@ def run_one(config, workdir, dataset, pretrained, backbone=None):
   return summary, state
 
 
+# What a method whose seeds ran one after another reports per seed (over_seeds.combined).
+SEED_KEYS = (*peft_stats.METRICS, 'acc1_best', 'avg_step_time_s', 'wall_step_time_s',
+             'throughput_img_s')
+
+
+def run_seeds(config, workdir, dataset, pretrained, backbone):
+  """run_one's summary with config.seeds trained together, or, where they do not fit in memory
+  together, one after another in WORKDIR/seed_<s>/ (over_seeds.together_or_in_turn: then
+  WORKDIR/summary.json holds their per-seed values and means)."""
+  summary = over_seeds.together_or_in_turn(
+      config, workdir, lambda c, w: run_one(c, w, dataset, pretrained, backbone)[0], SEED_KEYS)
+  if summary.get('seeds_run') == 'one after another':
+    write_json(os.path.join(workdir, 'summary.json'), summary)
+  return summary
+
+
 def pretrain(config, workdir, dataset):
   """Train the whole ViT from scratch on `sweep.pretrain_classes`; returns its params."""
   c = copy.deepcopy(config)
@@ -415,7 +431,7 @@ def run(config, workdir):
       pretrained = pretrain(config, os.path.join(workdir, 'pretrain'), dataset)
   backbone = backbone_source(config, workdir)
   if not config.sweep.runs:
-    summary, _ = run_one(config, workdir, dataset, pretrained, backbone)
+    summary = run_seeds(config, workdir, dataset, pretrained, backbone)
     print_summary(summary, workdir)
     return summary
 
@@ -426,7 +442,7 @@ def run(config, workdir):
       c.peft.method = method
       c.peft.policy = policy or c.peft.policy
     out = os.path.join(workdir, cell_name(spec))
-    return Cell(cell_name(spec), out, lambda: run_one(c, out, dataset, pretrained, backbone)[0],
+    return Cell(cell_name(spec), out, lambda: run_seeds(c, out, dataset, pretrained, backbone),
                 run_length(c))
 
   def assemble(finished, final):

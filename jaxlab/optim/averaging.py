@@ -5,7 +5,9 @@ weights): snapshots are taken every `every` steps once the run is past
 `start`, and either all of them are averaged (a running mean, window=0) or
 only the last `window` (a ring buffer). The statistics live in
 `TrainState.extra['average']`, so they are checkpointed and resumed with the
-rest of the state.
+rest of the state. Seeds trained together (a leading seed axis on every
+parameter) keep one set of statistics each: `init`, `update` and `average` take
+`seeds=True` and work seed by seed (their snapshots are taken at the same steps).
 
 `READS` says which averaging fields each mode reads, `FIELDS` the values each may take.
 """
@@ -14,6 +16,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxlab.checks import at_least, rule, within
 
@@ -45,8 +48,11 @@ class ParamAverage:
       raise ValueError(f'averaging.window must be ≥ 0 (got {self.window}); 0 averages every '
                        'snapshot')
 
-  def init(self, params):
-    """The empty statistics for parameters shaped like `params`."""
+  def init(self, params, seeds=False):
+    """The empty statistics for parameters shaped like `params` (`seeds`: one set per seed,
+    the parameters stacked on a leading seed axis)."""
+    if seeds:
+      return jax.vmap(self.init)(params)
     zeros = lambda x: jnp.zeros(((self.window,) if self.window else ()) + x.shape, jnp.float32)
     return {'count': jnp.zeros((), jnp.int32), 'buffer' if self.window else 'mean':
             jax.tree.map(zeros, params)}
@@ -55,8 +61,10 @@ class ParamAverage:
     """Whether a snapshot is taken after step `step`."""
     return step > self.start and step % self.every == 0
 
-  def update(self, stats, params):
-    """`stats` with `params` added as the newest snapshot."""
+  def update(self, stats, params, seeds=False):
+    """`stats` with `params` added as the newest snapshot (`seeds`: each seed's to its own)."""
+    if seeds:
+      return jax.vmap(self.update)(stats, params)
     count = stats['count']
     if self.window:  # overwrite the oldest slot of the ring buffer
       slot = count % self.window
@@ -67,17 +75,28 @@ class ParamAverage:
                         stats['mean'], params)
     return {'count': count + 1, 'mean': mean}
 
-  def average(self, stats, like):
-    """The averaged parameters (in the dtypes of `like`), or None before the first snapshot."""
-    count = int(stats['count'])
+  def average(self, stats, like, seeds=False):
+    """The averaged parameters (in the dtypes of `like`), or None before the first snapshot
+    (`seeds`: each seed's own average, stacked like `like`)."""
+    counts = set(np.asarray(stats['count']).reshape(-1).tolist())
+    if len(counts) != 1:
+      raise ValueError(f'the seeds hold different numbers of snapshots {sorted(counts)}: '
+                       'they are taken at the same steps, so their statistics were mixed up')
+    count = counts.pop()
     if count == 0:
       return None
     if self.window:
       n = min(count, self.window)  # slots 0..n-1 hold the snapshots, in some order
-      mean = jax.tree.map(lambda b: jnp.sum(b[:n], 0) / n, stats['buffer'])
+      axis = 1 if seeds else 0
+      mean = jax.tree.map(lambda b: jnp.sum(jax.lax.slice_in_dim(b, 0, n, axis=axis), axis) / n,
+                          stats['buffer'])
     else:
       mean = stats['mean']
     return jax.tree.map(lambda m, x: m.astype(x.dtype), mean, like)
+
+  def snapshots(self, stats):
+    """How many snapshots the statistics hold (each seed the same)."""
+    return int(np.max(np.asarray(stats['count'])))
 
 
 def from_config(avg_cfg, total_steps):

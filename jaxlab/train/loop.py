@@ -7,6 +7,7 @@ batches reach the step the feed's (feeds.py): the loop is the same for one model
 seeds under vmap, local-SGD workers, resident or streamed data, one process or many.
 """
 
+import functools
 import os
 import shutil
 import sys
@@ -163,7 +164,9 @@ def _train(config, workdir, task, dataset, mesh, on_chunk, summary_extra, layout
   eval_fn = make_eval_fn(task, make_eval_preprocess(config.augment), mesh,
                          layout.name == 'replicas', ece_batch)
   compiled, step_mem = {}, {}
-  add_snapshot = jax.jit(averager.update) if averager is not None else None
+  seeds_together = layout.name == 'replicas'
+  add_snapshot = (jax.jit(functools.partial(averager.update, seeds=seeds_together))
+                  if averager is not None else None)
   board = (TensorBoardLog(os.path.join(workdir, 'tensorboard'), resumed_from)
            if config.get('log', {}).get('tensorboard', False) else None)
   log = JsonlLog(os.path.join(workdir, 'metrics.jsonl'), keep_until_step=resumed_from,
@@ -325,10 +328,11 @@ def _train(config, workdir, task, dataset, mesh, on_chunk, summary_extra, layout
     evals.append(record)
   best = _best_eval(evals)
   if averager is not None:
-    averaged = averager.average(state.extra['average'], state.params)
+    averaged = averager.average(state.extra['average'], state.params,
+                                layout.name == 'replicas')
     summary_extra = {**(summary_extra or {}), 'averaged': {
         **(run_eval(state, averaged) if averaged is not None else {}),
-        'snapshots': int(state.extra['average']['count']),
+        'snapshots': averager.snapshots(state.extra['average']),
         'start_step': averager.start, 'every_steps': averager.every, 'window': averager.window}}
   runtime_bytes, runtime_source = peak_memory()
   copies = setup.copies

@@ -51,12 +51,13 @@ def build_setup(config, task, mesh, total_steps, steps_per_epoch, layout=None):
   trainable_labels = subtree_labels(trainable, labels)
   tx = optimizer_from_config(config.optim, trainable_labels, total_steps, steps_per_epoch)
   averager = averaging.from_config(config.get('averaging'), total_steps)
-  if averager is not None and kind != 'data':
-    raise ValueError('checkpoint averaging (averaging.every_steps > 0) supports single-model '
-                     f'runs only, not the {kind} layout; set --config.averaging.every_steps=0')
+  if averager is not None and kind == 'workers':
+    raise ValueError('checkpoint averaging (averaging.every_steps > 0) supports one model or '
+                     'seeds trained together, not local-SGD workers; set '
+                     '--config.averaging.every_steps=0')
   extra = task.initial_extra()
   if averager is not None:
-    extra['average'] = averager.init(trainable)
+    extra['average'] = averager.init(trainable, seeds=kind == 'replicas')
   create = lambda p, f, r, e: TrainState.create(p, f, tx, r, e)
   if kind == 'replicas':
     state = jax.vmap(create)(trainable, frozen, jax.numpy.stack(step_keys), extra)
