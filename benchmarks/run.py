@@ -164,7 +164,8 @@ def time_workload(name, small, steps, warmup, seed=0, profile='', batch=0):
       'workload': name, 'batch': batch, 'copies': copies, 'held': sorted(held),
       'dtype': str(config.model.get('dtype', 'float32')),
       'trainable_params': count_params(state.params) // copies,
-      'total_params': (count_params(state.params) + count_params(state.frozen)) // copies,
+      'total_params': (count_params(state.params) // copies
+                       + count_params(state.frozen) // setup.layout.frozen_copies),
       'compile_s': compile_s, 'warmup_steps': warmup, 'timed_steps': steps,
       'step_time_median_s': median, 'step_time_mean_s': statistics.fmean(times),
       **average, 'step_time_s': per_step, 'img_s': images / per_step,

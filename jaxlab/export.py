@@ -26,8 +26,9 @@ from jaxlab.io.checkpoint import BACKBONE, fingerprint
 from jaxlab.io.pretrained import (read_safetensors, read_safetensors_metadata, to_big_vision, to_timm,
                                   write_safetensors)
 from jaxlab.io.writers import read_json
+from jaxlab.train.guards import RESOLVED
 from jaxlab.models.lora import has_lora
-from jaxlab.params import flatten, label_tree, merge, split, unflatten
+from jaxlab.params import flatten, label_tree, merge, shared_copy, split, unflatten
 
 FORMATS = ('timm', 'npz', 'adapters')
 
@@ -76,7 +77,7 @@ def _config(run_dir):
   return config
 
 
-def _rebuild_frozen(config, trainable, record):
+def _rebuild_frozen(config, trainable, record, shared=False):
   """The frozen parameters of an adapter-only run, rebuilt from its config and checked."""
   from jaxlab.experiments import peft
   if config.pretrained.source == 'pretrain':
@@ -88,12 +89,22 @@ def _rebuild_frozen(config, trainable, record):
   task = peft.make_task(config, num_classes, pretrained)
   _, frozen = split(task.params, label_tree(task.params, task.rules))
   frozen = _numpy(frozen)
+  if shared:  # the seeds' copies of the backbone, as the run held it: one
+    frozen = shared_copy(frozen)
   if fingerprint(frozen) != record.get('fingerprint'):
     raise ExportError(f'the backbone rebuilt from {record.get("source")} '
                       f'{record.get("path", "")} is not the one this run was trained on '
                       f'(fingerprint {fingerprint(frozen)[:12]} != '
                       f'{str(record.get("fingerprint"))[:12]} in {BACKBONE})')
   return frozen
+
+
+def _frozen_shared(run_dir, copies):
+  """Whether the run's seeds shared one copy of the frozen parameters (resolved.json's
+  frozen_copies; runs recorded before it held one copy per seed)."""
+  path = os.path.join(run_dir, RESOLVED)
+  resolved = read_json(path) if os.path.exists(path) else {}
+  return copies > 1 and resolved.get('frozen_copies', copies) == 1
 
 
 def run_params(run_dir, step=None, seed=None):
@@ -105,7 +116,8 @@ def run_params(run_dir, step=None, seed=None):
   trainable, frozen = _numpy(tree['params']), _numpy(tree.get('frozen'))
   backbone = os.path.join(run_dir, BACKBONE)
   if not frozen and os.path.exists(backbone):  # saved with checkpoint.params=trainable
-    frozen = _rebuild_frozen(config, trainable, read_json(backbone))
+    frozen = _rebuild_frozen(config, trainable, read_json(backbone),
+                             _frozen_shared(run_dir, len(config.get('seeds') or ())))
   seeds = list(config.get('seeds') or ())
   if seeds:
     if seed not in seeds:
@@ -113,7 +125,9 @@ def run_params(run_dir, step=None, seed=None):
                         f'with --seed (one of {", ".join(map(str, seeds))})')
     pick = lambda tree: {k: pick(v) for k, v in tree.items()} if isinstance(tree, dict) \
         else tree[seeds.index(seed)]
-    trainable, frozen = pick(trainable), pick(frozen)
+    trainable = pick(trainable)
+    if not _frozen_shared(run_dir, len(seeds)):  # else: the one backbone every seed read
+      frozen = pick(frozen)
   elif seed is not None and seed != config.seed:
     raise ExportError(f'{run_dir} trained seed {config.seed} alone, not {seed}: drop --seed')
   return config, merge(trainable, frozen), trainable, step

@@ -10,6 +10,7 @@ import re
 from typing import Iterable, Sequence
 
 import jax
+import numpy as np
 from flax import traverse_util
 
 FROZEN = 'frozen'
@@ -76,6 +77,15 @@ def subtree_labels(tree, labels):
   """The labels of the leaves present in `tree` (a part of the full params)."""
   flat_labels = flatten(labels)
   return unflatten({k: flat_labels[k] for k in flatten(tree)})
+
+
+def shared_copy(stacked):
+  """The one copy of a tree stacked on a leading (seed) axis whose copies are all equal (the
+  frozen backbone every seed transfers from), or None when any leaf differs between copies."""
+  leaves = [np.asarray(x) for x in jax.tree.leaves(stacked)]
+  if not all(x.ndim and all(np.array_equal(x[0], c) for c in x[1:]) for x in leaves):
+    return None
+  return jax.tree.map(lambda x: x[0], stacked)
 
 
 def run_keys(seed):

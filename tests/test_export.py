@@ -228,6 +228,45 @@ def test_exported_model_reproduces_the_runs_accuracy(runs, tmp_path):
   assert all(k.startswith('head/') or '/lora_' in k for k in flatten(trained))
 
 
+def test_seeds_share_one_backbone_and_each_seeds_model_exports(runs, tmp_path):
+  """PEFT seeds trained together on a pretrained backbone hold one copy of it (resolved.json:
+  frozen_copies 1; the parameter counts are one model's); an adapter-only run of them rebuilds
+  that one copy; export's --seed gives that seed's trained leaves on it, whose accuracy is the
+  seed's own in the run."""
+  whole, _, one_model = runs
+  workdir = str(tmp_path / 'seeds')
+  c = run_config('trainable', steps=3)
+  c.seeds = (0, 1)
+  summary = experiments.run(c, workdir)
+  assert json.load(open(os.path.join(workdir, 'resolved.json')))['frozen_copies'] == 1
+  assert summary['total_params'] == one_model['total_params']
+  assert summary['trainable_params'] == one_model['trainable_params']
+  _, params_whole, trainable_whole, _ = run_params(whole)
+  frozen_of = lambda params, trainable: {k: v for k, v in flatten(params).items()
+                                         if k not in flatten(trainable)}
+  config = run_config('trainable')
+  peft.apply_recipe(config)
+  data = select_classes(load_dataset(config.data), config.data.classes)
+  x = np.asarray(make_eval_preprocess(config.augment)(jnp.asarray(data.test.images)))
+  y = np.asarray(data.test.labels)
+  heads = []
+  for i, seed in enumerate((0, 1)):
+    _, params, trainable, step = run_params(workdir, seed=seed)
+    assert step == 3
+    backbone, pretrained_backbone = frozen_of(params, trainable), frozen_of(params_whole,
+                                                                             trainable_whole)
+    assert backbone.keys() == pretrained_backbone.keys()
+    for path, value in pretrained_backbone.items():  # the one pretrained backbone
+      np.testing.assert_array_equal(backbone[path], value, err_msg=path)
+    heads.append(trainable['head']['kernel'])
+    out = str(tmp_path / f'seed{seed}.safetensors')
+    export(workdir, 'timm', out, seed=seed)
+    model, exported = pretrained.from_timm(out)
+    acc = float(np.mean(logits(model, exported, x).argmax(-1) == y))
+    assert acc == pytest.approx(summary['acc1_per_seed'][i], abs=1e-9), (seed, acc)
+  assert not np.allclose(heads[0], heads[1])  # each seed its own model
+
+
 def test_export_command_line_names_the_runs_of_a_sweep(tmp_path, capsys):
   (tmp_path / 'lora').mkdir()
   (tmp_path / 'lora' / 'config.json').write_text('{}')

@@ -66,3 +66,16 @@ def test_an_attempt_that_trained_nothing_does_not_pin_the_config(tmp_path):
   os.makedirs(tmp_path / 'checkpoints' / '3')
   with pytest.raises(ResumeMismatchError, match='optim.lr 0.1 → 0.2'):
     check_resume(str(tmp_path), {'optim': {'lr': 0.2}})
+
+
+def test_a_run_recorded_before_frozen_copies_resumes_as_it_was_held(tmp_path):
+  """resolved.json written before it recorded frozen_copies: the frozen parameters were then
+  held once per model, so a resume that would hold one shared copy (a checkpoint of another
+  shape) is refused naming the value; one that holds them as before goes on."""
+  from jaxlab.train import guards
+  (tmp_path / 'summary.json').write_text('{}')  # a result: the record is checked
+  old = {'layout': 'replicas', 'copies': 3, 'seeds': [0, 1, 2]}
+  (tmp_path / guards.RESOLVED).write_text(json.dumps(old))
+  with pytest.raises(guards.ResumeMismatchError, match='frozen_copies 3 → 1'):
+    guards.check_resolved(str(tmp_path), {**old, 'frozen_copies': 1})
+  assert guards.check_resolved(str(tmp_path), {**old, 'frozen_copies': 3})['copies'] == 3

@@ -334,22 +334,28 @@ def test_seeds_trained_together_equal_each_seed_alone(tmp_path, tiny_digits):
   c = tiny_config(diagnostics=False, alt_freeze_every=2)  # the hold schedule applies per seed
   c.seeds = (3, 5)
   mesh = make_mesh(jax.devices()[:1])
-  task = peft.make_task(c, 10)
+  # The backbone every seed transfers from: a ViT of seed 0 (as a pretraining would give).
+  pretrained = jax.device_get(peft.make_task(tiny_config(diagnostics=False), 10).params)
+  task = peft.make_task(c, 10, pretrained)
   together, state = fit(c, str(tmp_path / 'both'), task, tiny_digits, mesh=mesh)
   assert together['seeds'] == [3, 5] and len(together['acc1_per_seed']) == 2
+  # One copy of the frozen backbone, which every seed reads (no seed axis).
   backbone = flatten(jax.device_get(state.frozen))
+  for path, value in backbone.items():
+    np.testing.assert_array_equal(value, flatten(pretrained)[path], err_msg=path)
   for r, seed in enumerate((3, 5)):
     alone_config = tiny_config(diagnostics=False, alt_freeze_every=2)
     alone_config.seed = seed
     alone, single = fit(alone_config, str(tmp_path / f'seed{seed}'),
-                        peft.make_task(alone_config, 10), tiny_digits, mesh=mesh)
+                        peft.make_task(alone_config, 10, pretrained), tiny_digits, mesh=mesh)
     a, b = flatten(jax.device_get(state.params)), flatten(jax.device_get(single.params))
     for path in b:  # XLA:CPU vectorises the vmapped matmuls differently: float32 rounding
       np.testing.assert_allclose(a[path][r], b[path], rtol=1e-4, atol=1e-6, err_msg=path)
     for metric in ('acc1', 'nll', 'ece'):
       assert together[f'{metric}_per_seed'][r] == pytest.approx(alone[metric], abs=1e-5), metric
+    assert together['total_params'] == alone['total_params']
     for path, value in flatten(jax.device_get(single.frozen)).items():
-      np.testing.assert_array_equal(backbone[path][r], value)  # the same backbone
+      np.testing.assert_array_equal(backbone[path], value)  # the same backbone
   # Different seeds train different models.
   a = flatten(jax.device_get(state.params))
   assert not np.allclose(a['head/kernel'][0], a['head/kernel'][1])

@@ -236,8 +236,11 @@ def check_resume(workdir, config_dict, filename='config.json', neutral=NEUTRAL_F
 
 RESOLVED = 'resolved.json'
 # Resolved values that make the experiment: a resume under other values is refused.
-EXPERIMENT_VALUES = ('layout', 'copies', 'seeds', 'train_examples', 'eval_examples',
-                     'eval_split', 'steps_per_epoch', 'planned_steps')
+EXPERIMENT_VALUES = ('layout', 'copies', 'frozen_copies', 'seeds', 'train_examples',
+                     'eval_examples', 'eval_split', 'steps_per_epoch', 'planned_steps')
+# Values a record written before they were recorded holds implicitly: frozen parameters were
+# then held once per model.
+IMPLICIT_VALUES = {'frozen_copies': lambda old: old.get('copies')}
 # Values that change only the last bits of the arithmetic (the order of sums over devices,
 # the kernels of another platform or JAX): a resume under them is said, in one line.
 MACHINE_VALUES = ('num_devices', 'platform', 'jax_version')
@@ -253,6 +256,7 @@ def check_resolved(workdir, resolved, log=None):
   path = os.path.join(workdir, RESOLVED)
   if os.path.exists(path) and results_in(workdir):
     old = read_json(path, f'delete {path}: the rerun records the values it resolves anew')
+    old = {**{k: f(old) for k, f in IMPLICIT_VALUES.items()}, **old}
     changed = [(k, old[k], resolved.get(k)) for k in EXPERIMENT_VALUES
                if k in old and old[k] != _jsonable(resolved.get(k))]
     if changed:

@@ -17,12 +17,14 @@ checkpoint and restored with it.
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxlab.data.pipeline import EpochIndices
 from jaxlab.parallel.local import WorkerIndices, make_average
 from jaxlab.parallel.mesh import check_divisible, replicate, shard_leading, to_host
-from jaxlab.params import run_keys
+from jaxlab.params import merge, run_keys
+from jaxlab.train.state import TrainState
 
 
 class Layout:
@@ -75,8 +77,14 @@ class Layout:
     del step
     return state
 
-  def eval_params(self, params):
-    return params
+  @property
+  def frozen_copies(self):
+    """Copies of the frozen parameters the state holds: one per model, or one shared."""
+    return self.copies
+
+  def eval_params(self, params, frozen):
+    """The whole parameters the evaluation applies (trainable and frozen merged)."""
+    return merge(params, frozen)
 
   def summary(self, state, compute_time):
     del state, compute_time
@@ -91,6 +99,25 @@ class Replicas(Layout):
   def __init__(self, config, task, mesh):
     super().__init__(config, task, mesh)
     self.seeds = tuple(task.seeds)
+    # The state's frozen parameters: stacked per seed (axis 0), or, where every seed's are the
+    # same (PEFT's pretrained backbone), one copy every seed reads (None: not vmapped).
+    # build_setup decides, from the parameters.
+    self.frozen_axis = 0
+
+  @property
+  def state_axes(self):
+    """The vmap axes of the state's parts: a leading seed axis on all but a shared backbone."""
+    return TrainState(step=0, params=0, frozen=self.frozen_axis, opt_state=0, rng=0, extra=0)
+
+  @property
+  def frozen_copies(self):
+    return 1 if self.frozen_axis is None else self.copies
+
+  def eval_params(self, params, frozen):
+    if self.frozen_axis is None:  # each seed's model reads the one shared copy
+      n = len(self.seeds)
+      frozen = self.place(jax.tree.map(lambda x: jnp.broadcast_to(x, (n, *x.shape)), frozen))
+    return merge(params, frozen)
 
   def batches(self, num_examples):
     tc = self.config.train
@@ -161,9 +188,9 @@ class Workers(Layout):
       return state
     return self.after(state, step, step, step)
 
-  def eval_params(self, params):
+  def eval_params(self, params, frozen):
     # The workers' mean (their common value right after an average).
-    return jax.tree.map(lambda x: x.mean(axis=0), params)
+    return jax.tree.map(lambda x: x.mean(axis=0), merge(params, frozen))
 
   def summary(self, state, compute_time):
     param_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state.params))

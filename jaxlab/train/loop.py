@@ -28,7 +28,6 @@ from jaxlab.io.writers import JsonlLog, is_writer, read_json, write_json
 from jaxlab.metrics.classification import count_params
 from jaxlab.metrics.system import peak_memory
 from jaxlab.parallel.mesh import check_divisible, make_mesh, to_host
-from jaxlab.params import merge
 from jaxlab.train import feeds, guards, layouts, preemption
 from jaxlab.train.evaluate import ece_eval_batch_size, evaluate, make_eval_fn
 from jaxlab.train.setup import build_setup
@@ -127,7 +126,8 @@ def _start_again(workdir, why):
 def _resolved(layout, mesh, dataset, spe, total):
   """What the run resolved at its start from the config, the data and the machine
   (resolved.json): guards.check_resolved compares a resumed run with it."""
-  return {'layout': layout.name, 'copies': layout.copies, 'seeds': list(layout.seeds),
+  return {'layout': layout.name, 'copies': layout.copies, 'frozen_copies': layout.frozen_copies,
+          'seeds': list(layout.seeds),
           'train_examples': len(dataset.train.labels),
           'eval_examples': len(dataset.test.labels), 'eval_split': dataset.eval_split,
           'steps_per_epoch': spe, 'planned_steps': total,
@@ -181,7 +181,7 @@ def _train(config, workdir, task, dataset, mesh, on_chunk, summary_extra, layout
   diag_every = (task.diagnostics_every or tc.log_every_steps) if setup.diagnostics_fn else 0
 
   def run_eval(state, params=None):
-    params = layout.eval_params(merge(state.params if params is None else params, state.frozen))
+    params = layout.eval_params(state.params if params is None else params, state.frozen)
     return evaluate(eval_fn, params, feed.test, len(dataset.test.labels), eval_batch,
                     mesh, feed=feed.eval_ref)
 
@@ -352,7 +352,8 @@ def _train(config, workdir, task, dataset, mesh, on_chunk, summary_extra, layout
       'batch_size': tc.batch_size,
       'num_devices': int(mesh.devices.size),
       'trainable_params': count_params(state.params) // copies,
-      'total_params': (count_params(state.params) + count_params(state.frozen)) // copies,
+      'total_params': (count_params(state.params) // copies
+                       + count_params(state.frozen) // layout.frozen_copies),
       'seeds': list(layout.seeds),
       'num_processes': jax.process_count(),
       # The training step alone: diagnostics and evaluation run outside it.

@@ -12,7 +12,7 @@ from jaxlab.optim import averaging
 from jaxlab.optim.optimizers import optimizer_from_config
 from jaxlab.parallel.local import worker_state
 from jaxlab.parallel.mesh import DATA
-from jaxlab.params import label_tree, run_keys, split, subtree_labels
+from jaxlab.params import label_tree, run_keys, shared_copy, split, subtree_labels
 from jaxlab.train import layouts
 from jaxlab.train.layouts import ordered_sums
 from jaxlab.train.state import TrainState
@@ -60,7 +60,11 @@ def build_setup(config, task, mesh, total_steps, steps_per_epoch, layout=None):
     extra['average'] = averager.init(trainable, seeds=kind == 'replicas')
   create = lambda p, f, r, e: TrainState.create(p, f, tx, r, e)
   if kind == 'replicas':
-    state = jax.vmap(create)(trainable, frozen, jax.numpy.stack(step_keys), extra)
+    shared = shared_copy(frozen) if jax.tree.leaves(frozen) else None
+    if shared is not None:  # PEFT's pretrained backbone: one copy for every seed
+      frozen, layout.frozen_axis = shared, None
+    state = jax.vmap(create, in_axes=(0, layout.frozen_axis, 0, 0), out_axes=layout.state_axes)(
+        trainable, frozen, jax.numpy.stack(step_keys), extra)
   elif kind == 'workers':
     extra = {**extra, **task.workers.init_extra(trainable)}
     state = worker_state(create(trainable, frozen, step_keys[0], extra), task.workers.workers)
@@ -77,7 +81,8 @@ def build_setup(config, task, mesh, total_steps, steps_per_epoch, layout=None):
   def chunk_fn(hold):
     return make_train_chunk(functools.partial(
         train_step, task=task, tx=tx, augment=augment, labels=trainable_labels, hold=hold,
-        grad_norms=grad_norms, axis_name=axis_name, ordered=ordered), mesh, kind)
+        grad_norms=grad_norms, axis_name=axis_name, ordered=ordered), mesh, kind,
+        getattr(layout, 'state_axes', 0))
 
   if task.diagnostics and kind != 'data':
     raise ValueError(f'gradient diagnostics support single-model runs only, not the {kind} '

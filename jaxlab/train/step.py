@@ -191,15 +191,16 @@ def batch_of(data, ref):
 LAYOUTS = ('data', 'replicas', 'workers')
 
 
-def make_train_chunk(step_fn, mesh, layout='data'):
+def make_train_chunk(step_fn, mesh, layout='data', state_axes=0):
   """jit(shard_map(scan(step_fn))): (state, data, idx) -> (state, metrics [S, ...]).
 
   `data` is the whole training split, replicated; `idx` holds the batch
   indices of S consecutive steps (or, streamed, a tuple of the S steps' batches,
   `data` then empty). The state is donated. Layouts:
     data      one model, state replicated; idx [S, B] sharded over DATA on B.
-    replicas  a leading seed axis on the state (replicated), vmapped; idx
-              [S, R, B] sharded on B: every seed's batch is split over devices.
+    replicas  a leading seed axis on the state (replicated), vmapped (`state_axes`: the
+              vmap axes of the state's parts, e.g. None for a frozen backbone the seeds
+              share); idx [S, R, B] sharded on B: every seed's batch is split over devices.
     workers   a leading worker axis on the state, sharded over DATA (K/D
               workers per device, vmapped); idx [S, K, b] sharded on K: each
               worker steps on its own batch; no collective inside the step.
@@ -210,7 +211,8 @@ def make_train_chunk(step_fn, mesh, layout='data'):
   def one(state, data, idx):
     if layout == 'data':
       return step_fn(state, batch_of(data, idx))
-    return jax.vmap(lambda s, i: step_fn(s, batch_of(data, i)))(state, idx)
+    return jax.vmap(lambda s, i: step_fn(s, batch_of(data, i)), in_axes=(state_axes, 0),
+                    out_axes=(state_axes, 0))(state, idx)
 
   def chunk(state, data, idx):
     if jax.tree.leaves(idx)[0].shape[0] == 1:
