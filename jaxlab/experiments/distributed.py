@@ -130,7 +130,7 @@ def make_task(config, num_classes, image_shape, workers=None):
   model = models.model_from_config(config.model, num_classes)
   if hasattr(model, 'param_init'):
     model = model.clone(param_init=config.model.get('param_init', 'torch'))
-  together = bool(config.get('seeds')) and workers is None  # local methods: run_seeds_in_turn
+  together = bool(config.get('seeds')) and workers is None  # local methods: in turn
   seeds = tuple(config.seeds) if together else (config.seed,)
   inits = [model.init(run_keys(seed)[0], jnp.zeros((1, *image_shape)), train=False)['params']
            for seed in seeds]

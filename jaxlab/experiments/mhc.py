@@ -40,7 +40,7 @@ from jaxlab.metrics.classification import count_params
 from jaxlab.metrics.embedding import embedding_metrics
 from jaxlab.optim import averaging, schedules
 from jaxlab.parallel.mesh import make_mesh, replicate
-from jaxlab.params import flatten, merge, run_keys
+from jaxlab.params import flatten, merge
 from jaxlab.train.evaluate import make_outputs_fn, predict
 from jaxlab.train.loop import fit
 from jaxlab.train.sweep import Cell, run_length, run_sweep
@@ -151,10 +151,9 @@ def build_model(model_cfg, num_classes):
 def model_and_params(config, num_classes, seed=None):
   """(model, initial params) of the configured ViT, from `seed` (default config.seed)."""
   model = build_model(config.model, num_classes)
-  size = config.model.image_size
   seed = config.seed if seed is None else seed
-  params = jax.jit(model.init)(run_keys(seed)[0], jnp.zeros((1, size, size, 3)))['params']
-  return model, params
+  # vit.init_vit: one compiled init for every seed of the arm (the model is its static key).
+  return model, vit.init_vit(model, seed)
 
 
 def make_embed(task, model, config, mesh):
