@@ -9,14 +9,18 @@ command line prints each as
     error: <what is wrong> (<field or path>): <how to fix it>
 
 and exits with its own code (2 bad input, 4 environment, 5 workdir busy). BadInput is a
-ValueError, so library callers that catch ValueError keep working.
+ValueError, so library callers that catch ValueError keep working. The package's other
+command-line tools (export, claims, record, prepare) report the same way: `ToolParser` for
+their command lines, `run_tool` for what they do.
 """
 
+import argparse
 import contextlib
 import errno
 import math
 import os
 import shutil
+import sys
 
 import ml_collections
 
@@ -250,3 +254,50 @@ def environment_failure(error, workdir, needed_bytes=None):
                       getattr(long, 'filename', None) or workdir,
                       'choose a shorter --workdir')
   return None
+
+
+BAD_INPUT = 2  # exit code of a bad value, file or directory (nothing computed or written)
+ENVIRONMENT = 4  # the machine or the files: disk, platform, path, damaged files
+
+
+def error_line(error):
+  """`error: <what> (<field or path>): <fix>`, on one line whatever the message holds."""
+  return 'error: ' + ' '.join(str(error).split())
+
+
+def tool_failure(error, where='.'):
+  """(exit code, line on stderr) of a failure a user can act on: bad input (2) or the
+  environment (4: a full disk, a path too long, a damaged file, the file system refusing);
+  None for anything else (a bug: its traceback is shown). `where`: the folder written to."""
+  if isinstance(error, EnvFailure):
+    return ENVIRONMENT, error_line(error)
+  found = environment_failure(error, where)
+  if found is not None:
+    return ENVIRONMENT, error_line(found)
+  if isinstance(error, (ValueError, FileNotFoundError)):  # BadInput among them
+    return BAD_INPUT, error_line(error)
+  if isinstance(error, OSError):  # the file system said no: permissions, I/O errors
+    return ENVIRONMENT, error_line(error)
+  return None
+
+
+class ToolParser(argparse.ArgumentParser):
+  """argparse for the package's tools: a bad command line is one line on stderr, exit 2."""
+
+  def error(self, message):
+    print(f'error: {message} (see {self.prog} --help)', file=sys.stderr)
+    sys.exit(BAD_INPUT)
+
+
+def run_tool(work, where='.'):
+  """Runs `work()` for a command-line tool: 0, or a failure's code (tool_failure) after its
+  one line on stderr."""
+  try:
+    work()
+  except Exception as e:  # pylint: disable=broad-except  # classified, or raised again
+    found = tool_failure(e, where)
+    if found is None:
+      raise
+    print(found[1], file=sys.stderr)
+    return found[0]
+  return 0

@@ -12,11 +12,11 @@ set, n, the mean difference with its 95% interval and p-value, the verdict), or 
 there is none. Verdicts on the embedded digits concern digits, and the page says so.
 """
 
-import argparse
 import json
 import os
 import sys
 
+from jaxlab import checks
 from jaxlab.io.figures import markdown_table
 from jaxlab.io.writers import write_text
 from jaxlab.metrics import stats
@@ -91,21 +91,20 @@ def render(found, paths):
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(prog='python -m jaxlab.claims', description=__doc__.split(
+  parser = checks.ToolParser(prog='python -m jaxlab.claims', description=__doc__.split(
       '\n\n')[0])
   parser.add_argument('workdirs', nargs='+', help='workdirs of finished sweeps')
   parser.add_argument('--out', default='claims.md', help='the page to write (claims.md)')
   args = parser.parse_args(argv)
-  try:
+
+  def work():
     paths = find_stats(args.workdirs)
-  except FileNotFoundError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
-  text = render(measurements(paths), paths)
-  write_text(args.out, text)
-  print(text)
-  print(f'written to {args.out}')
-  return 0
+    text = render(measurements(paths), paths)
+    write_text(args.out, text)
+    print(text)
+    print(f'written to {args.out}')
+
+  return checks.run_tool(work, os.path.dirname(os.path.abspath(args.out)))
 
 
 if __name__ == '__main__':

@@ -21,7 +21,7 @@ import sys
 
 import numpy as np
 
-from jaxlab.checks import EnvFailure
+from jaxlab import checks
 from jaxlab.io.checkpoint import BACKBONE, fingerprint
 from jaxlab.io.pretrained import (read_safetensors, read_safetensors_metadata, to_big_vision, to_timm,
                                   write_safetensors)
@@ -180,9 +180,11 @@ def export(run_dir, fmt, out, step=None, heads=None, seed=None):
 
 
 def main(argv=None):
+  """python -m jaxlab.export: 0, or 2 for bad input / 4 for the environment after one line on
+  stderr (checks.run_tool)."""
   import argparse
-  parser = argparse.ArgumentParser(prog='python -m jaxlab.export', description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = checks.ToolParser(prog='python -m jaxlab.export', description=__doc__,
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--workdir', required=True, help="a PEFT run's workdir")
   parser.add_argument('--format', required=True, choices=FORMATS)
   parser.add_argument('--out', required=True, help='the file to write')
@@ -192,12 +194,9 @@ def main(argv=None):
   parser.add_argument('--seed', type=int, default=None,
                       help='the seed whose model to write, of a run of several seeds')
   args = parser.parse_args(argv)
-  try:
-    print(export(args.workdir, args.format, args.out, args.step, args.heads, args.seed))
-  except (ExportError, ValueError, FileNotFoundError, EnvFailure) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 1
-  return 0
+  return checks.run_tool(
+      lambda: print(export(args.workdir, args.format, args.out, args.step, args.heads,
+                           args.seed)), os.path.dirname(os.path.abspath(args.out)))
 
 
 if __name__ == '__main__':

@@ -34,9 +34,9 @@ from ml_collections import config_flags
 from jaxlab import checks, cli
 from jaxlab.train import preemption
 
-BAD_INPUT = 2  # exit code of a bad value, file or directory (nothing computed or written)
+BAD_INPUT = checks.BAD_INPUT  # 2: a bad value, file or directory (nothing computed or written)
 DIVERGED = 3  # exit code of a run stopped by a non-finite loss or parameter
-ENVIRONMENT = 4  # the machine or the workdir's files: disk, platform, path, damaged files
+ENVIRONMENT = checks.ENVIRONMENT  # 4: the machine or the workdir's files
 BUSY = 5  # another run holds the workdir
 _CONFIG_FLAG = '--config'
 _HELP = ('--help', '--helpshort', '--helpfull', '--helpxml', '-?', '-h')
@@ -141,28 +141,15 @@ def failure(error, workdir):
   if isinstance(error, preemption.Preempted):
     return error.exit_code, str(error)
   if isinstance(error, DivergenceError):
-    return DIVERGED, _error_line(error)
+    return DIVERGED, checks.error_line(error)
   if isinstance(error, checks.WorkdirBusy):
-    return BUSY, _error_line(error)
-  if isinstance(error, checks.EnvFailure):
-    return ENVIRONMENT, _error_line(error)
-  found = checks.environment_failure(error, workdir)  # a full disk, a path too long
-  if found is not None:
-    return ENVIRONMENT, _error_line(found)
-  if isinstance(error, (ValueError, FileNotFoundError)):  # checks.BadInput among them
-    return BAD_INPUT, _error_line(error)
-  if isinstance(error, OSError):  # the file system said no: permissions, I/O errors
-    return ENVIRONMENT, _error_line(error)
-  return None
-
-
-def _error_line(error):
-  return 'error: ' + ' '.join(str(error).split())  # one line, always
+    return BUSY, checks.error_line(error)
+  return checks.tool_failure(error, workdir)  # bad input, the environment, or a bug (None)
 
 
 def bad_input(error):
   """Exit with BAD_INPUT after one line on stderr: `error: <what> (<field or path>): <fix>`."""
-  print(_error_line(error), file=sys.stderr)
+  print(checks.error_line(error), file=sys.stderr)
   sys.exit(BAD_INPUT)
 
 

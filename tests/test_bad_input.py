@@ -292,3 +292,48 @@ def test_a_checkpoint_orbax_cannot_restore_names_the_step(tmp_path):
     Checkpointer(tmp_path, 1, 2).restore(state)
   assert e.value.where == str(tmp_path / '2') and 'checkpoint step 2' in e.value.what
   assert f'delete {tmp_path / "2"}' in e.value.fix and '\n' not in str(e.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# The package's other command-line tools report the same way: one line, exit 2 for bad input
+# (4 for a damaged file).
+
+
+def _tool_exit(main, argv, capsys):
+  """(exit code, stderr) of a tool's main(argv): returned, or raised by its parser."""
+  try:
+    code = main(argv)
+  except SystemExit as e:
+    code = e.code
+  return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize('tool', ['export', 'claims', 'record', 'prepare'])
+def test_every_tool_reports_bad_input_in_one_line_with_exit_2(tool, tmp_path, capsys):
+  from jaxlab import claims, export
+  from jaxlab.data import prepare
+  from jaxlab.io import record
+  main = {'export': export.main, 'claims': claims.main, 'record': record.main,
+          'prepare': prepare.main}[tool]
+  nowhere = str(tmp_path / 'nowhere')
+  cases = {  # a command line the parser refuses, and one whose input is not there
+      'export': (['--workdir', nowhere], ['--workdir', nowhere, '--format', 'timm', '--out',
+                                           str(tmp_path / 'x')]),
+      'claims': (['--out'], [nowhere]),
+      'record': ([], [nowhere]),
+      'prepare': (['--dataset=mnist'], None),
+  }[tool]
+  for argv in filter(None, cases):
+    code, err = _tool_exit(main, argv, capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith('error: '), (argv, code, err)
+  assert not os.path.exists(nowhere)
+
+
+def test_a_damaged_record_is_one_line_with_exit_4(tmp_path, capsys):
+  from jaxlab.io import record
+  for name in ('a', 'b'):
+    (tmp_path / name).mkdir()
+    (tmp_path / name / 'record.json').write_text('{"title": "cut sho')
+  code, err = _tool_exit(record.main, [str(tmp_path / 'a'), str(tmp_path / 'b')], capsys)
+  assert code == 4 and len(err.strip().splitlines()) == 1 and 'record.json' in err, err

@@ -270,5 +270,5 @@ def test_seeds_share_one_backbone_and_each_seeds_model_exports(runs, tmp_path):
 def test_export_command_line_names_the_runs_of_a_sweep(tmp_path, capsys):
   (tmp_path / 'lora').mkdir()
   (tmp_path / 'lora' / 'config.json').write_text('{}')
-  assert main(['--workdir', str(tmp_path), '--format', 'timm', '--out', str(tmp_path / 'x')]) == 1
+  assert main(['--workdir', str(tmp_path), '--format', 'timm', '--out', str(tmp_path / 'x')]) == 2
   assert f'export one of its runs: {tmp_path / "lora"}' in capsys.readouterr().err

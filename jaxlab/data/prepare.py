@@ -14,6 +14,8 @@ import importlib.util
 import sys
 from collections.abc import Sequence
 
+from jaxlab import checks
+
 DATASETS = ('cifar10', 'cifar100')
 
 _NEEDS_TENSORFLOW = (
@@ -42,7 +44,7 @@ def prepare(name: str, tfds_dir: str = '') -> str:
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(
+  parser = checks.ToolParser(
       prog='python -m jaxlab.data.prepare', description=__doc__.split('\n')[0]
   )
   parser.add_argument('--dataset', required=True, choices=DATASETS)
@@ -53,18 +55,22 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  """Runs the CLI; returns the exit status (2 when TensorFlow is missing)."""
+  """Runs the CLI; returns the exit status (2 when TensorFlow is missing, or bad input; 4 for
+  the environment: checks.run_tool)."""
   args = _parse_args(argv)
   if not tensorflow_available():
     print(_NEEDS_TENSORFLOW, file=sys.stderr)
     return 2
-  folder = prepare(args.dataset, args.tfds_dir)
-  tfds_flag = f' --config.data.tfds_dir={args.tfds_dir}' if args.tfds_dir else ''
-  print(
-      f'Prepared {args.dataset} in {folder}. Train with '
-      f'--config.data.name={args.dataset} --config.data.source=tfds{tfds_flag}'
-  )
-  return 0
+
+  def work():
+    folder = prepare(args.dataset, args.tfds_dir)
+    tfds_flag = f' --config.data.tfds_dir={args.tfds_dir}' if args.tfds_dir else ''
+    print(
+        f'Prepared {args.dataset} in {folder}. Train with '
+        f'--config.data.name={args.dataset} --config.data.source=tfds{tfds_flag}'
+    )
+
+  return checks.run_tool(work, args.tfds_dir or '.')
 
 
 if __name__ == '__main__':

@@ -9,13 +9,12 @@ side in one page with
     python -m jaxlab.io.record RUN_DIR RUN_DIR [...] [--out=compare.md]
 """
 
-import argparse
 import datetime
 import json
 import os
 import sys
 
-from jaxlab.checks import Damaged
+from jaxlab import checks
 from jaxlab.io import provenance
 from jaxlab.io.figures import markdown_table, with_status
 from jaxlab.io.writers import read_json, write_json, write_text
@@ -126,7 +125,7 @@ def compare(workdirs):
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(
+  parser = checks.ToolParser(
       prog='python -m jaxlab.io.record',
       description='Put the records (record.json) of two or more runs side by side.')
   parser.add_argument('workdirs', nargs='+', help='run directories holding record.json')
@@ -135,17 +134,17 @@ def main(argv=None):
   missing = [w for w in args.workdirs if not os.path.exists(os.path.join(w, 'record.json'))]
   if missing:
     parser.error('no record.json in ' + ', '.join(missing) + ' (a finished run writes one)')
-  try:
+
+  def work():
     text = compare(args.workdirs)
-  except Damaged as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(4)
-  if args.out:
-    write_text(args.out, text)
-    print(f'wrote {args.out}')
-  else:
-    print(text)
+    if args.out:
+      write_text(args.out, text)
+      print(f'wrote {args.out}')
+    else:
+      print(text)
+
+  return checks.run_tool(work, os.path.dirname(os.path.abspath(args.out or '.')))
 
 
 if __name__ == '__main__':
-  main()
+  sys.exit(main())
