@@ -246,12 +246,8 @@ def run_one(config, workdir, dataset):
   WORKDIR/seed_<s>/, and WORKDIR/summary.json holds their per-seed values and means."""
   run = lambda c, w: _run_together(c, w, dataset)
   if config.get('seeds') and config.local.method != 'none':
-    summary = over_seeds.in_turn(config, workdir, run, SEED_KEYS, LOCAL_IN_TURN)
-  else:
-    summary = over_seeds.together_or_in_turn(config, workdir, run, SEED_KEYS)
-  if summary.get('seeds_run') == 'one after another':
-    write_json(os.path.join(workdir, 'summary.json'), summary)
-  return summary
+    return over_seeds.in_turn(config, workdir, run, SEED_KEYS, LOCAL_IN_TURN)
+  return over_seeds.together_or_in_turn(config, workdir, run, SEED_KEYS)
 
 
 def _run_together(config, workdir, dataset):

@@ -218,12 +218,11 @@ def run_arm(config, workdir, dataset, arm):
   WORKDIR/seed_<s>/ (over_seeds.together_or_in_turn)."""
   row = over_seeds.together_or_in_turn(
       arm_config(config, arm), workdir, lambda c, w: _train_arm(c, w, dataset, arm),
-      SEED_KEYS, combine=_combined_rows)
+      SEED_KEYS, combine=_combined_rows, result_file='arm.json')
   if row.get('seeds_run') == 'one after another':
     first = os.path.join(over_seeds.seed_dir(workdir, row['seeds'][0]), 'embeddings.png')
     if os.path.exists(first):  # the record's picture: the first seed's, as when together
       shutil.copyfile(first, os.path.join(workdir, 'embeddings.png'))
-    write_json(os.path.join(workdir, 'arm.json'), row)
   return row
 
 

@@ -51,10 +51,10 @@ def combined(results, seeds, keys):
   return out
 
 
-def in_turn(config, workdir, run, keys, why, combine=combined):
+def in_turn(config, workdir, run, keys, why, combine=combined, result_file='summary.json'):
   """`run(config, workdir)` of each of config.seeds alone (config.seed = s, no seeds), in
   WORKDIR/seed_<s>/, one after another (`why`); their results combined (`combine(results,
-  seeds, keys)`) with `seeds_run_why`."""
+  seeds, keys)`) with `seeds_run_why`, also written to WORKDIR/`result_file`."""
   results = []
   for seed in config.seeds:
     c = copy.deepcopy(config)
@@ -62,13 +62,16 @@ def in_turn(config, workdir, run, keys, why, combine=combined):
       c.seed, c.seeds = seed, ()
     print(f'seed {seed} of {tuple(config.seeds)} (one after another: {why})')
     results.append(run(c, seed_dir(workdir, seed)))
-  return {**combine(results, config.seeds, keys), 'seeds_run_why': why}
+  result = {**combine(results, config.seeds, keys), 'seeds_run_why': why}
+  write_json(os.path.join(workdir, result_file), result)
+  return result
 
 
 IN_TURN_FILE = 'seeds_in_turn.json'
 
 
-def together_or_in_turn(config, workdir, run, keys, combine=combined):
+def together_or_in_turn(config, workdir, run, keys, combine=combined,
+                        result_file='summary.json'):
   """`run(config, workdir)`, config.seeds trained together; where they do not fit in a device's
   memory together (checks.SeedsDoNotFit, raised before the first step), `in_turn`. The
   decision is kept (WORKDIR/seeds_in_turn.json), so a rerun resumes the seeds in turn without
@@ -76,14 +79,14 @@ def together_or_in_turn(config, workdir, run, keys, combine=combined):
   kept = os.path.join(workdir, IN_TURN_FILE)
   if config.get('seeds') and os.path.exists(kept):
     why = read_json(kept, f'delete {kept} to try the seeds together again')['why']
-    return in_turn(config, workdir, run, keys, why, combine)
+    return in_turn(config, workdir, run, keys, why, combine, result_file)
   try:
     return run(config, workdir)
   except checks.SeedsDoNotFit as e:
     why = f'{e.what}: the seeds run one after another'
     print(f'note: {why}', file=sys.stderr)
     write_json(kept, {'why': why, 'seeds': list(config.seeds)})
-    return in_turn(config, workdir, run, keys, why, combine)
+    return in_turn(config, workdir, run, keys, why, combine, result_file)
 
 
 def stacked(trees):

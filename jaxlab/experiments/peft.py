@@ -254,11 +254,8 @@ def run_seeds(config, workdir, dataset, pretrained, backbone):
   """run_one's summary with config.seeds trained together, or, where they do not fit in memory
   together, one after another in WORKDIR/seed_<s>/ (over_seeds.together_or_in_turn: then
   WORKDIR/summary.json holds their per-seed values and means)."""
-  summary = over_seeds.together_or_in_turn(
+  return over_seeds.together_or_in_turn(
       config, workdir, lambda c, w: run_one(c, w, dataset, pretrained, backbone)[0], SEED_KEYS)
-  if summary.get('seeds_run') == 'one after another':
-    write_json(os.path.join(workdir, 'summary.json'), summary)
-  return summary
 
 
 def pretrain(config, workdir, dataset):
