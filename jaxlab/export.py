@@ -114,11 +114,11 @@ def run_params(run_dir, step=None, seed=None):
   config = _config(run_dir)
   step, tree = _checkpoint_tree(run_dir, step)
   trainable, frozen = _numpy(tree['params']), _numpy(tree.get('frozen'))
+  seeds = list(config.get('seeds') or ())
+  shared = _frozen_shared(run_dir, len(seeds))  # one backbone every seed read
   backbone = os.path.join(run_dir, BACKBONE)
   if not frozen and os.path.exists(backbone):  # saved with checkpoint.params=trainable
-    frozen = _rebuild_frozen(config, trainable, read_json(backbone),
-                             _frozen_shared(run_dir, len(config.get('seeds') or ())))
-  seeds = list(config.get('seeds') or ())
+    frozen = _rebuild_frozen(config, trainable, read_json(backbone), shared)
   if seeds:
     if seed not in seeds:
       raise ExportError(f'{run_dir} trained seeds {seeds} together: choose the model of one '
@@ -126,7 +126,7 @@ def run_params(run_dir, step=None, seed=None):
     pick = lambda tree: {k: pick(v) for k, v in tree.items()} if isinstance(tree, dict) \
         else tree[seeds.index(seed)]
     trainable = pick(trainable)
-    if not _frozen_shared(run_dir, len(seeds)):  # else: the one backbone every seed read
+    if not shared:
       frozen = pick(frozen)
   elif seed is not None and seed != config.seed:
     raise ExportError(f'{run_dir} trained seed {config.seed} alone, not {seed}: drop --seed')
