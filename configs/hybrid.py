@@ -39,6 +39,12 @@ Variants (python launch.py --config=configs/hybrid.py:VARIANT):
                           ECE 0.0600)
   alt50                   five_epochs with alternation every 50 steps, lora-first (reference:
                           89.93%, ECE 0.0592)
+  freezing                the selective-freezing sweep: five_epochs without freezing and with
+                          each schedule the reference note tried (warm-up LoRA 200, warm-up
+                          Norm 200, both 100, alternation every 25 / 50 / 100 LoRA-first, 50
+                          Norm-first, warm-up LoRA 200 then alternation every 25), each on
+                          seeds 0, 1, 2 trained together; the seeds' statistics and the note's
+                          conclusions tested, its own numbers beside
 The reference's 5-epoch runs used random seeds 0 and 1 (torch's generator: not reproducible
 here); the warm-up figure is the best of their reruns of that setting.
 Renamed variants (an error names the new one): week4 → deep_lora, week5 → five_epochs.
@@ -134,6 +140,23 @@ def five_epochs(**freezing):
   return c
 
 
+# The schedules the reference note tried (its code's log, reports/results_week5_clean.csv).
+FREEZING_SCHEDULES = ('warmup_lora200', 'warmup_norm200', 'warmup_both100', 'alt25', 'alt50',
+                      'alt100', 'alt50_norm_first', 'warmup_lora200+alt25')
+
+
+def freezing():
+  """Selective freezing over seeds: the baseline and every schedule of the reference note as
+  runs 'hybrid_layerwise/deep_lora@<schedule>' (jaxlab.peft.methods.freezing_fields) of one
+  sweep, each on seeds 0, 1, 2 trained together, so that every comparison is paired."""
+  c = five_epochs()
+  c.sweep.runs = ('hybrid_layerwise/deep_lora',) + tuple(
+      f'hybrid_layerwise/deep_lora@{schedule}' for schedule in FREEZING_SCHEDULES)
+  c.seeds = (0, 1, 2)
+  c.peft.diagnostics = False
+  return c
+
+
 def quick():
   """The offline demo: a ViT (patch 8, width 64, depth 4, 8 heads) trained from scratch on
   digits 0-4, then the four reference methods transferred to digits 5-9 on its frozen backbone.
@@ -188,6 +211,7 @@ VARIANTS = {
     'five_epochs': five_epochs,
     'warmup_lora200': lambda: five_epochs(freeze_lora_steps=200),
     'alt50': lambda: five_epochs(alt_freeze_every=50, alt_order='lora-first'),
+    'freezing': freezing,
 }
 
 

@@ -31,21 +31,29 @@ def test_every_claim_is_measured_or_says_why_not():
       e[0] for e in distributed.CLAIMS}
 
 
-def test_peft_stats_recomputed_from_the_per_seed_values(tmp_path):
+@pytest.mark.parametrize('sweep', ['methods', 'freezing'])
+def test_peft_stats_recomputed_from_the_per_seed_values(tmp_path, sweep):
   """A PEFT sweep's stats.json, recomputed independently (SciPy) from the per-seed values it
-  holds: every run's summary, every comparison's paired test, the verdicts."""
+  holds: every run's summary, every comparison's paired test, the verdicts. The four methods'
+  sweep tests the method claims; the selective-freezing sweep (hybrid.py:freezing) the freezing
+  claims, its runs named as the variant names them."""
   rng = np.random.default_rng(0)
   seeds = (42, 43, 44, 45)
+  c = hybrid_config.get_config('quick')
+  if sweep == 'freezing':
+    c.sweep.runs = hybrid_config.get_config('freezing').sweep.runs
+    runs, expected_claims = list(c.sweep.runs), peft_stats.FREEZING_CLAIMS
+  else:
+    runs, expected_claims = [r['run'] for r in peft.REFERENCE], peft_stats.METHOD_CLAIMS
   rows = []
-  for i, run in enumerate(peft.REFERENCE):
+  for i, run in enumerate(runs):
     acc = (0.9 - 0.01 * i + 0.005 * rng.standard_normal(len(seeds))).tolist()
     ece = (0.05 + 0.01 * i + 0.003 * rng.standard_normal(len(seeds))).tolist()
-    rows.append(dict(run=run['run'], trainable_params=run['trainable_params'],
+    rows.append(dict(run=run, trainable_params=1000 + i,
                      seeds=list(seeds), acc1=float(np.mean(acc)), acc1_per_seed=acc,
                      acc1_best=float(np.mean(acc)), best_epoch=1, ece=float(np.mean(ece)),
                      ece_per_seed=ece, ece_per_batch=float(np.mean(ece)),
                      ece_per_batch_per_seed=ece, nll=1.0, nll_per_seed=[1.0] * len(seeds)))
-  c = hybrid_config.get_config('quick')
   c.seeds = seeds
   peft.write_report(str(tmp_path), rows, c, echo=False)
   record = json.load(open(tmp_path / 'stats.json'))
@@ -58,9 +66,9 @@ def test_peft_stats_recomputed_from_the_per_seed_values(tmp_path):
     assert got['mean'] == pytest.approx(values.mean(), rel=1e-12)
     assert got['std'] == pytest.approx(values.std(ddof=1), rel=1e-12)
     assert got['ci95'] == pytest.approx([values.mean() - half, values.mean() + half], rel=1e-9)
-  assert len(record['comparisons']) == len(peft_stats.CLAIMS)
+  assert len(record['comparisons']) == len(expected_claims)
   by_run = {r['run']: r for r in rows}
-  for comp, (claim_id, _, metric, a, b, sign) in zip(record['comparisons'], peft_stats.CLAIMS):
+  for comp, (claim_id, _, metric, a, b, sign) in zip(record['comparisons'], expected_claims):
     metric = 'ece_per_batch' if metric == 'ece' else metric
     va, vb = (np.array(by_run[x][f'{metric}_per_seed']) for x in (a, b))
     diff = va - vb
@@ -79,7 +87,15 @@ def test_peft_stats_recomputed_from_the_per_seed_values(tmp_path):
     assert comp['verdict'] == expected, comp
   table = open(tmp_path / 'table.md').read()
   assert '## Over the seeds' in table and 'the verdicts concern digits' in table
-  assert '| norm | 4 |' in table
+  assert f'| {runs[-1]} | 4 |' in table
+  reference = peft.FREEZING_REFERENCE if sweep == 'freezing' else peft.REFERENCE
+  ours = {r['run']: r for r in reference}
+  for comp in record['comparisons']:  # the note's own difference where it quotes both runs
+    metric = comp['metric']
+    if comp['a'] in ours and comp['b'] in ours and metric in ours[comp['a']]:
+      assert comp['reference_diff'] == pytest.approx(ours[comp['a']][metric]
+                                                     - ours[comp['b']][metric])
+  assert ('with selective freezing' in table) == (sweep == 'freezing')
 
 
 def fake_ladder(workdir, width, depth, seeds, shift):

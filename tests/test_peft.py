@@ -12,7 +12,7 @@ from configs import hybrid
 from jaxlab import checks, experiments, models
 from jaxlab.data.datasets import Dataset, load_dataset
 from jaxlab.data.pipeline import Split
-from jaxlab.experiments import peft
+from jaxlab.experiments import peft, peft_stats
 from jaxlab.models.lora import LoraSpec
 from jaxlab.parallel.mesh import make_mesh
 from jaxlab.params import FROZEN, flatten, label_tree, merge
@@ -398,3 +398,69 @@ def test_seeds_refuse_the_one_model_measurements():
   c.seeds = (1, 1, 2)
   with pytest.raises(checks.BadInput, match='repeats'):
     peft.validate(c)
+
+
+def test_freezing_schedules_by_name():
+  """A sweep run's '@schedule' names the selective-freezing fields; one name per schedule."""
+  assert methods.freezing_fields('warmup_lora200+alt25') == dict(
+      freeze_lora_steps=200, freeze_norm_steps=0, alt_freeze_every=25, alt_order='lora-first')
+  assert methods.freezing_fields('warmup_both100')['freeze_norm_steps'] == 100
+  assert methods.freezing_fields('alt50_norm_first')['alt_order'] == 'norm-first'
+  for name in hybrid.FREEZING_SCHEDULES:
+    assert methods.freezing_name(**methods.freezing_fields(name)) == name
+  assert methods.freezing_name() == ''
+  with pytest.raises(ValueError, match="write it 'warmup_lora200\\+alt25'"):
+    methods.freezing_fields('alt25+warmup_lora200')
+  with pytest.raises(ValueError, match='unknown freezing schedule'):
+    methods.freezing_fields('alt0')
+  assert methods.split_run('hybrid_layerwise/deep_lora@alt50') == (
+      'hybrid_layerwise', 'deep_lora', 'alt50')
+  assert methods.split_run('norm') == ('norm', '', '')
+  c = hybrid.get_config('freezing')
+  peft.validate(c)
+  c.sweep.runs = ('norm@alt50+warmup_lora200',)
+  with pytest.raises(checks.BadInput, match="write it 'warmup_lora200\\+alt50'") as e:
+    peft.validate(c)
+  assert e.value.where == '--config.sweep.runs'
+  c.sweep.runs = ('hybrid_layerwise/deep_lora@alt50', 'norm@warmup_lora200')
+  with pytest.raises(checks.BadInput, match='would be ignored'):  # every run names its own
+    peft.validate(c, overridden={'peft.alt_freeze_every'})
+
+
+def test_freezing_sweep_over_seeds_tests_the_notes_freezing_claims(tmp_path):
+  """hybrid.py:freezing in small: runs '<method>@<schedule>' of one sweep, each on three seeds
+  trained together; each cell trains with its schedule (LoRA held for the whole run under
+  warm-up LoRA 200: the last step's trainables are the head and norms alone); stats.json tests
+  the freezing claims whose runs the sweep has, and only those."""
+  deep = 'hybrid_layerwise/deep_lora'
+  c = tiny_config(diagnostics=False, method='hybrid_layerwise', policy='deep_lora')
+  c.data.classes = (0, 1)
+  c.seeds = (0, 1, 2)
+  c.sweep.runs = (deep, f'{deep}@warmup_lora200', f'{deep}@alt50')
+  c.train.update(epochs=2, log_every_steps=36)
+  summary = peft.run(c, str(tmp_path))
+  rows = {r['run']: r for r in summary['runs']}
+  assert set(rows) == set(c.sweep.runs)
+  for row in rows.values():
+    assert row['seeds'] == [0, 1, 2] and len(row['acc1_per_seed']) == 3
+  recorded = json.load(open(tmp_path / 'hybrid_layerwise-deep_lora@alt50' / 'config.json'))
+  assert recorded['peft']['alt_freeze_every'] == 50
+  # The live trainables over the last 36 of the 72 steps (metrics.jsonl): warm-up LoRA 200 held
+  # LoRA throughout (the head and block 0's norms alone); alt50 held LoRA to step 49, then Norm.
+  def live(run):
+    records = [json.loads(line) for line in open(tmp_path / peft.cell_name(run) / 'metrics.jsonl')]
+    return [r['trainable_params'] for r in records if 'trainable_params' in r][-1]
+  base, warm, alt = (live(r) for r in c.sweep.runs)
+  assert base == rows[deep]['trainable_params'] and warm < base
+  assert min(warm, base) < alt < max(warm, base) or alt < warm
+  record = json.load(open(tmp_path / 'stats.json'))
+  tested = {(x['claim_id'], x['a'], x['b'], x['metric']) for x in record['comparisons']}
+  expected = {(i, a, b) for i, _, _, a, b, _ in peft_stats.FREEZING_CLAIMS
+              if a in rows and b in rows}
+  assert {(i, a, b) for i, a, b, _ in tested} == expected
+  assert len(record['comparisons']) == 9  # peft5-1, -2, -7 (2), -8, -10, -11, -23 (2)
+  for x in record['comparisons']:
+    assert x['verdict'] in ('supported', 'not distinguishable', 'contradicted')
+    assert len(x['a_values']) == len(x['b_values']) == 3
+  table = open(tmp_path / 'table.md').read()
+  assert 'with selective freezing' in table and f'| {deep}@alt50 | 3 |' in table

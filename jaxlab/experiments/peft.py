@@ -61,6 +61,30 @@ REFERENCE = (
          ece_per_batch=0.0618),
 )
 
+# The selective-freezing runs (deep_lora, 5 epochs; docs/references.md) as the reference note
+# quotes them from its code's log (Tony-lyu/CV, reports/results_week5_clean.csv): final accuracy,
+# ECE (the code's per-batch mean at eval batch 128), its avg_step_time_s (the wall clock a step,
+# as it timed steps), img/s and peak memory (torch.cuda.max_memory_allocated). The warm-up
+# figure is the best of the note's reruns of that setting.
+FREEZING_REFERENCE = (
+    dict(run=peft_stats.DEEP, trainable_params=247_396, wall_step_time_s=0.5698,
+         throughput_img_s=224.7, peak_mem_bytes=6_145_093_632, acc1=0.9004, ece_per_batch=0.0637),
+    dict(run=peft_stats.WARMUP, trainable_params=247_396, wall_step_time_s=0.5714,
+         throughput_img_s=224.0, peak_mem_bytes=6_145_093_632, acc1=0.9021, ece_per_batch=0.0600),
+    dict(run=peft_stats.ALT50, trainable_params=235_108, wall_step_time_s=0.4781,
+         throughput_img_s=267.7, peak_mem_bytes=5_355_933_696, acc1=0.8993, ece_per_batch=0.0592),
+)
+
+
+def reference_rows(config):
+  """(the reference note's rows for this sweep's table, their heading): the selective-freezing
+  runs for a sweep whose runs name freezing schedules, else the 10-epoch method runs."""
+  if any('@' in spec for spec in config.sweep.runs):
+    return FREEZING_REFERENCE, ('the reference runs with selective freezing (ViT-S/16, '
+                                'CIFAR-100, deep_lora, 5 epochs; docs/references.md)')
+  return REFERENCE, 'the reference runs (ViT-S/16, CIFAR-100, 10 epochs; docs/references.md)'
+
+
 COLUMNS = (
     ('run', 'run', '{}'),
     ('trainables', 'trainable_params', '{:,}'),
@@ -239,7 +263,8 @@ def run_one(config, workdir, dataset, pretrained, backbone=None):
   task = dataclasses.replace(make_task(config, dataset.num_classes, pretrained),
                              backbone=backbone)
   p = config.peft
-  name = methods.describe(p.method, p.policy, tuple(p.lora_blocks))
+  name = methods.describe(p.method, p.policy, tuple(p.lora_blocks), methods.freezing_name(
+      **{f: p[f] for f in methods.FREEZING_FIELDS}))
   summary, state = fit(config, workdir, task, dataset,
                        summary_extra={'run': name, 'method': p.method, 'policy': p.policy})
   return summary, state
@@ -311,11 +336,15 @@ def validate(config, overridden=frozenset(), devices=1):
   arch = preflight.check_vit(c, overridden)
   runs = tuple(c.sweep.runs)
   for spec in (runs or (f'{p.method}/{p.policy}',)):
-    method, _, policy = spec.partition('/')
+    method, policy, schedule = methods.split_run(spec)
     field = 'sweep.runs' if runs else 'peft.method'
     if method not in methods.METHODS:
       checks.fail(field, f'unknown method {method!r}', f'choose one of '
                   f'{", ".join(methods.METHODS)}')
+    if runs and '@' in spec:
+      with checks.about('sweep.runs', 'name a schedule after "@", e.g. '
+                        'hybrid_layerwise/deep_lora@alt50'):
+        methods.freezing_fields(schedule)
     with checks.about('peft.lora_blocks' if (policy or p.policy) == 'explicit'
                       else ('sweep.runs' if runs else 'peft.policy'),
                       f'policies: {", ".join(methods.POLICIES)}; block indices lie in '
@@ -329,6 +358,11 @@ def validate(config, overridden=frozenset(), devices=1):
                               'give the methods in --config.sweep.runs (e.g. '
                               '--config.sweep.runs=norm), or run a single-method variant '
                               'such as --config=hybrid:norm')
+    if all('@' in spec for spec in runs):  # every run names its own freezing schedule
+      for name in methods.FREEZING_FIELDS:
+        checks.ignored_override(f'peft.{name}', overridden, f'sweep.runs {runs}',
+                                'name the schedule in the run instead (e.g. '
+                                'hybrid_layerwise/deep_lora@warmup_lora200+alt25)')
   for key in RECIPE_FIELDS:
     checks.ignored_override(f'augment.{key}', overridden,
                             f'augment.recipe {c.augment.recipe!r} (resize = model.image_size)',
@@ -346,9 +380,9 @@ def validate(config, overridden=frozenset(), devices=1):
     for name in ('pretrain_classes', 'pretrain_epochs', 'pretrain_lr'):
       unread(f'sweep.{name}', f'with pretrained.source={src!r}',
              'set --config.pretrained.source=pretrain too (or drop it)')
-  specs = [spec.partition('/') for spec in (runs or (f'{p.method}/{p.policy}',))]
+  specs = [methods.split_run(spec) for spec in (runs or (f'{p.method}/{p.policy}',))]
   used = {m for m, _, _ in specs}
-  policies = {pol or p.policy for m, _, pol in specs if m == 'hybrid_layerwise'}
+  policies = {pol or p.policy for m, pol, _ in specs if m == 'hybrid_layerwise'}
   if not used & {'lora', 'hybrid_parallel', 'hybrid_layerwise'}:
     for name in ('rank', 'alpha', 'dropout', 'attn_only'):
       unread(f'peft.{name}', f'by the methods run here ({", ".join(sorted(used))}: no LoRA)',
@@ -434,10 +468,12 @@ def run(config, workdir):
 
   def cell(spec):
     c = copy.deepcopy(config)
-    method, _, policy = spec.partition('/')
+    method, policy, schedule = methods.split_run(spec)
     with c.unlocked():
       c.peft.method = method
       c.peft.policy = policy or c.peft.policy
+      if schedule:
+        c.peft.update(methods.freezing_fields(schedule))
     out = os.path.join(workdir, cell_name(spec))
     return Cell(cell_name(spec), out, lambda: run_seeds(c, out, dataset, pretrained, backbone),
                 run_length(c))
@@ -451,7 +487,8 @@ def run(config, workdir):
 
 
 def cell_name(spec):
-  """A run of sweep.runs ('method' or 'hybrid_layerwise/policy') as its cell and folder name."""
+  """A run of sweep.runs ('method' or 'hybrid_layerwise/policy', either with '@schedule') as its
+  cell and folder name."""
   return spec.replace('/', '-')
 
 
@@ -491,7 +528,8 @@ def write_report(workdir, rows, config, echo=True):
           'the runtime\'s process-wide peak is in each summary.json.')
   finished = [r for r in rows if r.get('diverged_at_step') is None]
   seeds = over_seeds.run_seeds(config)
-  results_stats = peft_stats.seed_stats(rows, REFERENCE, config.data.name, seeds)
+  reference, reference_title = reference_rows(config)
+  results_stats = peft_stats.seed_stats(rows, reference, config.data.name, seeds)
   write_json(os.path.join(workdir, 'stats.json'), results_stats)
   if any('acc1_per_seed' in r for r in finished):
     note += (f'\n\nEvery method trained seeds {list(seeds)} together: each number above is '
@@ -501,14 +539,17 @@ def write_report(workdir, rows, config, echo=True):
              + peft_stats.claims_report(results_stats, config.data.name))
   text = (f'# PEFT methods: {title}\n\n'
           + markdown_table([with_status(r, 'acc1') for r in rows], COLUMNS) + note
-          + '\n\n## Reference: the reference runs (ViT-S/16, CIFAR-100, 10 epochs; '
-          'docs/references.md)\n\n'
-          'As their code logged them (Tony-lyu/CV, reports/results_week4.csv): the write-up '
-          'quotes the best epoch\'s Acc@1. Their step time is the median over the epochs of '
-          'the wall clock a step, their ECE the per-batch mean at eval batch 128, their '
+          + f'\n\n## Reference: {reference_title}\n\n'
+          + ('As their code logged them (Tony-lyu/CV, reports/results_week4.csv): the write-up '
+             'quotes the best epoch\'s Acc@1. Their step time is the median over the epochs of '
+             'the wall clock a step' if reference is REFERENCE else
+             'As the note quotes them from its code\'s log (Tony-lyu/CV, '
+             'reports/results_week5_clean.csv): Acc@1 after the last epoch; their step time is '
+             'the wall clock a step as the code timed it')
+          + ', their ECE the per-batch mean at eval batch 128, their '
           'memory torch.cuda.max_memory_allocated on one GPU; compare them with the columns '
           'measured the same way (wall step time, ECE per batch).\n\n'
-          + markdown_table(REFERENCE, COLUMNS) + '\n')
+          + markdown_table(reference, COLUMNS) + '\n')
   write_text(os.path.join(workdir, 'table.md'), text)
   n = max((results_stats['arms'][r['run']]['acc1']['n'] for r in finished), default=1)
   spread = f'; mean of {n} seeds, bars: 95% t-interval' if n > 1 else ''

@@ -1,5 +1,6 @@
 """The PEFT sweep over seeds (jaxlab.experiments.over_seeds): the metrics it summarises and
-the reference note's conclusions about the four methods, as paired tests over the seeds.
+the reference notes' conclusions about the four methods and about selective freezing, as
+paired tests over the seeds (a sweep tests those whose two runs it has).
 
 Every method of a sweep trains on the same seeds (config.seeds), so the seed-s runs of two
 methods share their data order and augmentation: a comparison pairs them seed by seed."""
@@ -7,13 +8,19 @@ methods share their data order and augmentation: a comparison pairs them seed by
 from jaxlab.experiments import over_seeds
 
 DEEP, PARALLEL = 'hybrid_layerwise/deep_lora', 'hybrid_parallel'
+# The selective-freezing runs of deep_lora (jaxlab.peft.methods.freezing_fields names them).
+WARMUP, ALT50 = f'{DEEP}@warmup_lora200', f'{DEEP}@alt50'
+ALTS = tuple(f'{DEEP}@alt{k}' for k in (25, 50, 100))
+WARMUP_ALT, NORM_WARMUPS = f'{DEEP}@warmup_lora200+alt25', (f'{DEEP}@warmup_norm200',
+                                                          f'{DEEP}@warmup_both100')
+FREEZING_RUNS = (DEEP, WARMUP, *NORM_WARMUPS, *ALTS, f'{DEEP}@alt50_norm_first', WARMUP_ALT)
 # The metrics each run reports per seed (summary.json '<metric>_per_seed').
 METRICS = ('acc1', 'nll', 'ece', 'ece_per_batch')
 # The reference note's conclusions about the four methods, each as paired comparisons of two
 # runs (claim id in jaxlab.reference_claims, the claim, the metric, run a, run b, the claimed
 # sign of a − b: +1 / −1, or 0 for "about equal"). Accuracy is the final epoch's; calibration
 # the per-batch ECE the note reported (the global ECE where the run has none).
-CLAIMS = (
+METHOD_CLAIMS = (
     ('peft4-4', 'deep_lora as accurate as the parallel hybrid', 'acc1', DEEP, PARALLEL, 0),
     ('peft4-5', 'deep_lora as accurate as LoRA-only', 'acc1', DEEP, 'lora', 0),
     ('peft4-5', 'the parallel hybrid as accurate as LoRA-only', 'acc1', PARALLEL, 'lora', 0),
@@ -32,6 +39,34 @@ CLAIMS = (
     ('peft4-16', 'the parallel hybrid less well calibrated than Norm-only (between it and '
      'LoRA-only)', 'ece', PARALLEL, 'norm', +1),
 )
+# The selective-freezing note's conclusions (5 epochs of deep_lora), each against the baseline
+# without freezing unless it says otherwise. "Neutral or slightly worse" is claimed as worse:
+# a verdict "not distinguishable" then reads "neutral".
+FREEZING_CLAIMS = (
+    ('peft5-1', 'warm-up LoRA more accurate than the baseline', 'acc1', WARMUP, DEEP, +1),
+    ('peft5-2', 'warm-up LoRA better calibrated than the baseline', 'ece', WARMUP, DEEP, -1),
+    ('peft5-7', 'alternation K=50 better calibrated than the baseline', 'ece', ALT50, DEEP, -1),
+    ('peft5-7', 'alternation K=50 better calibrated than warm-up LoRA', 'ece', ALT50, WARMUP, -1),
+    ('peft5-8', 'alternation K=50 as accurate as the baseline (within ~0.1 pp)', 'acc1', ALT50,
+     DEEP, 0),
+    *(('peft5-10', f'alternation K={k} slightly less accurate than the baseline', 'acc1', run,
+       DEEP, -1) for k, run in zip((25, 50, 100), ALTS)),
+    *(('peft5-11', f'alternation K={k} better calibrated than the baseline', 'ece', run, DEEP, -1)
+      for k, run in zip((25, 50, 100), ALTS)),
+    ('peft5-13', 'warm-up LoRA + alternation K=25 better calibrated than the baseline', 'ece',
+     WARMUP_ALT, DEEP, -1),
+    ('peft5-14', 'warm-up LoRA + alternation K=25 slightly less accurate than the baseline',
+     'acc1', WARMUP_ALT, DEEP, -1),
+    *(('peft5-17', f'{name} no more accurate than the baseline', 'acc1', run, DEEP, -1)
+      for name, run in zip(('warm-up Norm (200)', 'warm-up of both (100/100)'), NORM_WARMUPS)),
+    *(('peft5-18', f'{name} no better calibrated than the baseline', 'ece', run, DEEP, +1)
+      for name, run in zip(('warm-up Norm (200)', 'warm-up of both (100/100)'), NORM_WARMUPS)),
+    ('peft5-20', 'alternation K=50 LoRA-first more accurate than Norm-first', 'acc1', ALT50,
+     f'{DEEP}@alt50_norm_first', +1),
+    ('peft5-23', 'alternation K=50 gives up some accuracy', 'acc1', ALT50, DEEP, -1),
+    ('peft5-23', 'alternation K=50 banks calibration', 'ece', ALT50, DEEP, -1),
+)
+CLAIMS = METHOD_CLAIMS + FREEZING_CLAIMS
 
 
 DESCRIPTIONS = {'acc1': 'test accuracy after the last epoch', 'nll': 'test NLL',
@@ -51,7 +86,9 @@ def seed_stats(rows, reference, dataset, seeds):
   rows."""
   finished = [r for r in rows if r.get('diverged_at_step') is None]
   ece = ece_metric(finished)
-  claims = [(i, text, ece if m == 'ece' else m, a, b, sign) for i, text, m, a, b, sign in CLAIMS]
+  runs = {r['run'] for r in rows}  # a sweep tests the claims about runs it has
+  claims = [(i, text, ece if m == 'ece' else m, a, b, sign) for i, text, m, a, b, sign in CLAIMS
+            if a in runs and b in runs]
   return over_seeds.seed_stats(rows, 'run', METRICS, claims, dataset, seeds, DESCRIPTIONS,
                                {r['run']: r for r in reference})
 
