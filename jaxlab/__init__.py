@@ -25,6 +25,8 @@ _EXPORTS = {
     # PEFT
     'vit_with_peft': 'jaxlab.peft.api',
     'merge_lora': 'jaxlab.models.lora',
+    'save_adapters': 'jaxlab.peft.adapters',
+    'load_adapters': 'jaxlab.peft.adapters',
     'label_tree': 'jaxlab.params',
     'split': 'jaxlab.params',
     'merge': 'jaxlab.params',

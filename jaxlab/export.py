@@ -8,6 +8,11 @@ Formats:
   adapters  safetensors of the trained parameters only (LoRA pairs, tuned norms, head) under
             jaxlab's parameter paths, with the method, rank, alpha and the backbone's source
             and fingerprint in its metadata; `read_adapters` reads it back.
+  peft      a Hugging Face PEFT adapter directory (adapter_config.json,
+            adapter_model.safetensors) for the timm ViT: `peft.PeftModel.from_pretrained(
+            timm.create_model(name, num_classes=C), OUT)` on the same backbone gives the run's
+            logits; `jaxlab.load_adapters(OUT, weights)` reads it back. OUT is a directory.
+            LoRA methods only (lora, hybrid_parallel, hybrid_layerwise).
 
 RUN is one run's workdir (for a sweep, one of its sub-directories, e.g. workdirs/hybrid-quick/lora).
 The parameters come from its latest checkpoint (or --step). A run saved with
@@ -30,7 +35,7 @@ from jaxlab.train.guards import RESOLVED
 from jaxlab.models.lora import has_lora
 from jaxlab.params import flatten, label_tree, merge, shared_copy, split, unflatten
 
-FORMATS = ('timm', 'npz', 'adapters')
+FORMATS = ('timm', 'npz', 'adapters', 'peft')
 
 
 class ExportError(ValueError):
@@ -142,22 +147,56 @@ def read_adapters(path):
   return unflatten(read_safetensors(path)), info
 
 
+def _lora(config):
+  """The LoraSpec of a PEFT run's model (None for a method without LoRA), from its config."""
+  from jaxlab.models import vit_arch
+  from jaxlab.models.lora import LORA_TARGETS
+  from jaxlab.peft.api import lora_spec
+  p = config.peft
+  targets = ('qkv', 'proj') if p.attn_only else LORA_TARGETS
+  return lora_spec(p.method, vit_arch(config.model)['depth'], p.policy, p.rank, p.alpha,
+                   p.dropout, tuple(p.lora_blocks), targets)[1]
+
+
+def _base_name(config):
+  """The backbone's name for PEFT's base_model_name_or_path: timm's hub name of the AugReg
+  weights, the weights file, or None (a backbone pretrained by the run)."""
+  source = config.pretrained.source
+  if source == 'augreg' and config.model.get('variant') == 'S/16':
+    return 'timm/vit_small_patch16_224.augreg_in21k_ft_in1k'
+  if source in ('npz', 'timm'):
+    return os.path.abspath(os.path.expanduser(config.pretrained.path))
+  return None
+
+
 def export(run_dir, fmt, out, step=None, heads=None, seed=None):
   """Write run_dir's model to `out` in format `fmt` (one of FORMATS); returns a one-line report.
   `seed`: which seed's model, of a run that trained several together."""
   if fmt not in FORMATS:
     raise ExportError(f'unknown format {fmt!r}; choose one of {", ".join(FORMATS)}')
   config, params, trainable, step = run_params(run_dir, step, seed)
+  lora = _lora(config)
   alpha = config.peft.alpha
   merged = 'LoRA merged' if has_lora(params) else 'no LoRA'
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  if fmt == 'peft':
+    from jaxlab.peft.adapters import WEIGHTS, save_adapters
+    try:
+      save_adapters(out, lora, trainable, base_model_name_or_path=_base_name(config))
+    except ValueError as e:
+      raise ExportError(f'{run_dir}: {e}') from e
+    size = os.path.getsize(os.path.join(out, WEIGHTS))
+    count = sum(int(np.size(a)) for a in flatten(trainable).values())
+    return (f'wrote {out}/: a PEFT LoRA adapter, {len(flatten(trainable))} tensors, {count:,} '
+            f'parameters, {size / 1e6:.2f} MB (step {step}, r={lora.rank}, '
+            f'lora_alpha={lora.alpha:g})')
   if fmt == 'timm':
-    arrays = to_timm(params, alpha)
+    arrays = to_timm(params, lora)
     write_safetensors(out, arrays, metadata={'format': 'pt', 'jaxlab_run': os.path.abspath(run_dir),
                                              'jaxlab_step': step})
   elif fmt == 'npz':
     from jaxlab.models import vit_arch
-    arrays = to_big_vision(params, heads or vit_arch(config.model)['heads'], alpha)
+    arrays = to_big_vision(params, heads or vit_arch(config.model)['heads'], lora)
     with open(out, 'wb') as f:  # np.savez(path) would append '.npz' to another suffix
       np.savez(f, **arrays)
   else:
@@ -187,7 +226,8 @@ def main(argv=None):
                              formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--workdir', required=True, help="a PEFT run's workdir")
   parser.add_argument('--format', required=True, choices=FORMATS)
-  parser.add_argument('--out', required=True, help='the file to write')
+  parser.add_argument('--out', required=True,
+                      help='the file to write (for --format=peft, a directory)')
   parser.add_argument('--step', type=int, default=None, help='checkpoint step (default: latest)')
   parser.add_argument('--heads', type=int, default=None,
                       help='attention heads, for npz (default: the run\'s config)')

@@ -5,6 +5,7 @@ the logits timm computed) and against test_vit_loaders' independent timm → big
 an exported fine-tuned model must reproduce the accuracy its own run measured.
 """
 
+import dataclasses
 import json
 import os
 import shutil
@@ -20,6 +21,7 @@ from jaxlab import experiments
 from jaxlab.data.augment import make_eval_preprocess
 from jaxlab.data.datasets import load_dataset, select_classes
 from jaxlab.experiments import peft
+from jaxlab.peft.adapters import load_adapters
 from jaxlab.export import ExportError, export, main, read_adapters, run_params
 from jaxlab.io import pretrained
 from jaxlab.io.pretrained import big_vision_to_params, read_safetensors, timm_to_params
@@ -63,18 +65,28 @@ def test_merge_lora_gives_the_same_logits():
       lambda p, v: 0.3 * jax.random.normal(next(keys), v.shape)
       if 'lora_b' in jax.tree_util.keystr(p) else v, params)
   want = logits(lora_model, params, x)
-  merged = merge_lora(params, alpha=16.0)
+  merged = merge_lora(params, lora_model)
   assert not any('lora' in k for k in flatten(merged))
   assert sorted(flatten(merged)) == sorted(flatten(jax.eval_shape(plain.init, jax.random.PRNGKey(0),
                                                                   x)['params']))
   got = logits(plain, merged, x)
-  assert np.abs(want - logits(plain, merge_lora(params, alpha=0.0), x)).max() > 1e-2  # LoRA matters
+  no_scale = dataclasses.replace(spec, alpha=0.0)
+  assert np.abs(want - logits(plain, merge_lora(params, no_scale), x)).max() > 1e-2  # LoRA matters
   np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+  # alpha, rank and the LoRA layers travel with the model: another model's are refused.
+  with pytest.raises(ValueError, match='LoRA rank is \\[4\\], the model\'s 2'):
+    merge_lora(params, dataclasses.replace(spec, rank=2))
+  with pytest.raises(ValueError, match='not the model\'s .*blocks_1/attn/proj'):
+    merge_lora(params, dataclasses.replace(spec, blocks=(0,)))
+  with pytest.raises(ValueError, match='the model has none'):
+    merge_lora(params, plain)
 
 
 def test_merge_lora_refuses_half_pairs():
   with pytest.raises(ValueError, match='without lora_b'):
-    merge_lora({'fc': {'kernel': np.zeros((4, 3)), 'lora_a': np.zeros((4, 2))}})
+    merge_lora({'blocks_0': {'attn': {'qkv': {'kernel': np.zeros((4, 3)),
+                                              'lora_a': np.zeros((4, 2))}}}},
+               LoraSpec(rank=2, blocks=(0,), targets=('qkv',)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -117,7 +129,7 @@ def test_exported_lora_model_reproduces_timm_logits_and_loads_in_timm(tiny_sd, t
               for k, v in flatten(fresh).items() if '/lora_' in k}
   lora_params = merge(params, unflatten(adapters))
   want = logits(lora_model, lora_params, x)
-  sd = pretrained.to_timm(lora_params, alpha=8.0)
+  sd = pretrained.to_timm(lora_params, lora_model)
   model2, params2 = pretrained.from_timm(sd)
   np.testing.assert_allclose(logits(model2, params2, x), want, atol=1e-5)
 
@@ -226,6 +238,18 @@ def test_exported_model_reproduces_the_runs_accuracy(runs, tmp_path):
   _, full, trainable, _ = run_params(adapters)
   assert_trees_equal(trained, trainable)
   assert all(k.startswith('head/') or '/lora_' in k for k in flatten(trained))
+
+  # --format=peft: a Hugging Face PEFT adapter directory; read back onto the same timm backbone
+  # it gives the run's logits (tests/test_adapters.py checks it against PEFT itself).
+  peft_dir = str(tmp_path / 'peft_adapter')
+  assert 'PEFT LoRA adapter' in export(adapters, 'peft', peft_dir)
+  config_written = json.load(open(os.path.join(peft_dir, 'adapter_config.json')))
+  assert (config_written['r'], config_written['lora_alpha']) == (2, 8.0)
+  assert config_written['base_model_name_or_path'] == os.path.abspath(TINY)
+  model_p, params_p, _ = load_adapters(peft_dir, TINY)
+  got_p = logits(model_p, params_p, x)  # LoRA unmerged, as the run evaluated it
+  np.testing.assert_allclose(got_p, got, atol=1e-4)
+  assert float(np.mean(got_p.argmax(-1) == y)) == pytest.approx(summary['acc1'], abs=1e-9)
 
 
 def test_seeds_share_one_backbone_and_each_seeds_model_exports(runs, tmp_path):

@@ -27,8 +27,8 @@ package); bfloat16 comes from `ml_dtypes`, which JAX depends on.
 leaves into a fresh model of another head, image size or patch). `to_timm` and
 `to_big_vision` are the exact inverses of `timm_to_params` and `big_vision_to_params`:
 loading what they return gives back the same arrays, bit for bit. LoRA pairs are merged
-into their kernels first (jaxlab.models.lora.merge_lora, with the `alpha` the model was
-built with). Models that timm's and big_vision's plain ViT cannot hold (RoPE instead of a
+into their kernels first (jaxlab.models.lora.merge_lora, with the alpha of the model's
+LoraSpec). Models that timm's and big_vision's plain ViT cannot hold (RoPE instead of a
 position embedding, hyper-connections) are refused with the parameters that have no place
 there.
 """
@@ -697,11 +697,11 @@ _TOP_LEAVES = ('patch_embed/kernel', 'patch_embed/bias', 'cls_token', 'pos_embed
                'norm/scale', 'norm/bias', 'head/kernel', 'head/bias')
 
 
-def _plain_vit(params, alpha):
-  """{path: np.ndarray} of a plain ViT (LoRA merged); the depth; or a ValueError naming the
-  leaves a plain ViT has no place for, or the ones it misses."""
+def _plain_vit(params, model):
+  """{path: np.ndarray} of a plain ViT (LoRA merged with `model`'s LoraSpec); the depth; or a
+  ValueError naming the leaves a plain ViT has no place for, or the ones it misses."""
   if has_lora(params):
-    params = merge_lora(params, alpha)
+    params = merge_lora(params, model)
   flat = {k: np.asarray(v) for k, v in flatten(params).items()}
   depth = 1 + max((int(k.split('/')[0][len('blocks_'):]) for k in flat
                    if k.startswith('blocks_')), default=-1)
@@ -722,15 +722,16 @@ def _plain_vit(params, alpha):
   return flat, depth
 
 
-def to_timm(params, alpha=16.0):
+def to_timm(params, model=None):
   """{timm name: np.ndarray} of a jaxlab ViT, in timm VisionTransformer's layout.
 
   For ViT-S/16 at 224 px this is `vit_small_patch16_224`'s state dict (with the head's
   num_classes); `timm.create_model(name, num_classes=C).load_state_dict(...)` takes it
   after `torch.from_numpy`. Linear kernels (in, out) become (out, in) weights, the
-  patch embedding HWIO becomes OIHW. Arrays keep their dtype.
+  patch embedding HWIO becomes OIHW. Arrays keep their dtype. `model`: the ViT (or its
+  LoraSpec) of params that hold LoRA, merged first (merge_lora).
   """
-  flat, depth = _plain_vit(params, alpha)
+  flat, depth = _plain_vit(params, model)
   sd = {
       'patch_embed.proj.weight': flat['patch_embed/kernel'].transpose(3, 2, 0, 1),  # HWIO->OIHW
       'patch_embed.proj.bias': flat['patch_embed/bias'],
@@ -753,15 +754,16 @@ def to_timm(params, alpha=16.0):
   return {k: np.ascontiguousarray(v) for k, v in sd.items()}
 
 
-def to_big_vision(params, heads=None, alpha=16.0):
+def to_big_vision(params, heads=None, model=None):
   """{npz name: np.ndarray} of a jaxlab ViT, in big_vision's (AugReg) ViT layout.
 
   `heads` splits the fused qkv into query/key/value kernels (width, heads, head_dim); it
   is not recorded in the parameters, so it defaults to width // 64 (every standard ViT,
   as jaxlab.io.pretrained assumes for timm). `np.savez(path, **to_big_vision(params))`
-  writes a file that `from_big_vision` and big_vision load.
+  writes a file that `from_big_vision` and big_vision load. `model`: the ViT (or its
+  LoraSpec) of params that hold LoRA, merged first (merge_lora).
   """
-  flat, depth = _plain_vit(params, alpha)
+  flat, depth = _plain_vit(params, model)
   width = flat['cls_token'].shape[-1]
   if heads is None:
     if width % 64:
