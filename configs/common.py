@@ -37,8 +37,10 @@ def base_config():
   # whd (warmup-hold-decay): hold until decay_start_fraction of the steps, then decay_shape
   # (linear | cosine | 1-sqrt) down to the floor; decay_start_fraction=1 holds to the end.
   # groups: per-label overrides {label: {lr, weight_decay}} of the partition rules' labels.
+  # clip_grad_norm > 0: the gradients first scaled to that global L2 norm at most (PyTorch's
+  # clip_grad_norm_, timm's --clip-grad); 0 leaves them.
   c.optim = ml_collections.ConfigDict(dict(
-      name='sgdm', lr=0.01, weight_decay=0.0, momentum=0.9, nesterov=False,
+      name='sgdm', lr=0.01, weight_decay=0.0, momentum=0.9, nesterov=False, clip_grad_norm=0.0,
       b1=0.9, b2=0.999, eps=1e-8, trust_coefficient=0.001, schedule='cosine', warmup_epochs=0.0, lr_floor=0.0,
       warmup_fraction=0.0, decay_start_fraction=0.8, decay_shape='1-sqrt',
       lr_scaling='none', base_batch=64, groups=ml_collections.ConfigDict()))
@@ -54,9 +56,12 @@ def base_config():
   # consecutive test batches of that size weighted by their sizes (what the PEFT source code
   # reported; `ece` is always the global ECE over the whole split). The eval batch is then
   # rounded up to a multiple of ece_batch_size × devices.
+  # label_smoothing: the training loss's targets (1 − ε)·one-hot + ε/classes (PyTorch's
+  # CrossEntropyLoss(label_smoothing=ε), timm's --smoothing); evaluations report the plain NLL.
   c.train = ml_collections.ConfigDict(dict(
       batch_size=64, epochs=1, eval_batch_size=500, steps_per_dispatch=1,
-      log_every_steps=50, eval_every_epochs=1, steps=0, drop_last=False, ece_batch_size=0))
+      log_every_steps=50, eval_every_epochs=1, steps=0, drop_last=False, ece_batch_size=0,
+      label_smoothing=0.0))
   # params: all | trainable (leave the frozen parameters, e.g. a PEFT backbone, out of every
   # checkpoint; workdir/backbone.json records their source and fingerprint, and a resume or an
   # export rebuilds them from the same config).

@@ -176,6 +176,11 @@ def validate(config, overridden=frozenset(), devices=1):
   """Rules, depths and seeds of the ladder; each seed's batch split over the devices."""
   del overridden  # no field here is set per cell
   c = config
+  if c.train.get('label_smoothing'):
+    checks.fail('train.label_smoothing', 'the ladder\'s credit rules (BP, FA, DFA) compute '
+                'their own loss and error signals, without label smoothing',
+                'set --config.train.label_smoothing=0 (the families that train with autodiff '
+                'read it: peft, mhc, distributed)')
   bad = [rule for rule in c.credit.rules if rule not in credit.RULES]
   if bad or not c.credit.rules:
     checks.fail('credit.rules', f'credit.rules {tuple(c.credit.rules)} must name one or more '

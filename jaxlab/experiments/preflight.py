@@ -21,6 +21,8 @@ def check_fields(c):
                 'checkpoint.every_steps', 'checkpoint.keep'):
     at_least(c, field, 1)
   at_least(c, 'train.steps', 0, ' (0 runs every epoch)')
+  if checks.has(c, 'train.label_smoothing'):
+    within(c, 'train.label_smoothing', 0, 1, high_open=True)
   checks.check_declared(c, 'averaging', averaging.FIELDS)
 
   from jaxlab.data import datasets, stream  # pylint: disable=g-import-not-at-top

@@ -33,7 +33,8 @@ from jaxlab.params import FROZEN
 # ('textbook', optax.lars / optax.lamb): see _around_lr.
 LARGE_BATCH_FORMS = ('original', 'textbook')
 # The optim fields every optimizer reads (record_last_grads: set by the run, not by a user).
-COMMON_READS = ('name', 'lr', 'weight_decay', 'groups', 'schedule', 'record_last_grads')
+COMMON_READS = ('name', 'lr', 'weight_decay', 'groups', 'schedule', 'clip_grad_norm',
+                'record_last_grads')
 # The optim fields each optimizer reads besides those (_around_lr; lars reads nesterov in its
 # textbook form only).
 OPTIMIZER_READS = {
@@ -47,6 +48,7 @@ OPTIMIZERS = tuple(OPTIMIZER_READS)
 # The values of the fields the optimizers read (None: any value of the field's type).
 FIELDS = {
     'lr': rule(positive),
+    'clip_grad_norm': rule(at_least, 0, ' (0 turns clipping off)'),
     'weight_decay': rule(at_least, 0),
     'momentum': rule(within, 0, 1, high_open=True),
     'nesterov': None,
@@ -102,6 +104,25 @@ def record_last_grads():
     return updates, LastGrads(grads=updates)
 
   return optax.GradientTransformation(init, update)
+
+
+def clip_by_global_norm_first(inner, max_norm):
+  """`inner` applied to the gradients scaled down to a global L2 norm of at most `max_norm`,
+  as PyTorch's clip_grad_norm_ (timm's --clip-grad) scales them: by
+  min(1, max_norm / (norm + 1e-6)), the norm over every leaf of the updates (the trained
+  parameters: held groups' zeros add nothing). The state is `inner`'s own, unchanged in
+  structure."""
+
+  def init(params):
+    return inner.init(params)
+
+  def update(updates, state, params=None, **extra):
+    norm = optax.tree.norm(updates)
+    scale = jnp.minimum(1.0, max_norm / (norm + 1e-6))
+    updates = jax.tree.map(lambda g: g * scale.astype(g.dtype), updates)
+    return inner.update(updates, state, params, **extra)
+
+  return optax.GradientTransformationExtraArgs(init, update)
 
 
 def matrices_only(params):
@@ -210,7 +231,7 @@ def make_optimizer(labels, name='adamw', lr=1e-3, weight_decay=0.0, schedule='co
                    decay_start=None, decay_shape='1-sqrt', momentum=0.9, nesterov=False,
                    b1=0.9, b2=0.999, eps=1e-8, trust_coefficient=0.001,
                    large_batch_form='textbook', steps_per_epoch=None, epochs=None,
-                   record_grads=False):
+                   record_grads=False, clip_grad_norm=0.0):
   """An `optax.GradientTransformationExtraArgs`: `optax.partition` over the labels of `labels`.
 
   labels: a label tree shaped like the params it will update (e.g.
@@ -232,6 +253,8 @@ def make_optimizer(labels, name='adamw', lr=1e-3, weight_decay=0.0, schedule='co
   steps_per_epoch: needed by the per-epoch schedules (schedules.EPOCH_SCHEDULES), which hold
     the lr constant within an epoch, as a PyTorch scheduler stepped after each epoch.
   record_grads: keep each group's last gradients in its state (`LastGrads`).
+  clip_grad_norm > 0: the gradients of all groups together are first scaled to a global L2 norm
+    of at most this (clip_by_global_norm_first: PyTorch's clip_grad_norm_); 0 leaves them.
 
   `update(grads, state, params)` takes the schedule at the optimizer's own step count
   (0 at the first update); with `global_step=` it takes that step instead (the trainer's
@@ -246,7 +269,7 @@ def make_optimizer(labels, name='adamw', lr=1e-3, weight_decay=0.0, schedule='co
   values = types.SimpleNamespace(warmup_steps=warmup_steps, floor=lr_floor,
                                  decay_start=decay_start, decay_shape=decay_shape)
   return _partitioned(labels, name, lr, weight_decay, groups, hp, schedule, total_steps,
-                      values, steps_per_epoch, epochs, record_grads)
+                      values, steps_per_epoch, epochs, record_grads, clip_grad_norm)
 
 
 # The defaults of the hyper-parameters an optim config may leave out: make_optimizer's.
@@ -255,7 +278,7 @@ DEFAULTS = {name: inspect.signature(make_optimizer).parameters[name].default
 
 
 def _partitioned(labels, name, lr, weight_decay, groups, hp, schedule, total_steps, values,
-                 steps_per_epoch, epochs, record_grads):
+                 steps_per_epoch, epochs, record_grads, clip_grad_norm=0.0):
   """make_optimizer's transformation; `hp` and `values` (the schedule's) are read only where
   the optimizer and the schedule use them."""
   if name not in OPTIMIZERS:
@@ -277,7 +300,8 @@ def _partitioned(labels, name, lr, weight_decay, groups, hp, schedule, total_ste
     before, after = _around_lr(name, group_wd, hp)
     chain = [before, scale_by_global_schedule(group_schedule, label), after]
     transforms[label] = optax.chain(*([record_last_grads()] if record_grads else []), *chain)
-  return optax.partition(transforms, labels)
+  tx = optax.partition(transforms, labels)
+  return clip_by_global_norm_first(tx, clip_grad_norm) if clip_grad_norm else tx
 
 
 def schedule_from_optim(optim_cfg, total_steps, steps_per_epoch):
@@ -317,7 +341,7 @@ def optimizer_from_config(optim_cfg, labels, total_steps, steps_per_epoch):
   return _partitioned(labels, c.name, c.lr, c.weight_decay, c.get('groups', None),
                       _ConfigHyper(c), c.schedule, total_steps,
                       schedules.ConfigValues(c, total_steps, steps_per_epoch), steps_per_epoch,
-                      None, c.get('record_last_grads', False))
+                      None, c.get('record_last_grads', False), c.get('clip_grad_norm', 0.0))
 
 
 def hold_groups(new_state, old_state, held):

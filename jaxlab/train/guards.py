@@ -166,15 +166,21 @@ def flat_config(tree, prefix=''):
   return out
 
 
+# Fields added to the configs after runs were recorded without them, each with the value that
+# changes nothing (the behaviour before it existed): a record without the field holds it.
+ADDED_FIELDS = {'optim.clip_grad_norm': 0.0, 'train.label_smoothing': 0.0}
+
+
 def config_diff(old, new, neutral=NEUTRAL_FIELDS):
-  """[(field, old value, new value)] for every result-changing field that differs."""
+  """[(field, old value, new value)] for every result-changing field that differs (a field
+  of ADDED_FIELDS absent from `old` holds its value there)."""
   old, new = flat_config(old), flat_config(_jsonable(new))
   missing = object()
   out = []
   for field in sorted(set(old) | set(new)):
     if any(fnmatch.fnmatchcase(field, pattern) for pattern in neutral):
       continue
-    a, b = old.get(field, missing), new.get(field, missing)
+    a, b = old.get(field, ADDED_FIELDS.get(field, missing)), new.get(field, missing)
     if a != b:
       out.append((field, '(absent)' if a is missing else a, '(absent)' if b is missing else b))
   return out

@@ -17,6 +17,7 @@ from jaxlab.train import layouts
 from jaxlab.train.layouts import ordered_sums
 from jaxlab.train.state import TrainState
 from jaxlab.train.step import diagnostics_step, make_diagnostics, make_train_chunk, train_step
+from jaxlab.train.task import with_label_smoothing
 
 
 @dataclasses.dataclass
@@ -71,6 +72,7 @@ def build_setup(config, task, mesh, total_steps, steps_per_epoch, layout=None):
   else:
     state = create(trainable, frozen, step_keys[0], extra)
   augment = make_train_augment(config.augment)
+  task = with_label_smoothing(task, config.train.get('label_smoothing', 0.0))
 
   axis_name = None if kind == 'workers' else DATA
   ordered = ordered_sums(config)

@@ -70,6 +70,23 @@ class Task:
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
+def with_label_smoothing(task, epsilon):
+  """`task` trained on the cross-entropy with targets (1 − ε)·one-hot + ε/classes (PyTorch's
+  CrossEntropyLoss(label_smoothing=ε), timm's LabelSmoothingCrossEntropy); ε = 0 returns it
+  unchanged. A task with its own loss or gradient (a credit-assignment rule) is refused."""
+  if not epsilon:
+    return task
+  if task.grad_fn is not None or task.loss is not None:
+    raise ValueError('label smoothing replaces the softmax cross-entropy, and this task computes '
+                     'its own loss or gradient')
+
+  def loss(logits, labels):
+    one_hot = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
+    return optax.softmax_cross_entropy(logits, optax.smooth_labels(one_hot, epsilon))
+
+  return dataclasses.replace(task, loss=loss)
+
+
 def flax_apply(model):
   """Task.apply for a Linen module with an optional 'dropout' rng."""
   def apply(params, images, train, rng):

@@ -1,0 +1,138 @@
+"""The training knobs a ViT user reaches for: label smoothing and global-norm gradient clipping,
+each a validated config field (train.label_smoothing, optim.clip_grad_norm) checked against its
+PyTorch definition."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import ladder as ladder_config
+from configs.common import base_config
+from jaxlab import checks, experiments
+from jaxlab.data.datasets import Dataset, load_dataset
+from jaxlab.data.pipeline import Split
+from jaxlab.optim.optimizers import make_optimizer
+from jaxlab.parallel.mesh import make_mesh, replicate, shard_leading
+from jaxlab.params import flatten
+from jaxlab.train import guards
+from jaxlab.train.setup import build_setup
+from jaxlab.train.task import Task, with_label_smoothing
+
+
+def log_softmax(z):
+  z = z - z.max(-1, keepdims=True)
+  return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def test_label_smoothing_is_timms_loss():
+  """timm's LabelSmoothingCrossEntropy (and PyTorch's CrossEntropyLoss(label_smoothing=ε)):
+  (1 − ε)·NLL of the label + ε·mean over the classes of −log p."""
+  rng = np.random.default_rng(0)
+  logits = rng.standard_normal((6, 7)).astype(np.float32) * 3
+  labels = rng.integers(0, 7, 6)
+  task = Task(params={}, apply=None, rules=())
+  assert with_label_smoothing(task, 0.0) is task
+  for eps in (0.1, 0.3):
+    got = np.asarray(with_label_smoothing(task, eps).example_loss(jnp.asarray(logits),
+                                                                  jnp.asarray(labels)))
+    logp = log_softmax(logits.astype(np.float64))
+    want = (1 - eps) * -logp[np.arange(6), labels] + eps * -logp.mean(-1)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+  with pytest.raises(ValueError, match='computes its own loss'):
+    with_label_smoothing(Task(params={}, apply=None, rules=(), grad_fn=lambda *a: a), 0.1)
+
+
+def test_clip_grad_norm_scales_all_groups_together_as_pytorch():
+  """PyTorch's clip_grad_norm_: every gradient × min(1, max_norm / (‖g‖ + 1e-6)), ‖g‖ over
+  all parameters (here two groups with their own lr); below max_norm the gradients pass."""
+  params = {'a': jnp.zeros(2), 'b': jnp.zeros(1)}
+  labels = {'a': 'x', 'b': 'y'}
+  grads = {'a': jnp.array([3.0, 4.0]), 'b': jnp.array([12.0])}  # ‖g‖ = 13
+  tx = make_optimizer(labels, name='sgd', lr=1.0, groups={'y': {'lr': 0.5}}, clip_grad_norm=2.6)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  scale = 2.6 / (13.0 + 1e-6)
+  np.testing.assert_allclose(updates['a'], [-3 * scale, -4 * scale], rtol=1e-6)
+  np.testing.assert_allclose(updates['b'], [-0.5 * 12 * scale], rtol=1e-6)
+  loose = make_optimizer(labels, name='sgd', lr=1.0, clip_grad_norm=100.0)
+  updates, _ = loose.update(grads, loose.init(params), params)
+  np.testing.assert_array_equal(updates['a'], [-3.0, -4.0])
+  # The optimizer state keeps its structure (held groups and resumes read it as before).
+  plain = make_optimizer(labels, name='adamw', lr=1.0)
+  clipped = make_optimizer(labels, name='adamw', lr=1.0, clip_grad_norm=1.0)
+  assert (jax.tree.structure(plain.init(params)) == jax.tree.structure(clipped.init(params)))
+
+
+@pytest.fixture(scope='module')
+def batch_setup():
+  d = load_dataset(base_config().data)
+  data = Dataset(name='digits', train=Split(d.train.images[:32], d.train.labels[:32]),
+                 test=Split(d.test.images[:8], d.test.labels[:8]), num_classes=10,
+                 eval_split='test')
+  mesh = make_mesh(jax.devices()[:1])
+  placed = replicate({'image': data.train.images, 'label': data.train.labels}, mesh)
+  idx = shard_leading(np.arange(16, dtype=np.int32)[None], mesh, 1)
+
+  rng = np.random.default_rng(0)
+  params = {'w': jnp.asarray(0.05 * rng.standard_normal((32 * 32 * 3, 10)), jnp.float32),
+            'b': jnp.zeros(10)}
+  # A linear classifier on the pixels: the trainer's step is the same for any model.
+  task = Task(params=params, rules=(('.*', 'all'),),
+              apply=lambda p, x, train, key: x.reshape(x.shape[0], -1) @ p['w'] + p['b'])
+
+  def step(**fields):
+    """(params before, params after, metrics) of one SGD step on 16 digits."""
+    c = base_config()
+    c.experiment = 'distributed'
+    c.optim.update(name='sgd', lr=0.1, weight_decay=0.0)
+    c.train.update(batch_size=16)
+    for key, value in fields.items():
+      group, name = key.split('__')
+      c[group][name] = value
+    setup = build_setup(c, task, mesh, 8, 2)
+    state = setup.place(setup.state)
+    before = jax.device_get(flatten(state.params))
+    new, metrics = setup.chunk_fn(frozenset())(state, placed, idx)
+    return before, jax.device_get(flatten(new.params)), jax.device_get(metrics)
+  return step
+
+
+def test_the_trainer_reads_both_knobs(batch_setup):
+  """train.label_smoothing reaches the step's loss (affine in ε: (1 − ε)·L₀ + ε·L₁, L₁ the
+  mean −log p over the classes); optim.clip_grad_norm its update (one SGD step moves the
+  parameters by lr · max_norm when the gradient is longer)."""
+  before, plain, m0 = batch_setup()
+  _, _, m1 = batch_setup(train__label_smoothing=1.0)  # the uniform part alone (not a valid config)
+  _, smoothed, m = batch_setup(train__label_smoothing=0.1)
+  l0, l1, loss = (float(np.ravel(x['loss'])[0]) for x in (m0, m1, m))
+  assert abs(l1 - l0) > 1e-2
+  assert loss - l0 == pytest.approx(0.1 * (l1 - l0), rel=1e-2)
+  assert any(not np.allclose(smoothed[k], plain[k]) for k in plain)
+  _, clipped, _ = batch_setup(optim__clip_grad_norm=1e-3)
+  moved = np.sqrt(sum(np.sum((clipped[k] - before[k]) ** 2) for k in before))
+  free = np.sqrt(sum(np.sum((plain[k] - before[k]) ** 2) for k in before))
+  assert free > 0.1 * 1e-3 * 10 and moved == pytest.approx(0.1 * 1e-3, rel=1e-3)
+
+
+def test_knobs_are_validated_and_old_records_resume():
+  c = base_config()
+  c.experiment = 'distributed'
+  c.train.label_smoothing = 1.0
+  with pytest.raises(checks.BadInput, match='label_smoothing') as e:
+    experiments.validate(c, devices=1)
+  assert e.value.where == '--config.train.label_smoothing'
+  c.train.label_smoothing = 0.0
+  c.optim.clip_grad_norm = -1.0
+  with pytest.raises(checks.BadInput, match='clip_grad_norm'):
+    experiments.validate(c, devices=1)
+  lad = ladder_config.get_config('quick')
+  lad.train.label_smoothing = 0.1
+  with pytest.raises(checks.BadInput, match='credit rules .* own loss'):
+    experiments.validate(lad, devices=1)
+  # A run recorded before the knobs existed resumes under their defaults, not under others.
+  new = base_config()
+  old = guards._jsonable(new.to_dict())
+  del old['optim']['clip_grad_norm'], old['train']['label_smoothing']
+  assert guards.config_diff(old, new.to_dict()) == []
+  new.train.label_smoothing = 0.1
+  assert guards.config_diff(old, new.to_dict()) == [('train.label_smoothing', 0.0, 0.1)]
