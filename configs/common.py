@@ -58,10 +58,12 @@ def base_config():
   # rounded up to a multiple of ece_batch_size × devices.
   # label_smoothing: the training loss's targets (1 − ε)·one-hot + ε/classes (PyTorch's
   # CrossEntropyLoss(label_smoothing=ε), timm's --smoothing); evaluations report the plain NLL.
+  # grad_accumulation = k: each step's batch computed in k micro-batches one after another (1/k
+  # of the activations' memory), the gradient the whole batch's up to float rounding.
   c.train = ml_collections.ConfigDict(dict(
       batch_size=64, epochs=1, eval_batch_size=500, steps_per_dispatch=1,
       log_every_steps=50, eval_every_epochs=1, steps=0, drop_last=False, ece_batch_size=0,
-      label_smoothing=0.0))
+      label_smoothing=0.0, grad_accumulation=1))
   # params: all | trainable (leave the frozen parameters, e.g. a PEFT backbone, out of every
   # checkpoint; workdir/backbone.json records their source and fingerprint, and a resume or an
   # export rebuilds them from the same config).

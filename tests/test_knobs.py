@@ -69,19 +69,25 @@ def batch_setup():
   data = Dataset(name='digits', train=Split(d.train.images[:32], d.train.labels[:32]),
                  test=Split(d.test.images[:8], d.test.labels[:8]), num_classes=10,
                  eval_split='test')
-  mesh = make_mesh(jax.devices()[:1])
-  placed = replicate({'image': data.train.images, 'label': data.train.labels}, mesh)
-  idx = shard_leading(np.arange(16, dtype=np.int32)[None], mesh, 1)
 
   rng = np.random.default_rng(0)
   params = {'w': jnp.asarray(0.05 * rng.standard_normal((32 * 32 * 3, 10)), jnp.float32),
             'b': jnp.zeros(10)}
-  # A linear classifier on the pixels: the trainer's step is the same for any model.
-  task = Task(params=params, rules=(('.*', 'all'),),
-              apply=lambda p, x, train, key: x.reshape(x.shape[0], -1) @ p['w'] + p['b'])
+  seen = []  # the batch sizes the model is traced with
 
-  def step(**fields):
-    """(params before, params after, metrics) of one SGD step on 16 digits."""
+  def apply(p, x, train, key):  # a linear classifier: the trainer's step is the same for any model
+    seen.append(x.shape[0])
+    return x.reshape(x.shape[0], -1) @ p['w'] + p['b']
+  task = Task(params=params, rules=(('.*', 'all'),), apply=apply)
+
+  def step(devices=1, pad=0, **fields):
+    """(params before, params after, metrics) of one SGD step on 16 digits over `devices`,
+    the last `pad` of them padding."""
+    mesh = make_mesh(jax.devices()[:devices])
+    placed = replicate({'image': data.train.images, 'label': data.train.labels}, mesh)
+    real = np.arange(16, dtype=np.int32)
+    real[16 - pad:] = -1
+    idx = shard_leading(real[None], mesh, 1)
     c = base_config()
     c.experiment = 'distributed'
     c.optim.update(name='sgd', lr=0.1, weight_decay=0.0)
@@ -92,7 +98,9 @@ def batch_setup():
     setup = build_setup(c, task, mesh, 8, 2)
     state = setup.place(setup.state)
     before = jax.device_get(flatten(state.params))
+    seen.clear()
     new, metrics = setup.chunk_fn(frozenset())(state, placed, idx)
+    step.seen = sorted(set(seen))
     return before, jax.device_get(flatten(new.params)), jax.device_get(metrics)
   return step
 
@@ -136,3 +144,29 @@ def test_knobs_are_validated_and_old_records_resume():
   assert guards.config_diff(old, new.to_dict()) == []
   new.train.label_smoothing = 0.1
   assert guards.config_diff(old, new.to_dict()) == [('train.label_smoothing', 0.0, 0.1)]
+
+
+@pytest.mark.parametrize('devices', [1, 2])
+def test_gradient_accumulation_equals_the_whole_batch(batch_setup, devices):
+  """train.grad_accumulation=4: the batch of 16 (per device 16/devices, padded with weight-0
+  examples where the split runs out) in 4 micro-batches gives the step of the whole batch, up to
+  float rounding: the parameters, the loss and the accuracy."""
+  _, whole, m1 = batch_setup(devices=devices, pad=3)
+  _, accumulated, m4 = batch_setup(devices=devices, pad=3, train__grad_accumulation=4)
+  assert batch_setup.seen == [16 // devices // 4]  # the model saw micro-batches only
+  for k in whole:
+    np.testing.assert_allclose(accumulated[k], whole[k], rtol=1e-5, atol=1e-7, err_msg=k)
+  for key in ('loss', 'acc'):
+    np.testing.assert_allclose(m4[key], m1[key], rtol=1e-5)
+
+
+def test_gradient_accumulation_must_divide_the_batch():
+  c = base_config()
+  c.experiment = 'distributed'
+  c.train.update(batch_size=64, grad_accumulation=3)
+  with pytest.raises(checks.BadInput, match='not divisible by the 3 micro-batches') as e:
+    experiments.validate(c, devices=1)
+  assert e.value.where == '--config.train.batch_size'
+  c.train.grad_accumulation = 0
+  with pytest.raises(checks.BadInput, match='grad_accumulation'):
+    experiments.validate(c, devices=1)

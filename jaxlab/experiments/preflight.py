@@ -23,6 +23,10 @@ def check_fields(c):
   at_least(c, 'train.steps', 0, ' (0 runs every epoch)')
   if checks.has(c, 'train.label_smoothing'):
     within(c, 'train.label_smoothing', 0, 1, high_open=True)
+  if checks.has(c, 'train.grad_accumulation'):
+    at_least(c, 'train.grad_accumulation', 1, ' (1: the whole batch at once)')
+    check_divisible(c, 'train.batch_size', c.train.grad_accumulation,
+                    'micro-batches of train.grad_accumulation')
   checks.check_declared(c, 'averaging', averaging.FIELDS)
 
   from jaxlab.data import datasets, stream  # pylint: disable=g-import-not-at-top

@@ -73,6 +73,7 @@ def build_setup(config, task, mesh, total_steps, steps_per_epoch, layout=None):
     state = create(trainable, frozen, step_keys[0], extra)
   augment = make_train_augment(config.augment)
   task = with_label_smoothing(task, config.train.get('label_smoothing', 0.0))
+  accumulate = int(config.train.get('grad_accumulation', 1))
 
   axis_name = None if kind == 'workers' else DATA
   ordered = ordered_sums(config)
@@ -83,7 +84,8 @@ def build_setup(config, task, mesh, total_steps, steps_per_epoch, layout=None):
   def chunk_fn(hold):
     return make_train_chunk(functools.partial(
         train_step, task=task, tx=tx, augment=augment, labels=trainable_labels, hold=hold,
-        grad_norms=grad_norms, axis_name=axis_name, ordered=ordered), mesh, kind,
+        grad_norms=grad_norms, axis_name=axis_name, ordered=ordered, accumulate=accumulate),
+        mesh, kind,
         getattr(layout, 'state_axes', 0))
 
   if task.diagnostics and kind != 'data':
@@ -94,7 +96,8 @@ def build_setup(config, task, mesh, total_steps, steps_per_epoch, layout=None):
   def diagnostics_fn(hold):
     return make_diagnostics(functools.partial(
         diagnostics_step, task=task, tx=tx, augment=augment, labels=trainable_labels,
-        hold=hold, groups=tuple(task.diagnostics), axis_name=axis_name), mesh)
+        hold=hold, groups=tuple(task.diagnostics), axis_name=axis_name, accumulate=accumulate),
+        mesh)
 
   return Setup(layout, layout.copies, tx, trainable_labels, averager, state, layout.place, chunk_fn,
                diagnostics_fn if task.diagnostics else None)

@@ -51,10 +51,15 @@ def all_finite(tree):
 
 
 def _forward_backward(state, batch, *, task, tx, augment, labels, hold, axis_name,
-                      ordered=True):
+                      ordered=True, accumulate=1):
   """Everything a step computes before it writes the state: the live and held params, the
   logits function, the loss (a weighted mean over the real examples of the global batch),
-  logits, the all-reduced gradients of the live params, the optimizer's updates and state."""
+  logits, the all-reduced gradients of the live params, the optimizer's updates and state.
+
+  accumulate = k > 1: the gradient of this device's batch is computed in k micro-batches one
+  after another (lax.scan; each holds 1/k of the activations) and summed: the batch's gradient
+  up to float rounding, each micro-batch's model randomness (dropout) its own fold of the
+  step's key."""
   aug_key, model_key = jax.random.split(jax.random.fold_in(state.rng, state.step))
   images = augment(example_keys(aug_key, batch['label'].shape[0], axis_name), batch['image'])
   if axis_name:
@@ -74,12 +79,33 @@ def _forward_backward(state, batch, *, task, tx, augment, labels, hold, axis_nam
     logits = logits_of(params)
     return jnp.sum(weight * task.example_loss(logits, batch['label'])) / denom, logits
 
-  if task.grad_fn is None:
-    (loss, logits), grads = jax.value_and_grad(loss_of, has_aux=True)(live)
+  def micro(images, labels, weight, key):
+    if task.grad_fn is not None:
+      return task.grad_fn(live, merge(held, state.frozen), images, labels, key, state.extra,
+                          weight=weight, denom=denom)
+
+    def loss_of(params):
+      logits = task.apply(merge(params, held, state.frozen), images, True, key)
+      return jnp.sum(weight * task.example_loss(logits, labels)) / denom, logits
+    return jax.value_and_grad(loss_of, has_aux=True)(live)
+
+  if accumulate == 1:
+    (loss, logits), grads = micro(images, batch['label'], weight, model_key)
   else:
-    (loss, logits), grads = task.grad_fn(live, merge(held, state.frozen), images,
-                                         batch['label'], model_key, state.extra,
-                                         weight=weight, denom=denom)
+    local = weight.shape[0]
+    if local % accumulate:
+      raise ValueError(f'train.grad_accumulation={accumulate} does not divide the batch of '
+                       f'{local} examples each device (or worker) computes')
+    parts = lambda x: x.reshape(accumulate, local // accumulate, *x.shape[1:])
+
+    def body(total, xs):
+      i, part = xs[0], xs[1:]
+      (loss_i, logits_i), grads_i = micro(*part, jax.random.fold_in(model_key, i))
+      return jax.tree.map(jnp.add, total, (loss_i, grads_i)), logits_i
+    zero = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, live))
+    (loss, grads), logits = jax.lax.scan(
+        body, zero, (jnp.arange(accumulate), parts(images), parts(batch['label']), parts(weight)))
+    logits = logits.reshape(local, *logits.shape[2:])
   grads = total(grads)  # each device's share of the global mean: their sum is the gradient
   all_grads = merge(grads, jax.tree.map(jnp.zeros_like, held))
   updates, opt_state = tx.update(all_grads, state.opt_state, state.params,
@@ -93,7 +119,7 @@ def _forward_backward(state, batch, *, task, tx, augment, labels, hold, axis_nam
 
 
 def train_step(state, batch, *, task, tx, augment, labels, hold=frozenset(), grad_norms=(),
-               axis_name=DATA, ordered=True):
+               axis_name=DATA, ordered=True, accumulate=1):
   """One optimizer step on this device's part of the batch; collectives over `axis_name`.
 
   axis_name=None makes the step local: a worker of local SGD, which neither
@@ -108,10 +134,10 @@ def train_step(state, batch, *, task, tx, augment, labels, hold=frozenset(), gra
   grad_norm/<g> (NaN for a held or absent group). A batch with no real example (a local-SGD
   worker whose shard ran out) leaves params and optimizer state as they were.
   ordered: sums over the devices in device order (mesh.all_sum), the same on any
-  split of the devices into processes.
+  split of the devices into processes. accumulate: micro-batches per device (_forward_backward).
   """
   fb = _forward_backward(state, batch, task=task, tx=tx, augment=augment, labels=labels,
-                         hold=hold, axis_name=axis_name, ordered=ordered)
+                         hold=hold, axis_name=axis_name, ordered=ordered, accumulate=accumulate)
   live, held = fb['live'], fb['held']
   new_live = optax.apply_updates(live, fb['updates'])
   opt_state = fb['opt_state']
@@ -138,7 +164,7 @@ def _group_norms(name, tree, live_labels, groups):
 
 
 def diagnostics_step(state, batch, *, task, tx, augment, labels, hold=frozenset(), groups=(),
-                     axis_name=DATA):
+                     axis_name=DATA, accumulate=1):
   """What the step at `state` would do on `batch`, measured and not applied (the PEFT
   reference's diagnostics, docs/references.md): per group grad_norm/<g> and update_norm/<g>
   (NaN for a held or absent group) and, for two groups (a, b), cos/a_b: the cosine between
@@ -150,7 +176,7 @@ def diagnostics_step(state, batch, *, task, tx, augment, labels, hold=frozenset(
   training step, so step times and memory are those of training alone.
   """
   fb = _forward_backward(state, batch, task=task, tx=tx, augment=augment, labels=labels,
-                         hold=hold, axis_name=axis_name)
+                         hold=hold, axis_name=axis_name, accumulate=accumulate)
   live, grads = fb['live'], fb['grads']
   live_labels = subtree_labels(live, labels)
   out = {**_group_norms('grad_norm', grads, live_labels, groups),
