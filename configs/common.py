@@ -60,10 +60,12 @@ def base_config():
   # CrossEntropyLoss(label_smoothing=ε), timm's --smoothing); evaluations report the plain NLL.
   # grad_accumulation = k: each step's batch computed in k micro-batches one after another (1/k
   # of the activations' memory), the gradient the whole batch's up to float rounding.
+  # ema_decay > 0: an exponential moving average of the parameters, updated after every step
+  # (timm's ModelEmaV2), evaluated at the end beside the final parameters (summary.json 'ema').
   c.train = ml_collections.ConfigDict(dict(
       batch_size=64, epochs=1, eval_batch_size=500, steps_per_dispatch=1,
       log_every_steps=50, eval_every_epochs=1, steps=0, drop_last=False, ece_batch_size=0,
-      label_smoothing=0.0, grad_accumulation=1))
+      label_smoothing=0.0, grad_accumulation=1, ema_decay=0.0))
   # params: all | trainable (leave the frozen parameters, e.g. a PEFT backbone, out of every
   # checkpoint; workdir/backbone.json records their source and fingerprint, and a resume or an
   # export rebuilds them from the same config).

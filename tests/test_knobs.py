@@ -1,6 +1,7 @@
-"""The training knobs a ViT user reaches for: label smoothing and global-norm gradient clipping,
-each a validated config field (train.label_smoothing, optim.clip_grad_norm) checked against its
-PyTorch definition."""
+"""The training knobs a ViT user reaches for: label smoothing, global-norm gradient clipping,
+gradient accumulation and a parameter EMA, each a validated config field (train.label_smoothing,
+optim.clip_grad_norm, train.grad_accumulation, train.ema_decay) checked against its PyTorch /
+timm definition."""
 
 import jax
 import jax.numpy as jnp
@@ -101,7 +102,9 @@ def batch_setup():
     seen.clear()
     new, metrics = setup.chunk_fn(frozenset())(state, placed, idx)
     step.seen = sorted(set(seen))
+    step.extra = jax.device_get(new.extra)
     return before, jax.device_get(flatten(new.params)), jax.device_get(metrics)
+  step.task, step.data = task, data
   return step
 
 
@@ -130,6 +133,10 @@ def test_knobs_are_validated_and_old_records_resume():
     experiments.validate(c, devices=1)
   assert e.value.where == '--config.train.label_smoothing'
   c.train.label_smoothing = 0.0
+  c.train.ema_decay = 1.0
+  with pytest.raises(checks.BadInput, match='ema_decay'):
+    experiments.validate(c, devices=1)
+  c.train.ema_decay = 0.0
   c.optim.clip_grad_norm = -1.0
   with pytest.raises(checks.BadInput, match='clip_grad_norm'):
     experiments.validate(c, devices=1)
@@ -170,3 +177,24 @@ def test_gradient_accumulation_must_divide_the_batch():
   c.train.grad_accumulation = 0
   with pytest.raises(checks.BadInput, match='grad_accumulation'):
     experiments.validate(c, devices=1)
+
+
+def test_parameter_ema_follows_each_step_and_is_evaluated_beside(batch_setup, tmp_path):
+  """train.ema_decay=d: after a step the EMA is d·(initial params) + (1 − d)·(new params)
+  (timm's ModelEmaV2, starting at the initial parameters); a run reports the EMA's evaluation
+  beside the final parameters' in summary.json."""
+  before, after, _ = batch_setup(train__ema_decay=0.9)
+  ema = flatten(batch_setup.extra['ema'])
+  for k in before:
+    np.testing.assert_allclose(ema[k], 0.9 * before[k] + 0.1 * after[k], rtol=1e-6, atol=1e-8)
+  from jaxlab.train.loop import fit
+  c = base_config()
+  c.experiment = 'distributed'
+  c.progress = False
+  c.optim.update(name='sgd', lr=0.1, weight_decay=0.0, schedule='constant')
+  c.train.update(batch_size=16, epochs=1, steps=3, eval_batch_size=8, ema_decay=0.5,
+                 log_every_steps=3)
+  summary, state = fit(c, str(tmp_path), batch_setup.task, batch_setup.data,
+                       mesh=make_mesh(jax.devices()[:1]))
+  assert summary['ema']['decay'] == 0.5 and 0 <= summary['ema']['acc1'] <= 1
+  assert summary['ema']['nll'] != summary['nll']  # the EMA is another model than the final one

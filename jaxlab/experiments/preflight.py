@@ -23,6 +23,8 @@ def check_fields(c):
   at_least(c, 'train.steps', 0, ' (0 runs every epoch)')
   if checks.has(c, 'train.label_smoothing'):
     within(c, 'train.label_smoothing', 0, 1, high_open=True)
+  if checks.has(c, 'train.ema_decay'):
+    within(c, 'train.ema_decay', 0, 1, high_open=True)
   if checks.has(c, 'train.grad_accumulation'):
     at_least(c, 'train.grad_accumulation', 1, ' (1: the whole batch at once)')
     check_divisible(c, 'train.batch_size', c.train.grad_accumulation,

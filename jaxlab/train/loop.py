@@ -334,6 +334,10 @@ def _train(config, workdir, task, dataset, mesh, on_chunk, summary_extra, layout
         **(run_eval(state, averaged) if averaged is not None else {}),
         'snapshots': averager.snapshots(state.extra['average']),
         'start_step': averager.start, 'every_steps': averager.every, 'window': averager.window}}
+  if 'ema' in state.extra:  # the parameter EMA, evaluated beside the final parameters
+    ema = jax.tree.map(lambda e, x: e.astype(x.dtype), state.extra['ema'], state.params)
+    summary_extra = {**(summary_extra or {}), 'ema': {
+        **run_eval(state, ema), 'decay': float(tc.get('ema_decay', 0.0))}}
   runtime_bytes, runtime_source = peak_memory()
   copies = setup.copies
   step_bytes = max(step_mem.values(), default=None)

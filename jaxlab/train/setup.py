@@ -59,6 +59,12 @@ def build_setup(config, task, mesh, total_steps, steps_per_epoch, layout=None):
   extra = task.initial_extra()
   if averager is not None:
     extra['average'] = averager.init(trainable, seeds=kind == 'replicas')
+  ema_decay = float(config.train.get('ema_decay', 0.0))
+  if ema_decay and kind == 'workers':
+    raise ValueError('a parameter EMA (train.ema_decay > 0) follows one model or seeds trained '
+                     'together, not local-SGD workers; set --config.train.ema_decay=0')
+  if ema_decay:  # starts at the initial parameters, as timm's ModelEmaV2
+    extra['ema'] = jax.tree.map(lambda x: x.astype(jax.numpy.float32), trainable)
   create = lambda p, f, r, e: TrainState.create(p, f, tx, r, e)
   if kind == 'replicas':
     shared = shared_copy(frozen) if jax.tree.leaves(frozen) else None
@@ -84,7 +90,8 @@ def build_setup(config, task, mesh, total_steps, steps_per_epoch, layout=None):
   def chunk_fn(hold):
     return make_train_chunk(functools.partial(
         train_step, task=task, tx=tx, augment=augment, labels=trainable_labels, hold=hold,
-        grad_norms=grad_norms, axis_name=axis_name, ordered=ordered, accumulate=accumulate),
+        grad_norms=grad_norms, axis_name=axis_name, ordered=ordered, accumulate=accumulate,
+        ema_decay=ema_decay),
         mesh, kind,
         getattr(layout, 'state_axes', 0))
 

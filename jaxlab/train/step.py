@@ -119,7 +119,7 @@ def _forward_backward(state, batch, *, task, tx, augment, labels, hold, axis_nam
 
 
 def train_step(state, batch, *, task, tx, augment, labels, hold=frozenset(), grad_norms=(),
-               axis_name=DATA, ordered=True, accumulate=1):
+               axis_name=DATA, ordered=True, accumulate=1, ema_decay=0.0):
   """One optimizer step on this device's part of the batch; collectives over `axis_name`.
 
   axis_name=None makes the step local: a worker of local SGD, which neither
@@ -135,6 +135,8 @@ def train_step(state, batch, *, task, tx, augment, labels, hold=frozenset(), gra
   worker whose shard ran out) leaves params and optimizer state as they were.
   ordered: sums over the devices in device order (mesh.all_sum), the same on any
   split of the devices into processes. accumulate: micro-batches per device (_forward_backward).
+  ema_decay > 0: state.extra['ema'] (float32, shaped like the params) becomes
+  decay·ema + (1 − decay)·params after the update, as timm's ModelEmaV2 updates after each step.
   """
   fb = _forward_backward(state, batch, task=task, tx=tx, augment=augment, labels=labels,
                          hold=hold, axis_name=axis_name, ordered=ordered, accumulate=accumulate)
@@ -152,8 +154,14 @@ def train_step(state, batch, *, task, tx, augment, labels, hold=frozenset(), gra
   if grad_norms:
     metrics.update(_group_norms('grad_norm', fb['grads'], subtree_labels(live, labels),
                                 grad_norms))
-  new_state = state.replace(step=state.step + 1, params=merge(new_live, held),
-                            opt_state=opt_state)
+  params = merge(new_live, held)
+  extra = state.extra
+  if ema_decay:
+    extra = {**extra, 'ema': jax.tree.map(
+        lambda e, p: ema_decay * e + (1.0 - ema_decay) * p.astype(jnp.float32), extra['ema'],
+        params)}
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                            extra=extra)
   return new_state, metrics
 
 
