@@ -66,7 +66,7 @@ def ten_epochs(method='hybrid_layerwise', policy='deep_lora'):
   c.data.classes = ()  # keep only these labels (relabelled 0..k-1); () keeps all
   c.model = ml_collections.ConfigDict(dict(
       name='vit', variant='S/16', image_size=224, patch=16, width=384, depth=12, heads=6,
-      mlp_dim=1536, gelu_approximate=False, dtype='float32'))
+      mlp_dim=1536, gelu_approximate=False, dtype='float32', drop_path_rate=0.0))
   c.pretrained = ml_collections.ConfigDict(dict(
       source='augreg', path='', cache_dir='~/.cache/jaxlab'))
   # method: full | linear | norm | lora | hybrid_parallel | hybrid_layerwise.

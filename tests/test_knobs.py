@@ -1,7 +1,9 @@
 """The training knobs a ViT user reaches for: label smoothing, global-norm gradient clipping,
-gradient accumulation and a parameter EMA, each a validated config field (train.label_smoothing,
-optim.clip_grad_norm, train.grad_accumulation, train.ema_decay) checked against its PyTorch /
-timm definition."""
+gradient accumulation, a parameter EMA and stochastic depth, each a validated config field
+(train.label_smoothing, optim.clip_grad_norm, train.grad_accumulation, train.ema_decay,
+model.drop_path_rate) checked against its PyTorch / timm definition."""
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -198,3 +200,24 @@ def test_parameter_ema_follows_each_step_and_is_evaluated_beside(batch_setup, tm
                        mesh=make_mesh(jax.devices()[:1]))
   assert summary['ema']['decay'] == 0.5 and 0 <= summary['ema']['acc1'] <= 1
   assert summary['ema']['nll'] != summary['nll']  # the EMA is another model than the final one
+
+
+def test_stochastic_depth_is_timms_drop_path():
+  """model.drop_path_rate: block i drops each example's attention and MLP branches with timm's
+  linspace(0, rate, depth)[i], in training only. With the last block at 0.999 nearly every
+  example skips it: its logits are those of the ViT without that block."""
+  from jaxlab.models.vit import ViT
+  kw = dict(num_classes=4, image_size=16, patch=8, width=16, heads=2, mlp_dim=32)
+  assert [ViT(depth=4, drop_path_rate=0.3, **kw).block_drop_path(i) for i in range(4)] == \
+      pytest.approx([0.0, 0.1, 0.2, 0.3])
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((8, 16, 16, 3)), jnp.float32)
+  deep = ViT(depth=2, drop_path_rate=0.999, **kw)
+  params = jax.jit(deep.init)(jax.random.key(0), x)['params']
+  run = lambda model, p, train: jax.jit(functools.partial(model.apply, train=train))(
+      {'params': p}, x, rngs={'dropout': jax.random.key(1)})
+  plain = run(ViT(depth=2, **kw), params, True)
+  assert np.array_equal(run(deep, params, False), run(ViT(depth=2, **kw), params, False))
+  dropped = run(deep, params, True)
+  shallow = run(ViT(depth=1, **kw), {k: v for k, v in params.items() if k != 'blocks_1'}, True)
+  skipped = [np.allclose(dropped[b], shallow[b], atol=1e-6) for b in range(8)]
+  assert sum(skipped) >= 6 and not np.allclose(plain, shallow, atol=1e-3)

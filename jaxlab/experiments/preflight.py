@@ -23,6 +23,8 @@ def check_fields(c):
   at_least(c, 'train.steps', 0, ' (0 runs every epoch)')
   if checks.has(c, 'train.label_smoothing'):
     within(c, 'train.label_smoothing', 0, 1, high_open=True)
+  if checks.has(c, 'model.drop_path_rate'):
+    within(c, 'model.drop_path_rate', 0, 1, high_open=True)
   if checks.has(c, 'train.ema_decay'):
     within(c, 'train.ema_decay', 0, 1, high_open=True)
   if checks.has(c, 'train.grad_accumulation'):

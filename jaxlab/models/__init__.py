@@ -42,7 +42,8 @@ def vit_arch(model_cfg):
               dtype=jnp.dtype(model_cfg.dtype), pos=model_cfg.get('pos', 'learned'),
               rope_base=model_cfg.get('rope_base', 100.0), residual=residual_spec(model_cfg),
               remat=model_cfg.get('remat', False),
-              weight_init=model_cfg.get('weight_init', 'default'))
+              weight_init=model_cfg.get('weight_init', 'default'),
+              drop_path_rate=model_cfg.get('drop_path_rate', 0.0))
 
 
 def model_from_config(model_cfg, num_classes, **kw):

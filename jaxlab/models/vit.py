@@ -349,6 +349,16 @@ class Block(nn.Module):
   residual: HyperSpec | None = None
   index: int = 0
   kernel_init: nn.initializers.Initializer = None  # of the Dense kernels; None: DEFAULT_DENSE_INIT
+  drop_path: float = 0.0  # stochastic depth: the probability of dropping each branch per example
+
+  def _drop_path(self, y, train):
+    """timm's DropPath: in training, each example's branch output is zeroed with probability
+    drop_path and the kept ones scaled by 1/(1 − drop_path); the identity otherwise."""
+    if not train or not self.drop_path:
+      return y
+    keep = 1.0 - self.drop_path
+    mask = jax.random.bernoulli(self.make_rng('dropout'), keep, (y.shape[0],) + (1,) * (y.ndim - 1))
+    return y / jnp.asarray(keep, y.dtype) * mask.astype(y.dtype)
 
   @nn.compact
   def __call__(self, x, train=False):
@@ -358,7 +368,8 @@ class Block(nn.Module):
     norm2 = layer_norm(self.ln_eps, self.dtype, 'norm2')
     mlp = Mlp(self.width, self.mlp_dim, self.gelu_approximate, self.lora, self.dtype,
               self.kernel_init, name='mlp')
-    branches = (lambda h: attn(norm1(h), train), lambda h: mlp(norm2(h), train))
+    branches = (lambda h: self._drop_path(attn(norm1(h), train), train),
+                lambda h: self._drop_path(mlp(norm2(h), train), train))
     x = materialize_grad(x)
     for j, (name, branch) in enumerate(zip(('hc_attn', 'hc_mlp'), branches)):
       if self.residual is None:
@@ -389,6 +400,15 @@ class ViT(nn.Module):
   rope_form: str = 'integer'  # one of ROPE_FORMS
   rope_dtype: str = 'float32'  # latent_space form only: one of ROPE_DTYPES
   stream_dtype: jnp.dtype | None = None  # the residual stream's dtype; None: `dtype`
+  # Stochastic depth: block i drops its branches with probability drop_path_rate·i/(depth − 1)
+  # (timm's linspace(0, drop_path_rate, depth)), per example, in training only.
+  drop_path_rate: float = 0.0
+
+  def block_drop_path(self, i):
+    """Block i's stochastic-depth rate: timm's linspace(0, drop_path_rate, depth)[i]."""
+    if not self.drop_path_rate or self.depth == 1:
+      return 0.0
+    return float(self.drop_path_rate) * i / (self.depth - 1)
 
   def block_lora(self, i):
     """Keyword arguments of each LoraDense in block i: {target: {rank, alpha, dropout}}."""
@@ -449,7 +469,7 @@ class ViT(nn.Module):
     for i in range(self.depth):
       x = block(self.width, self.heads, self.mlp_dim, self.gelu_approximate, self.ln_eps,
                 self.block_lora(i), self.dtype, rope, self.residual, i, dense_init,
-                name=f'blocks_{i}')(x, train)
+                self.block_drop_path(i), name=f'blocks_{i}')(x, train)
     after_reduce = self.residual is not None and self.residual.final_norm == 'after_reduce'
     if after_reduce:  # the streams are summed, then normed (the reference ViT)
       x = reduce(x, self.residual.reduce)
