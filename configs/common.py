@@ -27,11 +27,15 @@ def base_config():
   # color_jitter: (brightness, contrast, saturation, hue). 0 turns each off.
   # rrc_scale/rrc_ratio: random-resized-crop (area fraction, aspect ratio; scale (0, 0) is off);
   # randaugment_ops/_magnitude: RandAugment (0 ops is off); erasing_p: random erasing probability.
+  # mixup_alpha / cutmix_alpha > 0: timm's Mixup / CutMix on each device's batch (Beta(α, α),
+  # applied with probability mix_prob; CutMix rather than mixup with mix_switch_prob when both
+  # are on); 0 turns each off.
   c.augment = ml_collections.ConfigDict(dict(
       resize=0, crop_padding=0, flip=False, normalization='half', rotation=0.0,
       perspective=0.0, perspective_p=0.5, color_jitter=(0.0, 0.0, 0.0, 0.0),
       rrc_scale=(0.0, 0.0), rrc_ratio=(3 / 4, 4 / 3), randaugment_ops=0,
-      randaugment_magnitude=9, erasing_p=0.0))
+      randaugment_magnitude=9, erasing_p=0.0, mixup_alpha=0.0, cutmix_alpha=0.0, mix_prob=1.0,
+      mix_switch_prob=0.5))
   # name: sgd | sgdm | adamw | lars | lamb. schedule: constant | cosine | warmup_cosine | whd
   # (floor = lr_floor · lr). Warm-up: warmup_fraction of the steps when > 0, else warmup_epochs.
   # whd (warmup-hold-decay): hold until decay_start_fraction of the steps, then decay_shape

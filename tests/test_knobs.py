@@ -1,7 +1,8 @@
 """The training knobs a ViT user reaches for: label smoothing, global-norm gradient clipping,
-gradient accumulation, a parameter EMA and stochastic depth, each a validated config field
-(train.label_smoothing, optim.clip_grad_norm, train.grad_accumulation, train.ema_decay,
-model.drop_path_rate) checked against its PyTorch / timm definition."""
+gradient accumulation, a parameter EMA, stochastic depth and mixup / CutMix, each a validated
+config field (train.label_smoothing, optim.clip_grad_norm, train.grad_accumulation,
+train.ema_decay, model.drop_path_rate, augment.mixup_alpha / cutmix_alpha / mix_prob /
+mix_switch_prob) checked against its PyTorch / timm definition."""
 
 import functools
 
@@ -221,3 +222,75 @@ def test_stochastic_depth_is_timms_drop_path():
   shallow = run(ViT(depth=1, **kw), {k: v for k, v in params.items() if k != 'blocks_1'}, True)
   skipped = [np.allclose(dropped[b], shallow[b], atol=1e-6) for b in range(8)]
   assert sum(skipped) >= 6 and not np.allclose(plain, shallow, atol=1e-3)
+
+
+def timm_mix_batch(x, lam, use_cutmix, cy, cx):
+  """timm.data.mixup.Mixup._mix_batch (mode 'batch', correct_lam) with rand_bbox's draws given,
+  transcribed in numpy on NHWC images (timm 1.0's box: cy − cut_h // 2 to cy + (cut_h + 1) // 2)."""
+  x = np.array(x)
+  if use_cutmix:
+    h, w = x.shape[1:3]
+    ratio = np.sqrt(1 - lam)
+    cut_h, cut_w = int(h * ratio), int(w * ratio)
+    yl, yh = np.clip(cy - cut_h // 2, 0, h), np.clip(cy + (cut_h + 1) // 2, 0, h)
+    xl, xh = np.clip(cx - cut_w // 2, 0, w), np.clip(cx + (cut_w + 1) // 2, 0, w)
+    x[:, yl:yh, xl:xh] = x[::-1][:, yl:yh, xl:xh].copy()
+    return x, 1.0 - (yh - yl) * (xh - xl) / float(h * w)
+  return x * lam + x[::-1] * (1.0 - lam), lam
+
+
+def test_mixup_and_cutmix_are_timms():
+  """augment.mix_images equals timm's _mix_batch on the same draws (boxes clipped at the edges
+  included), and mix_params draws timm's choices (mix_prob 0: untouched, lam 1)."""
+  from jaxlab.data.augment import mix_images, mix_params
+  x = np.random.default_rng(0).standard_normal((6, 10, 12, 3)).astype(np.float32)
+  mix = jax.jit(mix_images)
+  for lam, cutmix, cy, cx in ((0.7, False, 0, 0), (0.7, True, 5, 6), (0.3, True, 0, 11),
+                              (0.55, True, 9, 1)):
+    params = {'apply': jnp.asarray(True), 'cutmix': jnp.asarray(cutmix),
+              'lam': jnp.float32(lam), 'cy': jnp.int32(cy), 'cx': jnp.int32(cx)}
+    got, got_lam = mix(jnp.asarray(x), params)
+    want, want_lam = timm_mix_batch(x, lam, cutmix, cy, cx)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-6, atol=1e-6)
+    assert float(got_lam) == pytest.approx(want_lam, rel=1e-6)
+  off = mix_params(jax.random.key(0), x.shape, mixup_alpha=1.0, prob=0.0)
+  out, lam = mix_images(jnp.asarray(x), off)
+  assert float(lam) == 1.0 and np.array_equal(np.asarray(out), x)
+  draws = jax.jit(jax.vmap(lambda k: mix_params(k, x.shape, 0.8, 1.0, 1.0, 0.5)))(
+      jax.random.split(jax.random.key(0), 400))
+  cuts, lams = np.asarray(draws['cutmix']), np.asarray(draws['lam'])
+  assert 0.4 < cuts.mean() < 0.6 and 0.45 < lams.mean() < 0.55  # Beta(α, α) has mean 1/2
+
+
+def test_cutmix_box_against_timm_itself():
+  """timm's own cutmix_bbox_and_lam (numpy's global generator) and our box from the same draws."""
+  pytest.importorskip('torch')
+  mixup = pytest.importorskip('timm.data.mixup')
+  from jaxlab.data.augment import mix_images
+  x = np.random.default_rng(1).standard_normal((4, 16, 16, 3)).astype(np.float32)
+  for seed, lam in ((0, 0.4), (1, 0.8), (2, 0.1)):
+    np.random.seed(seed)
+    (yl, yh, xl, xh), want_lam = mixup.cutmix_bbox_and_lam((4, 3, 16, 16), lam)
+    np.random.seed(seed)
+    cy, cx = np.random.randint(0, 16), np.random.randint(0, 16)  # rand_bbox's two draws
+    params = {'apply': jnp.asarray(True), 'cutmix': jnp.asarray(True), 'lam': jnp.float32(lam),
+              'cy': jnp.int32(cy), 'cx': jnp.int32(cx)}
+    got, got_lam = mix_images(jnp.asarray(x), params)
+    want = x.copy()
+    want[:, yl:yh, xl:xh] = x[::-1][:, yl:yh, xl:xh]
+    np.testing.assert_array_equal(np.asarray(got), want)
+    assert float(got_lam) == pytest.approx(want_lam, rel=1e-6)
+
+
+def test_the_step_mixes_the_loss_of_both_labels(batch_setup):
+  """With mixup on, the step trains on mixed images and the loss lam·L(y) + (1 − lam)·L(y'):
+  another loss than the plain step's; the ladder, whose credit rules take one label, refuses."""
+  _, plain, m0 = batch_setup()
+  _, mixed, m = batch_setup(augment__mixup_alpha=0.4, augment__cutmix_alpha=1.0)
+  assert float(np.ravel(m['loss'])[0]) != pytest.approx(float(np.ravel(m0['loss'])[0]), rel=1e-3)
+  assert any(not np.allclose(mixed[k], plain[k]) for k in plain)
+  lad = ladder_config.get_config('quick')
+  lad.augment.mixup_alpha = 0.2
+  with pytest.raises(checks.BadInput, match='mixup / CutMix mix two') as e:
+    experiments.validate(lad, devices=1)
+  assert e.value.where == '--config.augment.mixup_alpha'

@@ -495,6 +495,58 @@ def random_erasing(key, image, p, scale=(0.02, 0.33), ratio=(0.3, 3.3), value=0.
   return jnp.where(inside & erase, jnp.asarray(value, image.dtype), image)
 
 
+def mix_params(key, shape, mixup_alpha=0.0, cutmix_alpha=0.0, prob=1.0, switch_prob=0.5):
+  """The draws of timm's Mixup for one batch of images `shape` [B, H, W, C] (mode 'batch'),
+  as its _params_per_batch and rand_bbox make them: whether to mix (probability prob), CutMix
+  rather than mixup (switch_prob when both alphas are on), lam ~ Beta(alpha, alpha), and a box
+  centre (cy, cx) uniform over the image. A dict of scalars."""
+  k_apply, k_switch, k_mixup, k_cutmix, k_cy, k_cx = jax.random.split(key, 6)
+  apply = jax.random.uniform(k_apply) < prob
+  if mixup_alpha > 0 and cutmix_alpha > 0:
+    cutmix = jax.random.uniform(k_switch) < switch_prob
+  else:
+    cutmix = jnp.asarray(cutmix_alpha > 0)
+  beta = lambda k, a: jax.random.beta(k, a, a) if a > 0 else jnp.float32(1.0)
+  lam = jnp.where(cutmix, beta(k_cutmix, cutmix_alpha), beta(k_mixup, mixup_alpha))
+  h, w = shape[1], shape[2]
+  return {'apply': apply, 'cutmix': cutmix & apply, 'lam': jnp.where(apply, lam, 1.0),
+          'cy': jax.random.randint(k_cy, (), 0, h), 'cx': jax.random.randint(k_cx, (), 0, w)}
+
+
+def mix_images(images, params):
+  """(mixed images, lam) of timm's Mixup._mix_batch with the draws `params` (mix_params): each
+  image mixed with its mirror in the batch (images[::-1]); mixup lam·x + (1 − lam)·x_mirror;
+  CutMix pastes the mirror's box of sides int(H·√(1 − lam)), int(W·√(1 − lam)) around (cy, cx)
+  (rows cy − cut_h // 2 to cy + (cut_h + 1) // 2, timm 1.0's rand_bbox), clipped to the image,
+  and lam becomes 1 − box area / image area (correct_lam).
+  The targets are then lam·y + (1 − lam)·y_mirror."""
+  h, w = images.shape[1], images.shape[2]
+  lam, cy, cx = params['lam'], params['cy'], params['cx']
+  mirror = images[::-1]
+  mixed = images * lam.astype(images.dtype) + mirror * (1.0 - lam).astype(images.dtype)
+  ratio = jnp.sqrt(1.0 - lam)
+  cut_h = jnp.floor(h * ratio).astype(jnp.int32)
+  cut_w = jnp.floor(w * ratio).astype(jnp.int32)
+  yl, yh = jnp.clip(cy - cut_h // 2, 0, h), jnp.clip(cy + (cut_h + 1) // 2, 0, h)
+  xl, xh = jnp.clip(cx - cut_w // 2, 0, w), jnp.clip(cx + (cut_w + 1) // 2, 0, w)
+  rows, cols = jnp.arange(h)[:, None, None], jnp.arange(w)[None, :, None]
+  box = (rows >= yl) & (rows < yh) & (cols >= xl) & (cols < xh)
+  cut = jnp.where(box[None], mirror, images)
+  lam_cut = 1.0 - ((yh - yl) * (xh - xl)).astype(jnp.float32) / (h * w)
+  out = jnp.where(params['cutmix'], cut, jnp.where(params['apply'], mixed, images))
+  return out, jnp.where(params['cutmix'], lam_cut, lam)
+
+
+def mixing(aug_cfg):
+  """(mixup_alpha, cutmix_alpha, prob, switch_prob) of `aug_cfg`, or None when both alphas are
+  0 (off)."""
+  mixup, cutmix = aug_cfg.get('mixup_alpha', 0.0), aug_cfg.get('cutmix_alpha', 0.0)
+  if not (mixup or cutmix):
+    return None
+  return (float(mixup), float(cutmix), float(aug_cfg.get('mix_prob', 1.0)),
+          float(aug_cfg.get('mix_switch_prob', 0.5)))
+
+
 def normalize(image, name):
   """(image - mean) / std with the named per-channel statistics."""
   mean, std = NORMALIZATIONS[name]

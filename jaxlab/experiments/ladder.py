@@ -176,6 +176,11 @@ def validate(config, overridden=frozenset(), devices=1):
   """Rules, depths and seeds of the ladder; each seed's batch split over the devices."""
   del overridden  # no field here is set per cell
   c = config
+  if c.augment.get('mixup_alpha') or c.augment.get('cutmix_alpha'):
+    checks.fail('augment.mixup_alpha' if c.augment.get('mixup_alpha') else 'augment.cutmix_alpha',
+                'the ladder\'s credit rules compute their own error signals from one label, '
+                'and mixup / CutMix mix two', 'set it to 0 (the peft, mhc and distributed '
+                'families read it)')
   if c.train.get('label_smoothing'):
     checks.fail('train.label_smoothing', 'the ladder\'s credit rules (BP, FA, DFA) compute '
                 'their own loss and error signals, without label smoothing',

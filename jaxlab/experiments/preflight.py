@@ -45,6 +45,12 @@ def check_fields(c):
     at_least(c, field, 0, ' (0 turns it off)')
   for field in ('augment.perspective', 'augment.perspective_p', 'augment.erasing_p'):
     within(c, field, 0, 1)
+  for field in ('augment.mixup_alpha', 'augment.cutmix_alpha'):
+    if checks.has(c, field):
+      at_least(c, field, 0, ' (0 turns it off)')
+  for field in ('augment.mix_prob', 'augment.mix_switch_prob'):
+    if checks.has(c, field):
+      within(c, field, 0, 1)
   within(c, 'augment.randaugment_magnitude', 0, 30, why=' (RandAugment\'s 31 bins)')
   _color_jitter(c)
   _pair(c, 'augment.rrc_scale', 'random-resized-crop area fractions', upper=1.0, off=(0, 0))

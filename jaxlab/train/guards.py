@@ -169,7 +169,9 @@ def flat_config(tree, prefix=''):
 # Fields added to the configs after runs were recorded without them, each with the value that
 # changes nothing (the behaviour before it existed): a record without the field holds it.
 ADDED_FIELDS = {'optim.clip_grad_norm': 0.0, 'train.label_smoothing': 0.0,
-                'train.grad_accumulation': 1, 'train.ema_decay': 0.0, 'model.drop_path_rate': 0.0}
+                'train.grad_accumulation': 1, 'train.ema_decay': 0.0, 'model.drop_path_rate': 0.0,
+                'augment.mixup_alpha': 0.0, 'augment.cutmix_alpha': 0.0, 'augment.mix_prob': 1.0,
+                'augment.mix_switch_prob': 0.5}
 
 
 def config_diff(old, new, neutral=NEUTRAL_FIELDS):

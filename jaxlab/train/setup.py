@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 import jax
 
-from jaxlab.data.augment import make_train_augment
+from jaxlab.data.augment import make_train_augment, mixing
 from jaxlab.optim import averaging
 from jaxlab.optim.optimizers import optimizer_from_config
 from jaxlab.parallel.local import worker_state
@@ -78,6 +78,11 @@ def build_setup(config, task, mesh, total_steps, steps_per_epoch, layout=None):
   else:
     state = create(trainable, frozen, step_keys[0], extra)
   augment = make_train_augment(config.augment)
+  mix = mixing(config.augment)
+  if mix is not None and task.grad_fn is not None:
+    raise ValueError('mixup / CutMix mix the loss of two labels, and this task computes its own '
+                     'gradient (a credit-assignment rule): set augment.mixup_alpha and '
+                     'augment.cutmix_alpha to 0')
   task = with_label_smoothing(task, config.train.get('label_smoothing', 0.0))
   accumulate = int(config.train.get('grad_accumulation', 1))
 
@@ -91,7 +96,7 @@ def build_setup(config, task, mesh, total_steps, steps_per_epoch, layout=None):
     return make_train_chunk(functools.partial(
         train_step, task=task, tx=tx, augment=augment, labels=trainable_labels, hold=hold,
         grad_norms=grad_norms, axis_name=axis_name, ordered=ordered, accumulate=accumulate,
-        ema_decay=ema_decay),
+        ema_decay=ema_decay, mix=mix),
         mesh, kind,
         getattr(layout, 'state_axes', 0))
 

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import PartitionSpec as P
 
+from jaxlab.data.augment import mix_images, mix_params
 from jaxlab.metrics.classification import count_params
 from jaxlab.models import autodiff
 from jaxlab.optim.optimizers import hold_groups
@@ -51,7 +52,7 @@ def all_finite(tree):
 
 
 def _forward_backward(state, batch, *, task, tx, augment, labels, hold, axis_name,
-                      ordered=True, accumulate=1):
+                      ordered=True, accumulate=1, mix=None):
   """Everything a step computes before it writes the state: the live and held params, the
   logits function, the loss (a weighted mean over the real examples of the global batch),
   logits, the all-reduced gradients of the live params, the optimizer's updates and state.
@@ -59,11 +60,21 @@ def _forward_backward(state, batch, *, task, tx, augment, labels, hold, axis_nam
   accumulate = k > 1: the gradient of this device's batch is computed in k micro-batches one
   after another (lax.scan; each holds 1/k of the activations) and summed: the batch's gradient
   up to float rounding, each micro-batch's model randomness (dropout) its own fold of the
-  step's key."""
+  step's key.
+
+  mix = (mixup_alpha, cutmix_alpha, prob, switch_prob): timm's Mixup / CutMix on each device's
+  batch (augment.mix_params, mix_images: each example with its mirror in that batch, one lam
+  per device, as timm mixes each process's batch), the loss lam·L(y) + (1 − lam)·L(y_mirror)."""
   aug_key, model_key = jax.random.split(jax.random.fold_in(state.rng, state.step))
   images = augment(example_keys(aug_key, batch['label'].shape[0], axis_name), batch['image'])
   if axis_name:
     model_key = jax.random.fold_in(model_key, jax.lax.axis_index(axis_name))
+  lam = None
+  if mix is not None:
+    mix_key = jax.random.fold_in(aug_key, 0x6d6978)  # 'mix': a key of its own
+    if axis_name:
+      mix_key = jax.random.fold_in(mix_key, jax.lax.axis_index(axis_name))
+    images, lam = mix_images(images, mix_params(mix_key, images.shape, *mix))
   total = (lambda x: all_sum(x, axis_name, ordered)) if axis_name else (lambda x: x)
   weight = batch['weight']
   # Real examples in the global batch: the loss is their mean, as PyTorch's over a partial
@@ -79,18 +90,25 @@ def _forward_backward(state, batch, *, task, tx, augment, labels, hold, axis_nam
     logits = logits_of(params)
     return jnp.sum(weight * task.example_loss(logits, batch['label'])) / denom, logits
 
-  def micro(images, labels, weight, key):
+  def example_loss(logits, labels, mirror):
+    loss = task.example_loss(logits, labels)
+    if lam is None:
+      return loss
+    return lam * loss + (1.0 - lam) * task.example_loss(logits, mirror)
+
+  def micro(images, labels, weight, key, mirror):
     if task.grad_fn is not None:
       return task.grad_fn(live, merge(held, state.frozen), images, labels, key, state.extra,
                           weight=weight, denom=denom)
 
     def loss_of(params):
       logits = task.apply(merge(params, held, state.frozen), images, True, key)
-      return jnp.sum(weight * task.example_loss(logits, labels)) / denom, logits
+      return jnp.sum(weight * example_loss(logits, labels, mirror)) / denom, logits
     return jax.value_and_grad(loss_of, has_aux=True)(live)
 
+  mirror = batch['label'][::-1]
   if accumulate == 1:
-    (loss, logits), grads = micro(images, batch['label'], weight, model_key)
+    (loss, logits), grads = micro(images, batch['label'], weight, model_key, mirror)
   else:
     local = weight.shape[0]
     if local % accumulate:
@@ -99,12 +117,14 @@ def _forward_backward(state, batch, *, task, tx, augment, labels, hold, axis_nam
     parts = lambda x: x.reshape(accumulate, local // accumulate, *x.shape[1:])
 
     def body(total, xs):
-      i, part = xs[0], xs[1:]
-      (loss_i, logits_i), grads_i = micro(*part, jax.random.fold_in(model_key, i))
+      i, (images_i, labels_i, weight_i, mirror_i) = xs[0], xs[1:]
+      (loss_i, logits_i), grads_i = micro(images_i, labels_i, weight_i,
+                                          jax.random.fold_in(model_key, i), mirror_i)
       return jax.tree.map(jnp.add, total, (loss_i, grads_i)), logits_i
     zero = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, live))
     (loss, grads), logits = jax.lax.scan(
-        body, zero, (jnp.arange(accumulate), parts(images), parts(batch['label']), parts(weight)))
+        body, zero, (jnp.arange(accumulate), parts(images), parts(batch['label']), parts(weight),
+                     parts(mirror)))
     logits = logits.reshape(local, *logits.shape[2:])
   grads = total(grads)  # each device's share of the global mean: their sum is the gradient
   all_grads = merge(grads, jax.tree.map(jnp.zeros_like, held))
@@ -119,7 +139,7 @@ def _forward_backward(state, batch, *, task, tx, augment, labels, hold, axis_nam
 
 
 def train_step(state, batch, *, task, tx, augment, labels, hold=frozenset(), grad_norms=(),
-               axis_name=DATA, ordered=True, accumulate=1, ema_decay=0.0):
+               axis_name=DATA, ordered=True, accumulate=1, ema_decay=0.0, mix=None):
   """One optimizer step on this device's part of the batch; collectives over `axis_name`.
 
   axis_name=None makes the step local: a worker of local SGD, which neither
@@ -139,7 +159,8 @@ def train_step(state, batch, *, task, tx, augment, labels, hold=frozenset(), gra
   decay·ema + (1 − decay)·params after the update, as timm's ModelEmaV2 updates after each step.
   """
   fb = _forward_backward(state, batch, task=task, tx=tx, augment=augment, labels=labels,
-                         hold=hold, axis_name=axis_name, ordered=ordered, accumulate=accumulate)
+                         hold=hold, axis_name=axis_name, ordered=ordered, accumulate=accumulate,
+                         mix=mix)
   live, held = fb['live'], fb['held']
   new_live = optax.apply_updates(live, fb['updates'])
   opt_state = fb['opt_state']
