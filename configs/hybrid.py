@@ -67,8 +67,11 @@ def ten_epochs(method='hybrid_layerwise', policy='deep_lora'):
   c.model = ml_collections.ConfigDict(dict(
       name='vit', variant='S/16', image_size=224, patch=16, width=384, depth=12, heads=6,
       mlp_dim=1536, gelu_approximate=False, dtype='float32', drop_path_rate=0.0))
+  # source: augreg (download to cache_dir) | npz / timm (a file at path) | hub (a Hugging Face
+  # hub name, e.g. timm/vit_small_patch16_224.augreg_in21k_ft_in1k: the shared hub cache) |
+  # none | pretrain.
   c.pretrained = ml_collections.ConfigDict(dict(
-      source='augreg', path='', cache_dir='~/.cache/jaxlab'))
+      source='augreg', path='', cache_dir='~/.cache/jaxlab', name=''))
   # method: full | linear | norm | lora | hybrid_parallel | hybrid_layerwise.
   # policy (hybrid_layerwise): deep_lora | even_lora | odd_lora | explicit (with lora_blocks).
   # lr_parity: dynamic LR parity between the lora and norm groups (the reference code's extra).

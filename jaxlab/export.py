@@ -166,6 +166,8 @@ def _base_name(config):
     return 'timm/vit_small_patch16_224.augreg_in21k_ft_in1k'
   if source in ('npz', 'timm'):
     return os.path.abspath(os.path.expanduser(config.pretrained.path))
+  if source == 'hub':
+    return config.pretrained.name
   return None
 
 

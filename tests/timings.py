@@ -41,6 +41,8 @@ SECONDS = {
     'tests/test_adapters.py::test_saved_files_are_peft_layout_and_load_back': 5.9,
     'tests/test_adapters.py::test_other_lora_methods_round_trip[lora]': 3.4,
     'tests/test_knobs.py::test_the_trainer_reads_both_knobs': 4.3,
+    'tests/test_hub.py::test_vit_with_peft_by_hub_name_reads_the_offline_cache': 4.0,
+    'tests/test_hub.py::test_config_source_hub': 3.0,
     'tests/test_knobs.py::test_mixup_and_cutmix_are_timms': 5.8,
     'tests/test_knobs.py::test_the_step_mixes_the_loss_of_both_labels': 4.7,
     'tests/test_knobs.py::test_stochastic_depth_is_timms_drop_path': 5.9,

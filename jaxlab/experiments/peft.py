@@ -34,7 +34,7 @@ from jaxlab.train.task import Task, flax_apply
 from jaxlab.train import guards
 
 
-PRETRAINED_SOURCES = ('augreg', 'npz', 'timm', 'none', 'pretrain')
+PRETRAINED_SOURCES = ('augreg', 'npz', 'timm', 'hub', 'none', 'pretrain')
 RECIPES = ('weights', 'crop_flip', 'flip_cifar100', 'reference')
 # Recipe names given up, each with the name that replaced it: an old name is an error that
 # names the new one, never a silent alias.
@@ -184,6 +184,8 @@ def load_pretrained(config):
     arch, params = _converted('augreg', pt.fetch_augreg(cache_dir=src.cache_dir))
   elif src.source in ('npz', 'timm'):
     arch, params = _converted(src.source, src.path)
+  elif src.source == 'hub':
+    arch, params = _converted('timm', pt.hub_file(src.name))
   else:
     raise ValueError(f'unknown pretrained.source {src.source!r}; choose one of '
                      f'{", ".join(PRETRAINED_SOURCES)}')
@@ -248,6 +250,8 @@ def backbone_source(config, workdir):
     return {'source': 'pretrain', 'path': os.path.abspath(os.path.join(workdir, 'pretrain'))}
   if src.source in ('npz', 'timm'):
     return {'source': src.source, 'path': os.path.abspath(os.path.expanduser(src.path))}
+  if src.source == 'hub':
+    return {'source': 'hub', 'name': src.name}
   if src.source == 'augreg':
     return {'source': 'augreg', 'path': os.path.join(src.cache_dir, pt.AUGREG_S16)}
   return {'source': src.source, 'seed': config.seed}  # 'none': initialised from the seed
@@ -376,6 +380,13 @@ def validate(config, overridden=frozenset(), devices=1):
   if src != 'augreg':
     unread('pretrained.cache_dir', f'with pretrained.source={src!r}',
            'it is where the AugReg download is kept: drop it')
+  if src != 'hub':
+    unread('pretrained.name', f'with pretrained.source={src!r}',
+           'set --config.pretrained.source=hub too (weights by Hugging Face hub name)')
+  elif not pt.hub_name(c.pretrained.get('name', '')):
+    checks.fail('pretrained.name', f'pretrained.source=hub needs a hub repository name, got '
+                f'{c.pretrained.get("name", "")!r}',
+                'give e.g. --config.pretrained.name=timm/vit_small_patch16_224.augreg_in21k_ft_in1k')
   if src != 'pretrain':
     for name in ('pretrain_classes', 'pretrain_epochs', 'pretrain_lr'):
       unread(f'sweep.{name}', f'with pretrained.source={src!r}',
@@ -439,6 +450,21 @@ def check_files(config):
                            'download the .npz elsewhere and put it there, or give weights on '
                            'disk: --config.pretrained.source=npz|timm '
                            '--config.pretrained.path=FILE') from e
+    return
+  if src.source == 'hub':
+    try:
+      load_pretrained(config)
+    except FileNotFoundError as e:
+      raise checks.Missing(f'the weights {src.name} are not in the Hugging Face cache and cannot '
+                           'be downloaded', pt.hub_cache_dir(),
+                           'download them where there is internet (e.g. huggingface-cli download '
+                           f'{src.name}) into the cache this machine reads (HF_HOME / '
+                           'HF_HUB_CACHE), or give the file: --config.pretrained.source=timm '
+                           '--config.pretrained.path=FILE') from e
+    except ImportError as e:
+      raise checks.BadInput(str(e), checks.flag('pretrained.source'),
+                            'pip install "jaxlab[hub]", or give the file with '
+                            '--config.pretrained.source=timm --config.pretrained.path=FILE') from e
     return
   if src.source not in ('npz', 'timm'):
     return

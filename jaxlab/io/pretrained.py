@@ -496,6 +496,52 @@ def fetch_augreg(name=AUGREG_S16, cache_dir='~/.cache/jaxlab', base_url=AUGREG_B
 # builds its patch-kernel resize from tf.image.resize bilinear, the choice here.)
 
 
+# A model on the Hugging Face hub: 'timm/vit_small_patch16_224.augreg_in21k_ft_in1k', optionally
+# with timm's 'hf-hub:' / 'hf_hub:' prefix.
+_HUB_NAME = re.compile(r'(?:hf[-_]hub:)?([\w.-]+/[\w.-]+)')
+
+
+def hub_name(weights):
+  """The hub repository of `weights` when it names one ('org/name', not a file on disk and not
+  a .safetensors / .npz path), else None."""
+  if not isinstance(weights, str) or os.path.exists(os.path.expanduser(weights)):
+    return None
+  m = _HUB_NAME.fullmatch(weights)
+  if not m or weights.endswith(('.safetensors', '.npz')):
+    return None
+  return m.group(1)
+
+
+def hub_cache_dir():
+  """The Hugging Face hub cache huggingface_hub reads (HF_HUB_CACHE, else HF_HOME/hub)."""
+  import huggingface_hub.constants  # pylint: disable=g-import-not-at-top
+  return huggingface_hub.constants.HF_HUB_CACHE
+
+
+def hub_file(name, filename='model.safetensors', revision=None, cache_dir=None):
+  """The local path of `filename` in the Hugging Face hub repository `name` (timm's
+  'timm/<model>.<tag>'), through huggingface_hub (`pip install "jaxlab[hub]"`): from the shared
+  hub cache (HF_HOME / HF_HUB_CACHE, or `cache_dir`) when it holds the file, downloaded into it
+  otherwise; offline (HF_HUB_OFFLINE=1) the cache alone. FileNotFoundError when it is neither
+  cached nor downloadable."""
+  repo = hub_name(name) or name
+  try:
+    import huggingface_hub  # pylint: disable=g-import-not-at-top
+    import huggingface_hub.constants  # pylint: disable=g-import-not-at-top
+    import huggingface_hub.errors  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError(f'weights by hub name ({repo}) need huggingface_hub: '
+                      'pip install "jaxlab[hub]"') from e
+  try:
+    return huggingface_hub.hf_hub_download(repo, filename, revision=revision, cache_dir=cache_dir)
+  except (huggingface_hub.errors.LocalEntryNotFoundError,
+          huggingface_hub.errors.RepositoryNotFoundError,
+          huggingface_hub.errors.EntryNotFoundError, OSError) as e:
+    where = cache_dir or huggingface_hub.constants.HF_HUB_CACHE
+    raise FileNotFoundError(f'{repo}/{filename} is not in the hub cache ({where}) and could not '
+                            f'be downloaded ({type(e).__name__})') from e
+
+
 def linear_resize_matrix(n_in, n_out):
   """(n_out, n_in) matrix M of 1-D linear interpolation: M @ x resizes x from n_in to n_out
   samples. Output j reads the input at (j + 0.5)·n_in/n_out − 0.5, clamped to [0, n_in − 1]."""

@@ -80,7 +80,11 @@ def peft_vit(arch, num_classes, method='lora', policy='deep_lora', rank=8, alpha
 def read_weights(weights, heads=None):
   """(arch, params) of pretrained weights: a timm state dict or .safetensors path, a
   big_vision / AugReg npz mapping or .npz path, or a jaxlab ViT param tree; arch holds what
-  they fix (image_size, patch, width, depth, heads, mlp_dim, num_classes)."""
+  they fix (image_size, patch, width, depth, heads, mlp_dim, num_classes). A hub name
+  ('timm/vit_small_patch16_224.augreg_in21k_ft_in1k') is its model.safetensors, through the
+  shared Hugging Face cache (jaxlab.io.pretrained.hub_file)."""
+  if pt.hub_name(weights):
+    return pt.timm_to_params(pt.read_safetensors(pt.hub_file(weights)), heads=heads)
   if isinstance(weights, (str, os.PathLike)):
     path = os.fspath(weights)
     if path.endswith('.safetensors'):
@@ -124,8 +128,10 @@ def vit_with_peft(weights, num_classes, method='lora', policy='deep_lora', rank=
                   targets=None, dropout=0.0, head_init='timm', **vit_kw):
   """(model, params, labels): a ViT with a PEFT method, ready to fine-tune.
 
-  weights: a timm ViT state dict or the path of its .safetensors file, a big_vision /
-    AugReg npz mapping or .npz path, a jaxlab ViT param tree, or None for a random init.
+  weights: a timm ViT state dict or the path of its .safetensors file, a Hugging Face hub name
+    of timm weights ('timm/vit_small_patch16_224.augreg_in21k_ft_in1k': the shared hub cache,
+    offline when it holds them), a big_vision / AugReg npz mapping or .npz path, a jaxlab ViT
+    param tree, or None for a random init.
     With weights, the architecture comes from them (timm files do not store the number of
     heads: it is width // 64 unless `heads=` says otherwise); width, depth, heads and
     mlp_dim given here must agree. Without, give `variant` (one of

@@ -171,7 +171,7 @@ def flat_config(tree, prefix=''):
 ADDED_FIELDS = {'optim.clip_grad_norm': 0.0, 'train.label_smoothing': 0.0,
                 'train.grad_accumulation': 1, 'train.ema_decay': 0.0, 'model.drop_path_rate': 0.0,
                 'augment.mixup_alpha': 0.0, 'augment.cutmix_alpha': 0.0, 'augment.mix_prob': 1.0,
-                'augment.mix_switch_prob': 0.5}
+                'augment.mix_switch_prob': 0.5, 'pretrained.name': ''}
 
 
 def config_diff(old, new, neutral=NEUTRAL_FIELDS):
