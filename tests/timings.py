@@ -40,6 +40,8 @@ SECONDS = {
     'tests/test_peft.py::test_freezing_sweep_over_seeds_tests_the_notes_freezing_claims': 23.0,
     'tests/test_adapters.py::test_saved_files_are_peft_layout_and_load_back': 5.9,
     'tests/test_adapters.py::test_other_lora_methods_round_trip[lora]': 3.4,
+    'tests/test_adapters.py::test_other_lora_methods_round_trip[hybrid_parallel]': 8.7,
+    'tests/test_adapters.py::test_what_peft_lora_cannot_hold_is_refused': 3.3,
     'tests/test_knobs.py::test_the_trainer_reads_both_knobs': 4.3,
     'tests/test_hub.py::test_vit_with_peft_by_hub_name_reads_the_offline_cache': 4.0,
     'tests/test_hub.py::test_config_source_hub': 3.0,
