@@ -194,8 +194,8 @@ def _cast(a, dtype):
 
 def _check_keys(kind, present, expected):
   """Raise CheckpointKeyError listing every missing and every unexpected key."""
-  missing = sorted(set(expected) - set(present), key=_natural)
-  unexpected = sorted(set(present) - set(expected), key=_natural)
+  missing = sorted(set(expected) - set(present), key=natural_key)
+  unexpected = sorted(set(present) - set(expected), key=natural_key)
   if missing or unexpected:
     lines = [f'{kind} checkpoint does not match the ViT layout:']
     if missing:
@@ -205,7 +205,7 @@ def _check_keys(kind, present, expected):
     raise CheckpointKeyError('\n'.join(lines))
 
 
-def _natural(key):
+def natural_key(key):
   """Sort key that puts blocks.2 before blocks.10."""
   return [int(t) if t.isdigit() else t for t in re.split(r'(\d+)', key)]
 

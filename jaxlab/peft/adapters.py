@@ -26,16 +26,15 @@ import re
 
 import numpy as np
 
-from jaxlab.io.pretrained import read_safetensors, write_safetensors
-from jaxlab.models.lora import LORA_LEAVES, lora_of
+from jaxlab.io.pretrained import natural_key, read_safetensors, write_safetensors
+from jaxlab.models.lora import LORA_LEAVES, TARGET_PATHS, lora_of
 from jaxlab.params import flatten, unflatten
 from jaxlab.peft import api
 
 CONFIG, WEIGHTS = 'adapter_config.json', 'adapter_model.safetensors'
 PREFIX = 'base_model.model.'
 # jaxlab's LoRA targets and their timm module names inside a block.
-TIMM_MODULES = {'qkv': 'attn.qkv', 'proj': 'attn.proj', 'fc1': 'mlp.fc1', 'fc2': 'mlp.fc2'}
-_JAX_PATHS = {'qkv': 'attn/qkv', 'proj': 'attn/proj', 'fc1': 'mlp/fc1', 'fc2': 'mlp/fc2'}
+TIMM_MODULES = {target: path.replace('/', '.') for target, path in TARGET_PATHS.items()}
 _LORA_KEY = re.compile(r'blocks\.(\d+)\.(attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)\.lora_(A|B)'
                        r'\.weight')
 _SAVED_KEY = re.compile(r'(head|norm|blocks\.(\d+)\.norm[12])\.(weight|bias)')
@@ -43,10 +42,6 @@ _SAVED_KEY = re.compile(r'(head|norm|blocks\.(\d+)\.norm[12])\.(weight|bias)')
 # value jaxlab's LoRA has.
 _PLAIN_LORA = {'use_rslora': False, 'use_dora': False, 'fan_in_fan_out': False,
                'rank_pattern': {}, 'alpha_pattern': {}, 'bias': 'none', 'lora_bias': False}
-
-
-def _natural(name):
-  return [int(t) if t.isdigit() else t for t in re.split(r'(\d+)', name)]
 
 
 def peft_arrays(trainable, lora):
@@ -88,8 +83,8 @@ def peft_arrays(trainable, lora):
                      'these params are not this model\'s')
   config = dict(peft_type='LORA', task_type=None, base_model_name_or_path=None, revision=None,
                 r=int(lora.rank), lora_alpha=float(lora.alpha), lora_dropout=float(lora.dropout),
-                target_modules=sorted(targets, key=_natural),
-                modules_to_save=sorted(saved, key=_natural), init_lora_weights=True,
+                target_modules=sorted(targets, key=natural_key),
+                modules_to_save=sorted(saved, key=natural_key), init_lora_weights=True,
                 inference_mode=True, layers_to_transform=None, layers_pattern=None,
                 **_PLAIN_LORA)
   return arrays, config
@@ -216,7 +211,7 @@ def load_adapters(directory, weights, **vit_kw):
   for i, pairs in lora.items():
     for (module, kind), value in pairs.items():
       leaf = 'lora_a' if kind == 'A' else 'lora_b'
-      put[f'blocks_{i}/{_JAX_PATHS[names[module]]}/{leaf}'] = value.T
+      put[f'blocks_{i}/{TARGET_PATHS[names[module]]}/{leaf}'] = value.T
   for key, value in saved.items():
     module, kind = key.rsplit('.', 1)
     if module == 'head':
