@@ -108,7 +108,8 @@ def build_setup(config, task, mesh, total_steps, steps_per_epoch, layout=None):
   def diagnostics_fn(hold):
     return make_diagnostics(functools.partial(
         diagnostics_step, task=task, tx=tx, augment=augment, labels=trainable_labels,
-        hold=hold, groups=tuple(task.diagnostics), axis_name=axis_name, accumulate=accumulate),
+        hold=hold, groups=tuple(task.diagnostics), axis_name=axis_name, accumulate=accumulate,
+        mix=mix),
         mesh)
 
   return Setup(layout, layout.copies, tx, trainable_labels, averager, state, layout.place, chunk_fn,

@@ -86,10 +86,6 @@ def _forward_backward(state, batch, *, task, tx, augment, labels, hold, axis_nam
   def logits_of(params):
     return task.apply(merge(params, held, state.frozen), images, True, model_key)
 
-  def loss_of(params):
-    logits = logits_of(params)
-    return jnp.sum(weight * task.example_loss(logits, batch['label'])) / denom, logits
-
   def example_loss(logits, labels, mirror):
     loss = task.example_loss(logits, labels)
     if lam is None:
@@ -193,7 +189,7 @@ def _group_norms(name, tree, live_labels, groups):
 
 
 def diagnostics_step(state, batch, *, task, tx, augment, labels, hold=frozenset(), groups=(),
-                     axis_name=DATA, accumulate=1):
+                     axis_name=DATA, accumulate=1, mix=None):
   """What the step at `state` would do on `batch`, measured and not applied (the PEFT
   reference's diagnostics, docs/references.md): per group grad_norm/<g> and update_norm/<g>
   (NaN for a held or absent group) and, for two groups (a, b), cos/a_b: the cosine between
@@ -205,7 +201,7 @@ def diagnostics_step(state, batch, *, task, tx, augment, labels, hold=frozenset(
   training step, so step times and memory are those of training alone.
   """
   fb = _forward_backward(state, batch, task=task, tx=tx, augment=augment, labels=labels,
-                         hold=hold, axis_name=axis_name, accumulate=accumulate)
+                         hold=hold, axis_name=axis_name, accumulate=accumulate, mix=mix)
   live, grads = fb['live'], fb['grads']
   live_labels = subtree_labels(live, labels)
   out = {**_group_norms('grad_norm', grads, live_labels, groups),
