@@ -147,17 +147,6 @@ def read_adapters(path):
   return unflatten(read_safetensors(path)), info
 
 
-def _lora(config):
-  """The LoraSpec of a PEFT run's model (None for a method without LoRA), from its config."""
-  from jaxlab.models import vit_arch
-  from jaxlab.models.lora import LORA_TARGETS
-  from jaxlab.peft.api import lora_spec
-  p = config.peft
-  targets = ('qkv', 'proj') if p.attn_only else LORA_TARGETS
-  return lora_spec(p.method, vit_arch(config.model)['depth'], p.policy, p.rank, p.alpha,
-                   p.dropout, tuple(p.lora_blocks), targets)[1]
-
-
 def _base_name(config):
   """The backbone's name for PEFT's base_model_name_or_path: timm's hub name of the AugReg
   weights, the weights file, or None (a backbone pretrained by the run)."""
@@ -177,7 +166,8 @@ def export(run_dir, fmt, out, step=None, heads=None, seed=None):
   if fmt not in FORMATS:
     raise ExportError(f'unknown format {fmt!r}; choose one of {", ".join(FORMATS)}')
   config, params, trainable, step = run_params(run_dir, step, seed)
-  lora = _lora(config)
+  from jaxlab.experiments.peft import lora_of_config
+  lora = lora_of_config(config)
   alpha = config.peft.alpha
   merged = 'LoRA merged' if has_lora(params) else 'no LoRA'
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)

@@ -22,7 +22,6 @@ from jaxlab.experiments import over_seeds, peft_stats, preflight
 from jaxlab.io import pretrained as pt
 from jaxlab.io.figures import markdown_table, scatter_plot, with_status
 from jaxlab.io.writers import write_json, write_text
-from jaxlab.models.lora import LORA_TARGETS
 from jaxlab.params import flatten, label_paths, merge
 from jaxlab.peft import api, methods
 from jaxlab.peft.lr_parity import LrParity
@@ -146,7 +145,7 @@ def make_task(config, num_classes, pretrained=None):
   p = config.peft
   if config.model.name != 'vit':
     raise ValueError(f'the peft family fine-tunes a ViT; model.name is {config.model.name!r}')
-  targets = ('qkv', 'proj') if p.attn_only else LORA_TARGETS
+  targets = api.lora_targets(p.attn_only)
   seeds = over_seeds.run_seeds(config)
   built = [api.peft_vit(models.vit_arch(config.model), num_classes, p.method, p.policy, p.rank,
                         p.alpha, p.dropout, tuple(p.lora_blocks), targets, seed, pretrained,
@@ -170,6 +169,14 @@ def make_task(config, num_classes, pretrained=None):
       diagnostics=('lora', 'norm') if p.diagnostics else (),
       diagnostics_every=p.get('diagnostics_every', 0), controller=parity,
       seeds=seeds if config.get('seeds') else None)
+
+
+def lora_of_config(config):
+  """The LoraSpec of the model a PEFT config builds (None for a method without LoRA), without
+  building it."""
+  p = config.peft
+  return api.lora_spec(p.method, models.vit_arch(config.model)['depth'], p.policy, p.rank,
+                       p.alpha, p.dropout, tuple(p.lora_blocks), api.lora_targets(p.attn_only))[1]
 
 
 def load_pretrained(config):

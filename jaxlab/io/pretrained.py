@@ -527,7 +527,6 @@ def hub_file(name, filename='model.safetensors', revision=None, cache_dir=None):
   repo = hub_name(name) or name
   try:
     import huggingface_hub  # pylint: disable=g-import-not-at-top
-    import huggingface_hub.constants  # pylint: disable=g-import-not-at-top
     import huggingface_hub.errors  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise ImportError(f'weights by hub name ({repo}) need huggingface_hub: '
@@ -537,7 +536,7 @@ def hub_file(name, filename='model.safetensors', revision=None, cache_dir=None):
   except (huggingface_hub.errors.LocalEntryNotFoundError,
           huggingface_hub.errors.RepositoryNotFoundError,
           huggingface_hub.errors.EntryNotFoundError, OSError) as e:
-    where = cache_dir or huggingface_hub.constants.HF_HUB_CACHE
+    where = cache_dir or hub_cache_dir()
     raise FileNotFoundError(f'{repo}/{filename} is not in the hub cache ({where}) and could not '
                             f'be downloaded ({type(e).__name__})') from e
 

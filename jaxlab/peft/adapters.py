@@ -44,30 +44,40 @@ _PLAIN_LORA = {'use_rslora': False, 'use_dora': False, 'fan_in_fan_out': False,
                'rank_pattern': {}, 'alpha_pattern': {}, 'bias': 'none', 'lora_bias': False}
 
 
+def _peft_key(path):
+  """(PEFT's key, without its prefix, of the jaxlab ViT parameter at `path`; whether the array
+  is transposed between the two) for what a PEFT LoRA adapter holds (LoRA pairs, the head,
+  LayerNorms), else None: the one mapping both directions use."""
+  parts = path.split('/')
+  if parts[-1] in LORA_LEAVES and parts[0].startswith('blocks_'):
+    module = f'blocks.{parts[0][len("blocks_"):]}.{".".join(parts[1:-1])}'
+    return f'{module}.lora_{"A" if parts[-1] == "lora_a" else "B"}.weight', True
+  if path in ('head/kernel', 'head/bias'):
+    return f'head.{"weight" if parts[-1] == "kernel" else "bias"}', parts[-1] == 'kernel'
+  if re.fullmatch(r'(blocks_\d+/norm[12]|norm)/(scale|bias)', path):
+    module = '.'.join(parts[:-1]).replace('blocks_', 'blocks.')
+    return f'{module}.{"weight" if parts[-1] == "scale" else "bias"}', False
+  return None
+
+
 def peft_arrays(trainable, lora):
   """({PEFT key: array}, adapter_config dict) of a ViT's trained leaves `trainable` (LoRA pairs,
   the head, tuned norms: jaxlab paths) with LoraSpec `lora`. ValueError for a leaf PEFT's LoRA
   adapter has no place for (a tuned kernel of the backbone: export the whole model instead)."""
   arrays, targets, saved, rank, others = {}, set(), set(), None, []
   for path, value in flatten(trainable).items():
-    value = np.asarray(value)
-    parts = path.split('/')
-    if parts[-1] in LORA_LEAVES and parts[0].startswith('blocks_'):
-      module = f'blocks.{parts[0][len("blocks_"):]}.{".".join(parts[1:-1])}'
-      kind = 'A' if parts[-1] == 'lora_a' else 'B'
-      arrays[f'{PREFIX}{module}.lora_{kind}.weight'] = np.ascontiguousarray(value.T)
-      targets.add(module)
-      rank = value.shape[1] if kind == 'A' else value.shape[0]
-    elif parts[0] == 'head' and parts[-1] in ('kernel', 'bias'):
-      arrays[f'{PREFIX}head.{"weight" if parts[-1] == "kernel" else "bias"}'] = \
-          np.ascontiguousarray(value.T if parts[-1] == 'kernel' else value)
-      saved.add('head')
-    elif (re.fullmatch(r'blocks_\d+/norm[12]/(scale|bias)|norm/(scale|bias)', path)):
-      module = '.'.join(parts[:-1]).replace('blocks_', 'blocks.')
-      arrays[f'{PREFIX}{module}.{"weight" if parts[-1] == "scale" else "bias"}'] = value
-      saved.add(module)
-    else:
+    found = _peft_key(path)
+    if found is None:
       others.append(path)
+      continue
+    key, transposed = found
+    value = np.asarray(value)
+    arrays[PREFIX + key] = np.ascontiguousarray(value.T if transposed else value)
+    if '.lora_' in key:
+      targets.add(key.split('.lora_')[0])
+      rank = value.shape[1] if path.endswith('lora_a') else value.shape[0]
+    else:
+      saved.add(key.rsplit('.', 1)[0])
   if others:
     raise ValueError(f'PEFT\'s LoRA adapter has no place for {len(others)} trained leaves '
                      f'({", ".join(sorted(others)[:4])}{" ..." if len(others) > 4 else ""}): the '
@@ -189,7 +199,7 @@ def load_adapters(directory, weights, **vit_kw):
       if (module, 'A') not in pairs or (module, 'B') not in pairs:
         raise ValueError(f'{directory}: blocks.{i}.{module} has only half a LoRA pair')
   rank = {a.shape[0] for pairs in lora.values() for (_, kind), a in pairs.items() if kind == 'A'}
-  if len(rank) != 1 or rank != {int(config.get('r', rank and min(rank)))}:
+  if len(rank) != 1 or ('r' in config and rank != {int(config['r'])}):
     raise ValueError(f'{directory}: LoRA ranks {sorted(rank)} in the weights, r={config.get("r")} '
                      'in the config')
   if 'head.weight' not in saved:
@@ -197,8 +207,7 @@ def load_adapters(directory, weights, **vit_kw):
                      'PEFT methods always train a fresh head')
   fixed, base = api.read_weights(weights, heads=vit_kw.pop('heads', None))
   depth = fixed['depth']
-  norms = {key.rsplit('.', 1)[0] for key in saved if key != 'head.weight' and
-           not key.startswith('head.')}
+  norms = {key.rsplit('.', 1)[0] for key in saved if not key.startswith('head.')}
   method, policy, blocks = _method(set(lora), norms, depth)
   model, params, labels = api.vit_with_peft(
       base, num_classes=saved['head.weight'].shape[0], method=method, policy=policy,
@@ -207,21 +216,19 @@ def load_adapters(directory, weights, **vit_kw):
       targets=tuple(t for t in TIMM_MODULES if t in targets[first]), heads=fixed['heads'],
       **vit_kw)
   flat = flatten(params)
-  put = {}
-  for i, pairs in lora.items():
-    for (module, kind), value in pairs.items():
-      leaf = 'lora_a' if kind == 'A' else 'lora_b'
-      put[f'blocks_{i}/{TARGET_PATHS[names[module]]}/{leaf}'] = value.T
-  for key, value in saved.items():
-    module, kind = key.rsplit('.', 1)
-    if module == 'head':
-      put[f'head/{"kernel" if kind == "weight" else "bias"}'] = value.T if kind == 'weight' else value
-    else:
-      put[f'{module.replace("blocks.", "blocks_").replace(".", "/")}/'
-          f'{"scale" if kind == "weight" else "bias"}'] = value
-  for path, value in put.items():
-    if path not in flat or tuple(np.shape(flat[path])) != value.shape:
-      raise ValueError(f'{directory}: {path} {value.shape} does not fit the base ViT '
-                       f'({np.shape(flat[path]) if path in flat else "no such parameter"})')
+  used = set()
+  for path in flat:
+    found = _peft_key(path)
+    if found is None or found[0] not in arrays:
+      continue
+    key, transposed = found
+    value = arrays[key].T if transposed else arrays[key]
+    if tuple(np.shape(flat[path])) != value.shape:
+      raise ValueError(f'{directory}: {key} {value.shape} does not fit the base ViT\'s {path} '
+                       f'{tuple(np.shape(flat[path]))}')
     flat[path] = np.asarray(value, dtype=np.asarray(flat[path]).dtype)
+    used.add(key)
+  if set(arrays) - used:
+    raise ValueError(f'{directory}: {", ".join(sorted(set(arrays) - used)[:4])} have no place '
+                     'in the ViT built on these weights')
   return model, unflatten(flat), labels

@@ -51,6 +51,11 @@ def fresh_head(params, head_init, seed):
   return {**params, 'head': head}
 
 
+def lora_targets(attn_only=False):
+  """The layers LoRA adapts: qkv, proj, fc1, fc2, or with attn_only the attention's two."""
+  return ('qkv', 'proj') if attn_only else LORA_TARGETS
+
+
 def lora_spec(method, depth, policy='deep_lora', rank=8, alpha=16.0, dropout=0.0, lora_blocks=(),
               targets=LORA_TARGETS):
   """(blocks with LoRA, LoraSpec or None) of a PEFT method and layer policy."""
@@ -177,7 +182,7 @@ def vit_with_peft(weights, num_classes, method='lora', policy='deep_lora', rank=
     arch['image_size'] = fixed['image_size'] if image_size is None else image_size
   arch = {k: int(v) for k, v in arch.items()}
   if targets is None:
-    targets = ('qkv', 'proj') if attn_only else LORA_TARGETS
+    targets = lora_targets(attn_only)
   model, params, rules = peft_vit(
       dict(arch, dtype=jnp.dtype(dtype), **vit_kw), num_classes, method, policy, rank, alpha,
       dropout, lora_blocks, targets, seed, pretrained, head_init)
