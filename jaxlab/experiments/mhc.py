@@ -168,19 +168,24 @@ def make_embed(task, model, config, mesh):
                          replicas=task.seeds is not None)
 
 
-def hres_stats(model, config, params, images):
-  """How the H_res the network uses on `images` look after training:
-  hres_row_error, the largest |row sum − 1| (columns sum to 1 by construction: how far the
-  configured Sinkhorn iterations are from doubly stochastic), and hres_from_identity, the
-  largest |H_res − I| (0 means the streams never mixed)."""
+def hres_stats(model, config, seed_params, images):
+  """How the H_res the network uses on `images` look after training, the worst of the seeds'
+  parameters `seed_params` (a list): hres_row_error, the largest |row sum − 1| (columns sum to
+  1 by construction: how far the configured Sinkhorn iterations are from doubly stochastic), and
+  hres_from_identity, the largest |H_res − I| (0 means the streams never mixed). One compiled
+  program measures every seed."""
   preprocess = make_eval_preprocess(config.augment)
-  _, inter = jax.jit(lambda p, x: model.apply({'params': p}, preprocess(x),
-                                              mutable=['intermediates']))(params, images)
-  maps = [m for path, m in flatten(inter['intermediates']).items() if 'maps' in path]
-  res = [jax.tree.leaves(m)[2] for m in maps]
-  eye = jnp.eye(res[0].shape[-1])
-  return dict(hres_row_error=max(float(jnp.max(jnp.abs(r.sum(-1) - 1))) for r in res),
-              hres_from_identity=max(float(jnp.max(jnp.abs(r - eye))) for r in res))
+
+  @jax.jit
+  def measure(p, x):
+    _, inter = model.apply({'params': p}, preprocess(x), mutable=['intermediates'])
+    maps = [m for path, m in flatten(inter['intermediates']).items() if 'maps' in path]
+    res = [jax.tree.leaves(m)[2] for m in maps]
+    eye = jnp.eye(res[0].shape[-1])
+    return (jnp.max(jnp.stack([jnp.max(jnp.abs(r.sum(-1) - 1)) for r in res])),
+            jnp.max(jnp.stack([jnp.max(jnp.abs(r - eye)) for r in res])))
+  rows, ident = zip(*(jax.device_get(measure(p, images)) for p in seed_params))
+  return dict(hres_row_error=float(max(rows)), hres_from_identity=float(max(ident)))
 
 
 def _describe_residual(spec):
@@ -278,10 +283,10 @@ def _train_arm(c, workdir, dataset, arm):
              img_s=summary['throughput_img_s'], compile_time_s=summary.get('compile_time_s'),
              projection=method)
   if spec is not None:
-    seed_params = [final] if not together else [jax.tree.map(lambda x, i=i: x[i], final)
-                                                 for i in range(len(seeds))]
-    hres = [hres_stats(model, c, p, images[:c.train.eval_batch_size]) for p in seed_params]
-    row.update({k: max(h[k] for h in hres) for k in hres[0]})  # the worst seed's
+    host = jax.device_get(final)  # each seed's slice on the host: no program per leaf
+    seed_params = [host] if not together else [jax.tree.map(lambda x, i=i: x[i], host)
+                                                for i in range(len(seeds))]
+    row.update(hres_stats(model, c, seed_params, images[:c.train.eval_batch_size]))
   if together:
     row.update(seeds=list(seeds), loss_per_seed=summary['nll_per_seed'],
                acc_per_seed=summary['acc1_per_seed'],
