@@ -66,7 +66,8 @@ def ten_epochs(method='hybrid_layerwise', policy='deep_lora'):
   c.data.classes = ()  # keep only these labels (relabelled 0..k-1); () keeps all
   c.model = ml_collections.ConfigDict(dict(
       name='vit', variant='S/16', image_size=224, patch=16, width=384, depth=12, heads=6,
-      mlp_dim=1536, gelu_approximate=False, dtype='float32', drop_path_rate=0.0))
+      mlp_dim=1536, gelu_approximate=False, dtype='float32', drop_path_rate=0.0, remat=False,
+      attention='auto'))
   # source: augreg (download to cache_dir) | npz / timm (a file at path) | hub (a Hugging Face
   # hub name, e.g. timm/vit_small_patch16_224.augreg_in21k_ft_in1k: the shared hub cache) |
   # none | pretrain.

@@ -90,7 +90,8 @@ def default():
       rope_form='latent_space', rope_dtype='bfloat16', stream_dtype='float32',
       residual='plain', hc=dict(streams=4, tau=0.05, iterations=0, reduce='sum',
                                 res_apply='transpose', final_norm='after_reduce'),
-      weight_init='latent_space', drop_path_rate=0.0))
+      weight_init='latent_space', drop_path_rate=0.0, remat=False,
+      attention='auto'))
   # embed_dtype: the dtype of the embedding pass ('' = the model's compute dtype).
   c.mhc = ml_collections.ConfigDict(dict(arms=('regular', 'mhc_static', 'mhc_dynamic'),
                                          embed_dtype='float32'))

@@ -135,6 +135,8 @@ CASES = {
     'image_not_multiple_of_patch': _case(H, '--config.model.image_size=30',
                                          names='model.image_size'),
     'heads_do_not_divide_width': _case(H, '--config.model.heads=5', names='model.heads'),
+    'float16_compute': _case(H, '--config.model.dtype=float16', names='model.dtype'),
+    'float16_mhc': _case(M, '--config.model.dtype=float16', names='model.dtype'),
     'dropout_one': _case(H, '--config.peft.dropout=1.0', names='peft.dropout'),
     'flip_ignored_by_recipe': _case(H, '--config.augment.flip=true', names='augment.flip'),
     'depth_ignored_by_variant': _case('hybrid', '--config.model.depth=6', names='model.depth'),

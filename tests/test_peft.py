@@ -464,3 +464,62 @@ def test_freezing_sweep_over_seeds_tests_the_notes_freezing_claims(tmp_path):
     assert len(x['a_values']) == len(x['b_values']) == 3
   table = open(tmp_path / 'table.md').read()
   assert 'with selective freezing' in table and f'| {deep}@alt50 | 3 |' in table
+
+
+# ---------------------------------------------------------------------------------------------
+# model.remat: recompute each block's activations in the backward pass.
+
+
+def _remat_vit(config_name, remat):
+  from configs import mhc as mhc_config  # pylint: disable=g-import-not-at-top
+  c = (hybrid if config_name == 'hybrid' else mhc_config).get_config('quick')
+  c.model.update(variant='', image_size=32, patch=8, width=16, depth=2, heads=2, mlp_dim=32,
+                 drop_path_rate=0.2, remat=remat)
+  if config_name == 'mhc':
+    c.model.residual = 'dynamic'
+  return c, models.model_from_config(c.model, 4)
+
+
+@pytest.mark.parametrize('config_name', ['hybrid', 'mhc'])
+def test_remat_is_a_config_field_with_the_same_gradient(config_name):
+  """--config.model.remat=true on the PEFT and residual-stream ViTs: a declared field (the
+  quick configs validate with it), a model whose blocks are really rematerialised (the
+  gradient's program recomputes them: JAX's `remat2` in its jaxpr), and the gradient of the
+  plain model, stochastic depth's random drops included (to float32 rounding: XLA fuses the
+  recomputed forward pass differently)."""
+  c, remat_model = _remat_vit(config_name, True)
+  experiments.validate(c, devices=1)
+  _, plain_model = _remat_vit(config_name, False)
+  assert remat_model.remat and not plain_model.remat
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((4, 32, 32, 3)), jnp.float32)
+  params = jax.jit(plain_model.init)(jax.random.key(0), x)['params']
+  weights = jnp.asarray(np.random.default_rng(1).standard_normal((4, 4)), jnp.float32)
+
+  def grad_of(model):
+    def loss(p):
+      logits = model.apply({'params': p}, x, train=True, rngs={'dropout': jax.random.key(2)})
+      return jnp.sum(logits * weights)
+    return jax.grad(loss)
+  g_remat, g_plain = grad_of(remat_model), grad_of(plain_model)
+  assert 'remat2' in str(jax.make_jaxpr(g_remat)(params))
+  assert 'remat2' not in str(jax.make_jaxpr(g_plain)(params))
+  got, want = flatten(jax.jit(g_remat)(params)), flatten(jax.jit(g_plain)(params))
+  assert got.keys() == want.keys()
+  for path in want:
+    np.testing.assert_allclose(got[path], want[path], rtol=1e-5, atol=1e-7, err_msg=path)
+
+
+def test_remat_run_of_two_steps_trains_the_plain_runs_model(tmp_path, tiny_digits):
+  """A 2-step PEFT run with model.remat=true: the parameters of the run without it (to float32
+  rounding)."""
+  runs = {}
+  for remat in (False, True):
+    c = tiny_config(diagnostics=False)
+    c.model.remat = remat
+    c.train.steps = 2
+    summary, state = fit(c, str(tmp_path / f'remat_{remat}'), peft.make_task(c, 10), tiny_digits,
+                         mesh=make_mesh(jax.devices()[:1]))
+    assert summary['steps'] == 2 and summary['attention'] == 'xla'  # XLA's on a CPU
+    runs[remat] = flatten(jax.device_get(state.params))
+  for path, value in runs[False].items():
+    np.testing.assert_allclose(runs[True][path], value, rtol=1e-5, atol=1e-6, err_msg=path)

@@ -302,7 +302,9 @@ def check_data(c):
 # Models shared by families.
 
 VIT_SHAPE = ('patch', 'width', 'depth', 'heads', 'mlp_dim')
-DTYPES = ('float32', 'bfloat16', 'float16')
+# float16 is refused: its narrow range needs dynamic loss scaling to train (small gradients
+# underflow to 0), which jaxlab does not implement, and XLA:CPU and TPUs cannot run its dots.
+DTYPES = ('float32', 'bfloat16')
 
 
 def check_vit(c, overridden):
@@ -317,7 +319,7 @@ def check_vit(c, overridden):
       checks.ignored_override(f'model.{name}', overridden, f'model.variant {m.variant!r}',
                               "set --config.model.variant='' as well to give the ViT's "
                               'shape field by field')
-  arch = models.vit_arch(m)
+  arch = models.vit_arch(m, attention='xla')  # the shape; the attention is checked below
   where = (lambda name: 'model.variant') if m.variant else (lambda name: f'model.{name}')
   for name in VIT_SHAPE:
     if arch[name] < 1:
@@ -331,7 +333,22 @@ def check_vit(c, overridden):
   if arch['width'] % arch['heads']:
     checks.fail(where('heads'), f'model.heads {arch["heads"]} does not divide model.width '
                 f'{arch["width"]}', 'choose heads that divide the width')
+  if m.dtype == 'float16':
+    checks.fail('model.dtype', 'model.dtype float16 is not supported: it needs dynamic loss '
+                'scaling (small gradients underflow to 0 in float16), which jaxlab does not '
+                'implement, and XLA:CPU cannot run its matrix products',
+                'use --config.model.dtype=bfloat16 (float32 parameters and optimizer state, '
+                "float32's range) or float32")
   checks.one_of(c, 'model.dtype', DTYPES)
+  if checks.has(c, 'model.attention'):
+    checks.one_of(c, 'model.attention', vit.ATTENTION_CHOICES)
+    if m.attention == 'cudnn':
+      why = vit.cudnn_attention_refusal(m.dtype, arch['width'] // arch['heads'],
+                                        (m.image_size // arch['patch']) ** 2 + 1,
+                                        vit.device_platform())
+      if why:
+        checks.fail('model.attention', why, "use --config.model.attention=auto (cuDNN where it "
+                    "can run, XLA's attention elsewhere) or xla")
   if checks.has(c, 'model.pos'):
     checks.one_of(c, 'model.pos', vit.POSITIONS)
     if m.pos == 'rope' and (arch['width'] // arch['heads']) % 4:

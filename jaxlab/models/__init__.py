@@ -5,7 +5,7 @@ import jax.numpy as jnp
 from jaxlab.models.hyper_connections import HyperSpec
 from jaxlab.models.lenet import LeNet5
 from jaxlab.models.resmlp import ResMLP
-from jaxlab.models.vit import VARIANTS, ViT
+from jaxlab.models.vit import VARIANTS, ViT, attention_implementation
 
 MODELS = ('lenet5', 'vit', 'resmlp')
 RESIDUALS = ('plain', 'static', 'dynamic')
@@ -27,8 +27,11 @@ def residual_spec(model_cfg):
                    iterations=hc.iterations or DEFAULT_ITERATIONS[kind], reduce=hc.reduce)
 
 
-def vit_arch(model_cfg):
-  """ViT keyword arguments from a config: a named variant, or the explicit fields when variant=''."""
+def vit_arch(model_cfg, attention=None):
+  """ViT keyword arguments from a config: a named variant, or the explicit fields when variant=''.
+
+  The attention is model.attention ('auto' | 'xla' | 'cudnn', absent: 'xla') resolved for the
+  default device (vit.attention_implementation), or `attention` when given."""
   if model_cfg.variant:
     if model_cfg.variant not in VARIANTS:
       raise ValueError(f'unknown model.variant {model_cfg.variant!r}; choose one of '
@@ -37,9 +40,13 @@ def vit_arch(model_cfg):
   else:
     patch, width, depth, heads = model_cfg.patch, model_cfg.width, model_cfg.depth, model_cfg.heads
     mlp_dim = model_cfg.mlp_dim
+  dtype = jnp.dtype(model_cfg.dtype)
+  tokens = (model_cfg.image_size // patch) ** 2 + 1  # the class token and the patch grid
+  attention = attention or attention_implementation(model_cfg.get('attention', 'xla'), dtype,
+                                                    width // heads, tokens)
   return dict(patch=patch, width=width, depth=depth, heads=heads, mlp_dim=mlp_dim,
               image_size=model_cfg.image_size, gelu_approximate=model_cfg.gelu_approximate,
-              dtype=jnp.dtype(model_cfg.dtype), pos=model_cfg.get('pos', 'learned'),
+              dtype=dtype, attention=attention, pos=model_cfg.get('pos', 'learned'),
               rope_base=model_cfg.get('rope_base', 100.0), residual=residual_spec(model_cfg),
               remat=model_cfg.get('remat', False),
               weight_init=model_cfg.get('weight_init', 'default'),

@@ -287,6 +287,53 @@ def rotate(x, cos, sin, in_table_dtype=None):
   return y.astype(out_dtype) if in_table_dtype else y
 
 
+# How the attention is computed: XLA's ops (every platform), or cuDNN's fused kernel (NVIDIA
+# GPUs, 16-bit compute). jax.nn.dot_product_attention picks XLA unless cuDNN is asked for.
+ATTENTION_IMPLEMENTATIONS = ('xla', 'cudnn')
+ATTENTION_CHOICES = ('auto',) + ATTENTION_IMPLEMENTATIONS
+
+
+def cudnn_attention_refusal(dtype, head_dim, tokens, platform):
+  """Why cuDNN's fused attention cannot train this ViT's attention (None when it can): it needs
+  an NVIDIA GPU, bfloat16 or float16 compute (it refuses float32), a head width that is a
+  multiple of 8, at most 128, and an even number of tokens (JAX's cuDNN path refuses an odd
+  sequence in training: a class token on an even grid, ViT-S/16's 197 and ViT-Ti/4's 65, is
+  odd)."""
+  if platform != 'cuda':
+    return f'cuDNN attention runs on NVIDIA GPUs only (this is {platform})'
+  if jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+    return f'cuDNN attention needs bfloat16 compute (model.dtype is {jnp.dtype(dtype).name})'
+  if head_dim % 8 or head_dim > 128:
+    return f'cuDNN attention needs a head width that is a multiple of 8, at most 128 ({head_dim})'
+  if tokens % 2:
+    return (f"JAX's cuDNN attention refuses an odd sequence length in training ({tokens} "
+            'tokens: the class token and the patch grid)')
+  return None
+
+
+def device_platform():
+  """'cuda', 'rocm', 'tpu' or 'cpu': the platform of the default device."""
+  device = jax.devices()[0]
+  if device.platform == 'gpu':
+    version = getattr(device.client, 'platform_version', '').lower()
+    return 'rocm' if 'rocm' in version else 'cuda'
+  return device.platform
+
+
+def attention_implementation(choice, dtype, head_dim, tokens, platform=None):
+  """The attention a ViT computes with for `choice` (model.attention): 'auto' is cuDNN where
+  it can run (cudnn_attention_refusal) and XLA elsewhere; 'cudnn' where it cannot is an error
+  naming why."""
+  if choice not in ATTENTION_CHOICES:
+    raise ValueError(f'unknown attention {choice!r}; choose one of {", ".join(ATTENTION_CHOICES)}')
+  if choice == 'xla':
+    return 'xla'
+  why = cudnn_attention_refusal(dtype, head_dim, tokens, platform or device_platform())
+  if choice == 'cudnn' and why:
+    raise ValueError(why)
+  return 'xla' if why else 'cudnn'
+
+
 class Attention(nn.Module):
   """Multi-head self-attention with a fused qkv laid out as timm's [3, heads, head_dim].
 
@@ -299,6 +346,7 @@ class Attention(nn.Module):
   dtype: jnp.dtype = jnp.float32
   rope: tuple | None = None
   kernel_init: nn.initializers.Initializer = None  # of qkv and proj; None: DEFAULT_DENSE_INIT
+  implementation: str = 'xla'  # of the attention: one of ATTENTION_IMPLEMENTATIONS
 
   @nn.compact
   def __call__(self, x, train=False):
@@ -308,7 +356,7 @@ class Attention(nn.Module):
     q, k, v = jnp.moveaxis(qkv.reshape(b, n, 3, self.heads, self.width // self.heads), 2, 0)
     if self.rope is not None:
       q, k = rotate(q, *self.rope), rotate(k, *self.rope)
-    out = jax.nn.dot_product_attention(q, k, v)  # fused kernel on GPU, plain XLA on CPU
+    out = jax.nn.dot_product_attention(q, k, v, implementation=self.implementation)
     out = out.reshape(b, n, self.width)
     return LoraDense(self.width, dtype=self.dtype, name='proj', kernel_init=self.kernel_init,
                      **self.lora.get('proj', {}))(out, train)
@@ -350,6 +398,7 @@ class Block(nn.Module):
   index: int = 0
   kernel_init: nn.initializers.Initializer = None  # of the Dense kernels; None: DEFAULT_DENSE_INIT
   drop_path: float = 0.0  # stochastic depth: the probability of dropping each branch per example
+  attention: str = 'xla'  # Attention.implementation
 
   def _drop_path(self, y, train):
     """timm's DropPath: in training, each example's branch output is zeroed with probability
@@ -364,7 +413,7 @@ class Block(nn.Module):
   def __call__(self, x, train=False):
     norm1 = layer_norm(self.ln_eps, self.dtype, 'norm1')
     attn = Attention(self.width, self.heads, self.lora, self.dtype, self.rope, self.kernel_init,
-                     name='attn')
+                     self.attention, name='attn')
     norm2 = layer_norm(self.ln_eps, self.dtype, 'norm2')
     mlp = Mlp(self.width, self.mlp_dim, self.gelu_approximate, self.lora, self.dtype,
               self.kernel_init, name='mlp')
@@ -396,6 +445,7 @@ class ViT(nn.Module):
   rope_base: float = 100.0
   residual: HyperSpec | None = None
   remat: bool = False  # recompute each block's activations in the backward pass (saves memory)
+  attention: str = 'xla'  # 'xla' | 'cudnn' (attention_implementation picks one for a device)
   weight_init: str = 'default'  # one of INITS (not `init`: that is flax's Module.init)
   rope_form: str = 'integer'  # one of ROPE_FORMS
   rope_dtype: str = 'float32'  # latent_space form only: one of ROPE_DTYPES
@@ -469,7 +519,7 @@ class ViT(nn.Module):
     for i in range(self.depth):
       x = block(self.width, self.heads, self.mlp_dim, self.gelu_approximate, self.ln_eps,
                 self.block_lora(i), self.dtype, rope, self.residual, i, dense_init,
-                self.block_drop_path(i), name=f'blocks_{i}')(x, train)
+                self.block_drop_path(i), self.attention, name=f'blocks_{i}')(x, train)
     after_reduce = self.residual is not None and self.residual.final_norm == 'after_reduce'
     if after_reduce:  # the streams are summed, then normed (the reference ViT)
       x = reduce(x, self.residual.reduce)

@@ -171,7 +171,10 @@ def flat_config(tree, prefix=''):
 ADDED_FIELDS = {'optim.clip_grad_norm': 0.0, 'train.label_smoothing': 0.0,
                 'train.grad_accumulation': 1, 'train.ema_decay': 0.0, 'model.drop_path_rate': 0.0,
                 'augment.mixup_alpha': 0.0, 'augment.cutmix_alpha': 0.0, 'augment.mix_prob': 1.0,
-                'augment.mix_switch_prob': 0.5, 'pretrained.name': ''}
+                'augment.mix_switch_prob': 0.5, 'pretrained.name': '',
+                # Before the field, XLA's attention everywhere: what 'auto' is on a CPU, where
+                # every run so far was made.
+                'model.remat': False, 'model.attention': 'auto'}
 
 
 def config_diff(old, new, neutral=NEUTRAL_FIELDS):

@@ -27,6 +27,7 @@ from jaxlab.io.tensorboard import TensorBoardLog
 from jaxlab.io.writers import JsonlLog, is_writer, read_json, write_json
 from jaxlab.metrics.classification import count_params
 from jaxlab.metrics.system import peak_memory
+from jaxlab.models import vit_arch
 from jaxlab.parallel.mesh import check_divisible, make_mesh, to_host
 from jaxlab.train import feeds, guards, layouts, preemption
 from jaxlab.train.evaluate import ece_eval_batch_size, evaluate, make_eval_fn
@@ -360,6 +361,9 @@ def _train(config, workdir, task, dataset, mesh, on_chunk, summary_extra, layout
                        + count_params(state.frozen) // layout.frozen_copies),
       'seeds': list(layout.seeds),
       'num_processes': jax.process_count(),
+      # A ViT's attention: 'xla' or cuDNN's fused kernel ('cudnn'; model.attention).
+      **({'attention': vit_arch(config.model)['attention']}
+         if config.model.get('name') == 'vit' else {}),
       # The training step alone: diagnostics and evaluation run outside it.
       'avg_step_time_s': train_time / timed_steps if timed_steps else None,
       # The loop's wall clock a step, batches and diagnostics included (compiles, checkpoint
