@@ -45,6 +45,7 @@ import json
 import os
 import shlex
 import statistics
+import re
 import subprocess
 import sys
 import time
@@ -54,27 +55,38 @@ from benchmarks.workloads import (LOCAL_ARMS, LOCAL_WORKERS, WORKLOADS, default_
 
 RESULT_PREFIX = 'SUITE_JSON '
 
-# Dense bf16 tensor-core peaks (FLOP/s) by device-kind substring; None where unknown (CPUs).
+# Dense tensor-core peaks (FLOP/s, no sparsity) of each accelerator by the dtype a row computes
+# in: bfloat16, and float32 as JAX multiplies it there by default (TF32 on NVIDIA GPUs from
+# Ampere on). A device kind matches a name as a whole word sequence, after the vendor's prefix
+# ('NVIDIA H100 80GB HBM3' is an H100 SXM; 'NVIDIA L40S' is not an L4); None where unknown
+# (CPUs, a dtype a device has no tensor-core path for).
 PEAK_FLOPS = (
-    ('H200', 989e12),
-    ('H100', 989e12),  # SXM; the PCIe card is 756e12
-    ('A100', 312e12),
-    ('L40S', 362e12),
-    ('L4', 121e12),
-    ('A10', 125e12),
-    ('RTX 4090', 165e12),
-    ('RTX 3090', 71e12),
-    ('V100', 125e12),  # fp16
-    ('TPU v4', 275e12),
-    ('TPU v5e', 197e12),
+    ('H200', {'bfloat16': 989e12, 'float32': 494.7e12}),
+    ('H100 PCIe', {'bfloat16': 756e12, 'float32': 378e12}),
+    ('H100', {'bfloat16': 989e12, 'float32': 494.7e12}),  # SXM
+    ('A100', {'bfloat16': 312e12, 'float32': 156e12}),
+    ('L40S', {'bfloat16': 362e12, 'float32': 183e12}),
+    ('L40', {'bfloat16': 181e12, 'float32': 90.5e12}),
+    ('L4', {'bfloat16': 121e12, 'float32': 60e12}),
+    ('A10', {'bfloat16': 125e12, 'float32': 62.5e12}),
+    ('RTX 4090', {'bfloat16': 165e12, 'float32': 82.6e12}),
+    ('RTX 3090', {'bfloat16': 71e12, 'float32': 35.6e12}),
+    ('V100', {'float32': 15.7e12}),  # no bfloat16 tensor cores (its 125e12 is float16)
+    ('TPU v4', {'bfloat16': 275e12}),
+    ('TPU v5 lite', {'bfloat16': 197e12}),  # v5e
+    ('TPU v5e', {'bfloat16': 197e12}),
 )
+_VENDOR_PREFIXES = ('nvidia ', 'geforce ', 'tesla ')
 
 
-
-def peak_flops(device_kind):
-  for name, peak in PEAK_FLOPS:
-    if name.lower() in (device_kind or '').lower():
-      return peak
+def peak_flops(device_kind, dtype='bfloat16'):
+  """The peak of PEAK_FLOPS for `device_kind` and `dtype`, or None."""
+  kind = (device_kind or '').lower().strip()
+  for prefix in _VENDOR_PREFIXES:
+    kind = kind[len(prefix):] if kind.startswith(prefix) else kind
+  for name, peaks in PEAK_FLOPS:
+    if re.match(re.escape(name.lower()) + r'(?![\w])', kind):
+      return peaks.get(str(dtype))
   return None
 
 
@@ -159,10 +171,11 @@ def time_workload(name, small, steps, warmup, seed=0, profile='', batch=0):
   median = statistics.median(times)
   per_step = median + average.get('average_per_step_s', 0.0)
   images = batch * copies
-  peak = peak_flops(device.device_kind)
+  dtype = str(config.model.get('dtype', 'float32'))
+  peak = peak_flops(device.device_kind, dtype)
   return {
       'workload': name, 'batch': batch, 'copies': copies, 'held': sorted(held),
-      'dtype': str(config.model.get('dtype', 'float32')),
+      'dtype': dtype,
       'trainable_params': count_params(state.params) // copies,
       'total_params': (count_params(state.params) // copies
                        + count_params(state.frozen) // setup.layout.frozen_copies),
@@ -227,13 +240,27 @@ def largest_batch(start, run, cap=LARGEST_CAP):
   return best or {'error': f'batch {2 * start} did not fit'}
 
 
+# Each child takes this fraction of an accelerator's memory, set explicitly (JAX's default
+# preallocation is 75%); the parent never opens the accelerator (workloads.sizes_of asks a
+# child which backend there is), so every child has the device to itself.
+CHILD_MEM_FRACTION = '0.90'
+
+
+def child_env():
+  """The environment of a benchmark child: this one's, with the memory fraction set unless the
+  caller set it."""
+  env = dict(os.environ)
+  env.setdefault('XLA_PYTHON_CLIENT_MEM_FRACTION', CHILD_MEM_FRACTION)
+  return env
+
+
 def run_child(argv, python=None, module='benchmarks.run', prefix=RESULT_PREFIX, timeout=1800,
               devices=0):
   """Run `python -m module *argv` from the repository root; its record is the JSON on the
   stdout line starting with `prefix`, with process_wall_s added; else {'error': ...}.
   devices > 0: that many simulated CPU devices (XLA_FLAGS)."""
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env = dict(os.environ)
+  env = child_env()
   if devices:
     env['XLA_FLAGS'] = (env.get('XLA_FLAGS', '') +
                         f' --xla_force_host_platform_device_count={devices}').strip()

@@ -6,6 +6,8 @@ the results' file names. benchmarks/run.py, loop.py, ladder_time.py and placemen
 import datetime
 import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 
@@ -40,8 +42,20 @@ def sizes_of(small):
   at small batches (PEFT 8, ViT-Ti/4 64 in fp32)."""
   if small:
     return 'small'
-  import jax
-  return 'cpu' if jax.default_backend() == 'cpu' else 'gpu'
+  return 'cpu' if default_backend() == 'cpu' else 'gpu'
+
+
+def default_backend():
+  """JAX's default backend, asked of a child process without preallocation, so that the
+  calling process (the suite's parent) never opens the accelerator and holds none of its
+  memory while the workloads run."""
+  env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE='false')
+  proc = subprocess.run([sys.executable, '-c', 'import jax; print(jax.default_backend())'],
+                        env=env, capture_output=True, text=True, timeout=600, check=False)
+  lines = proc.stdout.strip().splitlines()
+  if proc.returncode or not lines:
+    raise RuntimeError(f'could not ask JAX for its backend: {proc.stderr.strip()[-500:]}')
+  return lines[-1].strip()
 LOCAL_WORKERS = 4
 
 

@@ -93,3 +93,37 @@ def test_torch_refs_vit_tiny_and_torch_compile_mode():
     pytest.skip(r['error'])
   assert r['torch_compile'] is True and r['compile_s'] > 0 and r['warmup_steps'] >= 2
   assert r['compiles_in_timed_steps'] == 0 and r['compiled_graphs'] >= 1
+
+
+@pytest.mark.parametrize('kind, dtype, peak', [
+    ('NVIDIA H100 80GB HBM3', 'bfloat16', 989e12),  # SXM
+    ('NVIDIA H100 80GB HBM3', 'float32', 494.7e12),  # TF32: JAX's default float32 product
+    ('NVIDIA H100 PCIe', 'bfloat16', 756e12),
+    ('NVIDIA H200', 'float32', 494.7e12),
+    ('NVIDIA L40S', 'bfloat16', 362e12),
+    ('NVIDIA L40', 'bfloat16', 181e12),  # not an L4, not an L40S
+    ('NVIDIA L4', 'bfloat16', 121e12),
+    ('NVIDIA A100-SXM4-80GB', 'float32', 156e12),
+    ('NVIDIA A10G', 'bfloat16', None),  # not an A10: unknown
+    ('Tesla V100-SXM2-16GB', 'bfloat16', None),  # no bfloat16 tensor cores
+    ('TPU v5 lite', 'bfloat16', 197e12),
+    ('cpu', 'float32', None),
+])
+def test_peak_matches_the_device_name_and_the_rows_dtype(kind, dtype, peak):
+  assert run.peak_flops(kind, dtype) == peak
+
+
+def test_the_parent_never_opens_the_accelerator_and_children_set_their_memory(monkeypatch):
+  """The suite's parent learns the backend from a child (without preallocation) and opens
+  none itself; every child gets an explicit memory fraction, a caller's own kept."""
+  import subprocess
+  import sys
+  code = ('from benchmarks.workloads import sizes_of; import jax._src.xla_bridge as xb; '
+          'print(sizes_of(False), len(xb._backends))')
+  out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True,
+                       cwd=run.__file__.rsplit('/benchmarks/', 1)[0])
+  assert out.stdout.split() == ['cpu', '0'], out.stdout + out.stderr
+  monkeypatch.delenv('XLA_PYTHON_CLIENT_MEM_FRACTION', raising=False)
+  assert run.child_env()['XLA_PYTHON_CLIENT_MEM_FRACTION'] == run.CHILD_MEM_FRACTION
+  monkeypatch.setenv('XLA_PYTHON_CLIENT_MEM_FRACTION', '0.5')
+  assert run.child_env()['XLA_PYTHON_CLIENT_MEM_FRACTION'] == '0.5'
