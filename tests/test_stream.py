@@ -267,21 +267,26 @@ def test_choose_placement_unknown():
 class _FakeDevice:
   process_index = 0
 
-  def __init__(self, limit):
-    self.limit = limit
+  def __init__(self, limit, platform='gpu'):
+    self.limit, self.platform, self.device_kind = limit, platform, f'fake {platform}'
 
   def memory_stats(self):
     return None if self.limit is None else {'bytes_limit': self.limit}
 
 
-def test_device_budget_bytes(monkeypatch):
+def test_device_budget_bytes(monkeypatch, capsys):
   assert stream.device_budget_bytes(100, jax.devices()) == 100_000_000
   assert stream.device_budget_bytes(0.5) == 500_000
   # Accelerators: half of the smallest device's limit.
   assert stream.device_budget_bytes(0, [_FakeDevice(8000), _FakeDevice(6000)]) == 3000
   # CPU (no memory statistics): half the host's memory, shared by the devices.
   monkeypatch.setattr(stream, '_host_memory_bytes', lambda: 16_000)
-  assert stream.device_budget_bytes(0, [_FakeDevice(None)] * 4) == 2000
+  assert stream.device_budget_bytes(0, [_FakeDevice(None, 'cpu')] * 4) == 2000
+  # An accelerator without a limit: the stated fallback, never the host's memory.
+  assert stream.device_budget_bytes(0, [_FakeDevice(None)] * 2) == \
+      stream.ACCELERATOR_FALLBACK_BYTES // 2
+  assert 'fake gpu reports no memory limit' in capsys.readouterr().err
+  assert stream.device_budget_bytes(0, [_FakeDevice(None), _FakeDevice(2**30)]) == 2**29
   assert stream.device_budget_bytes(0, jax.local_devices()) == 8000 // len(jax.local_devices())
   with pytest.raises(ValueError, match='device_budget_mb'):
     stream.device_budget_bytes(-1)

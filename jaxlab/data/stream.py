@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import operator
 import os
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -451,11 +452,16 @@ def device_budget_bytes(budget_mb: float, devices=None) -> int:
   return device_memory_bytes(devices) // 2
 
 
+# What an accelerator is assumed to have when its backend reports no memory limit (stated on
+# stderr when used): a conservative 4 GiB, never the host's RAM, which is not the device's.
+ACCELERATOR_FALLBACK_BYTES = 4 * 2**30
+
+
 def device_memory_bytes(devices=None) -> int:
   """The memory one device has: the smallest `memory_stats()['bytes_limit']` of this process's
-  devices among `devices` (default: `jax.local_devices()`) where the backend reports it;
-  otherwise (CPU) the host's physical memory divided by the number of those devices, which
-  share it."""
+  devices among `devices` (default: `jax.local_devices()`) where the backend reports it. CPU
+  devices without it: the host's physical memory divided by the number of those devices,
+  which share it. An accelerator without it: ACCELERATOR_FALLBACK_BYTES, said on stderr."""
   import jax  # pylint: disable=g-import-not-at-top
 
   devices = list(jax.local_devices() if devices is None else devices)
@@ -471,4 +477,10 @@ def device_memory_bytes(devices=None) -> int:
       limits.append(int(stats['bytes_limit']))
   if devices and len(limits) == len(devices):
     return min(limits)
+  if any(getattr(d, 'platform', 'cpu') != 'cpu' for d in devices):
+    kinds = sorted({getattr(d, 'device_kind', '?') for d in devices})
+    print(f'note: {", ".join(kinds)} reports no memory limit; assuming '
+          f'{ACCELERATOR_FALLBACK_BYTES / 2**30:.0f} GiB a device (set '
+          '--config.data.device_budget_mb to give the budget yourself)', file=sys.stderr)
+    return min(limits + [ACCELERATOR_FALLBACK_BYTES])
   return _host_memory_bytes() // max(len(devices), 1)
