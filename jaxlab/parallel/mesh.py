@@ -7,6 +7,8 @@ process places only the shards its own devices hold, and `to_host` fetches a
 global array whichever process holds its parts.
 """
 
+import functools
+
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
@@ -60,24 +62,35 @@ def shard_leading(tree, mesh, axis=0):
   return place(tree, mesh, P(*([None] * axis + [DATA])))
 
 
+def ordered_sum(x, axis_name):
+  """The sum over the devices of `axis_name` of the vector `x`, added in device order on the
+  1/D slice each device owns (all_to_all), then gathered (all_sum)."""
+  d = jax.lax.axis_size(axis_name)
+  n = x.shape[0]
+  parts = jax.numpy.pad(x, (0, (-n) % d)).reshape(d, -1)
+  mine = jax.lax.all_to_all(parts, axis_name, 0, 0)  # [D, n/D]: my slice of each device's
+  return jax.lax.all_gather(jax.numpy.sum(mine, axis=0), axis_name, tiled=True)[:n]
+
+
 def all_sum(tree, axis_name, ordered=True):
   """The sum of `tree` over the devices of `axis_name` (inside shard_map).
 
-  ordered=True adds the devices' values in device order, after gathering them
-  (all-gather, then a sum on each device): the rounding is then the same however
-  the devices are split into processes, so one process with four devices and two
-  processes with two give bit-identical runs. A plain psum leaves the order to the
-  collective's implementation (in-process, or gloo/NCCL across processes): less
-  memory and traffic, the same result up to float rounding.
+  ordered=True adds the devices' values in device order: the rounding is then the same however
+  the devices are split into processes, so one process with four devices and two processes with
+  two give bit-identical runs. It goes as a reduce-scatter written out: each device receives its
+  1/D slice of every device's vector (all_to_all, in device order), sums them, and the summed
+  slices are gathered. Each device holds about three vectors' worth, not D as gathering whole
+  vectors would (measured, XLA's memory analysis of an 8-device sum of 5M float32: 36 MiB of
+  temporaries in place of 153 MiB, the same bits). A plain psum leaves the order to the
+  collective's implementation (in-process, or gloo/NCCL across processes): the least memory
+  and traffic, the same result up to float rounding.
 
   The leaves go as one flat vector per dtype, so a tree costs one collective per dtype and not
   one per leaf (each is a rendezvous of the devices: on simulated CPU devices, the bulk of
   the time of a small model's sum). Elementwise, the result is the same as leaf by leaf.
   """
-  if ordered:
-    reduce = lambda x: jax.numpy.sum(jax.lax.all_gather(x, axis_name), axis=0)
-  else:
-    reduce = lambda x: jax.lax.psum(x, axis_name)
+  reduce = functools.partial(ordered_sum, axis_name=axis_name) if ordered else (
+      lambda x: jax.lax.psum(x, axis_name))
   leaves, treedef = jax.tree.flatten(tree)
   out = list(leaves)
   for dtype in sorted({x.dtype for x in leaves}, key=str):  # the same order in every process
