@@ -19,7 +19,7 @@ SLOW_SECONDS = 3.0
 
 # Module-scoped fixtures that cost more than SLOW_SECONDS to build: every test using one is slow
 # (in the quick tier the fixture would be built by whichever of them ran first).
-EXPENSIVE_FIXTURES = ('two_arms', 'runs', 'reference')
+EXPENSIVE_FIXTURES = ('two_arms', 'runs', 'reference', 'vit_exports')
 
 SECONDS = {
     'tests/test_headline.py::test_headline_command[mhc]': 167.7,
