@@ -523,3 +523,23 @@ def test_remat_run_of_two_steps_trains_the_plain_runs_model(tmp_path, tiny_digit
     runs[remat] = flatten(jax.device_get(state.params))
   for path, value in runs[False].items():
     np.testing.assert_allclose(runs[True][path], value, rtol=1e-5, atol=1e-6, err_msg=path)
+
+
+def test_bf16_compute_is_an_option_beside_the_float32_recipe(tmp_path, tiny_digits):
+  """--config.model.dtype=bfloat16 on a PEFT run: bfloat16 activations and matrix products,
+  float32 parameters and optimizer state; 4 steps end near the float32 run's loss."""
+  losses = {}
+  for dtype in ('float32', 'bfloat16'):
+    c = tiny_config(diagnostics=False)
+    c.model.dtype = dtype
+    c.train.steps = 4
+    experiments.validate(c, devices=1)
+    summary, state = fit(c, str(tmp_path / dtype), peft.make_task(c, 10), tiny_digits,
+                         mesh=make_mesh(jax.devices()[:1]))
+    assert {x.dtype for x in jax.tree.leaves(state.params)} == {jnp.dtype('float32')}
+    assert {x.dtype for x in jax.tree.leaves(state.opt_state) if hasattr(x, 'dtype')
+            and jnp.issubdtype(x.dtype, jnp.floating)} == {jnp.dtype('float32')}
+    losses[dtype] = summary['nll']
+  assert np.isfinite(losses['bfloat16'])
+  assert losses['bfloat16'] != losses['float32']  # the dtype took effect
+  assert losses['bfloat16'] == pytest.approx(losses['float32'], rel=5e-2)

@@ -49,6 +49,7 @@ SECONDS = {
     'tests/test_knobs.py::test_the_step_mixes_the_loss_of_both_labels': 4.7,
     'tests/test_knobs.py::test_stochastic_depth_is_timms_drop_path': 5.9,
     'tests/test_peft.py::test_remat_run_of_two_steps_trains_the_plain_runs_model': 8.5,
+    'tests/test_peft.py::test_bf16_compute_is_an_option_beside_the_float32_recipe': 12.4,
     'tests/test_peft.py::test_remat_is_a_config_field_with_the_same_gradient[mhc]': 7.9,
     'tests/test_peft.py::test_remat_is_a_config_field_with_the_same_gradient[hybrid]': 4.8,
     'tests/test_knobs.py::test_parameter_ema_follows_each_step_and_is_evaluated_beside': 3.3,
