@@ -6,45 +6,56 @@ import re
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from configs import hybrid, mhc
 from jaxlab import checks, experiments, models
-from jaxlab.models.vit import ViT, attention_implementation, cudnn_attention_refusal
+from jaxlab.models.vit import ViT, attend, attention_implementation, cudnn_attention_refusal
 
 
 def test_auto_is_cudnn_only_where_it_can_train_the_model():
   bf16, f32 = jnp.bfloat16, jnp.float32
-  assert attention_implementation('auto', bf16, 64, 50, platform='cuda') == 'cudnn'
-  assert attention_implementation('cudnn', bf16, 64, 50, platform='cuda') == 'cudnn'
-  assert attention_implementation('xla', bf16, 64, 50, platform='cuda') == 'xla'
-  for args, why in [((bf16, 64, 50, 'cpu'), 'NVIDIA GPUs only'),
-                    ((bf16, 64, 50, 'rocm'), 'NVIDIA GPUs only'),
-                    ((f32, 64, 50, 'cuda'), 'bfloat16 compute'),
-                    ((bf16, 12, 50, 'cuda'), 'multiple of 8'),
-                    ((bf16, 256, 50, 'cuda'), 'at most 128'),
-                    ((bf16, 64, 197, 'cuda'), 'odd sequence length')]:
+  assert attention_implementation('auto', bf16, 64, platform='cuda') == 'cudnn'
+  assert attention_implementation('cudnn', bf16, 64, platform='cuda') == 'cudnn'
+  assert attention_implementation('xla', bf16, 64, platform='cuda') == 'xla'
+  for args, why in [((bf16, 64, 'cpu'), 'NVIDIA GPUs only'),
+                    ((bf16, 64, 'rocm'), 'NVIDIA GPUs only'),
+                    ((f32, 64, 'cuda'), 'bfloat16 compute'),
+                    ((bf16, 12, 'cuda'), 'multiple of 8'),
+                    ((bf16, 256, 'cuda'), 'at most 128')]:
     assert why in cudnn_attention_refusal(*args)
-    assert attention_implementation('auto', *args[:3], platform=args[3]) == 'xla'
+    assert attention_implementation('auto', *args[:2], platform=args[2]) == 'xla'
     with pytest.raises(ValueError, match=why):
-      attention_implementation('cudnn', *args[:3], platform=args[3])
+      attention_implementation('cudnn', *args[:2], platform=args[2])
   with pytest.raises(ValueError, match='choose one of auto, xla, cudnn'):
-    attention_implementation('flash', bf16, 64, 50, platform='cuda')
+    attention_implementation('flash', bf16, 64, platform='cuda')
 
 
 def test_the_families_vits_on_a_gpu():
   """What 'auto' gives the shipped ViTs on an NVIDIA GPU: XLA's attention for the PEFT ViT-S/16
-  (float32, as the reference trains it) and the residual-stream ViT-Ti/4 (65 tokens: odd);
-  cuDNN for ViT-S/16 in bfloat16 at 224 px only if the grid were odd — it is 14×14 + 1 = 197."""
-  for config, why in ((hybrid.get_config(), 'bfloat16 compute'),
-                      (mhc.get_config(), 'odd sequence length')):
+  (float32, as the reference trains it), cuDNN's for the residual-stream ViT-Ti/4 (bfloat16;
+  its 65 tokens padded to 66). On this CPU: XLA's for both."""
+  for config, on_gpu in ((hybrid.get_config(), 'xla'), (mhc.get_config(), 'cudnn')):
     m = config.model
     arch = models.vit_arch(m, attention='xla')
-    tokens = (m.image_size // arch['patch']) ** 2 + 1
-    assert why in cudnn_attention_refusal(jnp.dtype(m.dtype), arch['width'] // arch['heads'],
-                                          tokens, 'cuda')
+    assert attention_implementation(m.attention, jnp.dtype(m.dtype), arch['width'] // arch['heads'],
+                                     platform='cuda') == on_gpu
     assert m.attention == 'auto'
     assert models.vit_arch(m)['attention'] == 'xla'  # this machine: a CPU
+
+
+def test_an_odd_sequence_padded_for_cudnn_is_the_same_attention():
+  """attend's padding (one extra token the keys mask out, its query row dropped), run through
+  XLA's attention: the same outputs and gradients, bit for bit, as the unpadded attention."""
+  rng = np.random.default_rng(0)
+  q, k, v = (jnp.asarray(rng.standard_normal((2, 17, 2, 8)), jnp.float32) for _ in range(3))
+  plain, padded = attend(q, k, v, 'xla'), attend(q, k, v, 'xla', pad_odd=True)
+  np.testing.assert_array_equal(np.asarray(plain), np.asarray(padded))
+  grads = lambda pad: jax.grad(lambda *x: jnp.sum(jnp.sin(attend(*x, 'xla', pad_odd=pad))),
+                               argnums=(0, 1, 2))(q, k, v)
+  for a, b in zip(grads(False), grads(True)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_cudnn_on_a_cpu_is_one_line_naming_the_fix():
@@ -69,16 +80,17 @@ def _pretend_cudnn(monkeypatch):
   monkeypatch.setattr(fused, 'is_cuda_compute_capability_equal', lambda capability: False)
 
 
-@pytest.mark.parametrize('attention', ['cudnn', 'xla'])
-def test_cuda_export_of_a_bf16_vit_step_holds_cudnn_attention(attention, monkeypatch):
-  """The value and gradient of a bfloat16 ViT (7×7 patches + class token = 50 tokens), exported
-  for CUDA on this CPU: with attention='cudnn' each block's forward and backward attention is
-  one cuDNN fused call; with 'xla' there is none."""
+@pytest.mark.parametrize('attention, size', [('cudnn', 56), ('cudnn', 32), ('xla', 56)])
+def test_cuda_export_of_a_bf16_vit_step_holds_cudnn_attention(attention, size, monkeypatch):
+  """The value and gradient of a bfloat16 ViT (56 px: 7×7 patches + class token = 50 tokens;
+  32 px: 17, padded to 18), exported for CUDA on this CPU: with attention='cudnn' each block's
+  forward and backward attention is one cuDNN fused call; with 'xla' there is none."""
   _pretend_cudnn(monkeypatch)
-  kw = dict(num_classes=4, image_size=56, patch=8, width=64, depth=2, heads=2, mlp_dim=128)
+  kw = dict(num_classes=4, image_size=size, patch=8, width=64, depth=2, heads=2, mlp_dim=128)
   model = ViT(dtype=jnp.bfloat16, attention=attention, **kw)
-  params = jax.eval_shape(lambda: ViT(**kw).init(jax.random.key(0), jnp.zeros((2, 56, 56, 3))))
-  images = jax.ShapeDtypeStruct((2, 56, 56, 3), jnp.float32)
+  params = jax.eval_shape(lambda: ViT(**kw).init(jax.random.key(0),
+                                                 jnp.zeros((2, size, size, 3))))
+  images = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
 
   def loss(p, x):
     return jnp.sum(model.apply({'params': p}, x))

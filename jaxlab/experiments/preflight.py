@@ -344,7 +344,6 @@ def check_vit(c, overridden):
     checks.one_of(c, 'model.attention', vit.ATTENTION_CHOICES)
     if m.attention == 'cudnn':
       why = vit.cudnn_attention_refusal(m.dtype, arch['width'] // arch['heads'],
-                                        (m.image_size // arch['patch']) ** 2 + 1,
                                         vit.device_platform())
       if why:
         checks.fail('model.attention', why, "use --config.model.attention=auto (cuDNN where it "

@@ -41,9 +41,8 @@ def vit_arch(model_cfg, attention=None):
     patch, width, depth, heads = model_cfg.patch, model_cfg.width, model_cfg.depth, model_cfg.heads
     mlp_dim = model_cfg.mlp_dim
   dtype = jnp.dtype(model_cfg.dtype)
-  tokens = (model_cfg.image_size // patch) ** 2 + 1  # the class token and the patch grid
   attention = attention or attention_implementation(model_cfg.get('attention', 'xla'), dtype,
-                                                    width // heads, tokens)
+                                                    width // heads)
   return dict(patch=patch, width=width, depth=depth, heads=heads, mlp_dim=mlp_dim,
               image_size=model_cfg.image_size, gelu_approximate=model_cfg.gelu_approximate,
               dtype=dtype, attention=attention, pos=model_cfg.get('pos', 'learned'),

@@ -293,22 +293,36 @@ ATTENTION_IMPLEMENTATIONS = ('xla', 'cudnn')
 ATTENTION_CHOICES = ('auto',) + ATTENTION_IMPLEMENTATIONS
 
 
-def cudnn_attention_refusal(dtype, head_dim, tokens, platform):
+def cudnn_attention_refusal(dtype, head_dim, platform):
   """Why cuDNN's fused attention cannot train this ViT's attention (None when it can): it needs
-  an NVIDIA GPU, bfloat16 or float16 compute (it refuses float32), a head width that is a
-  multiple of 8, at most 128, and an even number of tokens (JAX's cuDNN path refuses an odd
-  sequence in training: a class token on an even grid, ViT-S/16's 197 and ViT-Ti/4's 65, is
-  odd)."""
+  an NVIDIA GPU, bfloat16 or float16 compute (it refuses float32) and a head width that is a
+  multiple of 8, at most 128. (An odd token count is padded: `attend`.)"""
   if platform != 'cuda':
     return f'cuDNN attention runs on NVIDIA GPUs only (this is {platform})'
   if jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
     return f'cuDNN attention needs bfloat16 compute (model.dtype is {jnp.dtype(dtype).name})'
   if head_dim % 8 or head_dim > 128:
     return f'cuDNN attention needs a head width that is a multiple of 8, at most 128 ({head_dim})'
-  if tokens % 2:
-    return (f"JAX's cuDNN attention refuses an odd sequence length in training ({tokens} "
-            'tokens: the class token and the patch grid)')
   return None
+
+
+def attend(q, k, v, implementation='xla', pad_odd=None):
+  """jax.nn.dot_product_attention of [batch, tokens, heads, head_dim] queries, keys and values.
+
+  An odd number of tokens goes to cuDNN padded by one token that the keys mask out (and whose
+  query row is dropped): JAX's cuDNN path refuses an odd sequence in training (a class token on
+  an even patch grid: ViT-S/16's 197, ViT-Ti/4's 65). `pad_odd` forces the padding either way
+  (a test runs the padded form through XLA's attention to check it is the same attention)."""
+  n = q.shape[1]
+  if pad_odd is None:
+    pad_odd = implementation == 'cudnn' and n % 2 == 1
+  if not pad_odd:
+    return jax.nn.dot_product_attention(q, k, v, implementation=implementation)
+  pad = lambda x: jnp.pad(x, ((0, 0), (0, 1), (0, 0), (0, 0)))
+  lengths = jnp.full((q.shape[0],), n, jnp.int32)
+  out = jax.nn.dot_product_attention(pad(q), pad(k), pad(v), implementation=implementation,
+                                     query_seq_lengths=lengths, key_value_seq_lengths=lengths)
+  return out[:, :n]
 
 
 def device_platform():
@@ -320,7 +334,7 @@ def device_platform():
   return device.platform
 
 
-def attention_implementation(choice, dtype, head_dim, tokens, platform=None):
+def attention_implementation(choice, dtype, head_dim, platform=None):
   """The attention a ViT computes with for `choice` (model.attention): 'auto' is cuDNN where
   it can run (cudnn_attention_refusal) and XLA elsewhere; 'cudnn' where it cannot is an error
   naming why."""
@@ -328,7 +342,7 @@ def attention_implementation(choice, dtype, head_dim, tokens, platform=None):
     raise ValueError(f'unknown attention {choice!r}; choose one of {", ".join(ATTENTION_CHOICES)}')
   if choice == 'xla':
     return 'xla'
-  why = cudnn_attention_refusal(dtype, head_dim, tokens, platform or device_platform())
+  why = cudnn_attention_refusal(dtype, head_dim, platform or device_platform())
   if choice == 'cudnn' and why:
     raise ValueError(why)
   return 'xla' if why else 'cudnn'
@@ -356,7 +370,7 @@ class Attention(nn.Module):
     q, k, v = jnp.moveaxis(qkv.reshape(b, n, 3, self.heads, self.width // self.heads), 2, 0)
     if self.rope is not None:
       q, k = rotate(q, *self.rope), rotate(k, *self.rope)
-    out = jax.nn.dot_product_attention(q, k, v, implementation=self.implementation)
+    out = attend(q, k, v, self.implementation)
     out = out.reshape(b, n, self.width)
     return LoraDense(self.width, dtype=self.dtype, name='proj', kernel_init=self.kernel_init,
                      **self.lora.get('proj', {}))(out, train)
