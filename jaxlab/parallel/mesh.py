@@ -64,7 +64,7 @@ def shard_leading(tree, mesh, axis=0):
 
 def ordered_sum(x, axis_name):
   """The sum over the devices of `axis_name` of the vector `x`, added in device order on the
-  1/D slice each device owns (all_to_all), then gathered (all_sum)."""
+  1/D slice each device owns (all_to_all), then gathered: all_sum's ordered reduction."""
   d = jax.lax.axis_size(axis_name)
   n = x.shape[0]
   parts = jax.numpy.pad(x, (0, (-n) % d)).reshape(d, -1)
