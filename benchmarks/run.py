@@ -43,9 +43,9 @@ import argparse
 import datetime
 import json
 import os
+import re
 import shlex
 import statistics
-import re
 import subprocess
 import sys
 import time
