@@ -56,6 +56,8 @@ def default_backend():
   if proc.returncode or not lines:
     raise RuntimeError(f'could not ask JAX for its backend: {proc.stderr.strip()[-500:]}')
   return lines[-1].strip()
+
+
 LOCAL_WORKERS = 4
 
 
