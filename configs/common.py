@@ -80,7 +80,14 @@ def base_config():
   c.averaging = ml_collections.ConfigDict(dict(every_steps=0, start_fraction=0.8, window=0))
   # tensorboard: TensorBoard scalars of every metrics.jsonl record in workdir/tensorboard
   # (pip install 'jaxlab[tensorboard]'; view with tensorboard --logdir WORKDIR).
-  c.log = ml_collections.ConfigDict(dict(tensorboard=False))
+  # mlflow / wandb: each training run also an MLflow / Weights & Biases run (the config as
+  # params, every record as metrics at its step, the summary, the figures; a resume continues
+  # it): pip install 'jaxlab[mlflow]' / 'jaxlab[wandb]'. mlflow_uri ('' = MLFLOW_TRACKING_URI),
+  # mlflow_experiment ('' = the config's experiment); wandb_project, wandb_entity ('' = your
+  # default), wandb_mode ('' = WANDB_MODE | online | offline | disabled). See docs/runs.md.
+  c.log = ml_collections.ConfigDict(dict(
+      tensorboard=False, mlflow=False, mlflow_uri='', mlflow_experiment='', wandb=False,
+      wandb_project='jaxlab', wandb_entity='', wandb_mode=''))
   # initialize: call jax.distributed.initialize() before anything touches a JAX backend
   # (multi-process runs; see docs/devices.md). coordinator_address ('host:port'), num_processes and
   # process_id: empty / -1 let JAX detect them (SLURM, Open MPI, Kubernetes, Cloud TPU).

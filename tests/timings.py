@@ -58,6 +58,8 @@ SECONDS = {
     'tests/test_export.py::test_seeds_share_one_backbone_and_each_seeds_model_exports': 17.9,
     'tests/test_faults.py::test_a_resume_on_fewer_devices_keeps_the_run_and_says_it_is_not_bit_identical': 21.4,
     'tests/test_headline.py::test_headline_command[distributed]': 21.4,
+    'tests/test_trackers.py::test_mlflow_run_holds_the_config_every_record_once_the_summary_and_files': 8.9,
+    'tests/test_trackers.py::test_a_sweep_tracks_each_cell_and_its_own_figures': 6.9,
     'tests/test_faults.py::test_ctrl_c_saves_the_step_reached_and_exits_130': 19.3,
     'tests/test_peft.py::test_diagnostics_match_numpy': 18.6,
     'tests/test_export.py::test_adapter_only_checkpoints_resume_exactly': 18.4,

@@ -8,7 +8,7 @@ from jaxlab import checks
 from jaxlab.data.augment import NORMALIZATIONS
 from jaxlab.data.datasets import DATASETS, SOURCES
 from jaxlab.experiments import preflight
-from jaxlab.io import lock
+from jaxlab.io import lock, trackers
 from jaxlab.io.checkpoint import PARAMS
 from jaxlab.models import MODELS
 from jaxlab.optim.optimizers import OPTIMIZERS
@@ -106,7 +106,9 @@ def run(config, workdir, overridden=()):
       with lock.serial(workdir):  # sweep.only jobs check and record the launch one at a time
         guards.check_resume(workdir, config.to_dict(), LAUNCH_CONFIG,
                             guards.neutral_fields(config.experiment, launch=True))
-      return family_module(config).run(config, workdir)
+      result = family_module(config).run(config, workdir)
+      trackers.log_workdir_files(workdir, config)  # the figures and tables, where tracked
+      return result
   except ValueError:  # bad input found late (e.g. by the data): nothing of it stays
     if not guards.results_in(workdir) and lock.free(workdir):
       _remove_new(workdir, before)

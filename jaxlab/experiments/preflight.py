@@ -9,6 +9,7 @@ from absl import logging
 from jaxlab import checks
 from jaxlab.checks import BadInput, at_least, positive, within
 
+from jaxlab.io import trackers
 from jaxlab.optim import averaging, optimizers, schedules
 
 CPU_COLLECTIVES = ('gloo', 'mpi')
@@ -32,6 +33,7 @@ def check_fields(c):
     check_divisible(c, 'train.batch_size', c.train.grad_accumulation,
                     'micro-batches of train.grad_accumulation')
   checks.check_declared(c, 'averaging', averaging.FIELDS)
+  trackers.check_config(c)
 
   from jaxlab.data import datasets, stream  # pylint: disable=g-import-not-at-top
   checks.one_of(c, 'data.placement', stream.PLACEMENTS)

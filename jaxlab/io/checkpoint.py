@@ -114,6 +114,7 @@ class Checkpointer:
         os.path.abspath(os.fspath(directory)),
         options=ocp.CheckpointManagerOptions(
             save_interval_steps=max(int(every_steps), 1), max_to_keep=keep, create=True))
+    self._durable, self._writing, self._closed = self.manager.latest_step(), None, False
 
   def latest_step(self):
     return self.manager.latest_step()
@@ -174,9 +175,27 @@ class Checkpointer:
     if not force and not self.due(step):
       return False
     self.check_space(state)
-    return self.manager.save(int(step), args=ocp.args.StandardSave(self._saved(state)),
-                             force=True, custom_metadata=dict(counters or {}))
+    saved = self.manager.save(int(step), args=ocp.args.StandardSave(self._saved(state)),
+                              force=True, custom_metadata=dict(counters or {}))
+    if saved:  # orbax finished the save before this one first
+      self._durable = self._writing if self._writing is not None else self._durable
+      self._writing = int(step)
+    return saved
+
+  def durable_step(self):
+    """The latest step whose checkpoint is whole on disk (None if none): not the one an
+    asynchronous save is still writing."""
+    in_progress = getattr(self.manager, 'is_saving_in_progress', lambda: True)
+    if self._writing is not None and not in_progress():
+      self._durable, self._writing = self._writing, None
+    return self._durable
 
   def close(self):
+    """Wait for the last save; closing again does nothing."""
+    if self._closed:
+      return
     self.manager.wait_until_finished()
+    if self._writing is not None:
+      self._durable, self._writing = self._writing, None
     self.manager.close()
+    self._closed = True

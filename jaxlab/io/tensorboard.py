@@ -17,43 +17,35 @@ from jaxlab.io.writers import is_writer
 
 
 class TensorBoardLog:
-  """Writes each metrics record's numbers as scalars, synchronously (a record logged is on
-  disk, as in metrics.jsonl); process 0 only."""
+  """Writes each metrics record's numbers as scalars through tensorboardX's SummaryWriter,
+  flushed at once (a record logged is on disk, as in metrics.jsonl); process 0 only. A resumed
+  run opens its writer with purge_step = the resumed step + 1: TensorBoard then hides what
+  earlier attempts logged from that step on."""
 
   def __init__(self, logdir, resumed_from=None):
     try:
-      from tensorboardX.event_file_writer import EventsWriter
+      from tensorboardX import SummaryWriter
     except ImportError:
       raise ValueError("log.tensorboard=true needs tensorboardX: pip install 'jaxlab[tensorboard]' "
                        '(or --config.log.tensorboard=false)') from None
-    from tensorboardX.proto import event_pb2
-    self._pb = event_pb2
     self.writer = None
     if not is_writer():
       return
     if resumed_from is None and os.path.isdir(logdir):
       shutil.rmtree(logdir)  # a fresh start: nothing of an earlier attempt stays visible
-    os.makedirs(logdir, exist_ok=True)
     # Its own file per attempt (the writer's name has only the second it was made).
-    self.writer = EventsWriter(os.path.join(logdir, 'events'),
-                               filename_suffix=f'.{os.getpid()}.{time.time_ns()}')
-    if resumed_from is not None:  # TensorBoard hides what earlier files logged from here on
-      self.writer.write_event(self._pb.Event(
-          wall_time=time.time(), step=int(resumed_from) + 1,
-          session_log=self._pb.SessionLog(status=self._pb.SessionLog.START)))
-      self.writer.flush()
+    self.writer = SummaryWriter(
+        logdir, purge_step=None if resumed_from is None else int(resumed_from) + 1,
+        filename_suffix=f'.{os.getpid()}.{time.time_ns()}')
 
   def write(self, record):
     if self.writer is None:
       return
-    from tensorboardX.proto.summary_pb2 import Summary
-    from tensorboardX.summary import scalar
     split = record.get('split', 'train')
-    values = [scalar(f'{split}/{key}', float(value)).value[0] for key, value in record.items()
-              if key not in ('step', 'split') and isinstance(value, (int, float))
-              and not isinstance(value, bool)]
-    self.writer.write_event(self._pb.Event(wall_time=time.time(), step=int(record['step']),
-                                           summary=Summary(value=values)))
+    for key, value in record.items():
+      if key not in ('step', 'split') and isinstance(value, (int, float)) and not isinstance(
+          value, bool):
+        self.writer.add_scalar(f'{split}/{key}', float(value), int(record['step']))
     self.writer.flush()
 
   def close(self):

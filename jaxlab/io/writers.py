@@ -30,6 +30,18 @@ def plain(x):
   return x
 
 
+def flat_config(tree, prefix=''):
+  """{dotted field: value} of a config as a dict (ConfigDict.to_dict()): {'train.batch_size': 64}."""
+  out = {}
+  for key, value in tree.items():
+    name = f'{prefix}{key}'
+    if isinstance(value, dict) and value:
+      out.update(flat_config(value, name + '.'))
+    else:
+      out[name] = value
+  return out
+
+
 def is_writer():
   """Whether this process writes files: always, except in processes 1.. of a multi-process run."""
   from jaxlab.parallel import processes  # only here: tools that read files never import JAX
@@ -98,7 +110,9 @@ class JsonlLog:
 
   def __init__(self, path, keep_until_step=None, also=None):
     self.path = os.fspath(path)
-    self.also = also  # e.g. a TensorBoardLog: written every record too (it trims itself)
+    # Mirrors written every record too (a TensorBoardLog, an MLflow or W&B tracker; each trims
+    # or skips what a resumed run writes again itself): one, a sequence of them, or None.
+    self.also = [m for m in (also if isinstance(also, (list, tuple)) else [also]) if m is not None]
     fix = (f'delete the damaged line of {self.path} (the run rewrites what came after its last '
            'checkpoint), or move the workdir aside and run again in a fresh one')
     self.kept = ([r for r in read_jsonl(self.path, fix) if r.get('step', 0) <= keep_until_step]
@@ -117,8 +131,9 @@ class JsonlLog:
   def write(self, record, mirror=True):
     """Append `record` with its 'time'; `mirror`: write it to `also` too (metrics only)."""
     record = {**record, 'time': now()}
-    if self.also is not None and mirror:
-      self.also.write(record)
+    if mirror:
+      for m in self.also:
+        m.write(record)
     if not self.writer:
       return
     with open(self.path, 'a') as f:

@@ -20,7 +20,7 @@ import sys
 import numpy as np
 
 from jaxlab import checks
-from jaxlab.io.writers import plain, read_json, write_json
+from jaxlab.io.writers import flat_config, plain, read_json, write_json
 
 # Fields of the trainer's own that do not change a run's result (fnmatch patterns over dotted
 # names); each family declares its own (`Family`, below) beside the code that reads them.
@@ -152,18 +152,6 @@ def divergence_hint(config):
   if oc.get('warmup_epochs', 0) == 0 and oc.get('warmup_fraction', 0) == 0:
     hint += ' or add a warm-up (optim.warmup_fraction)'
   return hint + ', and run it in another --workdir'
-
-
-def flat_config(tree, prefix=''):
-  """{dotted field: JSON value} of a config dict."""
-  out = {}
-  for key, value in tree.items():
-    name = f'{prefix}{key}'
-    if isinstance(value, dict) and value:
-      out.update(flat_config(value, name + '.'))
-    else:
-      out[name] = value
-  return out
 
 
 # Fields added to the configs after runs were recorded without them, each with the value that

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from jaxlab import checks
 from jaxlab.data.augment import make_eval_preprocess
 from jaxlab.data.stream import device_memory_bytes
-from jaxlab.io import lock, provenance
+from jaxlab.io import lock, provenance, trackers
 from jaxlab.io.checkpoint import (Checkpointer, backbone_record, check_backbone,
                                   describe_backbone, saved_steps)
 from jaxlab.io.tensorboard import TensorBoardLog
@@ -116,7 +116,8 @@ def _start_again(workdir, why):
         'again', file=sys.stderr)
   if not is_writer():
     return
-  for name in ('checkpoints', 'summary.json', 'metrics.jsonl', 'tensorboard', guards.RESOLVED):
+  for name in ('checkpoints', 'summary.json', 'metrics.jsonl', 'tensorboard', guards.RESOLVED,
+               *trackers.STATE_FILES):  # a tracked run of what was superseded is not resumed
     path = os.path.join(workdir, name)
     if os.path.isdir(path):
       shutil.rmtree(path)
@@ -170,8 +171,11 @@ def _train(config, workdir, task, dataset, mesh, on_chunk, summary_extra, layout
                   if averager is not None else None)
   board = (TensorBoardLog(os.path.join(workdir, 'tensorboard'), resumed_from)
            if config.get('log', {}).get('tensorboard', False) else None)
+  tracked = trackers.open_trackers(workdir, config, resumed_from)  # MLflow, W&B runs
   log = JsonlLog(os.path.join(workdir, 'metrics.jsonl'), keep_until_step=resumed_from,
-                 also=board)
+                 also=[board, *tracked])
+  for tracker in tracked:  # what a crashed attempt kept but did not send
+    tracker.replay(log.kept)
   # Where the run came from: the log's first record; a resumed run adds its own.
   origin = {**provenance.describe(mesh.devices.size), 'started': provenance.now(),
             'resumed_from_step': resumed_from}
@@ -290,10 +294,12 @@ def _train(config, workdir, task, dataset, mesh, on_chunk, summary_extra, layout
         if logged:
           log.write(_train_record(window, step, spe, tc.batch_size, diag_window))
           window, diag_window = [], []
-        ckpt.save(step, state, force=step == end or stopping, counters={
+        if ckpt.save(step, state, force=step == end or stopping, counters={
             **dict(zip(COUNTERS, (train_time, timed_steps, compile_time, diag_time, feed_wait,
                                   wall_time, wall_steps))),
-            **layout.counters})
+            **layout.counters}):
+          for tracker in tracked:  # the records of a checkpoint whole on disk
+            tracker.commit(ckpt.durable_step())
         if step == end:  # what the run hands on; its checkpoint holds the state before this
           state = layout.finish(state, step)
         if epoch_done:
@@ -315,6 +321,12 @@ def _train(config, workdir, task, dataset, mesh, on_chunk, summary_extra, layout
           raise preemption.Preempted(step, workdir, signum)
         if on_chunk is not None:
           on_chunk(step, state)
+  except BaseException:
+    ckpt.close()  # the last save whole on disk: what the tracked run may hold
+    for tracker in tracked:  # the tracked run ends unfinished; a resume reopens it
+      tracker.commit(ckpt.durable_step())
+      tracker.close()
+    raise
   finally:
     bar.close()
     ckpt.close()
@@ -392,6 +404,8 @@ def _train(config, workdir, task, dataset, mesh, on_chunk, summary_extra, layout
   write_json(summary_path, summary)
   if board is not None:
     board.close()
+  for tracker in tracked:
+    tracker.finish(summary, end)
   return summary, state
 
 
