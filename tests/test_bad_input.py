@@ -17,6 +17,7 @@ that distributed:quick simulates as a process.
 import contextlib
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -279,8 +280,8 @@ def test_a_sound_config_passes_every_check(files):
 
 
 def test_a_checkpoint_orbax_cannot_restore_names_the_step(tmp_path):
-  """Files that look whole but do not decode (checked only by the restore itself): the
-  restore's error names the step folder and how to go on."""
+  """Files that look whole but do not decode: orbax's reader names the step before the run, and
+  the restore's error names the step folder and how to go on."""
   import jax.numpy as jnp
   from jaxlab.checks import Damaged
   from jaxlab.io.checkpoint import Checkpointer, unreadable_latest
@@ -289,11 +290,44 @@ def test_a_checkpoint_orbax_cannot_restore_names_the_step(tmp_path):
   saver.save(2, state, force=True)
   saver.close()
   (tmp_path / '2' / 'default' / 'manifest.ocdbt').write_bytes(b'garbage')
-  assert unreadable_latest(str(tmp_path)) is None  # its metadata is intact
+  # orbax's metadata reader decodes the manifest too: the check before a run finds it ...
+  step, folder, reason = unreadable_latest(str(tmp_path))
+  assert (step, folder) == (2, str(tmp_path / '2')) and 'Error decoding' in reason
+  # ... and the restore, were it reached, names the step the same way.
   with pytest.raises(Damaged) as e:
     Checkpointer(tmp_path, 1, 2).restore(state)
   assert e.value.where == str(tmp_path / '2') and 'checkpoint step 2' in e.value.what
   assert f'delete {tmp_path / "2"}' in e.value.fix and '\n' not in str(e.value)
+
+
+@pytest.mark.parametrize('damage', ['metadata_removed', 'metadata_garbled', 'item_removed'])
+def test_a_checkpoint_whose_metadata_orbax_cannot_read_is_named_before_the_run(tmp_path, damage):
+  """The latest step's tree metadata gone or garbled, or its whole item: orbax's own reader
+  (a read-only CheckpointManager) finds it, and preflight names the step; the step before
+  it is intact and listed."""
+  import jax.numpy as jnp
+  from jaxlab.checks import Damaged
+  from jaxlab.experiments import preflight
+  from jaxlab.io.checkpoint import Checkpointer, saved_steps, unreadable_latest
+  ckpts = tmp_path / 'run' / 'checkpoints'
+  saver = Checkpointer(ckpts, 1, 3)
+  for step in (1, 2):
+    saver.save(step, {'w': jnp.ones((4, 4))}, force=True)
+  saver.close()
+  assert saved_steps(str(ckpts)) == [1, 2] and unreadable_latest(str(ckpts)) is None
+  item = ckpts / '2' / 'default'
+  if damage == 'metadata_removed':
+    (item / '_METADATA').unlink()
+  elif damage == 'metadata_garbled':
+    (item / '_METADATA').write_text('{garbage')
+  else:
+    shutil.rmtree(item)
+  step, folder, reason = unreadable_latest(str(ckpts))
+  assert (step, folder) == (2, str(ckpts / '2')) and reason
+  with pytest.raises(Damaged) as e:
+    preflight.check_checkpoints(str(tmp_path))
+  assert 'checkpoint step 2 cannot be read' in e.value.what and e.value.where == str(ckpts / '2')
+  assert f'delete {ckpts / "2"}' in e.value.fix and '\n' not in str(e.value)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -224,7 +224,7 @@ def test_safetensors_reader_rejects_a_truncated_file(tmp_path):
   path = tmp_path / 'x.safetensors'
   write_safetensors(path, {'a': np.ones((16,), np.float32)})
   path.write_bytes(path.read_bytes()[:-4])
-  with pytest.raises(ValueError, match="'a'"):
+  with pytest.raises(ValueError, match='x.safetensors: not a readable safetensors file'):
     read_safetensors(path)
 
 

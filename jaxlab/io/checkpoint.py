@@ -7,11 +7,12 @@ they came from and their fingerprint, so a resume or an export with other weight
 instead of silently mixing adapters with the wrong backbone.
 """
 
+import contextlib
 import hashlib
-import json
 import os
 import shutil
 
+from absl import logging
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -71,35 +72,53 @@ def check_backbone(workdir, record):
       'another --workdir')
 
 
+@contextlib.contextmanager
+def _reader(directory):
+  """A read-only orbax CheckpointManager of `directory` that knows its item ('default', a
+  PyTree saved with StandardSave): it creates and deletes nothing. (Its notes that read-only
+  turns saving off are not shown: they are what is asked for.)"""
+  verbosity = logging.get_verbosity()
+  logging.set_verbosity(logging.ERROR)
+  try:
+    manager = ocp.CheckpointManager(os.path.abspath(os.fspath(directory)),
+                                    options=ocp.CheckpointManagerOptions(read_only=True),
+                                    item_handlers=ocp.StandardCheckpointHandler())
+  finally:
+    logging.set_verbosity(verbosity)
+  try:
+    yield manager
+  finally:
+    manager.close()
+
+
 def saved_steps(directory):
-  """The steps saved in a checkpoint directory (orbax's numbered step folders), ascending."""
+  """The steps saved in a checkpoint directory, ascending (orbax's all_steps: finished saves
+  only, not one still being written)."""
   if not os.path.isdir(directory):
     return []
-  return sorted(int(n) for n in os.listdir(directory)
-                if n.isdigit() and os.path.isdir(os.path.join(directory, n)))
+  with _reader(directory) as manager:
+    return sorted(int(s) for s in manager.all_steps())
 
 
 def unreadable_latest(directory):
-  """(step, folder, reason) when the latest step under `directory` (the one a resume
-  restores) lacks what orbax needs to read it: its item folder `default/` and that
-  folder's tree metadata (`_METADATA`, JSON). None when it looks whole or nothing is saved.
-  Checks files only: the arrays are read by the restore itself."""
-  steps = saved_steps(directory)
-  if not steps:
+  """(step, folder, reason) when orbax cannot read the tree metadata of the latest step under
+  `directory` (the one a resume restores): its item or the item's metadata missing or not
+  decodable. None when orbax reads it, or nothing is saved. The arrays themselves are read by
+  the restore (Checkpointer.restore names a step whose arrays do not decode)."""
+  if not os.path.isdir(directory):
     return None
-  step = steps[-1]
-  folder = os.path.join(directory, str(step))
-  item = os.path.join(folder, 'default')
-  if not os.path.isdir(item):
-    return step, folder, 'it has no default/ item folder'
-  meta = os.path.join(item, '_METADATA')
-  try:
-    with open(meta, encoding='utf-8') as f:
-      json.load(f)
-  except FileNotFoundError:
-    return step, folder, 'default/_METADATA is missing'
-  except (OSError, ValueError) as e:
-    return step, folder, f'default/_METADATA is not readable JSON ({type(e).__name__})'
+  with _reader(directory) as manager:
+    step = manager.latest_step()
+    if step is None:
+      return None
+    folder = os.path.join(os.fspath(directory), str(step))
+    try:
+      meta = manager.item_metadata(step)
+    except Exception as e:  # pylint: disable=broad-except  # whatever orbax raised, named
+      reason = str(e).split('. See full TensorStore details')[0][:200]
+      return step, folder, f'orbax cannot read its metadata ({type(e).__name__}: {reason})'
+  if meta is None:
+    return step, folder, 'orbax finds no metadata of its saved tree in it'
   return None
 
 

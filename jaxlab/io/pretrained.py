@@ -20,8 +20,8 @@ takes (images NHWC). The name mapping (docs/references.md, PEFT):
 
 torch Linear weights are (out, in) and are transposed to jaxlab's (in, out).
 
-The safetensors reader/writer here uses numpy only (no torch, no `safetensors`
-package); bfloat16 comes from `ml_dtypes`, which JAX depends on.
+safetensors files are read and written by the `safetensors` package (its numpy side: no
+torch); bfloat16 tensors come as `ml_dtypes.bfloat16` arrays.
 
 `from_timm` and `from_big_vision` give `(model, params)` of a checkpoint (`graft` fits its
 leaves into a fresh model of another head, image size or patch). `to_timm` and
@@ -33,10 +33,8 @@ position embedding, hyper-connections) are refused with the parameters that have
 there.
 """
 
-import json
 import os
 import re
-import struct
 import tempfile
 import urllib.error
 import urllib.request
@@ -53,104 +51,42 @@ from jaxlab.params import flatten, unflatten
 # ---------------------------------------------------------------------------------------------
 # safetensors
 
-# safetensors dtype tag <-> little-endian numpy dtype.
-_ST_DTYPES = {
-    'F64': np.dtype('<f8'),
-    'F32': np.dtype('<f4'),
-    'F16': np.dtype('<f2'),
-    'BF16': np.dtype(ml_dtypes.bfloat16),
-    'I64': np.dtype('<i8'),
-    'I32': np.dtype('<i4'),
-    'I16': np.dtype('<i2'),
-    'I8': np.dtype('i1'),
-    'U8': np.dtype('u1'),
-    'BOOL': np.dtype('?'),
-}
-_NP_TO_ST = {dt.newbyteorder('=') if dt.byteorder in '<>' else dt: tag
-             for tag, dt in _ST_DTYPES.items()}
-
-_MAX_HEADER = 100 * 1024 * 1024  # the format's own limit on the JSON header
-
-
 def read_safetensors(path):
-  """All tensors of a .safetensors file as {name: np.ndarray} (the `__metadata__` entry is skipped).
-
-  Format: 8-byte little-endian header length n, n bytes of JSON
-  {name: {dtype, shape, data_offsets: [begin, end]}} (offsets relative to the end of
-  the header), then the raw little-endian bytes. Supports F64/F32/F16/BF16, I64/I32/I16/I8,
-  U8 and BOOL.
-  """
-  with open(os.fspath(path), 'rb') as f:
-    header = _read_header(f, path)
-    data = bytearray(f.read())  # one writable buffer; the arrays below are views into it
-  out = {}
-  for name, info in header.items():
-    if name == '__metadata__':
-      continue
-    tag = info['dtype']
-    if tag not in _ST_DTYPES:
-      raise ValueError(f'{path}: tensor {name!r} has unsupported dtype {tag!r} '
-                       f'(supported: {", ".join(_ST_DTYPES)})')
-    dtype = _ST_DTYPES[tag]
-    shape = tuple(int(s) for s in info['shape'])
-    begin, end = (int(o) for o in info['data_offsets'])
-    count = int(np.prod(shape, dtype=np.int64))
-    if not 0 <= begin <= end <= len(data) or end - begin != count * dtype.itemsize:
-      raise ValueError(f'{path}: tensor {name!r} has data_offsets {[begin, end]} that do not fit '
-                       f'shape {list(shape)} {tag} in a {len(data)}-byte data section')
-    arr = np.frombuffer(data, dtype=dtype, count=count, offset=begin).reshape(shape)
-    out[name] = arr.astype(arr.dtype.newbyteorder('='), copy=False)
-  return out
-
-
-def _read_header(f, path):
-  """The JSON header of the safetensors file open as `f` (left at the start of the data)."""
-  head = f.read(8)
-  if len(head) != 8:
-    raise ValueError(f'{path}: not a safetensors file (shorter than 8 bytes)')
-  (n,) = struct.unpack('<Q', head)
-  if n > _MAX_HEADER:
-    raise ValueError(f'{path}: safetensors header length {n} is implausible (corrupt file?)')
-  header_bytes = f.read(n)
-  if len(header_bytes) != n:
-    raise ValueError(f'{path}: truncated safetensors header')
-  return json.loads(header_bytes.decode('utf-8'))
+  """All tensors of a .safetensors file as {name: np.ndarray} (`__metadata__` is not a tensor),
+  through the safetensors package, which maps the file and reads each tensor once: F64 / F32 /
+  F16 / BF16 (as ml_dtypes.bfloat16), the integer types and BOOL. A damaged file (truncated,
+  not safetensors, offsets that do not fit) is a ValueError naming the file and the reason."""
+  from safetensors import SafetensorError, safe_open  # pylint: disable=import-outside-toplevel
+  path = os.fspath(path)
+  try:
+    with safe_open(path, framework='numpy') as f:
+      return {name: f.get_tensor(name) for name in f.keys()}
+  except (SafetensorError, TypeError) as e:
+    raise ValueError(f'{path}: not a readable safetensors file ({e})') from e
 
 
 def read_safetensors_metadata(path):
   """The {str: str} `__metadata__` of a .safetensors file ({} when it has none)."""
-  with open(os.fspath(path), 'rb') as f:
-    return _read_header(f, path).get('__metadata__', {})
+  from safetensors import SafetensorError, safe_open  # pylint: disable=import-outside-toplevel
+  path = os.fspath(path)
+  try:
+    with safe_open(path, framework='numpy') as f:
+      return dict(f.metadata() or {})
+  except SafetensorError as e:
+    raise ValueError(f'{path}: not a readable safetensors file ({e})') from e
 
 
 def write_safetensors(path, arrays, metadata=None):
-  """Write {name: array} as a .safetensors file (names sorted, data 8-byte aligned).
-
-  `metadata`, if given, is a {str: str} dict stored under `__metadata__`.
-  """
+  """Write {name: array} (numpy or JAX, any dtype safetensors has, bfloat16 included) as a
+  .safetensors file through the safetensors package; `metadata`, if given, is a {str: str}
+  dict stored under `__metadata__`."""
+  from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
   arrays = {str(k): np.asarray(_to_numpy(v), order='C') for k, v in arrays.items()}
-  header = {}
-  if metadata:
-    header['__metadata__'] = {str(k): str(v) for k, v in metadata.items()}
-  offset = 0
-  for name in sorted(arrays):
-    arr = arrays[name]
-    dt = arr.dtype.newbyteorder('=') if arr.dtype.byteorder in '<>' else arr.dtype
-    if dt not in _NP_TO_ST:
-      raise ValueError(f'tensor {name!r}: dtype {arr.dtype} has no safetensors equivalent')
-    header[name] = {'dtype': _NP_TO_ST[dt], 'shape': list(arr.shape),
-                    'data_offsets': [offset, offset + arr.nbytes]}
-    offset += arr.nbytes
-  blob = json.dumps(header, separators=(',', ':')).encode('utf-8')
-  blob += b' ' * (-len(blob) % 8)  # pad with spaces so the data starts 8-byte aligned
-  with open(os.fspath(path), 'wb') as f:
-    f.write(struct.pack('<Q', len(blob)))
-    f.write(blob)
-    for name in sorted(arrays):
-      arr = arrays[name]
-      if arr.dtype.byteorder == '>' or (arr.dtype.byteorder == '=' and np.little_endian is False):
-        arr = arr.byteswap().view(arr.dtype.newbyteorder('<'))
-      f.write(arr.tobytes())
+  try:
+    save_file(arrays, os.fspath(path),
+              metadata={str(k): str(v) for k, v in metadata.items()} if metadata else None)
+  except (ValueError, TypeError, KeyError) as e:
+    raise ValueError(f'{os.fspath(path)}: cannot write these arrays as safetensors ({e})') from e
 
 
 def load_npz(path):

@@ -38,6 +38,12 @@ where the former float32 version was off by 3e-6 in the silhouette and chose a
 different nearest point for 293 of 300 points. embedding_metrics shares one
 pass over the blocks between both metrics: 2.9-3.8 s for 10,000 x 192 points
 with 10 classes on a busy 2-core CPU (the float32 JAX version: 2.2-4.0 s).
+
+Why not scikit-learn itself: on the same 10,000 x 192 points (10 classes), scikit-learn's
+NearestNeighbors(algorithm='brute').kneighbors() (leave-one-out) plus silhouette_score, in
+float64, took 1.62 s against embedding_metrics' 0.94 s (medians of 3 on a quiet 2-core CPU,
+same values), and its matmul-form distances are not corrected where they are inexact (tight
+clusters, ties). The tests compare every result here with scikit-learn's instead.
 """
 
 import numpy as np
