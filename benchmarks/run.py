@@ -18,6 +18,9 @@ Workloads (real size on a GPU; real size on a CPU in parentheses; --small in bra
   vit_tiny/race         the plain ViT-Ti/4 as PyTorch's reference has it: learned position
                         embedding, flip + normalisation only (no RandAugment, no erasing)
   lenet/<batch>         LeNet-5 at batch 64 and 8192 (64 and 1024) [64 and 1024]
+  seeds/<model>/<n>     LeNet-5 at batch 64 and the ladder cell (sizes as above) with n = 1
+                        and n = 3 seeds vmapped in one step: the seeds' cost (3 seeds' step
+                        time over 1 seed's, target ≤ 2)
   local/<arm>           LeNet-5, 4 workers (or one per device if more) × batch 64 [16] a step:
                         sync (one model, the same images a step in one global batch over the
                         devices) or local SGD averaging every 1, 8, 32 steps
@@ -357,6 +360,23 @@ def local_report(rows):
   return '\n'.join(lines)
 
 
+SEEDS_TARGET = 2.0  # 3 seeds together at most twice one seed's step time
+
+
+def seeds_report(rows):
+  """Markdown: each seeds/<model> pair's step time with 3 seeds vmapped over 1 seed's."""
+  ok = {r['workload']: r for r in rows if 'error' not in r and r['workload'].startswith('seeds/')}
+  lines = ['| seeds trained together | 1 seed s/step | 3 seeds s/step | 3 / 1 | target |',
+           '| --- | ---: | ---: | ---: | ---: |']
+  for model in ('lenet', 'ladder'):
+    one, three = ok.get(f'seeds/{model}/1'), ok.get(f'seeds/{model}/3')
+    if one and three:
+      lines.append(f'| {model} (batch {one["batch"]}) | {one["step_time_s"]:.4f} | '
+                   f'{three["step_time_s"]:.4f} | '
+                   f'{three["step_time_s"] / one["step_time_s"]:.2f} | ≤ {SEEDS_TARGET:g} |')
+  return '\n'.join(lines)
+
+
 # The PEFT reference run's PyTorch numbers for ViT-S/16, batch 128, 224 px, on its GPU
 # (docs/references.md; the alternation ratio from the 5-epoch runs): a reference to print
 # beside ours, not a like-for-like comparison off that GPU.
@@ -395,7 +415,8 @@ def freeze_report(rows):
 def report(rows):
   """Every table of the suite's rows, in markdown."""
   from benchmarks import ladder_time, loop
-  parts = [markdown(rows), mhc_report(rows), local_report(rows), freeze_report(rows),
+  parts = [markdown(rows), mhc_report(rows), local_report(rows), seeds_report(rows),
+           freeze_report(rows),
            loop.markdown([r for r in rows if r['workload'].startswith('loop/')]),
            ladder_time.markdown([r for r in rows if r['workload'].startswith('ladder_time/')])]
   return '\n\n'.join(p for p in parts if p and p.count('\n') > 1)

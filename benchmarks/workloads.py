@@ -18,10 +18,13 @@ PEFT_METHODS = tuple(c for c in PEFT_CELLS if '@' not in c)
 RESIDUALS = ('plain', 'mhc_static', 'mhc_dynamic', 'race')
 LOCAL_ARMS = ('sync', 'j1', 'j8', 'j32')
 LADDER_VARIANTS = ('d256_L4', 'd512_L2')
+# Seeds trained together: LeNet-5 at batch 64 and the ladder cell, with 1 and with 3 seeds
+# vmapped in one step (the seeds' cost: 3 seeds' step time over 1 seed's).
+SEEDS_WORKLOADS = tuple(f'seeds/{w}/{n}' for w in ('lenet', 'ladder') for n in (1, 3))
 WORKLOADS = (tuple(f'peft/{c}' for c in PEFT_CELLS) + ('ladder',)
              + tuple(f'vit_tiny/{r}' for r in RESIDUALS)
              + ('lenet/64', 'lenet/1024', 'lenet/8192')
-             + tuple(f'local/{arm}' for arm in LOCAL_ARMS)
+             + tuple(f'local/{arm}' for arm in LOCAL_ARMS) + SEEDS_WORKLOADS
              + tuple(f'loop/{w}' for w in ('ladder',) + tuple(f'peft/{m}' for m in PEFT_METHODS))
              + tuple(f'ladder_time/{v}' for v in LADDER_VARIANTS))
 
@@ -33,7 +36,7 @@ def default_workloads(sizes):
   loops = () if sizes == 'gpu' else tuple(w for w in WORKLOADS if w.startswith('loop/'))
   return (tuple(f'peft/{c}' for c in peft) + ('ladder',)
           + tuple(f'vit_tiny/{r}' for r in RESIDUALS) + lenet
-          + tuple(f'local/{arm}' for arm in LOCAL_ARMS) + loops
+          + tuple(f'local/{arm}' for arm in LOCAL_ARMS) + SEEDS_WORKLOADS + loops
           + tuple(f'ladder_time/{v}' for v in LADDER_VARIANTS))
 
 
@@ -82,10 +85,12 @@ def _peft(spec, small):
   return c, make_task(c, 100), (32, 32, 3), frozenset([held] if held else [])
 
 
-def _ladder(small):
+def _ladder(small, seeds=None):
   from configs.ladder import get_config
   from jaxlab.experiments.ladder import make_task
   c = get_config('quick' if small else None)
+  if seeds is not None:
+    c.seeds = seeds
   shape = (32, 32, 3)
   return c, make_task(c, 'bp', c.model.depth, tuple(c.seeds), shape, 10), shape, frozenset()
 
@@ -110,15 +115,26 @@ def _vit_tiny(residual, small):
       frozenset()
 
 
-def _lenet(batch, small, conv_impl):
+def _lenet(batch, small, conv_impl, seeds=()):
   from configs.distributed import get_config
   from jaxlab.experiments.distributed import make_task
   c = get_config(None)
   with c.unlocked():
-    c.seeds = ()  # one model: the step users time
+    c.seeds = seeds  # (): one model, the step users time
     c.train.batch_size = min(batch, 1024) if small else batch
     c.model.conv_impl = conv_impl
   return c, make_task(c, 100, (32, 32, 3)), (32, 32, 3), frozenset()
+
+
+def _seeds(spec, small, conv_impl):
+  """seeds/<lenet|ladder>/<n>: LeNet-5 at batch 64 or the ladder cell with n seeds trained
+  together (n = 1: one model)."""
+  base, _, n = spec.partition('/')
+  seeds = tuple(range(int(n))) if int(n) > 1 else ()
+  if base == 'lenet':
+    return _lenet(64, small, conv_impl, seeds)
+  c, task, shape, held = _ladder(small, seeds or (0,))
+  return c, task, shape, held
 
 
 def _local(arm, small, conv_impl):
@@ -156,6 +172,8 @@ def make_workload(name, small, conv_impl='auto'):
     return _lenet(int(rest), small, conv_impl)
   if family == 'local' and name in WORKLOADS:
     return _local(rest, small, conv_impl)
+  if family == 'seeds' and name in WORKLOADS:
+    return _seeds(rest, small, conv_impl)
   raise ValueError(f'unknown workload {name!r}; choose from {", ".join(WORKLOADS)}')
 
 

@@ -37,6 +37,22 @@ def test_mhc_and_local_reports_divide_by_the_plain_and_sync_rows():
   assert '| j8 | 512 | 0.80 | 0.2000 | 20.0% |' in table  # 0.2 / (0.2 + 8 × 0.1)
 
 
+def test_seeds_report_divides_three_seeds_by_one():
+  rows = [_row('seeds/lenet/1', 0.02), _row('seeds/lenet/3', 0.05, copies=3),
+          _row('seeds/ladder/1', 0.01, batch=128), {'workload': 'seeds/ladder/3', 'error': 'x'}]
+  table = run.seeds_report(rows)
+  assert '| lenet (batch 64) | 0.0200 | 0.0500 | 2.50 | ≤ 2 |' in table
+  assert 'ladder' not in table  # its 3-seed row failed: no ratio
+
+
+def test_seeds_workloads_train_one_model_or_three_seeds_together():
+  from benchmarks.workloads import make_workload
+  for model in ('lenet', 'ladder'):
+    one, three = (make_workload(f'seeds/{model}/{n}', small=True)[0] for n in (1, 3))
+    assert len(three.seeds) == 3 and len(one.seeds) <= 1, model
+    assert one.train.batch_size == three.train.batch_size, model
+
+
 def test_ladder_projection_sums_the_cells_of_each_rule():
   per_rule = {r: {'train_epoch_s': 10.0, 'compile_s': 3.0, 'rest_s': 2.0}
               for r in ('bp', 'fa', 'dfa')}

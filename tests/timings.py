@@ -60,6 +60,7 @@ SECONDS = {
     'tests/test_headline.py::test_headline_command[distributed]': 21.4,
     'tests/test_trackers.py::test_mlflow_run_holds_the_config_every_record_once_the_summary_and_files': 8.9,
     'tests/test_trackers.py::test_a_sweep_tracks_each_cell_and_its_own_figures': 6.9,
+    'tests/test_benchmark_reports.py::test_seeds_workloads_train_one_model_or_three_seeds_together': 7.3,
     'tests/test_faults.py::test_ctrl_c_saves_the_step_reached_and_exits_130': 19.3,
     'tests/test_peft.py::test_diagnostics_match_numpy': 18.6,
     'tests/test_export.py::test_adapter_only_checkpoints_resume_exactly': 18.4,

@@ -204,9 +204,10 @@ def _train(config, workdir, task, dataset, mesh, on_chunk, summary_extra, layout
 
   def settle():
     """Wait for the queued steps and take in their metrics: the divergence guard, the log
-    windows, the progress bar. Their time, device-synchronised here, is the span from the
-    first one's batch to now."""
-    nonlocal train_time, timed_steps
+    windows, the progress bar, a host-side controller (its state in state.extra, updated and
+    placed back). Their time, device-synchronised here, is the span from the first one's
+    batch to now."""
+    nonlocal train_time, timed_steps, state
     got = queue.settle()
     if got is None:
       return
@@ -227,6 +228,9 @@ def _train(config, workdir, task, dataset, mesh, on_chunk, summary_extra, layout
     epoch_window.append((metrics, dt, n))
     bar.set_postfix(loss=f"{float(np.mean(metrics['loss'][-1])):.4f}",
                     img_s=f'{n * tc.batch_size / dt:,.0f}')
+    if task.controller is not None:  # it reads every step's metrics, in order
+      state = state.replace(extra=layout.place(
+          task.controller.observe(to_host(state.extra), first, metrics)))
     return metrics
 
   try:
@@ -276,12 +280,13 @@ def _train(config, workdir, task, dataset, mesh, on_chunk, summary_extra, layout
         saving = step == end or stopping or ckpt.due(step)
         averaging = averager is not None and averager.due(step)
         acting = layout.acts_after(state, step, step - n, end)
-        if (logged or epoch_done or stopping or saving or averaging or acting
-            or task.controller is not None or on_chunk is not None):
+        # A controller acts every `every` steps (a chunk ends there): its steps are settled
+        # then, and the steps between queue on the device like any others (one without
+        # `every` sees each chunk).
+        deciding = task.controller is not None and (not every or step % every == 0)
+        if (logged or epoch_done or stopping or saving or averaging or acting or deciding
+            or on_chunk is not None):
           metrics = settle()  # nothing is saved, logged or averaged before its steps are checked
-        if task.controller is not None:
-          extra = task.controller.observe(to_host(state.extra), step - n, metrics)
-          state = state.replace(extra=layout.place(extra))
         if averaging:
           state = state.replace(extra={**state.extra, 'average': add_snapshot(
               state.extra['average'], state.params)})
