@@ -179,12 +179,14 @@ def make_workload(name, small, conv_impl='auto'):
 
 def index_drawer(rng, pool, batch, setup, mesh):
   """A function drawing one step's random batch indices into a pool of `pool` examples, placed
-  as the step reads them: [1, B], or [1, copies, B] (seeds share the batch's sharding, workers
-  are themselves sharded over the devices)."""
+  as the step reads them: [1, B] for one model, or [1, copies, B] for seeds (even one: the
+  ladder's) and workers (seeds share the batch's sharding, workers are themselves sharded over
+  the devices)."""
   import numpy as np
 
   from jaxlab.parallel.mesh import shard_leading
-  size = (1, batch) if setup.copies == 1 else (1, setup.copies, batch)
+  stacked = setup.copies > 1 or setup.layout.name == 'replicas'  # one seed keeps its axis
+  size = (1, setup.copies, batch) if stacked else (1, batch)
   return lambda: shard_leading(rng.integers(0, pool, size).astype(np.int32), mesh,
                                axis=setup.layout.batch_axis)
 
