@@ -202,11 +202,9 @@ class Checkpointer:
     return saved
 
   def durable_step(self):
-    """The latest step whose checkpoint is whole on disk (None if none): not the one an
-    asynchronous save is still writing."""
-    in_progress = getattr(self.manager, 'is_saving_in_progress', lambda: True)
-    if self._writing is not None and not in_progress():
-      self._durable, self._writing = self._writing, None
+    """The latest step whose checkpoint is whole on disk (None if none): a save counts once
+    orbax has finished it, which it does before the next save starts and at close (not when
+    its writing threads say they are done: a kill then can still leave the step unfinalised)."""
     return self._durable
 
   def close(self):

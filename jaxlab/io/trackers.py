@@ -16,8 +16,9 @@ A resumed run continues the same tracked run: its id is kept in the workdir
 (tracking_mlflow.json, tracking_wandb.json) with the last step it received. A record reaches
 the tracker once a checkpoint at or after its step is whole on disk (checkpoint.every_steps
 sets how far the tracker lags), because a resume rewrites what came after its checkpoint: so
-no step is sent twice and the tracked run ends with exactly the records of metrics.jsonl. A
-run started again from scratch (another config) gets a new tracked run.
+no step is sent twice and the tracked run ends with exactly the records of metrics.jsonl (for
+W&B, whose service writes in the background, see WandbLog). A run started again from scratch
+(another config) gets a new tracked run.
 
 The tracker's address comes from the library's own settings unless the config gives it:
 MLflow's MLFLOW_TRACKING_URI (or log.mlflow_uri), W&B's login, WANDB_MODE (or log.wandb_mode,
@@ -27,6 +28,7 @@ e.g. 'offline': files under workdir/wandb to `wandb sync` later). Only process 0
 import glob
 import math
 import os
+import shutil
 import time
 import uuid
 
@@ -107,6 +109,9 @@ class _Tracked:
   """
 
   state_file = ''
+  # Whether a record sent is on the tracker's side at once (MLflow's client returns when the
+  # store has it), so the state file can say so after each send; else only at close.
+  durable_sends = True
 
   def __init__(self, workdir, resumed_from):
     self.workdir = os.fspath(workdir)
@@ -157,7 +162,8 @@ class _Tracked:
     self.pending = [r for r in self.pending if int(r.get('step', 0)) > self.committed]
     for record in ready:
       self._send(record)
-    self._save()
+    if self.durable_sends:
+      self._save()
 
 
 class MlflowLog(_Tracked):
@@ -222,9 +228,17 @@ class MlflowLog(_Tracked):
 
 
 class WandbLog(_Tracked):
-  """One W&B run per training run (wandb.init with the kept id and resume='allow')."""
+  """One W&B run per training run (wandb.init with the kept id and resume='allow').
+
+  W&B's service writes (and uploads) what `run.log` hands it in the background: a process
+  killed outright can lose what it sent last, so the state file records the sent records
+  only after `run.finish()` has flushed them (at the end, after an error, on a signal). After
+  a kill the resume sends again what the state file does not record; W&B keeps a run's steps
+  increasing and ignores a step it already has, so no step is doubled.
+  """
 
   state_file = STATE_FILES[1]
+  durable_sends = False
 
   def __init__(self, workdir, config, resumed_from=None):
     super().__init__(workdir, resumed_from)
@@ -259,13 +273,15 @@ class WandbLog(_Tracked):
   def files(self, paths):
     if self.run is None:
       return
-    for path in paths:
-      self.run.save(os.path.abspath(path), base_path=os.path.dirname(os.path.abspath(path)),
-                    policy='now')
+    for path in paths:  # copied into the run's folder: W&B would link (and say so) otherwise
+      kept = os.path.join(self.run.dir, os.path.basename(path))
+      shutil.copyfile(path, kept)
+      self.run.save(kept, base_path=self.run.dir, policy='now')
 
   def close(self, status=1):
     if self.run is not None:
-      self.run.finish(exit_code=0 if status in (0, 'FINISHED') else 1)
+      self.run.finish(exit_code=0 if status in (0, 'FINISHED') else 1)  # waits for the writes
+      self._save()
       self.run = None
       self.state = None
 
