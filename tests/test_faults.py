@@ -9,6 +9,7 @@ own exit code; and a run killed (SIGKILL) at random moments, rerun each time, en
 uninterrupted one (JAXLAB_FAULT_KILLS sets how many kills; 3 by default).
 """
 
+import importlib.util
 import json
 import os
 import random
@@ -478,7 +479,7 @@ def test_a_full_disk_is_one_line_naming_the_path_and_the_space(tmp_path):
 # SIGKILL at random moments: every rerun resumes, and the end is the uninterrupted run's.
 
 
-def test_killed_at_random_moments_and_rerun_it_ends_as_the_uninterrupted_run(tmp_path):
+def test_killed_at_random_moments_and_rerun_it_ends_as_the_uninterrupted_run(tmp_path, monkeypatch):
   args = [*LADDER, '--config.train.epochs=6', '--config.checkpoint.every_steps=8']
   t0 = time.time()
   rc, _, err = launch_process(*args, f'--workdir={tmp_path / "reference"}')
@@ -487,13 +488,34 @@ def test_killed_at_random_moments_and_rerun_it_ends_as_the_uninterrupted_run(tmp
   rng = random.Random(int(os.environ.get('JAXLAB_FAULT_SEED', '0')))
   workdir = tmp_path / 'killed'
   kills = int(os.environ.get('JAXLAB_FAULT_KILLS', '3'))
+  # The killed runs also log to MLflow (a file store), when it is installed: the tracked run
+  # must end with metrics.jsonl's records, each step once.
+  mlflow = importlib.util.find_spec('mlflow') is not None
+  uri = f'file:{tmp_path / "mlruns"}'
+  tracked = ['--config.log.mlflow=true', f'--config.log.mlflow_uri={uri}'] if mlflow else []
+  env = _env(MLFLOW_ALLOW_FILE_STORE='true')
   for _ in range(kills):
-    proc = start(*args, f'--workdir={workdir}')
+    proc = start(*args, *tracked, f'--workdir={workdir}', env=env)
     time.sleep(rng.uniform(0.3, 1.0) * duration)
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
-  rc, out, err = launch_process(*args, f'--workdir={workdir}')
+  rc, out, err = launch_process(*args, *tracked, f'--workdir={workdir}', env=env)
   assert rc == 0, err[-3000:]
+  if mlflow:
+    from mlflow.tracking import MlflowClient
+    monkeypatch.setenv('MLFLOW_ALLOW_FILE_STORE', 'true')
+    client = MlflowClient(uri)
+    runs = {r.info.run_name: r for r in client.search_runs(
+        [client.get_experiment_by_name('ladder').experiment_id])}
+    cell = runs[CELL]
+    assert cell.info.status == 'FINISHED'
+    records = [json.loads(l) for l in open(workdir / CELL / 'metrics.jsonl')]
+    for split in ('train', 'train_epoch'):
+      want = [(r['step'], r['loss']) for r in records if r['split'] == split]
+      got = sorted((m.step, m.value) for m in client.get_metric_history(cell.info.run_id,
+                                                                         f'{split}/loss'))
+      assert [s for s, _ in got] == [s for s, _ in want], split  # each step once, none lost
+      assert [v for _, v in got] == pytest.approx([v for _, v in want], rel=1e-6), split
   ref = json.load(open(tmp_path / 'reference' / 'ladder.json'))['cells']['bp_k1']
   got = json.load(open(workdir / 'ladder.json'))['cells']['bp_k1']
   assert got['acc'] == ref['acc'] and got['mean'] == ref['mean']
