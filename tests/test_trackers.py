@@ -11,7 +11,7 @@ import pytest
 
 from jaxlab.checks import BadInput
 from jaxlab.experiments import preflight
-from jaxlab.io import trackers
+from jaxlab.io import trackers, writers
 from jaxlab.io.writers import read_jsonl
 from jaxlab.parallel.mesh import make_mesh
 from tests.test_trainer import run, small_digits, tiny_config  # noqa: F401  (fixture)
@@ -159,7 +159,7 @@ def test_tracker_fields_are_checked_before_the_run():
 def test_numbers_are_split_prefixed_finite_and_never_the_step():
   record = {'step': 4, 'split': 'test', 'acc1': 0.5, 'nll': float('nan'), 'ok': True,
             'note': 'x', 'epoch': 1}
-  assert trackers.numbers(record) == {'test/acc1': 0.5, 'test/epoch': 1.0}
+  assert writers.numbers(record) == {'test/acc1': 0.5, 'test/epoch': 1.0}
   assert trackers.summary_numbers({'acc1': 0.5, 'ema': {'acc1': 0.6}, 'seeds': [0]}) == {
       'acc1': 0.5, 'ema/acc1': 0.6}
   assert trackers.run_name(os.path.join('a', 'sweep', 'cells', 'bp_k0')) == 'cells/bp_k0'

@@ -1,8 +1,8 @@
 """TensorBoard scalars beside metrics.jsonl (--config.log.tensorboard=true; pip install
 'jaxlab[tensorboard]', tensorboardX: no TensorFlow needed).
 
-Every record the trainer logs becomes scalars `<split>/<metric>` at its step in
-workdir/tensorboard. A resumed run purges what was logged after the checkpoint it resumed
+Every record the trainer logs becomes scalars `<split>/<metric>` (its finite numbers) at its
+step in workdir/tensorboard. A resumed run purges what was logged after the checkpoint it resumed
 from, as metrics.jsonl is trimmed: `tensorboard --logdir WORKDIR` shows one uninterrupted run.
 `read_scalars` reads the events back (with the same purge) without TensorBoard installed.
 """
@@ -13,7 +13,7 @@ import shutil
 import struct
 import time
 
-from jaxlab.io.writers import is_writer
+from jaxlab.io.writers import is_writer, numbers
 
 
 class TensorBoardLog:
@@ -41,11 +41,8 @@ class TensorBoardLog:
   def write(self, record):
     if self.writer is None:
       return
-    split = record.get('split', 'train')
-    for key, value in record.items():
-      if key not in ('step', 'split') and isinstance(value, (int, float)) and not isinstance(
-          value, bool):
-        self.writer.add_scalar(f'{split}/{key}', float(value), int(record['step']))
+    for tag, value in numbers(record).items():
+      self.writer.add_scalar(tag, value, int(record['step']))
     self.writer.flush()
 
   def close(self):

@@ -33,7 +33,7 @@ import time
 import uuid
 
 from jaxlab.checks import BadInput
-from jaxlab.io.writers import flat_config, is_writer, plain, read_json, write_json
+from jaxlab.io.writers import flat_config, is_writer, numbers, plain, read_json, write_json
 
 WANDB_MODES = ('', 'online', 'offline', 'disabled')
 FILE_PATTERNS = ('summary.json', 'resolved.json', '*.png', '*.md')
@@ -59,14 +59,6 @@ def check_config(c):
 def config_fields(config):
   """{'train.batch_size': 64, ...}: every field of a ConfigDict (or dict), JSON-safe."""
   return flat_config(plain(config.to_dict() if hasattr(config, 'to_dict') else dict(config)))
-
-
-def numbers(record):
-  """The finite numbers of a record, as `<split>/<metric>` (step and split are not metrics)."""
-  split = record.get('split', 'train')
-  return {f'{split}/{key}': float(value) for key, value in record.items()
-          if key not in ('step', 'split') and isinstance(value, (int, float))
-          and not isinstance(value, bool) and math.isfinite(value)}
 
 
 def summary_numbers(summary):

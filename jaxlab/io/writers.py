@@ -42,6 +42,15 @@ def flat_config(tree, prefix=''):
   return out
 
 
+def numbers(record):
+  """The finite numbers of a metrics record as `<split>/<metric>` (step and split are not
+  metrics; flags and text are left out): what TensorBoard and the trackers plot."""
+  split = record.get('split', 'train')
+  return {f'{split}/{key}': float(value) for key, value in record.items()
+          if key not in ('step', 'split') and isinstance(value, (int, float))
+          and not isinstance(value, bool) and math.isfinite(value)}
+
+
 def is_writer():
   """Whether this process writes files: always, except in processes 1.. of a multi-process run."""
   from jaxlab.parallel import processes  # only here: tools that read files never import JAX
