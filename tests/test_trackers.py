@@ -2,6 +2,7 @@
 local file store) and from W&B's offline run files, after a crash and a resume."""
 
 import glob
+import importlib.util
 import json
 import os
 import struct
@@ -140,20 +141,37 @@ def test_wandb_offline_run_holds_every_record_once_and_the_summary(tmp_path, sma
   assert {'summary.json', 'resolved.json'} <= saved
 
 
-def test_tracker_fields_are_checked_before_the_run():
+def test_tracker_fields_are_checked_before_the_run(tmp_path, monkeypatch):
   c = tiny_config()
   c.log.wandb_mode = 'ofline'
   with pytest.raises(BadInput, match='log.wandb_mode'):
     preflight.check_fields(c)
-  c = tiny_config()
-  c.log.mlflow = True
-  try:
-    import mlflow  # noqa: F401
-  except ImportError:
+  if importlib.util.find_spec('wandb'):  # online without an API key: refused before the run
+    monkeypatch.delenv('WANDB_API_KEY', raising=False)
+    monkeypatch.delenv('WANDB_MODE', raising=False)
+    monkeypatch.setenv('NETRC', str(tmp_path / 'no_netrc'))
+    c = tiny_config()
+    c.log.wandb = True
+    with pytest.raises(BadInput, match='W&B API key') as e:
+      preflight.check_fields(c)
+    assert 'wandb_mode=offline' in e.value.fix
+    c.log.wandb_mode = 'offline'
+    preflight.check_fields(c)
+  if importlib.util.find_spec('mlflow'):  # a store MLflow cannot use: refused, one line
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv('MLFLOW_ALLOW_FILE_STORE', raising=False)
+    c = tiny_config()
+    c.log.update(mlflow=True, mlflow_uri=f'file:{tmp_path / "mlruns"}')
+    with pytest.raises(BadInput, match='MLflow cannot use the tracking store file:') as e:
+      preflight.check_fields(c)
+    assert '\n' not in str(e.value) and 'MLFLOW_ALLOW_FILE_STORE=true' in e.value.fix
+    monkeypatch.setenv('MLFLOW_ALLOW_FILE_STORE', 'true')
+    preflight.check_fields(c)
+  if not importlib.util.find_spec('mlflow'):  # the package missing: the extra named
+    c = tiny_config()
+    c.log.mlflow = True
     with pytest.raises(BadInput, match=r"jaxlab\[mlflow\]"):
       preflight.check_fields(c)
-  else:
-    preflight.check_fields(c)
 
 
 def test_numbers_are_split_prefixed_finite_and_never_the_step():

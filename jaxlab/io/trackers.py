@@ -54,6 +54,47 @@ def check_config(c):
       except ImportError:
         raise BadInput(f'log.{field}=true needs the {module} package', f'--config.log.{field}',
                        f"pip install 'jaxlab[{extra}]' (or --config.log.{field}=false)") from None
+  if log.get('mlflow', False):
+    _check_mlflow_store(log.get('mlflow_uri', ''))
+  if log.get('wandb', False):
+    _check_wandb_login(log.get('wandb_mode', ''))
+
+
+def _check_mlflow_store(uri):
+  """MLflow builds its store when its client is made: a store it cannot use (MLflow 3's default
+  sqlite:///mlflow.db without the full mlflow package; a file: store without
+  MLFLOW_ALLOW_FILE_STORE=true) is refused here, before anything runs (no server is called)."""
+  from mlflow.tracking import MlflowClient  # pylint: disable=import-outside-toplevel
+  try:
+    MlflowClient(uri or None)
+  except Exception as e:  # pylint: disable=broad-except  # whatever MLflow raised, in one line
+    import mlflow  # pylint: disable=import-outside-toplevel
+    reason = ' '.join(str(e).split()).split('. ')[0][:300]  # its first sentence
+    raise BadInput(f'MLflow cannot use the tracking store {uri or mlflow.get_tracking_uri()} '
+                   f'({type(e).__name__}: {reason})', '--config.log.mlflow_uri',
+                   'give --config.log.mlflow_uri=http://HOST:PORT (an MLflow server), or '
+                   'file:DIR with MLFLOW_ALLOW_FILE_STORE=true, or install the full mlflow '
+                   'package for sqlite:') from None
+
+
+def _check_wandb_login(mode):
+  """W&B online needs an API key (WANDB_API_KEY or `wandb login`'s netrc entry): without one
+  wandb.init would stop the run after its compile, asking on a terminal that may not exist."""
+  mode = mode or os.environ.get('WANDB_MODE', '')
+  if mode in ('offline', 'disabled', 'dryrun') or os.environ.get('WANDB_API_KEY'):
+    return
+  import netrc  # pylint: disable=import-outside-toplevel
+  import urllib.parse  # pylint: disable=import-outside-toplevel
+  host = urllib.parse.urlparse(os.environ.get('WANDB_BASE_URL', 'https://api.wandb.ai')).hostname
+  try:
+    if netrc.netrc(os.environ.get('NETRC')).authenticators(host):
+      return
+  except (OSError, netrc.NetrcParseError):
+    pass
+  raise BadInput(f'log.wandb=true in online mode needs a W&B API key for {host}, and none is set',
+                 '--config.log.wandb',
+                 'run `wandb login` (or set WANDB_API_KEY), or --config.log.wandb_mode=offline '
+                 'to write workdir/wandb/ for `wandb sync`')
 
 
 def config_fields(config):
