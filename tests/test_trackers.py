@@ -51,7 +51,7 @@ def test_mlflow_run_holds_the_config_every_record_once_the_summary_and_files(
     tmp_path, small_digits, monkeypatch):
   pytest.importorskip('mlflow')
   from mlflow.tracking import MlflowClient
-  monkeypatch.setenv('MLFLOW_ALLOW_FILE_STORE', 'true')  # MLflow 3 keeps the file store opt-in
+  monkeypatch.setenv('MLFLOW_ALLOW_FILE_STORE', 'true')  # for this process's reading client
   uri = 'file:' + str(tmp_path / 'mlruns')
   c = tiny_config()  # 2 epochs of 4 steps; logs every 2 steps; checkpoints every 3
   c.log.update(mlflow=True, mlflow_uri=uri, mlflow_experiment='tiny')
@@ -157,16 +157,20 @@ def test_tracker_fields_are_checked_before_the_run(tmp_path, monkeypatch):
     assert 'wandb_mode=offline' in e.value.fix
     c.log.wandb_mode = 'offline'
     preflight.check_fields(c)
-  if importlib.util.find_spec('mlflow'):  # a store MLflow cannot use: refused, one line
+  if importlib.util.find_spec('mlflow'):
     monkeypatch.chdir(tmp_path)
+    # A file store the user names is allowed for them (MLflow 3 keeps it behind a variable) ...
     monkeypatch.delenv('MLFLOW_ALLOW_FILE_STORE', raising=False)
     c = tiny_config()
     c.log.update(mlflow=True, mlflow_uri=f'file:{tmp_path / "mlruns"}')
+    preflight.check_fields(c)
+    assert os.environ['MLFLOW_ALLOW_FILE_STORE'] == 'true'
+    # ... unless the user said no: then MLflow's refusal is one line naming the field.
+    monkeypatch.setenv('MLFLOW_ALLOW_FILE_STORE', 'false')
+    c.log.mlflow_uri = f'file:{tmp_path / "other"}'  # MLflow keeps the stores it made
     with pytest.raises(BadInput, match='MLflow cannot use the tracking store file:') as e:
       preflight.check_fields(c)
-    assert '\n' not in str(e.value) and 'MLFLOW_ALLOW_FILE_STORE=true' in e.value.fix
-    monkeypatch.setenv('MLFLOW_ALLOW_FILE_STORE', 'true')
-    preflight.check_fields(c)
+    assert '\n' not in str(e.value) and 'mlflow_uri=http://HOST:PORT' in e.value.fix
   if not importlib.util.find_spec('mlflow'):  # the package missing: the extra named
     c = tiny_config()
     c.log.mlflow = True

@@ -60,11 +60,20 @@ def check_config(c):
     _check_wandb_login(log.get('wandb_mode', ''))
 
 
+def allow_file_store(uri):
+  """A file store named in the config (log.mlflow_uri=file:DIR) is what the user asked for:
+  MLflow 3 keeps that store behind MLFLOW_ALLOW_FILE_STORE=true, which this process then sets
+  (unless set otherwise). Its default store and a server are left to MLflow."""
+  if uri and (uri.startswith('file:') or '://' not in uri):
+    os.environ.setdefault('MLFLOW_ALLOW_FILE_STORE', 'true')
+
+
 def _check_mlflow_store(uri):
   """MLflow builds its store when its client is made: a store it cannot use (MLflow 3's default
   sqlite:///mlflow.db without the full mlflow package; a file: store without
   MLFLOW_ALLOW_FILE_STORE=true) is refused here, before anything runs (no server is called)."""
   from mlflow.tracking import MlflowClient  # pylint: disable=import-outside-toplevel
+  allow_file_store(uri)
   try:
     MlflowClient(uri or None)
   except Exception as e:  # pylint: disable=broad-except  # whatever MLflow raised, in one line
@@ -72,9 +81,8 @@ def _check_mlflow_store(uri):
     reason = ' '.join(str(e).split()).split('. ')[0][:300]  # its first sentence
     raise BadInput(f'MLflow cannot use the tracking store {uri or mlflow.get_tracking_uri()} '
                    f'({type(e).__name__}: {reason})', '--config.log.mlflow_uri',
-                   'give --config.log.mlflow_uri=http://HOST:PORT (an MLflow server), or '
-                   'file:DIR with MLFLOW_ALLOW_FILE_STORE=true, or install the full mlflow '
-                   'package for sqlite:') from None
+                   'give --config.log.mlflow_uri=http://HOST:PORT (an MLflow server) or '
+                   'file:DIR (a folder), or install the full mlflow package for sqlite:') from None
 
 
 def _check_wandb_login(mode):
@@ -212,6 +220,7 @@ class MlflowLog(_Tracked):
     from mlflow.tracking import MlflowClient  # pylint: disable=import-outside-toplevel
     log = config.get('log', {})
     uri = log.get('mlflow_uri', '') or (self.state or {}).get('uri') or None
+    allow_file_store(uri)
     self.client = MlflowClient(uri)
     if self.state is None:
       name = log.get('mlflow_experiment', '') or config.get('experiment', 'jaxlab')
