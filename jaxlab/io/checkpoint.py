@@ -7,12 +7,11 @@ they came from and their fingerprint, so a resume or an export with other weight
 instead of silently mixing adapters with the wrong backbone.
 """
 
-import contextlib
 import hashlib
 import os
+import pathlib
 import shutil
 
-from absl import logging
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -72,51 +71,31 @@ def check_backbone(workdir, record):
       'another --workdir')
 
 
-@contextlib.contextmanager
-def _reader(directory):
-  """A read-only orbax CheckpointManager of `directory` that knows its item ('default', a
-  PyTree saved with StandardSave): it creates and deletes nothing. (Its notes that read-only
-  turns saving off are not shown: they are what is asked for.)"""
-  verbosity = logging.get_verbosity()
-  logging.set_verbosity(logging.ERROR)
-  try:
-    manager = ocp.CheckpointManager(os.path.abspath(os.fspath(directory)),
-                                    options=ocp.CheckpointManagerOptions(read_only=True),
-                                    item_handlers=ocp.StandardCheckpointHandler())
-  finally:
-    logging.set_verbosity(verbosity)
-  try:
-    yield manager
-  finally:
-    manager.close()
-
-
 def saved_steps(directory):
-  """The steps saved in a checkpoint directory, ascending (orbax's all_steps: finished saves
-  only, not one still being written)."""
+  """The steps saved in a checkpoint directory, ascending: orbax's checkpoint_steps (finished
+  saves only, not one still being written). A plain listing: no orbax manager, so no
+  cross-process synchronisation (each process of a multi-process run may call it alone)."""
   if not os.path.isdir(directory):
     return []
-  with _reader(directory) as manager:
-    return sorted(int(s) for s in manager.all_steps())
+  return sorted(int(s) for s in ocp.utils.checkpoint_steps(directory))
 
 
 def unreadable_latest(directory):
   """(step, folder, reason) when orbax cannot read the tree metadata of the latest step under
   `directory` (the one a resume restores): its item or the item's metadata missing or not
-  decodable. None when orbax reads it, or nothing is saved. The arrays themselves are read by
-  the restore (Checkpointer.restore names a step whose arrays do not decode)."""
-  if not os.path.isdir(directory):
+  decodable, as orbax's StandardCheckpointHandler.metadata finds. None when it reads, or
+  nothing is saved. The arrays themselves are read by the restore (Checkpointer.restore names
+  a step whose arrays do not decode)."""
+  steps = saved_steps(directory)
+  if not steps:
     return None
-  with _reader(directory) as manager:
-    step = manager.latest_step()
-    if step is None:
-      return None
-    folder = os.path.join(os.fspath(directory), str(step))
-    try:
-      meta = manager.item_metadata(step)
-    except Exception as e:  # pylint: disable=broad-except  # whatever orbax raised, named
-      reason = str(e).split('. See full TensorStore details')[0][:200]
-      return step, folder, f'orbax cannot read its metadata ({type(e).__name__}: {reason})'
+  step = steps[-1]
+  folder = os.path.join(os.fspath(directory), str(step))
+  try:
+    meta = ocp.StandardCheckpointHandler().metadata(pathlib.Path(folder) / 'default')
+  except Exception as e:  # pylint: disable=broad-except  # whatever orbax raised, named
+    reason = ' '.join(str(e).split()).split('. See full TensorStore details')[0][:200]
+    return step, folder, f'orbax cannot read its metadata ({type(e).__name__}: {reason})'
   if meta is None:
     return step, folder, 'orbax finds no metadata of its saved tree in it'
   return None
