@@ -26,14 +26,14 @@ e.g. 'offline': files under workdir/wandb to `wandb sync` later). Only process 0
 """
 
 import glob
-import math
 import os
 import shutil
 import time
 import uuid
 
 from jaxlab.checks import BadInput
-from jaxlab.io.writers import flat_config, is_writer, numbers, plain, read_json, write_json
+from jaxlab.io.writers import (flat_config, is_number, is_writer, numbers, plain, read_json,
+                               write_json)
 
 WANDB_MODES = ('', 'online', 'offline', 'disabled')
 FILE_PATTERNS = ('summary.json', 'resolved.json', '*.png', '*.md')
@@ -117,8 +117,7 @@ def summary_numbers(summary):
   for key, value in summary.items():
     if isinstance(value, dict):
       out.update({f'{key}/{k}': v for k, v in summary_numbers(value).items()})
-    elif (isinstance(value, (int, float)) and not isinstance(value, bool)
-          and math.isfinite(value)):
+    elif is_number(value):
       out[key] = float(value)
   return out
 

@@ -42,13 +42,18 @@ def flat_config(tree, prefix=''):
   return out
 
 
+def is_number(value):
+  """Whether `value` is a finite int or float (not a bool): a number a plot can show."""
+  return (isinstance(value, (int, float)) and not isinstance(value, bool)
+          and math.isfinite(value))
+
+
 def numbers(record):
   """The finite numbers of a metrics record as `<split>/<metric>` (step and split are not
   metrics; flags and text are left out): what TensorBoard and the trackers plot."""
   split = record.get('split', 'train')
   return {f'{split}/{key}': float(value) for key, value in record.items()
-          if key not in ('step', 'split') and isinstance(value, (int, float))
-          and not isinstance(value, bool) and math.isfinite(value)}
+          if key not in ('step', 'split') and is_number(value)}
 
 
 def is_writer():
