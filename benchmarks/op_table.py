@@ -72,22 +72,10 @@ def hlo_ops(text):
 
 def time_jax(batch, steps, warmup):
   import jax
-  import numpy as np
 
-  from benchmarks.workloads import index_drawer, make_workload
-  from jaxlab.parallel.mesh import make_mesh, replicate
-  from jaxlab.train.setup import build_setup
-
-  config, task, shape, held = make_workload(f'lenet/{batch}', False)
-  mesh = make_mesh()
-  setup = build_setup(config, task, mesh, total_steps=10_000, steps_per_epoch=100)
-  state = setup.place(setup.state)
-  rng = np.random.default_rng(0)
-  pool = max(4 * batch, 512)
-  data = replicate({'image': rng.integers(0, 256, (pool, *shape), dtype=np.uint8),
-                    'label': rng.integers(0, 100, (pool,), dtype=np.int32)}, mesh)
-  indices = index_drawer(rng, pool, batch, setup, mesh)
-  compiled = setup.chunk_fn(held).lower(state, data, indices()).compile()
+  from benchmarks.workloads import placed_step
+  w = placed_step(f'lenet/{batch}', False)
+  state, data, indices, compiled = w.state, w.data, w.indices, w.compiled
   ops = hlo_ops(compiled.as_text())
   batches = [indices() for _ in range(warmup + steps)]
   for i in range(warmup):

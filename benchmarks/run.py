@@ -54,7 +54,7 @@ import sys
 import time
 
 from benchmarks.workloads import (LOCAL_ARMS, LOCAL_WORKERS, WORKLOADS, default_out,
-                                  default_workloads, index_drawer, make_workload, sizes_of)
+                                  default_workloads, make_workload, placed_step, sizes_of)
 
 RESULT_PREFIX = 'SUITE_JSON '
 
@@ -120,28 +120,11 @@ def time_workload(name, small, steps, warmup, seed=0, profile='', batch=0):
   from jaxlab.metrics.classification import count_params
   from jaxlab.metrics.system import peak_memory
   from jaxlab.parallel.local import make_average
-  from jaxlab.parallel.mesh import make_mesh, replicate
-  from jaxlab.train.setup import build_setup
 
-  config, task, shape, held = make_workload(name, small)
-  if batch:
-    with config.unlocked():
-      config.train.batch_size = batch
-  batch = config.train.batch_size
-  mesh = make_mesh()
-  setup = build_setup(config, task, mesh, total_steps=10_000, steps_per_epoch=100)
-  state = setup.place(setup.state)
-  copies = setup.copies
-  rng = np.random.default_rng(seed)
-  pool = max(4 * batch, 512)
-  data = replicate({'image': rng.integers(0, 256, (pool, *shape), dtype=np.uint8),
-                    'label': rng.integers(0, 10, (pool,), dtype=np.int32)}, mesh)
-
-  indices = index_drawer(rng, pool, batch, setup, mesh)
-
-  t0 = time.perf_counter()
-  compiled = setup.chunk_fn(held).lower(state, data, indices()).compile()
-  compile_s = time.perf_counter() - t0
+  w = placed_step(name, small, batch, seed)
+  config, task, held, mesh, setup = w.config, w.task, w.held, w.mesh, w.setup
+  state, data, indices, compiled, compile_s = w.state, w.data, w.indices, w.compiled, w.compile_s
+  batch, copies = config.train.batch_size, setup.copies
   flops = step_flops(name, small, held, data, indices())
 
   def timed(call, carry, start=None):

@@ -190,6 +190,36 @@ def index_drawer(rng, pool, batch, setup, mesh):
                                axis=setup.layout.batch_axis)
 
 
+def placed_step(name, small, batch=0, seed=0):
+  """A workload's step as the suite times it, as a namespace: config, task, held, mesh, setup,
+  the placed state, data (a device pool of random uint8 images and labels), indices (a drawer of
+  one step's random batch indices), the compiled chunk function and its compile seconds.
+  `batch` > 0 replaces the workload's batch size (per worker for local SGD)."""
+  import time
+  import types
+
+  from jaxlab.parallel.mesh import make_mesh, replicate
+  from jaxlab.train.setup import build_setup
+  config, task, shape, held = make_workload(name, small)
+  if batch:
+    with config.unlocked():
+      config.train.batch_size = batch
+  batch = config.train.batch_size
+  mesh = make_mesh()
+  setup = build_setup(config, task, mesh, total_steps=10_000, steps_per_epoch=100)
+  state = setup.place(setup.state)
+  rng = np.random.default_rng(seed)
+  pool = max(4 * batch, 512)
+  data = replicate({'image': rng.integers(0, 256, (pool, *shape), dtype=np.uint8),
+                    'label': rng.integers(0, 10, (pool,), dtype=np.int32)}, mesh)
+  indices = index_drawer(rng, pool, batch, setup, mesh)
+  t0 = time.perf_counter()
+  compiled = setup.chunk_fn(held).lower(state, data, indices()).compile()
+  return types.SimpleNamespace(config=config, task=task, held=held, mesh=mesh, setup=setup,
+                               state=state, data=data, indices=indices, compiled=compiled,
+                               compile_s=time.perf_counter() - t0)
+
+
 def random_dataset(shape, examples, classes, test=64, seed=0):
   """A Dataset of random uint8 images and labels: `examples` to train on, `test` to evaluate."""
   from jaxlab.data.datasets import Dataset
