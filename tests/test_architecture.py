@@ -23,7 +23,7 @@ LAYERS = (
     ('jaxlab.experiments',),
     ('jaxlab.cli', 'jaxlab.launch', 'jaxlab.export', 'jaxlab.claims', 'jaxlab.__main__', 'jaxlab'),
     ('benchmarks.workloads', 'benchmarks.torch_refs'),
-    ('benchmarks.loop', 'benchmarks.ladder_time', 'benchmarks.op_table'),
+    ('benchmarks.loop', 'benchmarks.ladder_time', 'benchmarks.op_table', 'benchmarks.seed_axis'),
     ('benchmarks.run',),
     ('benchmarks.placement', 'benchmarks.__main__', 'benchmarks'),
 )
