@@ -135,22 +135,12 @@ def torch_bucket(name, shapes):
 
 def time_torch(batch, steps, warmup):
   """Run by the PyTorch environment's python (no jax there)."""
-  import torch
   from torch.profiler import ProfilerActivity, profile
 
   from benchmarks import torch_refs as refs
   torch, device, amp, _ = refs._setup('cpu', False, None)
-  c = refs.LENET
-  torch.manual_seed(0)
-  model = refs._lenet5(torch, c['classes'])
-  opt, _ = refs._optimizer(torch, 'SGD', model.parameters(), lr=c['lr'], momentum=c['momentum'],
-                           weight_decay=c['weight_decay'])
-  sched = refs._cosine(torch, opt, 10_000)
-  aug = lambda x: refs.augment(torch, x, crop_padding=c['crop_padding'], flip=c['flip'],
-                               normalization=c['normalization'])
-  images, labels, idx = refs._pool(torch, device, batch, c['classes'], warmup + steps, 0)
-  step = refs._train_step(torch, model, opt, sched, aug, amp, device)
-  run = lambda i: step(images[idx[i][0]], labels[idx[i][0]])
+  _, _, make_run = refs.lenet5_training(torch, device, amp, batch, warmup + steps)
+  run = make_run()
   for i in range(warmup):
     run(i)
   walls = []

@@ -419,11 +419,10 @@ def _lenet5(torch, classes):
   return LeNet5()
 
 
-def time_lenet5(batch=64, steps=20, warmup=3, compile=False, device=None, amp=None,
-                num_threads=None, seed=0):
-  """Times LeNet-5 training steps (configs/distributed.py:centralized_sgdm); a record dict.
-  compile: the model under torch.compile (see the module's docstring)."""
-  torch, device, amp, notes = _setup(device, amp, num_threads)
+def lenet5_training(torch, device, amp, batch, steps, seed=0):
+  """LeNet-5 (configs/distributed.py:centralized_sgdm) with its optimizer, cosine schedule,
+  augmentation and `steps` random batches on the device: (model, the optimizer's
+  implementation, make_run(compile=False) -> run(i), one training step on batch i)."""
   c = LENET
   torch.manual_seed(seed)
   model = _lenet5(torch, c['classes']).to(device)
@@ -432,17 +431,26 @@ def time_lenet5(batch=64, steps=20, warmup=3, compile=False, device=None, amp=No
   sched = _cosine(torch, opt, c['epochs'] * (TRAIN_SIZE // batch))
   aug = lambda x: augment(torch, x, crop_padding=c['crop_padding'], flip=c['flip'],
                           normalization=c['normalization'])
-  images, labels, idx = _pool(torch, device, batch, c['classes'], warmup + steps, seed)
+  images, labels, idx = _pool(torch, device, batch, c['classes'], steps, seed)
+
+  def make_run(compile=False):
+    step = _train_step(torch, _maybe_compile(torch, model, compile), opt, sched, aug, amp, device)
+    return lambda i: step(images[idx[i % len(idx)][0]], labels[idx[i % len(idx)][0]])
+  return model, impl, make_run
+
+
+def time_lenet5(batch=64, steps=20, warmup=3, compile=False, device=None, amp=None,
+                num_threads=None, seed=0):
+  """Times LeNet-5 training steps (configs/distributed.py:centralized_sgdm); a record dict.
+  compile: the model under torch.compile (see the module's docstring)."""
+  torch, device, amp, notes = _setup(device, amp, num_threads)
+  model, impl, make_lenet_run = lenet5_training(torch, device, amp, batch, warmup + steps, seed)
   notes += [f'SGD momentum 0.9 wd 4e-4 ({impl}), cosine', 'crop pad 4 + flip + cifar100 norm',
             _compile_note(compile)]
   record = lambda times, first, cpw, info: _record(
       torch, device, 'lenet5', batch, times, first, cpw, info, list(model.parameters()), notes,
-      amp=amp, image_size=SOURCE_SIZE, classes=c['classes'])
-
-  def make_run():
-    step = _train_step(torch, _maybe_compile(torch, model, compile), opt, sched, aug, amp, device)
-    return lambda i: step(images[idx[i % len(idx)][0]], labels[idx[i % len(idx)][0]])
-
+      amp=amp, image_size=SOURCE_SIZE, classes=LENET['classes'])
+  make_run = lambda: make_lenet_run(compile)
   return _timed_record(torch, device, 'lenet5', batch, compile, make_run, steps, warmup, record)
 
 
