@@ -20,7 +20,7 @@ MODELS = ('lenet', 'vit', 'vit_dynamic')
 
 
 def _model(name):
-  """(apply(params, images), [params of seed 0, 1, ...] maker, image shape, classes, batch)."""
+  """(apply(params, images), init(seed) -> params, classes, default batch)."""
   import jax
 
   from jaxlab.models import vit
