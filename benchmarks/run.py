@@ -435,6 +435,9 @@ def main(argv=None):
   p.add_argument('--warmup', type=int, default=2)
   p.add_argument('--torch_python', default='',
                  help='a Python with torch (and timm) to race benchmarks/torch_refs.py')
+  p.add_argument('--torch_modes', default='eager,compile',
+                 help='with --torch_python: race PyTorch eager, the model under torch.compile, '
+                      'or both (comma-separated)')
   p.add_argument('--out', default='', help='JSON path (default benchmarks/results/...)')
   p.add_argument('--largest', action='store_true',
                  help='for each PEFT workload, also the largest batch that fits (doubling until '
@@ -463,7 +466,33 @@ def main(argv=None):
   unknown = [w for w in chosen if w not in WORKLOADS]
   if unknown:
     p.error(f'unknown workload(s) {unknown}; choose from {", ".join(WORKLOADS)}')
-  rows, t0 = [], time.perf_counter()
+  modes = [m for m in args.torch_modes.split(',') if m]
+  if set(modes) - {'eager', 'compile'}:
+    p.error(f'--torch_modes={args.torch_modes}: choose from eager, compile (comma-separated)')
+  rows, done, t0 = [], [], time.perf_counter()
+  out = args.out
+
+  def write():
+    """The suite's JSON with the rows so far (after each row: a run cut short keeps them)."""
+    nonlocal out
+    ok = [r for r in rows if 'error' not in r]
+    first = ok[0] if ok else {}
+    result = {
+        'benchmark': 'suite', 'small': args.small, 'sizes': sizes,
+        'device_kind': first.get('device_kind'), 'platform': first.get('platform'),
+        'num_devices': first.get('num_devices'), 'jax_version': first.get('jax_version'),
+        'cpu_count': os.cpu_count(),
+        'date': datetime.datetime.now().astimezone().isoformat(timespec='seconds'),
+        'command': 'python -m benchmarks ' + ' '.join(shlex.quote(a) for a in argv),
+        'complete': len(done) == len(chosen), 'rows': rows,
+        'reference_peft_gpu': REFERENCE_PEFT_GPU,
+    }
+    out = out or default_out('suite', first.get('device_kind'), args.small)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out + '.tmp', 'w') as f:
+      json.dump(result, f, indent=2)
+    os.replace(out + '.tmp', out)
+    return result
   for name in chosen:
     print(f'[{time.perf_counter() - t0:6.0f} s] {name} ...', file=sys.stderr, flush=True)
     child = ['--workload', name, '--steps', str(steps), '--warmup', str(args.warmup)]
@@ -480,8 +509,10 @@ def main(argv=None):
       race = (['--torch_workload', name, '--batch', str(row['batch']), '--steps', str(steps),
                '--warmup', str(args.warmup)] + (['--small'] if args.small else [])
               + (['--amp'] if row['dtype'] == 'bfloat16' else []))
-      row['torch'] = run_child(race, python=args.torch_python)
-      row['torch_compile'] = run_child(race + ['--torch_compile'], python=args.torch_python)
+      if 'eager' in modes:
+        row['torch'] = run_child(race, python=args.torch_python)
+      if 'compile' in modes:
+        row['torch_compile'] = run_child(race + ['--torch_compile'], python=args.torch_python)
     rows.append(row)
     if args.largest and name.startswith('peft/') and 'error' not in row:
       child_small = child + (['--small'] if args.small else [])
@@ -494,21 +525,10 @@ def main(argv=None):
         summary += (f'; {key} {row[key]["img_s"]:,.0f} img/s, ratio '
                     f'{torch_ratio(row, key):.2f}')
     print(f'    {summary}', file=sys.stderr, flush=True)
-  ok = [r for r in rows if 'error' not in r]
-  first = ok[0] if ok else {}
-  result = {
-      'benchmark': 'suite', 'small': args.small, 'sizes': sizes,
-      'device_kind': first.get('device_kind'), 'platform': first.get('platform'),
-      'num_devices': first.get('num_devices'), 'jax_version': first.get('jax_version'),
-      'cpu_count': os.cpu_count(),
-      'date': datetime.datetime.now().astimezone().isoformat(timespec='seconds'),
-      'command': 'python -m benchmarks ' + ' '.join(shlex.quote(a) for a in argv),
-      'rows': rows, 'reference_peft_gpu': REFERENCE_PEFT_GPU,
-  }
-  out = args.out or default_out('suite', first.get('device_kind'), args.small)
-  os.makedirs(os.path.dirname(out), exist_ok=True)
-  with open(out, 'w') as f:
-    json.dump(result, f, indent=2)
+    done.append(name)
+    if any('error' not in r for r in rows):  # (the file is named by the device of a row)
+      write()
+  result = write()
   print(f'\n{result["device_kind"]} ({result["platform"]}), jax {result["jax_version"]}, '
         f'{result["date"]}\n\n' + report(rows))
   print(f'\nwrote {out}')

@@ -1,6 +1,7 @@
 """Shared test setup: eight simulated CPU devices, set before JAX starts (tests that need
 four take the first four), the session's compile level (tests/xla_flags.py), and one
-persistent compilation cache for the whole session."""
+persistent compilation cache for the whole session. JAXLAB_TEST_PLATFORM=gpu starts JAX on CUDA
+instead (tests/test_gpu.py)."""
 
 import os
 import shutil
@@ -16,7 +17,13 @@ import xla_flags  # tests/xla_flags.py: the session's compile level
 os.environ['XLA_FLAGS'] = ' '.join(filter(None, (
     os.environ.get('XLA_FLAGS', ''), '--xla_force_host_platform_device_count=8',
     xla_flags.COMPILE)))
-os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+# JAXLAB_TEST_PLATFORM=gpu: JAX starts CUDA as the default backend (the CPU backend, with its eight
+# simulated devices, beside it), for tests/test_gpu.py and the device-agnostic tests on a lent GPU
+# (docs/devices.md says which). Otherwise the suite runs on the CPU.
+_PLATFORM = os.environ.get('JAXLAB_TEST_PLATFORM', 'cpu').lower()
+if _PLATFORM not in ('cpu', 'gpu'):
+  raise SystemExit(f'JAXLAB_TEST_PLATFORM={_PLATFORM!r}: choose cpu (the default) or gpu')
+os.environ.setdefault('JAX_PLATFORMS', 'cuda,cpu' if _PLATFORM == 'gpu' else 'cpu')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # JAX's persistent compilation cache, shared by every test of the session: the in-process ones,

@@ -11,7 +11,8 @@ import pytest
 
 from configs import hybrid, mhc
 from jaxlab import checks, experiments, models
-from jaxlab.models.vit import ViT, attend, attention_implementation, cudnn_attention_refusal
+from jaxlab.models.vit import (ViT, attend, attention_implementation, cudnn_attention_refusal,
+                               device_platform)
 
 
 def test_auto_is_cudnn_only_where_it_can_train_the_model():
@@ -35,14 +36,15 @@ def test_auto_is_cudnn_only_where_it_can_train_the_model():
 def test_the_families_vits_on_a_gpu():
   """What 'auto' gives the shipped ViTs on an NVIDIA GPU: XLA's attention for the PEFT ViT-S/16
   (float32, as the reference trains it), cuDNN's for the residual-stream ViT-Ti/4 (bfloat16;
-  its 65 tokens padded to 66). On this CPU: XLA's for both."""
+  its 65 tokens padded to 66). On a CPU: XLA's for both; on this machine: its platform's."""
+  here = device_platform()
   for config, on_gpu in ((hybrid.get_config(), 'xla'), (mhc.get_config(), 'cudnn')):
     m = config.model
     arch = models.vit_arch(m, attention='xla')
     assert attention_implementation(m.attention, jnp.dtype(m.dtype), arch['width'] // arch['heads'],
                                      platform='cuda') == on_gpu
     assert m.attention == 'auto'
-    assert models.vit_arch(m)['attention'] == 'xla'  # this machine: a CPU
+    assert models.vit_arch(m)['attention'] == (on_gpu if here == 'cuda' else 'xla')
 
 
 def test_an_odd_sequence_padded_for_cudnn_is_the_same_attention():
@@ -58,6 +60,7 @@ def test_an_odd_sequence_padded_for_cudnn_is_the_same_attention():
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.skipif(device_platform() != 'cpu', reason='what a CPU says')
 def test_cudnn_on_a_cpu_is_one_line_naming_the_fix():
   c = hybrid.get_config('quick')
   c.model.attention = 'cudnn'
