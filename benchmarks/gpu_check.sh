@@ -12,8 +12,9 @@
 #   demo   the README's first command's run, python launch.py --config=configs/hybrid.py:quick
 #          (demo.log, demo_table.md, demo_summaries.json: each run's summary)
 #
-# PYTHON (default python3) must have jax with its CUDA plugin, the project's dependencies and,
-# for the races, torch and timm. TESTS_S, SUITE_S and DEMO_S bound each stage's seconds.
+# PYTHON (default python3) must have jax with its CUDA plugin, the project installed
+# (pip install -e ".[cuda13]", or --no-deps beside a JAX of your own) and, for the races, torch
+# and timm. TESTS_S, SUITE_S and DEMO_S bound each stage's seconds; ROWS picks the suite's rows.
 set -u
 out=${1:?usage: bash benchmarks/gpu_check.sh OUT_DIR [env tests suite demo]}
 shift

@@ -54,7 +54,8 @@ import sys
 import time
 
 from benchmarks.workloads import (LOCAL_ARMS, LOCAL_WORKERS, WORKLOADS, default_out,
-                                  default_workloads, make_workload, placed_step, sizes_of)
+                                  default_workloads, index_drawer, make_workload, placed_step,
+                                  sizes_of)
 
 RESULT_PREFIX = 'SUITE_JSON '
 
@@ -93,19 +94,30 @@ def peak_flops(device_kind, dtype='bfloat16'):
   return None
 
 
-def step_flops(name, small, held, data, indices):
-  """FLOPs of one training step of workload `name`, all devices together: XLA's cost analysis of
-  the step lowered (not compiled) for one device, with library convolutions. One device, because
-  a partitioned program's count is per device; lowered, because the compiled count sees a loop
-  body once, and the patch convolution loops over chunks of the batch. None where XLA gives none."""
+def step_flops(name, small, held, batch=0):
+  """FLOPs of one training step of workload `name` at `batch` (0: its own), all devices together:
+  XLA's cost analysis of the step lowered (not compiled) for one device of this machine, with
+  library convolutions. One device, because a partitioned program's count is per device;
+  lowered, because the compiled count sees a loop body once, and the patch convolution loops
+  over chunks of the batch. On a CPU, any workload's FLOPs at any sizes (JAXLAB_BENCH_SIZES=gpu:
+  the GPU rows'; the math is the same, the attention is XLA's). None where XLA gives none."""
   import jax
+  import numpy as np
 
   from jaxlab.parallel.mesh import make_mesh
   from jaxlab.train.setup import build_setup
-  config, task, _, _ = make_workload(name, small, conv_impl='xla')
-  setup = build_setup(config, task, make_mesh(jax.devices()[:1]), total_steps=10_000, steps_per_epoch=100)
+  config, task, shape, _ = make_workload(name, small, conv_impl='xla')
+  if batch:
+    with config.unlocked():
+      config.train.batch_size = batch
+  mesh = make_mesh(jax.devices()[:1])
+  setup = build_setup(config, task, mesh, total_steps=10_000, steps_per_epoch=100)
   spec = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
-  cost = setup.chunk_fn(held).lower(spec(setup.state), spec(data), spec(indices)).cost_analysis()
+  pool = max(4 * config.train.batch_size, 512)
+  data = {'image': jax.ShapeDtypeStruct((pool, *shape), np.uint8),
+          'label': jax.ShapeDtypeStruct((pool,), np.int32)}
+  indices = index_drawer(np.random.default_rng(0), pool, config.train.batch_size, setup, mesh)()
+  cost = setup.chunk_fn(held).lower(spec(setup.state), data, spec(indices)).cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return float(cost['flops']) if cost and cost.get('flops', -1) >= 0 else None
 
@@ -125,7 +137,12 @@ def time_workload(name, small, steps, warmup, seed=0, profile='', batch=0):
   config, task, held, mesh, setup = w.config, w.task, w.held, w.mesh, w.setup
   state, data, indices, compiled, compile_s = w.state, w.data, w.indices, w.compiled, w.compile_s
   batch, copies = config.train.batch_size, setup.copies
-  flops = step_flops(name, small, held, data, indices())
+  flops, flops_source = step_flops(name, small, held, batch), 'lowered'
+  if flops is None:  # a backend whose lowered programs give no count: the compiled step's
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops, flops_source = ((float(cost['flops']), 'compiled') if cost and cost.get('flops', -1) > 0
+                           else (None, None))
 
   def timed(call, carry, start=None):
     """carry = call(carry) warmup + steps times, each synchronised; (carry, the timed seconds).
@@ -168,7 +185,7 @@ def time_workload(name, small, steps, warmup, seed=0, profile='', batch=0):
       'compile_s': compile_s, 'warmup_steps': warmup, 'timed_steps': steps,
       'step_time_median_s': median, 'step_time_mean_s': statistics.fmean(times),
       **average, 'step_time_s': per_step, 'img_s': images / per_step,
-      'flops_per_step': flops,
+      'flops_per_step': flops, 'flops_source': flops_source,
       'gflop_per_image': None if flops is None else flops / images / 1e9,
       'achieved_tflop_s': None if flops is None else flops / per_step / 1e12,
       'peak_tflop_s': None if peak is None else peak / 1e12,
@@ -426,6 +443,39 @@ def time_child(args):
                        profile=args.profile, batch=args.batch)
 
 
+def recount_flops(path):
+  """Fill the FLOP columns of a suite JSON's rows by lowering each row's step on this machine at
+  the file's sizes and batches (a GPU whose lowered programs gave no count; the math is the
+  same, the attention is XLA's: cuDNN's fused attention computes the same products)."""
+  import jax
+  with open(path) as f:
+    result = json.load(f)
+  before = os.environ.get('JAXLAB_BENCH_SIZES')
+  for row in result['rows']:
+    if 'error' in row or not is_step_row(row):
+      continue
+    os.environ['JAXLAB_BENCH_SIZES'] = result['sizes']
+    try:
+      flops = step_flops(row['workload'], result['small'], frozenset(row['held']), row['batch'])
+    finally:
+      if before is None:
+        os.environ.pop('JAXLAB_BENCH_SIZES')
+      else:
+        os.environ['JAXLAB_BENCH_SIZES'] = before
+    per_step, images = row['step_time_s'], row['batch'] * row['copies']
+    peak = peak_flops(row['device_kind'], row['dtype'])
+    row.update({
+        'flops_per_step': flops,
+        'flops_source': f'lowered on {jax.devices()[0].platform} (--recount_flops)',
+        'gflop_per_image': flops / images / 1e9, 'achieved_tflop_s': flops / per_step / 1e12,
+        'peak_tflop_s': None if peak is None else peak / 1e12,
+        'fraction_of_peak': None if peak is None else flops / per_step / peak})
+    print(f'{row["workload"]}: {flops / images / 1e9:.2f} GFLOP/image', file=sys.stderr)
+  with open(path, 'w') as f:
+    json.dump(result, f, indent=2)
+  return result
+
+
 def main(argv=None):
   argv = sys.argv[1:] if argv is None else argv
   p = argparse.ArgumentParser(prog='python -m benchmarks', description=__doc__.split('\n')[0])
@@ -444,6 +494,8 @@ def main(argv=None):
                       f'out of memory, at most {LARGEST_CAP})')
   p.add_argument('--profile', default='',
                  help='capture a jax.profiler trace of the timed steps under DIR/<workload>')
+  p.add_argument('--recount_flops', default='', metavar='JSON',
+                 help="fill a suite JSON's FLOP columns by lowering its rows' steps here")
   p.add_argument('--workload', default='', help=argparse.SUPPRESS)  # child mode
   p.add_argument('--torch_workload', default='', help=argparse.SUPPRESS)  # torch child mode
   p.add_argument('--batch', type=int, default=0, help=argparse.SUPPRESS)
@@ -460,6 +512,9 @@ def main(argv=None):
     return
   if args.workload:
     print(RESULT_PREFIX + json.dumps(time_child(args)), flush=True)
+    return
+  if args.recount_flops:
+    print(report(recount_flops(args.recount_flops)['rows']))
     return
   sizes = sizes_of(args.small)
   chosen = [w for w in args.only.split(',') if w] or list(default_workloads(sizes))

@@ -40,9 +40,18 @@ def default_workloads(sizes):
           + tuple(f'ladder_time/{v}' for v in LADDER_VARIANTS))
 
 
+SIZES = ('gpu', 'cpu', 'small')
+
+
 def sizes_of(small):
   """'small' (--small), else 'cpu' or 'gpu' by the default backend: a CPU runs the real models
-  at small batches (PEFT 8, ViT-Ti/4 64 in fp32)."""
+  at small batches (PEFT 8, ViT-Ti/4 64 in fp32). JAXLAB_BENCH_SIZES names them instead (a CPU
+  counting the FLOPs of a GPU's rows: python -m benchmarks --recount_flops)."""
+  forced = os.environ.get('JAXLAB_BENCH_SIZES', '')
+  if forced:
+    if forced not in SIZES:
+      raise ValueError(f'JAXLAB_BENCH_SIZES={forced!r}: choose one of {", ".join(SIZES)}')
+    return forced
   if small:
     return 'small'
   return 'cpu' if default_backend() == 'cpu' else 'gpu'

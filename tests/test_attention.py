@@ -109,3 +109,29 @@ def test_cuda_export_of_a_bf16_vit_step_holds_cudnn_attention(attention, size, m
   else:
     assert sorted(set(fused)) == ['__cudnn$fmhaSoftmax', '__cudnn$fmhaSoftmaxBackward']
     assert fused.count('__cudnn$fmhaSoftmax') == 2 and fused.count('__cudnn$fmhaSoftmaxBackward') == 2
+
+
+def test_the_mhc_embedding_pass_of_a_cudnn_vit_exports_for_cuda(monkeypatch):
+  """The residual-stream family trains in bfloat16 (cuDNN's attention on a GPU) and computes the
+  embeddings for kNN and silhouette in float32 (mhc.embed_dtype), where cuDNN cannot run: the
+  embedding ViT takes XLA's attention. Exported for CUDA on this CPU: the training model holds
+  the fused calls, the embedding pass none (before, its export failed as the GPU run did: 'Q
+  must be fp16/bf16')."""
+  from jaxlab.experiments.mhc import build_model, embedding_model
+  _pretend_cudnn(monkeypatch)
+  c = mhc.get_config('quick')
+  c.model.dtype = 'bfloat16'
+  assert c.mhc.embed_dtype == 'float32'
+  model = build_model(c.model, 10).clone(attention='cudnn')
+  embed = embedding_model(model, c)
+  assert (embed.attention, jnp.dtype(embed.dtype)) == ('xla', jnp.dtype(jnp.float32))
+  shape = (2, c.model.image_size, c.model.image_size, 3)
+  params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape)))['params']
+  images = jax.ShapeDtypeStruct(shape, jnp.float32)
+  unchecked = [jax.export.DisabledSafetyCheck.custom_call('__cudnn$fmhaSoftmax')]
+  for m, fused in ((model, True), (embed, False)):
+    exported = jax.export.export(jax.jit(lambda p, x, m=m: m.apply({'params': p}, x, embed=True)),
+                                 platforms=['cuda'], disabled_checks=unchecked)(params, images)
+    assert ('__cudnn$fmhaSoftmax' in exported.mlir_module()) == fused
+  c.mhc.embed_dtype = ''
+  assert embedding_model(model, c) is model

@@ -1,6 +1,8 @@
 """The speed suite's own arithmetic: FLOPs of the patch-convolution step, the local-SGD average
 spread over its round, and the freeze-state ratios."""
 
+import os
+
 import pytest
 
 from benchmarks import run
@@ -127,3 +129,32 @@ def test_the_parent_never_opens_the_accelerator_and_children_set_their_memory(mo
   assert run.child_env()['XLA_PYTHON_CLIENT_MEM_FRACTION'] == run.CHILD_MEM_FRACTION
   monkeypatch.setenv('XLA_PYTHON_CLIENT_MEM_FRACTION', '0.5')
   assert run.child_env()['XLA_PYTHON_CLIENT_MEM_FRACTION'] == '0.5'
+
+
+def test_recount_flops_fills_a_gpu_rows_columns_from_the_step_lowered_here(tmp_path):
+  """A GPU row whose FLOPs were not counted there (jax 0.11.2's lowered GPU programs gave
+  none): LeNet-5 at the GPU's batch of 8192, lowered on this CPU, gives the hand count, and the
+  fraction of peak uses the row's own device and dtype (an H200's TF32 peak for float32)."""
+  import json
+  path = tmp_path / 'suite.json'
+  row = {'workload': 'lenet/8192', 'held': [], 'batch': 8192, 'copies': 1, 'step_time_s': 0.01,
+         'dtype': 'float32', 'device_kind': 'NVIDIA H200', 'flops_per_step': None}
+  path.write_text(json.dumps({'sizes': 'gpu', 'small': False,
+                              'rows': [row, {'workload': 'ladder', 'error': 'timed out'}]}))
+  out = run.recount_flops(str(path))
+  r = out['rows'][0]
+  assert r['gflop_per_image'] * 1e9 == pytest.approx(LENET_TRAIN_FLOPS, rel=0.03)
+  assert r['flops_per_step'] == pytest.approx(r['gflop_per_image'] * 1e9 * 8192)
+  assert r['fraction_of_peak'] == pytest.approx(r['flops_per_step'] / 0.01 / 494.7e12)
+  assert out['rows'][1] == {'workload': 'ladder', 'error': 'timed out'}
+  assert json.loads(path.read_text()) == out
+  assert 'JAXLAB_BENCH_SIZES' not in os.environ
+
+
+def test_bench_sizes_override_names_the_choices(monkeypatch):
+  from benchmarks.workloads import sizes_of
+  monkeypatch.setenv('JAXLAB_BENCH_SIZES', 'gpu')
+  assert sizes_of(True) == 'gpu'
+  monkeypatch.setenv('JAXLAB_BENCH_SIZES', 'tpu')
+  with pytest.raises(ValueError, match='choose one of gpu, cpu, small'):
+    sizes_of(False)

@@ -38,6 +38,7 @@ SECONDS = {
     'tests/test_peft.py::test_seeds_trained_together_equal_each_seed_alone': 30.9,
     'tests/test_peft.py::test_seeds_that_do_not_fit_together_run_one_after_another': 20.1,
     'tests/test_peft.py::test_freezing_sweep_over_seeds_tests_the_notes_freezing_claims': 23.0,
+    'tests/test_benchmarks.py::test_recount_flops_fills_a_gpu_rows_columns_from_the_step_lowered_here': 6.4,
     'tests/test_adapters.py::test_saved_files_are_peft_layout_and_load_back': 5.9,
     'tests/test_adapters.py::test_other_lora_methods_round_trip[lora]': 3.4,
     'tests/test_adapters.py::test_other_lora_methods_round_trip[hybrid_parallel]': 8.7,

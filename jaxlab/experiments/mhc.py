@@ -156,12 +156,18 @@ def model_and_params(config, num_classes, seed=None):
   return model, vit.init_vit(model, seed)
 
 
+def embedding_model(model, config):
+  """The ViT of the embedding pass: `model` in mhc.embed_dtype ('' = its own dtype), with XLA's
+  attention where cuDNN's cannot compute in that dtype (vit.with_dtype)."""
+  dtype = config.mhc.get('embed_dtype', '')
+  return vit.with_dtype(model, dtype) if dtype else model
+
+
 def make_embed(task, model, config, mesh):
   """The sharded outputs function (`make_outputs_fn`) of the task, returning the normed class
   token [B, width] ([seeds, B, width] for a task of several seeds) in place of the logits;
   `predict` gathers them."""
-  dtype = config.mhc.get('embed_dtype', '')
-  embed_model = model.clone(dtype=jnp.dtype(dtype)) if dtype else model
+  embed_model = embedding_model(model, config)
   apply = lambda p, x, train, rng: embed_model.apply({'params': p}, x, embed=True)
   return make_outputs_fn(dataclasses.replace(task, apply=apply),
                          make_eval_preprocess(config.augment), mesh,

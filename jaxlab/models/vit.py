@@ -348,6 +348,17 @@ def attention_implementation(choice, dtype, head_dim, platform=None):
   return 'xla' if why else 'cudnn'
 
 
+def with_dtype(model, dtype):
+  """`model` (a ViT) computing in `dtype`. cuDNN's attention needs 16-bit compute, so a ViT on
+  it gives way to XLA's attention where `dtype` is float32 (the float32 embedding pass of a
+  bfloat16 ViT); any other attention is kept."""
+  dtype = jnp.dtype(dtype)
+  attention = model.attention
+  if attention == 'cudnn' and cudnn_attention_refusal(dtype, model.width // model.heads, 'cuda'):
+    attention = 'xla'
+  return model.clone(dtype=dtype, attention=attention)
+
+
 class Attention(nn.Module):
   """Multi-head self-attention with a fused qkv laid out as timm's [3, heads, head_dim].
 
