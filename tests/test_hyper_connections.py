@@ -39,6 +39,46 @@ def test_sinkhorn_of_spec_initialisation_is_the_identity():
     np.testing.assert_allclose(m, np.eye(4), atol=2e-3)
 
 
+def _log_space_sinkhorn(logits, iterations):
+  """The log-space rounds (row step, then column step, by logsumexp) in jax.numpy: float64
+  under jax.enable_x64."""
+  lse = lambda a, axis: jax.scipy.special.logsumexp(a, axis=axis, keepdims=True)
+  x = logits
+  for _ in range(iterations):
+    x = x - lse(x, -1)
+    x = x - lse(x, -2)
+  return jnp.exp(x)
+
+
+@pytest.mark.parametrize('spread', [1.0, 4.0, 10.0])
+def test_per_token_sinkhorn_in_linear_space_is_the_log_space_one(spread):
+  """The dynamic variant's per-token maps are computed in linear space (hyper_connections.
+  _sinkhorn_tokens): against the log-space rounds in float64, the same maps and the same
+  gradients to float32 rounding, for logits from the identity's biases (0 / −8) plus N(0, s²)."""
+  rng = np.random.default_rng(0)
+  logits = (np.asarray(identity_logits(4))[None] + spread * rng.standard_normal((300, 4, 4)))
+  weights = rng.standard_normal((300, 4, 4))
+  loss32 = lambda x: jnp.sum(sinkhorn(x, 20) * weights.astype(np.float32))
+  maps, grads = jax.jit(sinkhorn, static_argnums=1)(logits.astype(np.float32), 20), \
+      jax.jit(jax.grad(loss32))(logits.astype(np.float32))
+  with jax.enable_x64(True):
+    want = np.asarray(_log_space_sinkhorn(jnp.asarray(logits), 20))
+    want_grads = np.asarray(jax.grad(lambda x: jnp.sum(_log_space_sinkhorn(x, 20) * weights))(
+        jnp.asarray(logits)))
+  np.testing.assert_allclose(maps, want, atol=2e-6)
+  scale = np.abs(want_grads).max()
+  np.testing.assert_allclose(grads, want_grads, atol=2e-4 * scale)
+
+
+def test_per_token_sinkhorn_of_logits_far_apart_stays_finite():
+  """Logits 200 apart (beyond LINEAR_FLOOR): no row or column of the linear-space kernel is all
+  zeros, so the maps stay finite, non-negative, with columns summing to 1."""
+  logits = jnp.asarray(np.random.default_rng(1).uniform(-200, 0, (50, 4, 4)), jnp.float32)
+  m = sinkhorn(logits, 20)
+  assert bool(jnp.all(jnp.isfinite(m))) and bool(jnp.all(m >= 0))
+  assert row_col_error(m)[1] < 1e-5
+
+
 def test_sinkhorn_needs_more_iterations_for_spread_out_logits():
   # The limit of the static variant's 10 iterations: logits of spread 1 at τ = 0.05 leave rows
   # far from summing to 1 (the record reports this error after training).
