@@ -142,6 +142,7 @@ SECONDS = {
     'tests/test_evaluate.py::test_device_reduced_metrics_equal_full_logits': 3.0,
     'tests/test_api.py::test_vit_with_peft_builds_what_the_config_path_builds': 2.9,
     'tests/test_faults.py::test_a_run_extended_after_it_finished_equals_an_uninterrupted_run[data]': 2.9,
+    'tests/test_hyper_connections.py::test_per_token_sinkhorn_in_linear_space_is_the_log_space_one[1.0]': 2.9,
     'tests/test_augment.py::test_shapes_and_resize': 2.8,
     'tests/test_augment.py::test_random_resized_crop_is_a_window_at_random_positions': 2.8,
     'tests/test_vit_grads.py::test_low_rank_gradient_equals_autodiff': 2.6,
