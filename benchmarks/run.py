@@ -117,7 +117,12 @@ def step_flops(name, small, held, batch=0):
   data = {'image': jax.ShapeDtypeStruct((pool, *shape), np.uint8),
           'label': jax.ShapeDtypeStruct((pool,), np.int32)}
   indices = index_drawer(np.random.default_rng(0), pool, config.train.batch_size, setup, mesh)()
-  cost = setup.chunk_fn(held).lower(spec(setup.state), data, spec(indices)).cost_analysis()
+  return flops_of(setup.chunk_fn(held).lower(spec(setup.state), data, spec(indices)))
+
+
+def flops_of(program):
+  """XLA's FLOP count of a lowered or compiled program, or None where it gives none."""
+  cost = program.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return float(cost['flops']) if cost and cost.get('flops', -1) >= 0 else None
 
@@ -139,10 +144,8 @@ def time_workload(name, small, steps, warmup, seed=0, profile='', batch=0):
   batch, copies = config.train.batch_size, setup.copies
   flops, flops_source = step_flops(name, small, held, batch), 'lowered'
   if flops is None:  # a backend whose lowered programs give no count: the compiled step's
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    flops, flops_source = ((float(cost['flops']), 'compiled') if cost and cost.get('flops', -1) > 0
-                           else (None, None))
+    flops = flops_of(compiled)
+    flops_source = None if flops is None else 'compiled'
 
   def timed(call, carry, start=None):
     """carry = call(carry) warmup + steps times, each synchronised; (carry, the timed seconds).
@@ -450,18 +453,18 @@ def recount_flops(path):
   import jax
   with open(path) as f:
     result = json.load(f)
+  rows = [r for r in result['rows'] if 'error' not in r and is_step_row(r)]
   before = os.environ.get('JAXLAB_BENCH_SIZES')
-  for row in result['rows']:
-    if 'error' in row or not is_step_row(row):
-      continue
-    os.environ['JAXLAB_BENCH_SIZES'] = result['sizes']
-    try:
-      flops = step_flops(row['workload'], result['small'], frozenset(row['held']), row['batch'])
-    finally:
-      if before is None:
-        os.environ.pop('JAXLAB_BENCH_SIZES')
-      else:
-        os.environ['JAXLAB_BENCH_SIZES'] = before
+  os.environ['JAXLAB_BENCH_SIZES'] = result['sizes']
+  try:
+    counts = [step_flops(r['workload'], result['small'], frozenset(r['held']), r['batch'])
+              for r in rows]
+  finally:
+    if before is None:
+      del os.environ['JAXLAB_BENCH_SIZES']
+    else:
+      os.environ['JAXLAB_BENCH_SIZES'] = before
+  for row, flops in zip(rows, counts):
     per_step, images = row['step_time_s'], row['batch'] * row['copies']
     peak = peak_flops(row['device_kind'], row['dtype'])
     row.update({

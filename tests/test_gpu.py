@@ -1,6 +1,7 @@
 """What only an NVIDIA GPU can show, run where there is one:
 
-  JAXLAB_TEST_PLATFORM=gpu python -m pytest -q tests/test_gpu.py tests/test_fast_path.py
+  JAXLAB_TEST_PLATFORM=gpu python -m pytest -q tests/test_gpu.py tests/test_fast_path.py \
+      tests/test_attention.py
 
 (tests/conftest.py then starts JAX on CUDA). cuDNN's fused attention actually runs, through the
 ViT's own `attend`, and is as close to float32 attention as XLA's bfloat16 attention is, forward
