@@ -29,6 +29,13 @@ cd "$(dirname "$0")/.."
 
 stamp() { echo "[$(date +%T)] $*" >&2; }
 
+# The configs import jaxlab.configs, which only an installed jaxlab has: say so before any stage.
+if ! "$py" -c 'import jaxlab.configs.common' 2>/dev/null; then
+  echo "error: $py cannot import jaxlab.configs: install the project first" \
+       '(pip install -e ".[cuda13]", or pip install --no-deps --no-build-isolation -e .)' >&2
+  exit 2
+fi
+
 for stage in $stages; do
   stamp "stage $stage"
   case $stage in
