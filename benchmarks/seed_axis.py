@@ -1,5 +1,5 @@
-"""Seeds trained together: under jax.vmap (the trainer's way) or one after another inside one
-program (jax.lax.map), against one seed alone: the time of a training gradient, and whether each
+"""Seeds trained together: under jax.vmap or one after another inside one program (jax.lax.map),
+the trainer's two ways (jaxlab.train.step.seed_map: Task.seed_loop 'vmap' / 'map'), against one seed alone: the time of a training gradient, and whether each
 seed's loss and gradients are bit for bit those of the seed alone.
 
     python -m benchmarks.seed_axis [--model=lenet|vit|vit_dynamic] [--seeds=3] [--batch=0]
@@ -43,6 +43,7 @@ def measure(name, seeds=3, batch=0, repeats=15):
   import jax.numpy as jnp
   import numpy as np
 
+  from jaxlab.train.step import seed_map
   apply, init, classes, default_batch = _model(name)
   batch = batch or default_batch
   images = jax.random.normal(jax.random.PRNGKey(100), (batch, 32, 32, 3))
@@ -56,8 +57,8 @@ def measure(name, seeds=3, batch=0, repeats=15):
   stacked = jax.tree.map(lambda *a: jnp.stack(a), *params)
   grad = jax.value_and_grad(loss)
   runs = {'one seed': (jax.jit(grad), params[0]),
-          'vmap': (jax.jit(jax.vmap(grad)), stacked),
-          'lax.map': (jax.jit(lambda p: jax.lax.map(grad, p)), stacked)}
+          'vmap': (jax.jit(seed_map(grad, 'vmap')), stacked),
+          'lax.map': (jax.jit(seed_map(grad, 'map')), stacked)}
   outputs = {k: jax.block_until_ready(f(a)) for k, (f, a) in runs.items()}  # compiles
   times = {k: [] for k in runs}
   for _ in range(repeats):

@@ -25,3 +25,24 @@ def test_unknown_model_names_the_choices(capsys):
   with pytest.raises(SystemExit):
     seed_axis.main(['--model=resnet'])
   assert 'lenet, vit, vit_dynamic' in capsys.readouterr().err
+
+
+def test_seed_map_loops_over_the_seed_axis_and_shares_the_none_parts():
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  from jaxlab.train.step import seed_map
+  rng = np.random.default_rng(0)
+  w = jnp.asarray(rng.standard_normal((3, 16, 8)), jnp.float32)  # a seed axis of 3
+  shared = {'x': jnp.asarray(rng.standard_normal((40, 16)), jnp.float32), 'scale': 2.0}
+  fn = lambda w, s: (jnp.tanh(s['x'] @ w) * s['scale']).sum(0)
+  mapped = jax.jit(seed_map(fn, 'map', in_axes=(0, None)))(w, shared)
+  batched = jax.jit(seed_map(fn, 'vmap', in_axes=(0, None)))(w, shared)
+  alone = [jax.jit(fn)(w[i], shared) for i in range(3)]
+  assert mapped.shape == (3, 8)
+  for i in range(3):  # the loop's body is one seed's program: its numbers, bit for bit
+    np.testing.assert_array_equal(mapped[i], alone[i])
+  np.testing.assert_allclose(batched, mapped, rtol=1e-5, atol=1e-4)  # sums of ~30
+  with pytest.raises(ValueError, match="choose one of \\('vmap', 'map'\\)"):
+    seed_map(fn, 'pmap')

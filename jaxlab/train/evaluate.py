@@ -21,7 +21,7 @@ from jax.sharding import PartitionSpec as P
 from jaxlab.data.pipeline import PAD
 from jaxlab.metrics.classification import metric_sums, metrics_from_sums
 from jaxlab.parallel.mesh import DATA, shard_leading, to_host
-from jaxlab.train.step import batch_of
+from jaxlab.train.step import batch_of, seed_map
 
 
 def eval_indices(num_examples, batch_size):
@@ -33,11 +33,12 @@ def eval_indices(num_examples, batch_size):
 
 
 def _apply(task, preprocess, replicas):
-  """(params, batch) -> outputs [b, ...] ([R, b, ...] with replicas: params vmapped)."""
+  """(params, batch) -> outputs [b, ...] ([R, b, ...] with replicas: over the params' seed axis,
+  as task.seed_loop says)."""
   def outputs(params, batch):
     images = preprocess(batch['image'])
     if replicas:
-      return jax.vmap(lambda p: task.apply(p, images, False, None))(params)
+      return seed_map(lambda p: task.apply(p, images, False, None), task.seed_loop)(params)
     return task.apply(params, images, False, None)
   return outputs
 
@@ -66,7 +67,7 @@ def make_eval_fn(task, preprocess, mesh, replicas=False, ece_batch=0):
     batch = batch_of(data, ref)
     logits = apply(params, batch)
     one = lambda l: metric_sums(l, batch['label'], batch['weight'], ece_batch=ece_batch)
-    local = jax.vmap(one)(logits) if replicas else one(logits)
+    local = seed_map(one, task.seed_loop)(logits) if replicas else one(logits)
     return jax.lax.psum(local, DATA)
 
   sharded = jax.shard_map(sums, mesh=mesh, in_specs=(P(), P(), P(DATA)), out_specs=P(),

@@ -97,8 +97,7 @@ def build_setup(config, task, mesh, total_steps, steps_per_epoch, layout=None):
         train_step, task=task, tx=tx, augment=augment, labels=trainable_labels, hold=hold,
         grad_norms=grad_norms, axis_name=axis_name, ordered=ordered, accumulate=accumulate,
         ema_decay=ema_decay, mix=mix),
-        mesh, kind,
-        getattr(layout, 'state_axes', 0))
+        mesh, kind, getattr(layout, 'state_axes', 0), task.seed_loop)
 
   if task.diagnostics and kind != 'data':
     raise ValueError(f'gradient diagnostics support single-model runs only, not the {kind} '

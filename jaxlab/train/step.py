@@ -240,9 +240,36 @@ def batch_of(data, ref):
 
 
 LAYOUTS = ('data', 'replicas', 'workers')
+SEED_LOOPS = ('vmap', 'map')
 
 
-def make_train_chunk(step_fn, mesh, layout='data', state_axes=0):
+def seed_map(fn, seed_loop='vmap', in_axes=0):
+  """`fn` over a leading seed axis of its arguments and outputs: `jax.vmap(fn, in_axes)`, or
+  with seed_loop='map' a `lax.map` over the seeds whose body is `fn` of one seed. Under vmap a
+  product's batched form may sum in another order than the single one (XLA:CPU blocks them
+  differently), so a seed's numbers can differ from its run alone in the last bits; under map
+  they are that run's. `in_axes`: 0 or None per argument (a prefix tree, as vmap's); a None
+  part is given to every seed as it is."""
+  if seed_loop not in SEED_LOOPS:
+    raise ValueError(f'unknown seed_loop {seed_loop!r}; choose one of {SEED_LOOPS}')
+  if seed_loop == 'vmap':
+    return jax.vmap(fn, in_axes=in_axes)
+  is_axis = lambda x: x is None or isinstance(x, int)
+
+  def mapped(*args):
+    axes = in_axes if isinstance(in_axes, tuple) else (in_axes,) * len(args)
+    pick = lambda seeded: tuple(
+        jax.tree.map(lambda ax, x: x if (ax is None) != seeded else None, a, arg, is_leaf=is_axis)
+        for a, arg in zip(axes, args))
+    seeded, shared = pick(True), pick(False)
+    join = lambda xs: tuple(
+        jax.tree.map(lambda ax, x, y: y if ax is None else x, a, m, s, is_leaf=is_axis)
+        for a, m, s in zip(axes, xs, shared))
+    return jax.lax.map(lambda xs: fn(*join(xs)), seeded)
+  return mapped
+
+
+def make_train_chunk(step_fn, mesh, layout='data', state_axes=0, seed_loop='vmap'):
   """jit(shard_map(scan(step_fn))): (state, data, idx) -> (state, metrics [S, ...]).
 
   `data` is the whole training split, replicated; `idx` holds the batch
@@ -252,6 +279,7 @@ def make_train_chunk(step_fn, mesh, layout='data', state_axes=0):
     replicas  a leading seed axis on the state (replicated), vmapped (`state_axes`: the
               vmap axes of the state's parts, e.g. None for a frozen backbone the seeds
               share); idx [S, R, B] sharded on B: every seed's batch is split over devices.
+              `seed_loop` 'map' runs the seeds in a loop instead (seed_map).
     workers   a leading worker axis on the state, sharded over DATA (K/D
               workers per device, vmapped); idx [S, K, b] sharded on K: each
               worker steps on its own batch; no collective inside the step.
@@ -262,8 +290,18 @@ def make_train_chunk(step_fn, mesh, layout='data', state_axes=0):
   def one(state, data, idx):
     if layout == 'data':
       return step_fn(state, batch_of(data, idx))
-    return jax.vmap(lambda s, i: step_fn(s, batch_of(data, i)), in_axes=(state_axes, 0),
-                    out_axes=(state_axes, 0))(state, idx)
+    if seed_loop == 'vmap' or layout == 'workers':
+      return jax.vmap(lambda s, i: step_fn(s, batch_of(data, i)), in_axes=(state_axes, 0),
+                      out_axes=(state_axes, 0))(state, idx)
+    # A shared part (a frozen backbone, axis None) leaves the step unchanged: it stays outside
+    # the loop's outputs, which stack along the seeds.
+    shared = state_axes.frozen is None
+
+    def seed_step(s, i):
+      new, metrics = step_fn(s, batch_of(data, i))
+      return (new.replace(frozen=None) if shared else new), metrics
+    new, metrics = seed_map(seed_step, 'map', in_axes=(state_axes, 0))(state, idx)
+    return (new.replace(frozen=state.frozen) if shared else new), metrics
 
   def chunk(state, data, idx):
     if jax.tree.leaves(idx)[0].shape[0] == 1:

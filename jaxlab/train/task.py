@@ -29,8 +29,12 @@ class Task:
     global batch's mean over its real examples (weight 0 marks padding).
   extra: initial TrainState.extra (e.g. fixed feedback matrices).
   seeds: when set, `params` and `extra` carry a leading axis, one entry per
-    seed, and the trainer runs all seeds together under `jax.vmap` (each
+    seed, and the trainer runs all seeds together in one program (each
     seed with its own data order, augmentation and optimizer state).
+  seed_loop: how those seeds run in the program (SEED_LOOPS): 'vmap' (batched ops) or 'map'
+    (`lax.map`, a loop over the seeds whose body is the computation of one seed, so each seed's
+    numbers are those of its run alone, bit for bit; under vmap XLA:CPU may block a batched
+    product's sum differently, see jaxlab.train.step.over_seeds).
   workers: a jaxlab.parallel.local.LocalSpec: train K workers with their own
     data shards and optimizer states, averaging parameters every J steps.
   controller: optional host-side controller with `init_extra()` (the initial
@@ -50,6 +54,7 @@ class Task:
   grad_fn: Callable[..., Any] | None = None
   extra: Any = None
   seeds: tuple[int, ...] | None = None
+  seed_loop: str = 'vmap'
   workers: Any = None
   controller: Any = None
   backbone: dict | None = None
