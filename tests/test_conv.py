@@ -70,6 +70,57 @@ def test_max_pool_2x2_equals_flax_max_pool():
   np.testing.assert_array_equal(max_pool_2x2(X), nn.max_pool(X, (2, 2), strides=(2, 2)))
 
 
+def numpy_pool_grad(x, dy):
+  """PyTorch's max_pool2d(2, 2) backward, transcribed: each window's gradient goes to its first
+  maximum, scanning the window row by row (`val > maxval` keeps the earliest)."""
+  x, dy = np.asarray(x), np.asarray(dy)
+  dx = np.zeros_like(x)
+  for b, i, j, c in np.ndindex(dy.shape):
+    window = [(2 * i + di, 2 * j + dj) for di in (0, 1) for dj in (0, 1)]
+    best = window[0]
+    for h, w in window[1:]:
+      if x[b, h, w, c] > x[(b, *best, c)]:
+        best = (h, w)
+    dx[(b, *best, c)] += dy[b, i, j, c]
+  return dx
+
+
+@pytest.mark.parametrize('shape', [(2, 6, 8, 3), (1, 7, 5, 2)])  # the odd edge is dropped
+def test_max_pool_2x2_gradient_is_pytorchs_first_maximum(shape):
+  # Small integers: many windows hold tied maxima (JAX's rule for max would split among them).
+  x = jnp.asarray(np.random.default_rng(0).integers(0, 3, shape), jnp.float32)
+  dy = jax.random.normal(jax.random.PRNGKey(2), (shape[0], shape[1] // 2, shape[2] // 2, shape[3]))
+  y, vjp = jax.vjp(max_pool_2x2, x)
+  np.testing.assert_array_equal(y, nn.max_pool(x, (2, 2), strides=(2, 2)))
+  (dx,) = vjp(dy)
+  np.testing.assert_array_equal(dx, numpy_pool_grad(x, dy))
+
+
+def test_lenet_pools_before_its_relu_with_relu_then_pools_values_and_gradients():
+  images = jax.random.normal(jax.random.PRNGKey(6), (4, 16, 16, 3))
+  model = LeNet5(10, 'xla')
+  params = jax.jit(model.init)(jax.random.PRNGKey(7), images)
+
+  def relu_then_pool(p):  # the reference order, with PyTorch's pool gradient
+    x = images
+    for name in ('conv1', 'conv2'):
+      x = jax.lax.conv_general_dilated(x, p['params'][name]['kernel'], (1, 1), 'VALID',
+                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+      x = max_pool_2x2(nn.relu(x + p['params'][name]['bias']))
+    x = x.reshape(x.shape[0], -1)
+    for name in ('fc1', 'fc2', 'head'):
+      x = x @ p['params'][name]['kernel'] + p['params'][name]['bias']
+      x = nn.relu(x) if name != 'head' else x
+    return x
+
+  loss = lambda f: jax.jit(jax.value_and_grad(lambda p: jnp.mean(jax.nn.log_softmax(f(p))[:, 0])))
+  (l_ours, g_ours) = loss(lambda p: model.apply(p, images))(params)
+  l_ref, g_ref = loss(relu_then_pool)(params)
+  np.testing.assert_allclose(l_ours, l_ref, rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(g_ours), jax.tree.leaves(g_ref)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
 def test_lenet_same_loss_and_gradients_with_either_conv():
   images = jax.random.normal(jax.random.PRNGKey(4), (4, 16, 16, 3))
   params = jax.jit(LeNet5(10, 'xla').init)(jax.random.PRNGKey(5), images)

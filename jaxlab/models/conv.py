@@ -64,13 +64,16 @@ def _conv_bwd(chunk, res, dy):
   kh, kw, ci, co = kernel.shape
   w2d = kernel.reshape(-1, co)
 
-  def one(dw, xs):
+  def one(dw_t, xs):
+    # The filter gradient as dyᵀ·patches ([co, positions] · [positions, kh·kw·ci]), transposed
+    # once after the loop: XLA then transposes the small dy, not the patch matrix.
     xc, dyc = xs
-    dw = dw + jnp.einsum('bhwk,bhwo->ko', _patches(xc, kh, kw), dyc)
-    return dw, _fold(dyc @ w2d.T, kh, kw, ci)
+    patches = _patches(xc, kh, kw)
+    dw_t = dw_t + dyc.reshape(-1, co).T @ patches.reshape(-1, patches.shape[-1])
+    return dw_t, _fold(dyc @ w2d.T, kh, kw, ci)
 
-  dw, dx = lax.scan(one, jnp.zeros_like(w2d), (_chunks(x, chunk), _chunks(dy, chunk)))
-  return dx.reshape(x.shape), dw.reshape(kernel.shape)
+  dw_t, dx = lax.scan(one, jnp.zeros_like(w2d.T), (_chunks(x, chunk), _chunks(dy, chunk)))
+  return dx.reshape(x.shape), dw_t.T.reshape(kernel.shape)
 
 
 conv_valid.defvjp(_conv_fwd, _conv_bwd)
@@ -143,9 +146,41 @@ class Conv(nn.Module):
     return y + bias
 
 
+def _windows(x):
+  """(B, H, W, C) → (B, H/2, 2, W/2, 2, C): the 2×2 windows (odd edges dropped)."""
+  b, h, w, c = x.shape
+  return x[:, :h // 2 * 2, :w // 2 * 2].reshape(b, h // 2, 2, w // 2, 2, c)
+
+
+@jax.custom_vjp
 def max_pool_2x2(x):
   """2×2 max-pool, stride 2, by reshape (faster than reduce_window on XLA:CPU); odd edges dropped
-  as in VALID pooling."""
-  b, h, w, c = x.shape
-  x = x[:, :h // 2 * 2, :w // 2 * 2]
-  return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+  as in VALID pooling. Its gradient is PyTorch's: all of it to the first maximum of each window
+  (row by row), where JAX's rule for `max` splits it among tied maxima and finds them with a
+  second pass over the input in the forward pass."""
+  return _windows(x).max(axis=(2, 4))
+
+
+def _first_max(xw, y):
+  """The index 0..3 (row-major) of the first maximum of each window, int8 (B, H/2, W/2, C)."""
+  at = lambda i, j: xw[:, :, i, :, j] == y
+  return jnp.where(at(0, 0), 0, jnp.where(at(0, 1), 1, jnp.where(at(1, 0), 2, 3))).astype(jnp.int8)
+
+
+def _pool_fwd(x):
+  xw = _windows(x)
+  y = xw.max(axis=(2, 4))
+  return y, (_first_max(xw, y), x.shape)
+
+
+def _pool_bwd(res, dy):
+  first, shape = res
+  b, h, w, c = shape
+  zero = jnp.zeros((), dy.dtype)
+  rows = [jnp.stack([jnp.where(first == 2 * i + j, dy, zero) for j in (0, 1)], axis=3)
+          for i in (0, 1)]
+  dx = jnp.stack(rows, axis=2).reshape(b, h // 2 * 2, w // 2 * 2, c)
+  return (jnp.pad(dx, ((0, 0), (0, h % 2), (0, w % 2), (0, 0))),)
+
+
+max_pool_2x2.defvjp(_pool_fwd, _pool_bwd)

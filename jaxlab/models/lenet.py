@@ -28,7 +28,10 @@ class LeNet5(nn.Module):
     del train  # no dropout or batch statistics
     for name in ('conv1', 'conv2'):
       conv = Conv(64, (5, 5), impl=self.conv_impl, param_init=self.param_init, name=name)
-      x = max_pool_2x2(nn.relu(conv(x)))
+      # Pooled, then ReLU: the same values as ReLU then pool (both are monotone), on a quarter
+      # of the elements; and the same gradient as PyTorch's ReLU → pool, whose gradient goes
+      # to each window's first maximum (max_pool_2x2).
+      x = nn.relu(max_pool_2x2(conv(x)))
     # Flattened (H, W, C) where PyTorch flattens (C, H, W): a fixed permutation of fc1's
     # inputs, the same model under an i.i.d. initialisation.
     x = x.reshape(x.shape[0], -1)
