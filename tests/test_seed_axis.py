@@ -46,3 +46,49 @@ def test_seed_map_loops_over_the_seed_axis_and_shares_the_none_parts():
   np.testing.assert_allclose(batched, mapped, rtol=1e-5, atol=1e-4)  # sums of ~30
   with pytest.raises(ValueError, match="choose one of \\('vmap', 'map'\\)"):
     seed_map(fn, 'pmap')
+
+
+def test_the_train_chunks_seed_loop_shares_a_frozen_part_and_equals_each_seed_alone():
+  """make_train_chunk's replicas layout with seed_loop='map' and a frozen part every seed reads
+  (axis None, as PEFT's backbone): each seed's new state and metrics are its own step's."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  import optax
+
+  from jaxlab.parallel.mesh import make_mesh
+  from jaxlab.train.state import TrainState
+  from jaxlab.train.step import gather, make_train_chunk
+  rng = np.random.default_rng(1)
+  data = {'image': jnp.asarray(rng.standard_normal((32, 8)), jnp.float32),
+          'label': jnp.asarray(rng.integers(0, 4, 32), jnp.int32)}
+  frozen = {'x': jnp.asarray(rng.standard_normal((8, 8)), jnp.float32)}
+  tx = optax.sgd(0.1)
+
+  def step(state, batch):
+    def loss(w):
+      logits = jnp.tanh(batch['image'] @ state.frozen['x']) @ w
+      return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(len(batch['label'])), batch['label']])
+    value, grad = jax.value_and_grad(loss)(state.params)
+    updates, opt_state = tx.update(grad, state.opt_state, state.params)
+    return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                         opt_state=opt_state), {'loss': value}
+
+  seeds = [jnp.asarray(rng.standard_normal((8, 4)), jnp.float32) for _ in range(3)]
+  keys = [jax.random.PRNGKey(s) for s in range(3)]
+  alone_states = [TrainState.create(w, frozen, tx, k) for w, k in zip(seeds, keys)]
+  axes = TrainState(step=0, params=0, frozen=None, opt_state=0, rng=0, extra=0)
+  own = jax.tree.map(jnp.copy, frozen)  # the chunk donates its state
+  stacked = jax.vmap(lambda w, k: TrainState.create(w, own, tx, k), out_axes=axes)(
+      jnp.stack(seeds), jnp.stack(keys))
+  idx = jnp.asarray(rng.integers(0, 32, (2, 3, 8)), jnp.int32)  # 2 steps, 3 seeds, batch 8
+  mesh = make_mesh(jax.devices()[:1])
+  new, metrics = make_train_chunk(step, mesh, 'replicas', axes, 'map')(stacked, data, idx)
+  np.testing.assert_array_equal(new.frozen['x'], frozen['x'])  # still one shared copy, unchanged
+  for s, state in enumerate(alone_states):
+    losses = []
+    for t in range(2):
+      state, m = jax.jit(step)(state, gather(data, idx[t, s]))
+      losses.append(m['loss'])
+    np.testing.assert_array_equal(new.params[s], state.params)
+    np.testing.assert_array_equal(metrics['loss'][:, s], np.stack(losses))
