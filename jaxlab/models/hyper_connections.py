@@ -7,10 +7,9 @@ of them while the streams mix:
     x_next = H_resᵀ · x + H_postᵀ · F(H_pre · x)      (res_apply='transpose', the default)
 
 with H_res projected onto the doubly-stochastic matrices (the Birkhoff
-polytope) by Sinkhorn–Knopp in log space (per-token maps in its linear form, `sinkhorn`): row,
-then column normalisation, so the
-columns of H_res sum to 1 to rounding and its rows only to within the method's
-convergence. tokenbender/mHC-manifold-constrained-hyper-connections
+polytope) by Sinkhorn–Knopp in log space (per-token maps in its linear form, `sinkhorn`):
+row, then column normalisation, so the columns of H_res sum to 1 to rounding and its rows only
+to within the method's convergence. tokenbender/mHC-manifold-constrained-hyper-connections
 (hyper_connections/hyper_connections_mhc.py, `sinkhorn_log` and
 einsum(h_res, x, "s t, ... s d -> ... t d"); copied unchanged into
 white-richard/latent-space src/latent_space/models/mHC_util/hyper_connections_mhc.py)

@@ -290,17 +290,16 @@ def make_train_chunk(step_fn, mesh, layout='data', state_axes=0, seed_loop='vmap
   def one(state, data, idx):
     if layout == 'data':
       return step_fn(state, batch_of(data, idx))
-    if seed_loop == 'vmap' or layout == 'workers':
-      return jax.vmap(lambda s, i: step_fn(s, batch_of(data, i)), in_axes=(state_axes, 0),
-                      out_axes=(state_axes, 0))(state, idx)
-    # A shared part (a frozen backbone, axis None) leaves the step unchanged: it stays outside
-    # the loop's outputs, which stack along the seeds.
+    if layout == 'workers':
+      return jax.vmap(lambda s, i: step_fn(s, batch_of(data, i)))(state, idx)
+    # Seeds: a shared part (a frozen backbone, axis None) leaves the step unchanged, so it is
+    # put back after the seeds' step rather than returned by it (under vmap or the loop alike).
     shared = state_axes.frozen is None
 
     def seed_step(s, i):
       new, metrics = step_fn(s, batch_of(data, i))
       return (new.replace(frozen=None) if shared else new), metrics
-    new, metrics = seed_map(seed_step, 'map', in_axes=(state_axes, 0))(state, idx)
+    new, metrics = seed_map(seed_step, seed_loop, in_axes=(state_axes, 0))(state, idx)
     return (new.replace(frozen=state.frozen) if shared else new), metrics
 
   def chunk(state, data, idx):
