@@ -1,6 +1,7 @@
 """Seeds trained together: under jax.vmap or one after another inside one program (jax.lax.map),
-the trainer's two ways (jaxlab.train.step.seed_map: Task.seed_loop 'vmap' / 'map'), against one seed alone: the time of a training gradient, and whether each
-seed's loss and gradients are bit for bit those of the seed alone.
+the trainer's two ways (jaxlab.train.step.seed_map: Task.seed_loop 'vmap' / 'map'), against one
+seed alone: the time of a training gradient, and whether each seed's loss and gradients are bit
+for bit those of the seed alone.
 
     python -m benchmarks.seed_axis [--model=lenet|vit|vit_dynamic] [--seeds=3] [--batch=0]
         [--repeats=15] [--json=PATH]

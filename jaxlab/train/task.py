@@ -34,7 +34,7 @@ class Task:
   seed_loop: how those seeds run in the program (SEED_LOOPS): 'vmap' (batched ops) or 'map'
     (`lax.map`, a loop over the seeds whose body is the computation of one seed, so each seed's
     numbers are those of its run alone, bit for bit; under vmap XLA:CPU may block a batched
-    product's sum differently, see jaxlab.train.step.over_seeds).
+    product's sum differently, see jaxlab.train.step.seed_map).
   workers: a jaxlab.parallel.local.LocalSpec: train K workers with their own
     data shards and optimizer states, averaging parameters every J steps.
   controller: optional host-side controller with `init_extra()` (the initial
