@@ -48,9 +48,11 @@ def test_seed_map_loops_over_the_seed_axis_and_shares_the_none_parts():
     seed_map(fn, 'pmap')
 
 
-def test_the_train_chunks_seed_loop_shares_a_frozen_part_and_equals_each_seed_alone():
+@pytest.mark.parametrize('shared', [True, False])
+def test_the_train_chunks_seed_loop_shares_a_frozen_part_and_equals_each_seed_alone(shared):
   """make_train_chunk's replicas layout with seed_loop='map' and a frozen part every seed reads
-  (axis None, as PEFT's backbone): each seed's new state and metrics are its own step's."""
+  (axis None, as PEFT's backbone), or one copy per seed (the default state_axes 0): each seed's
+  new state and metrics are its own step's."""
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -77,14 +79,20 @@ def test_the_train_chunks_seed_loop_shares_a_frozen_part_and_equals_each_seed_al
   seeds = [jnp.asarray(rng.standard_normal((8, 4)), jnp.float32) for _ in range(3)]
   keys = [jax.random.PRNGKey(s) for s in range(3)]
   alone_states = [TrainState.create(w, frozen, tx, k) for w, k in zip(seeds, keys)]
-  axes = TrainState(step=0, params=0, frozen=None, opt_state=0, rng=0, extra=0)
+  axes = TrainState(step=0, params=0, frozen=None if shared else 0, opt_state=0, rng=0, extra=0)
   own = jax.tree.map(jnp.copy, frozen)  # the chunk donates its state
   stacked = jax.vmap(lambda w, k: TrainState.create(w, own, tx, k), out_axes=axes)(
       jnp.stack(seeds), jnp.stack(keys))
   idx = jnp.asarray(rng.integers(0, 32, (2, 3, 8)), jnp.int32)  # 2 steps, 3 seeds, batch 8
   mesh = make_mesh(jax.devices()[:1])
-  new, metrics = make_train_chunk(step, mesh, 'replicas', axes, 'map')(stacked, data, idx)
-  np.testing.assert_array_equal(new.frozen['x'], frozen['x'])  # still one shared copy, unchanged
+  chunk = (make_train_chunk(step, mesh, 'replicas', axes, 'map') if shared
+           else make_train_chunk(step, mesh, 'replicas', seed_loop='map'))
+  new, metrics = chunk(stacked, data, idx)
+  if shared:
+    np.testing.assert_array_equal(new.frozen['x'], frozen['x'])  # still one copy, unchanged
+  else:
+    for s in range(3):
+      np.testing.assert_array_equal(new.frozen['x'][s], frozen['x'])  # each seed's, unchanged
   for s, state in enumerate(alone_states):
     losses = []
     for t in range(2):

@@ -32,9 +32,10 @@ class Task:
     seed, and the trainer runs all seeds together in one program (each
     seed with its own data order, augmentation and optimizer state).
   seed_loop: how those seeds run in the program (SEED_LOOPS): 'vmap' (batched ops) or 'map'
-    (`lax.map`, a loop over the seeds whose body is the computation of one seed, so each seed's
-    numbers are those of its run alone, bit for bit; under vmap XLA:CPU may block a batched
-    product's sum differently, see jaxlab.train.step.seed_map).
+    (`lax.map`, a loop over the seeds whose body is the computation of one seed; for LeNet-5
+    each seed's numbers are then those of its run alone, bit for bit, which vmap's batched
+    products do not promise; not a guarantee for every model, see
+    jaxlab.train.step.seed_map).
   workers: a jaxlab.parallel.local.LocalSpec: train K workers with their own
     data shards and optimizer states, averaging parameters every J steps.
   controller: optional host-side controller with `init_extra()` (the initial
