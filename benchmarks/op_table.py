@@ -1,17 +1,29 @@
-"""LeNet-5's training step op by op, jaxlab against PyTorch eager, on this machine's CPU.
+"""A training step op by op, jaxlab against PyTorch eager, on this machine's CPU.
 
-    python -m benchmarks.op_table --torch_python=/tmp/torchvenv/bin/python [--batch=64]
-        [--steps=10] [--json=PATH]
+    python -m benchmarks.op_table --torch_python=/tmp/torchvenv/bin/python
+        [--model=lenet|vit_tiny|vit_s16_lora] [--batch=N] [--steps=10] [--json=PATH]
 
-Both sides run the step users time (benchmarks/workloads.py's lenet/<batch>: augmentation,
-forward, cross-entropy, backward, SGD with momentum) on random images, and every op of the
-timed steps is put in one of the same buckets: each convolution forward and backward, ReLU +
-max-pool forward and backward, the dense layers, the loss, augmentation + random numbers, the
-optimizer + the rest (on PyTorch's side also the autograd engine's own time, placed with
-the ReLU and pool where its name says it serves them, and the pool gradient's fill of zeros).
-Each bucket's largest ops are kept in the JSON (top_ops). Milliseconds per step are op durations summed over the timed steps and
-divided by their number; the step's wall time is printed beside them (XLA may run two small
-ops at once on two threads, so its ops can sum to more than the wall time).
+Models (each side runs the step users time, from benchmarks/workloads.py and
+benchmarks/torch_refs.py, on random images):
+  lenet         LeNet-5 (lenet/<batch>, default batch 64): augmentation, forward, cross-entropy,
+                backward, SGD with momentum.
+  vit_tiny      the plain ViT-Ti/4 of the residual-stream family at 32 px in float32 with a
+                learned position embedding (vit_tiny/race, default batch 64), one seed, AdamW.
+  vit_s16_lora  ViT-S/16 at 224 px with LoRA on every block (peft/lora, default batch 8): the
+                resize to 224 px in the step, the backbone frozen, AdamW on the adapters, norms'
+                and head's groups.
+
+Every op of the timed steps is put in one of the model's buckets (BUCKETS; for LeNet-5: each
+convolution forward and backward, ReLU + max-pool forward and backward, the dense layers, the
+loss, augmentation + random numbers, the optimizer + the rest, with PyTorch's autograd engine's
+own time placed with the ReLU and pool where its name says it serves them, and the pool
+gradient's fill of zeros; for the ViTs: patch embedding, LayerNorm, the attention's qkv and
+output projections (their LoRA included), the attention core (scores, softmax, weighted sum
+and the layout shuffles around it), the MLP's two matmuls, GELU, each forward and backward, the
+head + loss, augmentation, optimizer + the rest). Each bucket's largest ops are kept in the JSON
+(top_ops). Milliseconds per step are op durations summed over the timed steps and divided by
+their number; the step's wall time is printed beside them (XLA may run two small ops at once on
+two threads, so its ops can sum to more than the wall time).
 
 jaxlab: a jax.profiler trace of the compiled step with XLA:CPU's per-op trace events
 (--xla_cpu_enable_xprof_traceme, set here before JAX starts), each op placed by the name
@@ -59,6 +71,77 @@ def jax_bucket(op_name):
   return 'optimizer + other'
 
 
+VIT_BUCKETS = tuple(f'{part} {way}' for part in (
+    'patch embedding', 'LayerNorm', 'qkv + proj (LoRA included)', 'attention core', 'MLP fc1 + fc2',
+    'GELU') for way in ('forward', 'backward')) + (
+        'head + loss', 'augmentation + random numbers', 'optimizer + other')
+# A ViT op's part from the name scope's module names (jaxlab.models.vit).
+_VIT_PARTS = (('patch_embed', 'patch embedding'), ('norm1', 'LayerNorm'), ('norm2', 'LayerNorm'),
+              ('qkv', 'qkv + proj (LoRA included)'), ('proj', 'qkv + proj (LoRA included)'),
+              ('fc1', 'MLP fc1 + fc2'), ('fc2', 'MLP fc1 + fc2'), ('attn', 'attention core'),
+              ('mlp', 'GELU'), ('norm', 'LayerNorm'), ('head', 'head + loss'))
+
+
+def vit_jax_bucket(op_name):
+  """The bucket of a ViT step's XLA op from its metadata's name scope: the innermost module
+  name decides (qkv before attn, fc1 before mlp); in an attention block's own scope the ops
+  are the core's; an op of the model outside any module (the class token, position
+  embedding, residual adds) goes to 'optimizer + other'."""
+  if 'jvp(ViT)' in op_name:
+    way = 'backward' if 'transpose(' in op_name else 'forward'
+    parts = set(re.split(r'[/.;]', op_name))
+    for name, part in _VIT_PARTS:
+      if name in parts:
+        return 'head + loss' if part == 'head + loss' else f'{part} {way}'
+    return 'optimizer + other'
+  if 'jvp()' in op_name:
+    return 'head + loss'
+  if op_name.startswith('jit(run)/vmap(') or any(name in op_name for name in RANDOM) \
+      or 'resize' in op_name:
+    return 'augmentation + random numbers'
+  return 'optimizer + other'
+
+
+def vit_torch_bucket(name, shapes, dims, backward):
+  """The bucket of a ViT step's PyTorch op from its name, input shapes and whether it ran in
+  the autograd engine's backward pass. dims: the model's width, qkv width (3·width), MLP width
+  and classes, which tell the matmuls (addmm, mm, the bias gradients' sums) apart."""
+  width, qkv, mlp, classes = dims
+  way = 'backward' if backward else 'forward'
+  first = shapes[0] if shapes and shapes[0] else []
+  sizes = {d for shape in shapes if shape for d in shape}
+  if name in ('aten::mkldnn_convolution', 'aten::convolution', 'aten::_convolution',
+              'aten::convolution_backward'):
+    return f'patch embedding {way}'
+  if name in ('aten::native_layer_norm', 'aten::native_layer_norm_backward'):
+    return f'LayerNorm {way}'
+  if name in ('aten::gelu', 'aten::gelu_backward'):
+    return f'GELU {way}'
+  if 'scaled_dot_product' in name or 'flash_attention' in name:
+    return f'attention core {way}'
+  if 'softmax' in name or 'nll_loss' in name or 'cross_entropy' in name:
+    return 'head + loss'
+  matmul = name in ('aten::addmm', 'aten::mm', 'aten::bmm')  # addmm's first input: the bias
+  # The bias gradients' sums, the layout copies, and LoRA's scaling and sum of its output with
+  # the base layer's: sized by the layer (those of width-sized outputs, proj's and fc2's, are
+  # not told apart from the residual adds: they stay in 'optimizer + other').
+  if matmul or (name in ('aten::sum', 'aten::copy_', 'aten::clone') and 2 <= len(first) <= 3) \
+      or (name in ('aten::add', 'aten::mul') and len(first) == 3):  # activations, not params
+    if classes in sizes and mlp not in sizes and qkv not in sizes:
+      return 'head + loss'
+    if mlp in sizes:
+      return f'MLP fc1 + fc2 {way}'
+    if qkv in sizes or (matmul and width in sizes):
+      return f'qkv + proj (LoRA included) {way}'
+  if not backward and name in (
+      'aten::index', 'aten::gather', 'aten::where', 'aten::randint', 'aten::rand',
+      'aten::constant_pad_nd', 'aten::flip', 'aten::div_', 'aten::sub', 'aten::div',
+      'aten::_to_copy', 'aten::arange', 'aten::lt', 'aten::upsample_bilinear2d',
+      'aten::_upsample_bilinear2d_aa'):
+    return 'augmentation + random numbers'
+  return 'optimizer + other'
+
+
 def hlo_ops(text):
   """{instruction name: (opcode, metadata op_name)} of a compiled module's text."""
   ops = {}
@@ -70,23 +153,45 @@ def hlo_ops(text):
   return ops
 
 
-def time_jax(batch, steps, warmup):
+MODELS = {  # --model: (title, the suite's workload at a batch, default batch, buckets)
+    'lenet': ('LeNet-5', lambda batch: f'lenet/{batch}', 64, BUCKETS),
+    'vit_tiny': ('ViT-Ti/4 (32 px, float32, learned position embedding, one seed)',
+                 lambda batch: 'vit_tiny/race', 64, VIT_BUCKETS),
+    'vit_s16_lora': ('ViT-S/16 with LoRA (224 px, float32)', lambda batch: 'peft/lora', 8,
+                     VIT_BUCKETS),
+}
+# The ViTs' (width, qkv width, MLP width, classes): what tells PyTorch's matmuls apart.
+VIT_DIMS = {'vit_tiny': (192, 576, 768, 10), 'vit_s16_lora': (384, 1152, 1536, 100)}
+
+
+def time_jax(batch, steps, warmup, model='lenet', small=False):
+  """jaxlab's side; small: the workload's --small sizes (the ViT-Ti/4 row's quick ViT), for
+  the tests."""
   import jax
 
   from benchmarks.workloads import placed_step
-  w = placed_step(f'lenet/{batch}', False)
+  _, workload, _, _ = MODELS[model]
+  w = placed_step(workload(batch), small, batch=batch, seeds=None if model == 'lenet' else (0,))
+  bucket = jax_bucket if model == 'lenet' else vit_jax_bucket
   state, data, indices, compiled = w.state, w.data, w.indices, w.compiled
   ops = hlo_ops(compiled.as_text())
-  batches = [indices() for _ in range(warmup + steps)]
-  for i in range(warmup):
+  batches = [indices() for _ in range(warmup + 2 * steps)]
+  walls, untraced = [], []
+
+  def step(i, into):
+    nonlocal state
+    t0 = time.perf_counter()
     state, _ = jax.block_until_ready(compiled(state, data, batches[i]))
-  walls = []
+    into.append(time.perf_counter() - t0)
+
+  for i in range(warmup):
+    step(i, [])
+  for i in range(warmup, warmup + steps):  # the wall time without the tracer's own cost
+    step(i, untraced)
   with tempfile.TemporaryDirectory() as folder:
     jax.profiler.start_trace(folder)
-    for i in range(warmup, warmup + steps):
-      t0 = time.perf_counter()
-      state, _ = jax.block_until_ready(compiled(state, data, batches[i]))
-      walls.append(time.perf_counter() - t0)
+    for i in range(warmup + steps, warmup + 2 * steps):
+      step(i, walls)
     jax.profiler.stop_trace()
     (path,) = glob.glob(os.path.join(folder, '**', '*.trace.json.gz'), recursive=True)
     with gzip.open(path) as f:
@@ -95,11 +200,13 @@ def time_jax(batch, steps, warmup):
   for e in events:
     op = ops.get(e.get('name')) if e.get('ph') == 'X' else None
     if op and op[0] not in ('while', 'conditional', 'call'):  # their bodies' ops are counted
-      ms[(jax_bucket(op[1]), f'{e["name"]} ({op[1][:100]})')] += e['dur'] / 1e3 / steps
+      ms[(bucket(op[1]), f'{e["name"]} ({op[1][:100]})')] += e['dur'] / 1e3 / steps
   if not ms:
     raise RuntimeError('the trace holds no XLA op events: was JAX imported before '
                        'benchmarks.op_table set --xla_cpu_enable_xprof_traceme?')
-  return dict(wall_ms=1e3 * statistics.median(walls), **by_bucket(ms), jax=jax.__version__,
+  return dict(wall_ms=1e3 * statistics.median(walls),
+              untraced_wall_ms=1e3 * statistics.median(untraced), **by_bucket(ms),
+              jax=jax.__version__,
               device=jax.devices()[0].device_kind)
 
 
@@ -133,28 +240,55 @@ def torch_bucket(name, shapes):
   return 'optimizer + other'
 
 
-def time_torch(batch, steps, warmup):
+def _in_backward(event):
+  """Whether a profiler event ran inside the autograd engine's backward pass."""
+  parent = event.cpu_parent
+  while parent is not None:
+    if parent.name.startswith('autograd::engine::evaluate_function'):
+      return True
+    parent = parent.cpu_parent
+  return False
+
+
+def time_torch(batch, steps, warmup, model='lenet'):
   """Run by the PyTorch environment's python (no jax there)."""
   from torch.profiler import ProfilerActivity, profile
 
   from benchmarks import torch_refs as refs
   torch, device, amp, _ = refs._setup('cpu', False, None)
-  _, _, make_run = refs.lenet5_training(torch, device, amp, batch, warmup + steps)
+  if model == 'lenet':
+    make_run = refs.lenet5_training(torch, device, amp, batch, warmup + 2 * steps)[2]
+    bucket = lambda e, shapes: torch_bucket(e.name, shapes)
+  else:
+    if model == 'vit_tiny':
+      make_run = refs.vit_tiny_training(torch, device, amp, batch, warmup + 2 * steps)[2]
+    else:
+      make_run = refs.vit_peft_training(torch, device, amp, 'lora', batch,
+                                         warmup + 2 * steps)[3]
+    bucket = lambda e, shapes: vit_torch_bucket(e.name, shapes, VIT_DIMS[model], _in_backward(e))
   run = make_run()
-  for i in range(warmup):
+  walls, untraced = [], []
+
+  def step(i, into):
+    t0 = time.perf_counter()
     run(i)
-  walls = []
+    into.append(time.perf_counter() - t0)
+
+  for i in range(warmup):
+    step(i, [])
+  for i in range(warmup, warmup + steps):  # the wall time without the profiler's own cost
+    step(i, untraced)
   with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
-    for i in range(warmup, warmup + steps):
-      t0 = time.perf_counter()
-      run(i)
-      walls.append(time.perf_counter() - t0)
+    for i in range(warmup + steps, warmup + 2 * steps):
+      step(i, walls)
   ms = collections.Counter()
   for e in prof.events():
     shapes = e.input_shapes
-    ms[(torch_bucket(e.name, shapes), f'{e.name} {shapes[0] if shapes else ""}')] += \
+    ms[(bucket(e, shapes), f'{e.name} {shapes[0] if shapes else ""}')] += \
         e.self_cpu_time_total / 1e3 / steps
-  return dict(wall_ms=1e3 * statistics.median(walls), **by_bucket(ms), torch=torch.__version__,
+  return dict(wall_ms=1e3 * statistics.median(walls),
+              untraced_wall_ms=1e3 * statistics.median(untraced), **by_bucket(ms),
+              torch=torch.__version__,
               threads=torch.get_num_threads())
 
 
@@ -180,15 +314,19 @@ def _ratio(a, b):
   return f'{a / b:.2f}' if b else '–'
 
 
-def table(ours, theirs, batch):
+def table(ours, theirs, batch, model='lenet'):
   """The markdown table of both sides' buckets (PyTorch's column '–' without it)."""
-  lines = [f'LeNet-5 training step at batch {batch}, ms per step (summed op time)', '',
+  title, _, _, buckets = MODELS[model]
+  lines = [f'{title} training step at batch {batch}, ms per step (summed op time)', '',
            '| bucket | jaxlab | PyTorch eager | jaxlab / PyTorch |', '| --- | ---: | ---: | ---: |']
   rows = [(name, ours['ms'].get(name, 0.0), theirs['ms'].get(name, 0.0) if theirs else None)
-          for name in BUCKETS]
+          for name in buckets]
   rows.append(('**sum of ops**', sum(ours['ms'].values()),
                sum(theirs['ms'].values()) if theirs else None))
-  rows.append(('**step wall time (median)**', ours['wall_ms'], theirs['wall_ms'] if theirs else None))
+  rows.append(('**step wall time, profiled (median)**', ours['wall_ms'],
+               theirs['wall_ms'] if theirs else None))
+  rows.append(('**step wall time, not profiled (median)**', ours['untraced_wall_ms'],
+               theirs['untraced_wall_ms'] if theirs else None))
   for name, a, b in rows:
     lines.append(f'| {name} | {a:.1f} | {_cell(b)} | {_ratio(a, b)} |')
   return '\n'.join(lines)
@@ -196,32 +334,36 @@ def table(ours, theirs, batch):
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  p.add_argument('--batch', type=int, default=64)
+  p.add_argument('--model', choices=sorted(MODELS), default='lenet')
+  p.add_argument('--batch', type=int, default=0, help="default: the model's (LeNet-5 and "
+                 'ViT-Ti/4 64, ViT-S/16 8)')
   p.add_argument('--steps', type=int, default=10)
   p.add_argument('--warmup', type=int, default=3)
   p.add_argument('--torch_python', default='', help="the python of an environment with torch")
   p.add_argument('--json', default='', help='also write both sides and the table here')
   p.add_argument('--side', choices=('jax', 'torch'), default='', help=argparse.SUPPRESS)
+  p.add_argument('--small', action='store_true', help=argparse.SUPPRESS)  # jaxlab's side, tests
   args = p.parse_args(argv)
+  args.batch = args.batch or MODELS[args.model][2]
   if args.side == 'torch':
-    print(json.dumps(time_torch(args.batch, args.steps, args.warmup)))
+    print(json.dumps(time_torch(args.batch, args.steps, args.warmup, args.model)))
     return
   theirs = None
   if args.torch_python:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = subprocess.run([args.torch_python, '-m', 'benchmarks.op_table', '--side=torch',
-                          f'--batch={args.batch}', f'--steps={args.steps}',
+                          f'--model={args.model}', f'--batch={args.batch}', f'--steps={args.steps}',
                           f'--warmup={args.warmup}'], cwd=root, capture_output=True, text=True,
                          env=dict(os.environ, PYTHONPATH=root), check=False)
     if out.returncode:
       sys.exit(f'the PyTorch side failed:\n{out.stderr[-2000:]}')
     theirs = json.loads(out.stdout.strip().splitlines()[-1])
-  ours = time_jax(args.batch, args.steps, args.warmup)
-  text = table(ours, theirs, args.batch)
+  ours = time_jax(args.batch, args.steps, args.warmup, args.model, args.small)
+  text = table(ours, theirs, args.batch, args.model)
   print(text)
   if args.json:
     with open(args.json, 'w') as f:
-      json.dump({'batch': args.batch, 'steps': args.steps, 'jaxlab': ours, 'pytorch': theirs,
+      json.dump({'model': args.model, 'batch': args.batch, 'steps': args.steps, 'jaxlab': ours, 'pytorch': theirs,
                  'table': text}, f, indent=1)
     print(f'wrote {args.json}')
 

@@ -735,12 +735,12 @@ def build_vit_peft(method, small=False, use_timm=None, classes=None):
   return model, groups, desc
 
 
-def time_vit_peft(method, batch=128, steps=5, warmup=2, small=False, use_timm=None,
-                  classes=None, compile=False, device=None, amp=None, num_threads=None, seed=0):
-  """Times PEFT training steps of ViT-S/16 at 224 px (or the quick tiny ViT when small) for
-  `method` in PEFT_METHODS (configs/hybrid.py); a record dict. compile: the model under
-  torch.compile (see the module's docstring); the resize stays eager, in the augmentation."""
-  torch, device, amp, notes = _setup(device, amp, num_threads)
+def vit_peft_training(torch, device, amp, method, batch, steps, small=False, use_timm=None,
+                      classes=None, seed=0):
+  """ViT-S/16 at 224 px (or the quick tiny ViT when small) with `method`'s LoRA and trainable
+  groups, its AdamW groups, cosine schedule, augmentation (the resize included) and `steps`
+  random batches on the device: (model, groups, notes, make_run(compile=False) -> run(i), one
+  training step on batch i)."""
   c = VIT['quick' if small else 'S/16']
   torch.manual_seed(seed)
   model, groups, desc = build_vit_peft(method, small, use_timm, classes)
@@ -759,34 +759,45 @@ def time_vit_peft(method, batch=128, steps=5, warmup=2, small=False, use_timm=No
   else:
     recipe = dict(crop_padding=0, flip=True, normalization='cifar100')
   aug = lambda x: augment(torch, x, resize=c['image_size'], **recipe)
-  n_classes = model.head.out_features
-  images, labels, idx = _pool(torch, device, batch, n_classes, warmup + steps, seed)
+  images, labels, idx = _pool(torch, device, batch, model.head.out_features, steps, seed)
 
-  def make_run():
+  def make_run(compile=False):
     step = _train_step(torch, _maybe_compile(torch, model, compile), opt, sched, aug, amp, device)
     return lambda i: step(images[idx[i % len(idx)][0]], labels[idx[i % len(idx)][0]])
 
-  notes += [desc, f'AdamW groups {sorted(groups)} ({impl}), cosine',
-            f'{SOURCE_SIZE} px uint8 resized to {c["image_size"]} in the step, '
-            + ', '.join(f'{k} {v}' for k, v in recipe.items()), _compile_note(compile)]
+  notes = [desc, f'AdamW groups {sorted(groups)} ({impl}), cosine',
+           f'{SOURCE_SIZE} px uint8 resized to {c["image_size"]} in the step, '
+           + ', '.join(f'{k} {v}' for k, v in recipe.items())]
+  return model, groups, notes, make_run
+
+
+def time_vit_peft(method, batch=128, steps=5, warmup=2, small=False, use_timm=None,
+                  classes=None, compile=False, device=None, amp=None, num_threads=None, seed=0):
+  """Times PEFT training steps of ViT-S/16 at 224 px (or the quick tiny ViT when small) for
+  `method` in PEFT_METHODS (configs/hybrid.py); a record dict. compile: the model under
+  torch.compile (see the module's docstring); the resize stays eager, in the augmentation."""
+  torch, device, amp, notes = _setup(device, amp, num_threads)
+  c = VIT['quick' if small else 'S/16']
+  model, groups, more, make_peft_run = vit_peft_training(
+      torch, device, amp, method, batch, warmup + steps, small, use_timm, classes, seed)
+  notes += more + [_compile_note(compile)]
   record = lambda times, first, cpw, info: _record(
       torch, device, f'vit_peft/{method}', batch, times, first, cpw, info,
       list(model.parameters()), notes, amp=amp, method=method,
       model='quick tiny ViT' if small else 'S/16', image_size=c['image_size'],
-      classes=n_classes, groups=sorted(groups))
-  return _timed_record(torch, device, f'vit_peft/{method}', batch, compile, make_run, steps,
-                       warmup, record)
+      classes=model.head.out_features, groups=sorted(groups))
+  return _timed_record(torch, device, f'vit_peft/{method}', batch, compile,
+                       lambda: make_peft_run(compile), steps, warmup, record)
 
 
 # ----------------------------------------------------------------------------- ViT-Ti/4 (mHC)
 
 
-def time_vit_tiny(batch=64, steps=20, warmup=3, small=False, compile=False, device=None,
-                  amp=None, num_threads=None, seed=0):
-  """Times from-scratch training steps of configs/mhc.py's plain residual ViT-Ti/4 (or quick's
-  4-block ViT when small) with a learned position embedding; a record dict. All parameters
-  train. compile: the model under torch.compile (see the module's docstring)."""
-  torch, device, amp, notes = _setup(device, amp, num_threads)
+def vit_tiny_training(torch, device, amp, batch, steps, small=False, seed=0):
+  """configs/mhc.py's plain residual ViT-Ti/4 (or quick's 4-block ViT when small) with a
+  learned position embedding, its AdamW, a cosine schedule, the race's augmentation and `steps`
+  random batches on the device: (model, notes, make_run(compile=False) -> run(i), one training
+  step on batch i). All parameters train."""
   c = MHC['quick' if small else 'Ti/4']
   torch.manual_seed(seed)
   # _plain_vit: class token, learned pos_embed, pre-LN blocks (eps 1e-6, exact GELU, fused qkv),
@@ -801,24 +812,36 @@ def time_vit_tiny(batch=64, steps=20, warmup=3, small=False, compile=False, devi
   sched = _cosine(torch, opt, c['epochs'] * (TRAIN_SIZE // batch))
   recipe = dict(flip=c['flip'], normalization=c['normalization'])  # no crop, resize, RandAugment,
   aug = lambda x: augment(torch, x, **recipe)  # colour jitter or erasing: as the race's JAX row
-  images, labels, idx = _pool(torch, device, batch, c['classes'], warmup + steps, seed)
+  images, labels, idx = _pool(torch, device, batch, c['classes'], steps, seed)
 
-  def make_run():
+  def make_run(compile=False):
     step = _train_step(torch, _maybe_compile(torch, model, compile), opt, sched, aug, amp, device)
     return lambda i: step(images[idx[i % len(idx)][0]], labels[idx[i % len(idx)][0]])
 
-  notes += ['built-in ViT with timm layout, learned pos_embed',
-            f'AdamW lr 3e-3 wd 0.01 ({impl}), cosine (the config: warmup-hold-decay)',
-            ', '.join(f'{k} {v}' for k, v in recipe.items()) + ', no crop/resize',
-            _compile_note(compile)]
+  notes = ['built-in ViT with timm layout, learned pos_embed',
+           f'AdamW lr 3e-3 wd 0.01 ({impl}), cosine (the config: warmup-hold-decay)',
+           ', '.join(f'{k} {v}' for k, v in recipe.items()) + ', no crop/resize']
+  return model, notes, make_run
+
+
+def time_vit_tiny(batch=64, steps=20, warmup=3, small=False, compile=False, device=None,
+                  amp=None, num_threads=None, seed=0):
+  """Times from-scratch training steps of configs/mhc.py's plain residual ViT-Ti/4 (or quick's
+  4-block ViT when small) with a learned position embedding; a record dict. All parameters
+  train. compile: the model under torch.compile (see the module's docstring)."""
+  torch, device, amp, notes = _setup(device, amp, num_threads)
+  c = MHC['quick' if small else 'Ti/4']
+  model, more, make_tiny_run = vit_tiny_training(torch, device, amp, batch, warmup + steps,
+                                                 small, seed)
+  notes += more + [_compile_note(compile)]
   record = lambda times, first, cpw, info: _record(
       torch, device, 'vit_tiny', batch, times, first, cpw, info, list(model.parameters()),
       notes, amp=amp, model='quick ViT' if small else 'Ti/4', pos='learned',
       image_size=c['image_size'], patch=c['patch'], width=c['width'], depth=c['depth'],
       heads=c['heads'], mlp_dim=c['mlp_dim'], classes=c['classes'],
       config='mhc:quick,regular' if small else 'mhc:regular,learned_pos')
-  return _timed_record(torch, device, 'vit_tiny', batch, compile, make_run, steps, warmup,
-                       record)
+  return _timed_record(torch, device, 'vit_tiny', batch, compile,
+                       lambda: make_tiny_run(compile), steps, warmup, record)
 
 
 # ----------------------------------------------------------------------------- CLI

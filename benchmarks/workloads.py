@@ -199,20 +199,23 @@ def index_drawer(rng, pool, batch, setup, mesh):
                                axis=setup.layout.batch_axis)
 
 
-def placed_step(name, small, batch=0, seed=0):
+def placed_step(name, small, batch=0, seed=0, seeds=None):
   """A workload's step as the suite times it, as a namespace: config, task, held, mesh, setup,
   the placed state, data (a device pool of random uint8 images and labels), indices (a drawer of
   one step's random batch indices), the compiled chunk function and its compile seconds.
-  `batch` > 0 replaces the workload's batch size (per worker for local SGD)."""
+  `batch` > 0 replaces the workload's batch size (per worker for local SGD); `seeds` (a tuple)
+  replaces the random seeds trained together (one, to time one model's step)."""
   import time
   import types
 
   from jaxlab.parallel.mesh import make_mesh, replicate
   from jaxlab.train.setup import build_setup
   config, task, shape, held = make_workload(name, small)
-  if batch:
-    with config.unlocked():
+  with config.unlocked():
+    if batch:
       config.train.batch_size = batch
+    if seeds is not None:
+      config.seeds = tuple(seeds)
   batch = config.train.batch_size
   mesh = make_mesh()
   setup = build_setup(config, task, mesh, total_steps=10_000, steps_per_epoch=100)

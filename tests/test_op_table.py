@@ -71,3 +71,83 @@ def test_the_pytorch_side_places_the_layers_ops():
                  'ReLU + pool forward', 'ReLU + pool backward', 'dense layers (fc1, fc2, head)'):
     assert theirs['ms'][bucket] > 0, bucket
   assert 0.5 * theirs['wall_ms'] < sum(theirs['ms'].values()) < 2.0 * theirs['wall_ms']
+
+
+def test_vit_ops_are_placed_by_their_module_and_pass():
+  # The innermost module name decides: qkv and proj before attn, fc1 and fc2 before mlp.
+  scope = 'jit(run)/jvp(ViT)/blocks_3/'
+  back = 'jit(run)/transpose(jvp(ViT))/blocks_3/'
+  assert op_table.vit_jax_bucket(scope + 'attn/qkv/dot_general') \
+      == 'qkv + proj (LoRA included) forward'
+  assert op_table.vit_jax_bucket(back + 'attn/proj/transpose') \
+      == 'qkv + proj (LoRA included) backward'
+  assert op_table.vit_jax_bucket(scope + 'attn/vmap()/div') == 'attention core forward'
+  assert op_table.vit_jax_bucket(back + 'attn/vmap(BTNH,BSNH->BNTS)/dot_general') \
+      == 'attention core backward'
+  assert op_table.vit_jax_bucket(scope + 'mlp/fc1/dot_general') == 'MLP fc1 + fc2 forward'
+  assert op_table.vit_jax_bucket(scope + 'mlp/erfc') == 'GELU forward'
+  assert op_table.vit_jax_bucket(back + 'norm2/reduce_sum') == 'LayerNorm backward'
+  assert op_table.vit_jax_bucket('jit(run)/jvp(ViT)/norm/mul') == 'LayerNorm forward'
+  assert op_table.vit_jax_bucket('jit(run)/transpose(jvp(ViT))/patch_embed/conv_general_dilated') \
+      == 'patch embedding backward'
+  assert op_table.vit_jax_bucket('jit(run)/jvp(ViT)/head/dot_general') == 'head + loss'
+  assert op_table.vit_jax_bucket('jit(run)/transpose(jvp())/log_softmax') == 'head + loss'
+  assert op_table.vit_jax_bucket('jit(run)/jvp(ViT)/blocks_3/add') == 'optimizer + other'
+  assert op_table.vit_jax_bucket('jit(run)/vmap()/div') == 'augmentation + random numbers'
+  # PyTorch (ViT-Ti/4's dims): the op's name, the matmul's sizes and the pass it ran in.
+  dims = op_table.VIT_DIMS['vit_tiny']
+  bucket = op_table.vit_torch_bucket
+  assert bucket('aten::addmm', [[576], [4160, 192], [192, 576]], dims, False) \
+      == 'qkv + proj (LoRA included) forward'
+  assert bucket('aten::mm', [[4160, 192], [192, 192]], dims, True) \
+      == 'qkv + proj (LoRA included) backward'
+  assert bucket('aten::mm', [[768, 4160], [4160, 192]], dims, True) == 'MLP fc1 + fc2 backward'
+  assert bucket('aten::addmm', [[10], [64, 192], [192, 10]], dims, False) == 'head + loss'
+  assert bucket('aten::native_layer_norm_backward', [[64, 65, 192]], dims, True) \
+      == 'LayerNorm backward'
+  assert bucket('aten::_scaled_dot_product_flash_attention_for_cpu_backward',
+                [[64, 3, 65, 64]], dims, True) == 'attention core backward'
+  assert bucket('aten::gelu', [[64, 65, 768]], dims, False) == 'GELU forward'
+  assert bucket('aten::flip', [[64, 3, 32, 32]], dims, False) == 'augmentation + random numbers'
+  assert bucket('aten::_fused_adamw_', [[]], dims, False) == 'optimizer + other'
+
+
+VIT_PARTS = tuple(f'{part} {way}' for part in (
+    'LayerNorm', 'qkv + proj (LoRA included)', 'attention core', 'MLP fc1 + fc2')
+                  for way in ('forward', 'backward')) + ('GELU forward', 'patch embedding forward')
+
+
+def test_the_jax_side_places_every_part_of_a_vit_step(tmp_path):
+  # The ViT-Ti/4 row's model at its --small sizes (4 blocks, patch 8): the same modules.
+  out = tmp_path / 'ops.json'
+  r = subprocess.run([sys.executable, '-m', 'benchmarks.op_table', '--model=vit_tiny', '--small',
+                      '--batch=4', '--steps=2', '--warmup=1', f'--json={out}'], cwd=ROOT,
+                     capture_output=True, text=True, timeout=600,
+                     env=dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS=xla_flags.for_command()))
+  assert r.returncode == 0, r.stderr[-3000:]
+  record = json.loads(out.read_text())
+  ours = record['jaxlab']
+  assert record['model'] == 'vit_tiny' and '| attention core backward |' in record['table']
+  for bucket in VIT_PARTS:
+    assert ours['ms'][bucket] > 0, bucket
+  assert ours['untraced_wall_ms'] > 0
+  assert 0.5 * ours['wall_ms'] < sum(ours['ms'].values()) < 2.0 * ours['wall_ms']
+
+
+def test_the_pytorch_side_places_the_vit_parts():
+  pytest.importorskip('torch')
+  theirs = op_table.time_torch(batch=2, steps=1, warmup=1, model='vit_tiny')
+  for bucket in VIT_PARTS:
+    assert theirs['ms'][bucket] > 0, bucket
+  assert 0.5 * theirs['wall_ms'] < sum(theirs['ms'].values()) < 2.0 * theirs['wall_ms']
+
+
+def test_loras_output_arithmetic_goes_with_its_layer_and_the_optimizers_does_not():
+  dims = op_table.VIT_DIMS['vit_s16_lora']
+  bucket = op_table.vit_torch_bucket
+  assert bucket('aten::add', [[8, 197, 1536], [8, 197, 1536]], dims, False) \
+      == 'MLP fc1 + fc2 forward'
+  assert bucket('aten::mul', [[8, 197, 1152], []], dims, False) \
+      == 'qkv + proj (LoRA included) forward'
+  assert bucket('aten::add', [[8, 197, 384], [8, 197, 384]], dims, False) == 'optimizer + other'
+  assert bucket('aten::mul', [[1152, 384], []], dims, False) == 'optimizer + other'

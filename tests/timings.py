@@ -70,6 +70,7 @@ SECONDS = {
     'tests/test_packaging.py::test_installed_wheel_runs_a_family_from_another_directory': 16.4,
     'tests/test_local.py::test_grid_sweep_resumes_cell_by_cell': 15.3,
     'tests/test_op_table.py::test_the_jax_side_traces_every_bucket_of_a_real_step': 9.8,
+    'tests/test_op_table.py::test_the_jax_side_places_every_part_of_a_vit_step': 9.8,
     'tests/test_seed_axis.py::test_seeds_one_after_another_in_one_program_equal_each_seed_alone': 9.1,
     'tests/test_distributed_seeds.py::test_seeds_trained_together_equal_each_seed_alone': 15.3,
     'tests/test_multiprocess.py::test_sigterm_saves_the_step_reached_and_the_rerun_ends_as_uninterrupted': 15.3,
