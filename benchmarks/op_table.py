@@ -153,6 +153,26 @@ def hlo_ops(text):
   return ops
 
 
+def median_walls(run, warmup, steps, profiler):
+  """Both sides' timing: run(i) for steps 0 .. warmup-1 untimed, the next `steps` timed without
+  a profiler, the `steps` after them timed inside the context manager `profiler` (whose
+  events the caller reads). (median ms unprofiled, median ms profiled)."""
+
+  def timed(first):
+    walls = []
+    for i in range(first, first + steps):
+      t0 = time.perf_counter()
+      run(i)
+      walls.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(walls)
+
+  for i in range(warmup):
+    run(i)
+  untraced = timed(warmup)
+  with profiler:
+    return untraced, timed(warmup + steps)
+
+
 MODELS = {  # --model: (title, the suite's workload at a batch, default batch, buckets)
     'lenet': ('LeNet-5', lambda batch: f'lenet/{batch}', 64, BUCKETS),
     'vit_tiny': ('ViT-Ti/4 (32 px, float32, learned position embedding, one seed)',
@@ -176,23 +196,13 @@ def time_jax(batch, steps, warmup, model='lenet', small=False):
   state, data, indices, compiled = w.state, w.data, w.indices, w.compiled
   ops = hlo_ops(compiled.as_text())
   batches = [indices() for _ in range(warmup + 2 * steps)]
-  walls, untraced = [], []
 
-  def step(i, into):
+  def run(i):
     nonlocal state
-    t0 = time.perf_counter()
     state, _ = jax.block_until_ready(compiled(state, data, batches[i]))
-    into.append(time.perf_counter() - t0)
 
-  for i in range(warmup):
-    step(i, [])
-  for i in range(warmup, warmup + steps):  # the wall time without the tracer's own cost
-    step(i, untraced)
   with tempfile.TemporaryDirectory() as folder:
-    jax.profiler.start_trace(folder)
-    for i in range(warmup + steps, warmup + 2 * steps):
-      step(i, walls)
-    jax.profiler.stop_trace()
+    untraced_ms, wall_ms = median_walls(run, warmup, steps, jax.profiler.trace(folder))
     (path,) = glob.glob(os.path.join(folder, '**', '*.trace.json.gz'), recursive=True)
     with gzip.open(path) as f:
       events = json.load(f)['traceEvents']
@@ -204,8 +214,7 @@ def time_jax(batch, steps, warmup, model='lenet', small=False):
   if not ms:
     raise RuntimeError('the trace holds no XLA op events: was JAX imported before '
                        'benchmarks.op_table set --xla_cpu_enable_xprof_traceme?')
-  return dict(wall_ms=1e3 * statistics.median(walls),
-              untraced_wall_ms=1e3 * statistics.median(untraced), **by_bucket(ms),
+  return dict(wall_ms=wall_ms, untraced_wall_ms=untraced_ms, **by_bucket(ms),
               jax=jax.__version__,
               device=jax.devices()[0].device_kind)
 
@@ -266,28 +275,14 @@ def time_torch(batch, steps, warmup, model='lenet'):
       make_run = refs.vit_peft_training(torch, device, amp, 'lora', batch,
                                          warmup + 2 * steps)[3]
     bucket = lambda e, shapes: vit_torch_bucket(e.name, shapes, VIT_DIMS[model], _in_backward(e))
-  run = make_run()
-  walls, untraced = [], []
-
-  def step(i, into):
-    t0 = time.perf_counter()
-    run(i)
-    into.append(time.perf_counter() - t0)
-
-  for i in range(warmup):
-    step(i, [])
-  for i in range(warmup, warmup + steps):  # the wall time without the profiler's own cost
-    step(i, untraced)
-  with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
-    for i in range(warmup + steps, warmup + 2 * steps):
-      step(i, walls)
+  prof = profile(activities=[ProfilerActivity.CPU], record_shapes=True)
+  untraced_ms, wall_ms = median_walls(make_run(), warmup, steps, prof)
   ms = collections.Counter()
   for e in prof.events():
     shapes = e.input_shapes
     ms[(bucket(e, shapes), f'{e.name} {shapes[0] if shapes else ""}')] += \
         e.self_cpu_time_total / 1e3 / steps
-  return dict(wall_ms=1e3 * statistics.median(walls),
-              untraced_wall_ms=1e3 * statistics.median(untraced), **by_bucket(ms),
+  return dict(wall_ms=wall_ms, untraced_wall_ms=untraced_ms, **by_bucket(ms),
               torch=torch.__version__,
               threads=torch.get_num_threads())
 

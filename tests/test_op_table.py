@@ -151,3 +151,20 @@ def test_loras_output_arithmetic_goes_with_its_layer_and_the_optimizers_does_not
       == 'qkv + proj (LoRA included) forward'
   assert bucket('aten::add', [[8, 197, 384], [8, 197, 384]], dims, False) == 'optimizer + other'
   assert bucket('aten::mul', [[1152, 384], []], dims, False) == 'optimizer + other'
+
+
+def test_median_walls_profiles_only_the_last_steps():
+  import contextlib
+  calls, inside = [], []
+
+  @contextlib.contextmanager
+  def profiler():
+    inside.append(True)
+    yield
+    inside.append(False)
+
+  run = lambda i: calls.append((i, bool(inside) and inside[-1]))
+  untraced, traced = op_table.median_walls(run, warmup=2, steps=3, profiler=profiler())
+  assert calls == [(0, False), (1, False), (2, False), (3, False), (4, False),
+                   (5, True), (6, True), (7, True)]
+  assert inside == [True, False] and untraced >= 0 and traced >= 0
