@@ -54,8 +54,8 @@ Grid sweeps (resumable cell by cell; grid.md, grid.png):
       --config.data.validation_fraction=0.2
 
 Seeds: config.seeds (default 0, 1, 2 in every variant) trains each seed from its own init,
-data order and augmentation. Synchronous runs train the seeds together under vmap in one program
-(n seeds hold n models' activations: where they do not fit in a device's memory together, by
+data order and augmentation. Synchronous runs train the seeds together in one program, a loop
+over the seeds (n seeds hold n models' state: where they do not fit in a device's memory, by
 XLA's memory analysis of the compiled step, they run one after another, and say so); local
 methods run them one after another in WORKDIR/seed_<s>/. summary.json holds each
 metric's mean with <metric>_per_seed beside it; an arms sweep writes stats.json and the seeds'
@@ -100,7 +100,7 @@ def centralized_sgdm():
   c.arms = ('sync',)
   c.arms = ()
   # seeds: random seeds each run trains (each its own init, data order and augmentation); the
-  # synchronous runs train them together under vmap, the local methods one after another
+  # synchronous runs train them together in one program, the local methods one after another
   # (WORKDIR/seed_<s>/). The reference's tables are single runs: three seeds give each number
   # its spread. () trains config.seed alone.
   c.seeds = (0,)

@@ -107,7 +107,7 @@ def ten_epochs(method='hybrid_layerwise', policy='deep_lora'):
   c.train.update(batch_size=128, epochs=10, eval_batch_size=512, log_every_steps=50,
                  ece_batch_size=128)
   c.checkpoint.every_steps = 1000
-  # seeds: random seeds each method trains together under vmap, one copy of the model each
+  # seeds: random seeds each method trains together in one program, one copy of the model each
   # (each seed its own head and LoRA init, data order and augmentation; the same backbone);
   # the table then reports mean ± std and the paired comparisons. () trains config.seed alone.
   c.seeds = (0,)

@@ -62,8 +62,8 @@ class Missing(BadInput):
 
 
 class SeedsDoNotFit(BadInput):
-  """The seeds a run trains together under vmap need more memory on a device than it has, by
-  XLA's memory analysis of the compiled training step (checked before the step first runs).
+  """The seeds a run trains together in one program need more memory on a device than it has,
+  by XLA's memory analysis of the compiled training step (checked before the step first runs).
   A family whose seeds can run one after another catches it and does so."""
 
   def __init__(self, seeds, needed, available):

@@ -3,8 +3,9 @@ chunk, state donated) lowered and exported for CUDA on this CPU (`jax.export`, p
 ['cuda']), with 8 simulated devices where the family runs data-parallel. What a GPU gets:
 
 - the state's buffers donated (aliased to the outputs: the step updates them in place);
-- no loop in the step: the CPU-only workaround of vit.materialize_grad (a 1-trip while loop
-  that keeps XLA:CPU from recomputing the residual gradient) is absent on CUDA, present on CPU;
+- no loop in the step but the seeds' (where seeds train together): the CPU-only workaround of
+  vit.materialize_grad (a 1-trip while loop that keeps XLA:CPU from recomputing the residual
+  gradient) is absent on CUDA, present on CPU;
 - the collectives the layout promises: each ordered sum an all_to_all + all_gather pair (no
   all_reduce), a plain psum an all_reduce, local-SGD workers none inside the step;
 - cuDNN's fused attention where model.attention picks it (tests/test_attention.py).
@@ -117,7 +118,8 @@ def test_ladder_step_for_cuda():
   c.seeds = (1, 2)
   task = ladder.make_task(c, 'dfa', 1, (1, 2), SHAPE, 10)
   text = _export(c, task, 1, 8)
-  assert _ops(text)['while'] == 0 and _donated(text) == text.state_leaves
+  # One loop: the seeds' (Task.seed_loop 'map', each seed bit for bit its run alone); no other.
+  assert _ops(text)['while'] == 1 and _donated(text) == text.state_leaves
 
 
 @pytest.mark.parametrize('ordered', [True, False])

@@ -126,10 +126,9 @@ def make_task(config, num_classes, image_shape, workers=None):
   """LeNet-style classifier with every parameter in one optimizer group; model.param_init:
   'torch' (PyTorch's defaults, as the original) or 'lecun' (see jaxlab.models.conv). With
   config.seeds (and no local workers) the seeds train together in one program, one after
-  another in a loop (Task.seed_loop 'map': each seed's numbers are those of its run alone, bit
-  for bit, as tests/test_distributed_seeds.py checks, and on two CPU cores the loop was faster
-  than vmap for LeNet-5), each with its own init, data order and augmentation
-  (jaxlab.train.layouts.Replicas)."""
+  another in a loop (Task.seed_loop 'map', the default: each seed's numbers are those of its
+  run alone, bit for bit, as tests/test_distributed_seeds.py checks), each with its own init,
+  data order and augmentation (jaxlab.train.layouts.Replicas)."""
   model = models.model_from_config(config.model, num_classes)
   if hasattr(model, 'param_init'):
     model = model.clone(param_init=config.model.get('param_init', 'torch'))

@@ -4,8 +4,8 @@ The reference run and its definitions: docs/references.md.
 
 A cell is one (rule, k): the last k blocks trainable, the first L−k frozen at
 their random init (not differentiated), embed / out_ln / out_head always
-trained; the cell's seeds train together under `jax.vmap`. The cells run through
-jaxlab.train.sweep (each in cells/<rule>_k<k>, with its own result file; finished cells
+trained; the cell's seeds train together in one program (Task.seed_loop). The cells run
+through jaxlab.train.sweep (each in cells/<rule>_k<k>, with its own result file; finished cells
 are skipped on a rerun; sweep.only runs one); `ladder.json`, `ladder.md` (mean ± sample
 std beside the reference table, docs/references.md) and `ladder.png` are assembled from the finished cells, and
 `identity_check.json` is written first.

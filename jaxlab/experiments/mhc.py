@@ -257,7 +257,7 @@ def _train_arm(c, workdir, dataset, arm):
   spec = model.residual
   if spec is not None:
     spec.warn_if_trivial()
-  together = bool(c.get('seeds'))  # the seeds train together under vmap (Replicas)
+  together = bool(c.get('seeds'))  # the seeds train together in one program (Replicas)
   if together:
     params = over_seeds.stacked([p for _, p in inits])
   task = Task(params=params, apply=flax_apply(model), rules=(('.*', 'all'),),

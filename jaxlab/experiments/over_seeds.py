@@ -51,15 +51,18 @@ def combined(results, seeds, keys):
   return out
 
 
-def in_turn(config, workdir, run, keys, why, combine=combined, result_file='summary.json'):
-  """`run(config, workdir)` of each of config.seeds alone (config.seed = s, no seeds), in
-  WORKDIR/seed_<s>/, one after another (`why`); their results combined (`combine(results,
-  seeds, keys)`) with `seeds_run_why`, also written to WORKDIR/`result_file`."""
+def in_turn(config, workdir, run, keys, why, combine=combined, result_file='summary.json',
+            groups_of_one=False):
+  """`run(config, workdir)` of each of config.seeds alone, in WORKDIR/seed_<s>/, one after
+  another (`why`); their results combined (`combine(results, seeds, keys)`) with
+  `seeds_run_why`, also written to WORKDIR/`result_file`. Each seed alone is config.seed = s
+  with no seeds, or with `groups_of_one` config.seeds = (s,): the seeds' loop with one seed,
+  whose numbers are the seed's in the group, bit for bit (Task.seed_loop)."""
   results = []
   for seed in config.seeds:
     c = copy.deepcopy(config)
     with c.unlocked():
-      c.seed, c.seeds = seed, ()
+      c.seed, c.seeds = seed, ((seed,) if groups_of_one else ())
     print(f'seed {seed} of {tuple(config.seeds)} (one after another: {why})')
     results.append(run(c, seed_dir(workdir, seed)))
   result = {**combine(results, config.seeds, keys), 'seeds_run_why': why}
@@ -73,20 +76,21 @@ IN_TURN_FILE = 'seeds_in_turn.json'
 def together_or_in_turn(config, workdir, run, keys, combine=combined,
                         result_file='summary.json'):
   """`run(config, workdir)`, config.seeds trained together; where they do not fit in a device's
-  memory together (checks.SeedsDoNotFit, raised before the first step), `in_turn`. The
-  decision is kept (WORKDIR/seeds_in_turn.json), so a rerun resumes the seeds in turn without
+  memory together (checks.SeedsDoNotFit, raised before the first step), `in_turn`, each seed
+  a group of one (its numbers those it would have in the group, bit for bit). The decision is
+  kept (WORKDIR/seeds_in_turn.json), so a rerun resumes the seeds in turn without
   compiling the joint step again."""
   kept = os.path.join(workdir, IN_TURN_FILE)
   if config.get('seeds') and os.path.exists(kept):
     why = read_json(kept, f'delete {kept} to try the seeds together again')['why']
-    return in_turn(config, workdir, run, keys, why, combine, result_file)
+    return in_turn(config, workdir, run, keys, why, combine, result_file, groups_of_one=True)
   try:
     return run(config, workdir)
   except checks.SeedsDoNotFit as e:
     why = f'{e.what}: the seeds run one after another'
     print(f'note: {why}', file=sys.stderr)
     write_json(kept, {'why': why, 'seeds': list(config.seeds)})
-    return in_turn(config, workdir, run, keys, why, combine, result_file)
+    return in_turn(config, workdir, run, keys, why, combine, result_file, groups_of_one=True)
 
 
 def stacked(trees):

@@ -159,7 +159,7 @@ def make_task(config, num_classes, pretrained=None):
                        f'{sorted(groups)}')
     parity = LrParity(peak_lrs={g: config.optim.groups[g].lr for g in ('lora', 'norm')})
   if config.get('seeds'):
-    # The seeds train together under vmap (jaxlab.train.layouts.Replicas): each its own fresh
+    # The seeds train together in one program (jaxlab.train.layouts.Replicas): each its own fresh
     # leaves (head, LoRA), data order and augmentation; the same backbone.
     params = over_seeds.stacked([b[1] for b in built])
   return Task(

@@ -2,7 +2,7 @@
 
 Three layouts, one interface, chosen once by `choose(config, task, mesh)`:
   OneModel  one model, state replicated, each global batch split over the devices;
-  Replicas  several seeds under vmap (a leading seed axis), each with its own data order;
+  Replicas  several seeds in one program (a leading seed axis), each with its own data order;
   Workers   local SGD: K workers with their own data shards, parameters and optimizer
             states (a leading worker axis sharded over the devices), averaged every J steps.
 The loop asks a layout for the batch indices of a run of steps, where a run of
@@ -92,7 +92,8 @@ class Layout:
 
 
 class Replicas(Layout):
-  """Seeds under vmap: each seed its own data order; every seed's batch split over devices."""
+  """Seeds in one program (a loop over them, or vmap: Task.seed_loop): each seed its own data
+  order; every seed's batch split over devices."""
   name = 'replicas'
   batch_axis = 2
 
@@ -100,13 +101,13 @@ class Replicas(Layout):
     super().__init__(config, task, mesh)
     self.seeds = tuple(task.seeds)
     # The state's frozen parameters: stacked per seed (axis 0), or, where every seed's are the
-    # same (PEFT's pretrained backbone), one copy every seed reads (None: not vmapped).
+    # same (PEFT's pretrained backbone), one copy every seed reads (None: no seed axis).
     # build_setup decides, from the parameters.
     self.frozen_axis = 0
 
   @property
   def state_axes(self):
-    """The vmap axes of the state's parts: a leading seed axis on all but a shared backbone."""
+    """The seed axes of the state's parts: a leading seed axis on all but a shared backbone."""
     return TrainState(step=0, params=0, frozen=self.frozen_axis, opt_state=0, rng=0, extra=0)
 
   @property

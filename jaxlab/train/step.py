@@ -245,13 +245,18 @@ SEED_LOOPS = ('vmap', 'map')
 
 def seed_map(fn, seed_loop='vmap', in_axes=0):
   """`fn` over a leading seed axis of its arguments and outputs: `jax.vmap(fn, in_axes)`, or
-  with seed_loop='map' a `lax.map` over the seeds whose body is `fn` of one seed. Under vmap a
-  product's batched form may sum in another order than the single one (XLA:CPU blocks them
-  differently), so a seed's numbers can differ from its run alone in the last bits. The loop
-  computes one seed at a time, but XLA compiles its body inside a loop, not as the one-seed
-  program: for LeNet-5 each seed's numbers are its run alone's, bit for bit (tested); for a
-  PEFT ViT two elements of a trained LoRA matrix differed by 1 ulp. `in_axes`: 0 or None per
-  argument (a prefix tree, as vmap's); a None part is given to every seed as it is."""
+  with seed_loop='map' a loop over the seeds whose body is `fn` of one seed.
+
+  Under vmap a product's batched form may sum in another order than the single one (XLA:CPU
+  blocks them differently), so a seed's numbers can differ from its run alone in the last bits.
+  The loop computes one seed at a time with the same compiled body whatever the number of
+  seeds: its trip count is hidden from XLA (an optimization barrier) and a single seed's axis
+  is padded to two slots, so a one-seed run is a loop of one trip over the same body, not one
+  XLA would inline or compile in another context (where LLVM may contract another a·b + c·d
+  into a fused multiply-add, or sum in another order). A seed trained with others is then, bit
+  for bit, its run as a group of one, config.seeds = (s,) (tested in every family). `in_axes`: 0
+  or None per argument (a prefix tree, as vmap's); a None part is given to every seed as it
+  is."""
   if seed_loop not in SEED_LOOPS:
     raise ValueError(f'unknown seed_loop {seed_loop!r}; choose one of {SEED_LOOPS}')
   if seed_loop == 'vmap':
@@ -267,7 +272,24 @@ def seed_map(fn, seed_loop='vmap', in_axes=0):
     join = lambda xs: tuple(
         jax.tree.map(lambda ax, x, y: y if ax is None else x, a, m, s, is_leaf=is_axis)
         for a, m, s in zip(axes, xs, shared))
-    return jax.lax.map(lambda xs: fn(*join(xs)), seeded)
+    seeds = jax.tree.leaves(seeded)[0].shape[0]
+    # One seed: its slot and an unread copy, so the body indexes an axis of 2 as it does for
+    # any number of seeds (on an axis of 1 XLA drops the indexing and compiles the body
+    # otherwise).
+    slots = max(seeds, 2)
+    if seeds == 1:
+      seeded = jax.tree.map(lambda x: jnp.concatenate([x, x]), seeded)
+    one_seed = lambda i: fn(*join(jax.tree.map(
+        lambda x: jax.lax.dynamic_index_in_dim(x, i, 0, keepdims=False), seeded)))
+    out = jax.tree.map(lambda s: jnp.zeros((slots, *s.shape), s.dtype),
+                       jax.eval_shape(one_seed, 0))
+
+    def body(i, out):
+      return jax.tree.map(lambda o, y: jax.lax.dynamic_update_index_in_dim(o, y, i, 0), out,
+                          one_seed(i))
+    trips = jax.lax.optimization_barrier(jnp.int32(seeds))  # not a constant XLA unrolls
+    out = jax.lax.fori_loop(0, trips, body, out)
+    return out if seeds == slots else jax.tree.map(lambda o: o[:seeds], out)
   return mapped
 
 
@@ -278,10 +300,10 @@ def make_train_chunk(step_fn, mesh, layout='data', state_axes=0, seed_loop='vmap
   indices of S consecutive steps (or, streamed, a tuple of the S steps' batches,
   `data` then empty). The state is donated. Layouts:
     data      one model, state replicated; idx [S, B] sharded over DATA on B.
-    replicas  a leading seed axis on the state (replicated), vmapped (`state_axes`: the
-              vmap axes of the state's parts, e.g. None for a frozen backbone the seeds
-              share); idx [S, R, B] sharded on B: every seed's batch is split over devices.
-              `seed_loop` 'map' runs the seeds in a loop instead (seed_map).
+    replicas  a leading seed axis on the state (replicated), the seeds run by seed_map:
+              a loop over them (`seed_loop` 'map') or vmapped ('vmap'); `state_axes`: the
+              seed axes of the state's parts, e.g. None for a frozen backbone the seeds
+              share; idx [S, R, B] sharded on B: every seed's batch is split over devices.
     workers   a leading worker axis on the state, sharded over DATA (K/D
               workers per device, vmapped); idx [S, K, b] sharded on K: each
               worker steps on its own batch; no collective inside the step.

@@ -31,11 +31,11 @@ class Task:
   seeds: when set, `params` and `extra` carry a leading axis, one entry per
     seed, and the trainer runs all seeds together in one program (each
     seed with its own data order, augmentation and optimizer state).
-  seed_loop: how those seeds run in the program (SEED_LOOPS): 'vmap' (batched ops) or 'map'
-    (`lax.map`, a loop over the seeds whose body is the computation of one seed; for LeNet-5
-    each seed's numbers are then those of its run alone, bit for bit, which vmap's batched
-    products do not promise; not a guarantee for every model, see
-    jaxlab.train.step.seed_map).
+  seed_loop: how those seeds run in the program (SEED_LOOPS): 'map' (the default: a loop over
+    the seeds whose body is the computation of one seed, compiled alike for any number of
+    seeds, so each seed's numbers are, bit for bit, those of its run as a group of one,
+    config.seeds = (s,); see jaxlab.train.step.seed_map) or 'vmap' (batched ops: equal to
+    that run only to float32 rounding, as XLA:CPU sums a batched product in another order).
   workers: a jaxlab.parallel.local.LocalSpec: train K workers with their own
     data shards and optimizer states, averaging parameters every J steps.
   controller: optional host-side controller with `init_extra()` (the initial
@@ -55,7 +55,7 @@ class Task:
   grad_fn: Callable[..., Any] | None = None
   extra: Any = None
   seeds: tuple[int, ...] | None = None
-  seed_loop: str = 'vmap'
+  seed_loop: str = 'map'
   workers: Any = None
   controller: Any = None
   backbone: dict | None = None
