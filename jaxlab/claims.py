@@ -6,7 +6,7 @@ Every conclusion the five reference notes draw (docs/references.md describes the
 entry of CLAIMS: its id, the note, the claim in a sentence, the note's own numbers, and either
 the family whose sweeps measure it or why it cannot be measured yet. A sweep that measures
 claims writes `stats.json` (per-seed values, and per claim the paired comparison over seeds
-with its verdict: jaxlab.metrics.stats); this command reads every stats.json under the
+— over epochs for step times, exact for memory — with its verdict: jaxlab.metrics.stats); this command reads every stats.json under the
 workdirs it is given and writes one page: each claim with every measurement of it (the data
 set, n, the mean difference with its 95% interval and p-value, the verdict), or the reason
 there is none. Verdicts on the embedded digits concern digits, and the page says so.
@@ -55,8 +55,10 @@ def render(found, paths):
            f'({len(paths)} stats.json). A measurement is a paired comparison over seeds of '
            '`a − b` in the claimed direction: *supported* (the 95% t-interval lies on the '
            'claimed side of 0), *contradicted* (on the other side), *not distinguishable* (it '
-           'holds 0); below three seeds there is no verdict. A verdict on a data set other '
-           'than the note\'s concerns that data set only.\n']
+           'holds 0); below three seeds there is no verdict. A step time (the seeds\' joint '
+           'step) is compared over the two runs\' epochs by Welch\'s t-test, a peak memory '
+           '(XLA\'s memory analysis, the same on every run) exactly. A verdict on a data set '
+           'other than the note\'s concerns that data set only.\n']
   counts = {}
   for key, title in NOTES.items():
     rows = []

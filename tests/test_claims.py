@@ -42,18 +42,29 @@ def test_peft_stats_recomputed_from_the_per_seed_values(tmp_path, sweep):
   c = hybrid_config.get_config('quick')
   if sweep == 'freezing':
     c.sweep.runs = hybrid_config.get_config('freezing').sweep.runs
-    runs, expected_claims = list(c.sweep.runs), peft_stats.FREEZING_CLAIMS
+    runs, own_claims = list(c.sweep.runs), peft_stats.FREEZING_CLAIMS
   else:
-    runs, expected_claims = [r['run'] for r in peft.REFERENCE], peft_stats.METHOD_CLAIMS
+    runs, own_claims = [r['run'] for r in peft.REFERENCE], peft_stats.METHOD_CLAIMS
+  # Its own claims, then the cost claims (step time, memory) about runs it has.
+  cost = [e for e in peft_stats.COST_CLAIMS if e[3] in runs and e[4] in runs]
+  expected_claims = (*own_claims, *cost)
+  assert {e[0] for e in cost} == ({'peft5-3', 'peft5-4', 'peft5-5', 'peft5-6', 'peft5-9',
+                                   'peft5-12'} if sweep == 'freezing' else
+                                  {'peft4-10', 'peft4-11', 'peft4-12', 'peft4-13'})
   rows = []
   for i, run in enumerate(runs):
     acc = (0.9 - 0.01 * i + 0.005 * rng.standard_normal(len(seeds))).tolist()
     ece = (0.05 + 0.01 * i + 0.003 * rng.standard_normal(len(seeds))).tolist()
+    # Step times per epoch (a different number of epochs per run: Welch's test is unpaired);
+    # memory one deterministic figure, two runs alike to check the "same memory" claim.
+    steps = (0.5 + 0.02 * i + 0.01 * rng.standard_normal(8 + i % 3)).tolist()
     rows.append(dict(run=run, trainable_params=1000 + i,
                      seeds=list(seeds), acc1=float(np.mean(acc)), acc1_per_seed=acc,
                      acc1_best=float(np.mean(acc)), best_epoch=1, ece=float(np.mean(ece)),
                      ece_per_seed=ece, ece_per_batch=float(np.mean(ece)),
-                     ece_per_batch_per_seed=ece, nll=1.0, nll_per_seed=[1.0] * len(seeds)))
+                     ece_per_batch_per_seed=ece, nll=1.0, nll_per_seed=[1.0] * len(seeds),
+                     wall_step_time_s=float(np.mean(steps)), wall_step_time_s_per_epoch=steps,
+                     peak_mem_bytes=6_000_000 - 1000 * min(i, 1) * (i % 2)))
   c.seeds = seeds
   peft.write_report(str(tmp_path), rows, c, echo=False)
   record = json.load(open(tmp_path / 'stats.json'))
@@ -70,14 +81,28 @@ def test_peft_stats_recomputed_from_the_per_seed_values(tmp_path, sweep):
   by_run = {r['run']: r for r in rows}
   for comp, (claim_id, _, metric, a, b, sign) in zip(record['comparisons'], expected_claims):
     metric = 'ece_per_batch' if metric == 'ece' else metric
-    va, vb = (np.array(by_run[x][f'{metric}_per_seed']) for x in (a, b))
-    diff = va - vb
-    half = sp.t.ppf(0.975, len(diff) - 1) * diff.std(ddof=1) / np.sqrt(len(diff))
-    low, high = diff.mean() - half, diff.mean() + half
     assert (comp['claim_id'], comp['metric'], comp['a'], comp['b']) == (claim_id, metric, a, b)
-    assert comp['a_values'] == va.tolist() and comp['b_values'] == vb.tolist()
-    assert comp['ci95'] == pytest.approx([low, high], rel=1e-9)
-    assert comp['p_value'] == pytest.approx(sp.ttest_rel(va, vb).pvalue, rel=1e-9)
+    if metric == peft_stats.MEMORY:  # deterministic: the exact difference, no spread
+      diff = by_run[a][metric] - by_run[b][metric]
+      assert comp['test'] == 'exact' and comp['a_values'] == [by_run[a][metric]]
+      low = high = diff
+      assert comp['ci95'] == [diff, diff] and comp['p_value'] is None
+    elif metric == peft_stats.STEP:  # per epoch, unpaired: Welch's t-test
+      va, vb = (np.array(by_run[x][f'{metric}_per_epoch']) for x in (a, b))
+      welch = sp.ttest_ind(va, vb, equal_var=False)
+      low, high = welch.confidence_interval(0.95)
+      assert comp['test'] == 'welch' and comp['n'] == [len(va), len(vb)]
+      assert comp['a_values'] == va.tolist() and comp['b_values'] == vb.tolist()
+      assert comp['ci95'] == pytest.approx([low, high], rel=1e-9)
+      assert comp['p_value'] == pytest.approx(welch.pvalue, rel=1e-9)
+    else:
+      va, vb = (np.array(by_run[x][f'{metric}_per_seed']) for x in (a, b))
+      diff = va - vb
+      half = sp.t.ppf(0.975, len(diff) - 1) * diff.std(ddof=1) / np.sqrt(len(diff))
+      low, high = diff.mean() - half, diff.mean() + half
+      assert comp['a_values'] == va.tolist() and comp['b_values'] == vb.tolist()
+      assert comp['ci95'] == pytest.approx([low, high], rel=1e-9)
+      assert comp['p_value'] == pytest.approx(sp.ttest_rel(va, vb).pvalue, rel=1e-9)
     if sign == 0:
       expected = 'not distinguishable' if low <= 0 <= high else 'contradicted'
     else:

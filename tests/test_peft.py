@@ -457,12 +457,21 @@ def test_freezing_sweep_over_seeds_tests_the_notes_freezing_claims(tmp_path):
   record = json.load(open(tmp_path / 'stats.json'))
   tested = {(x['claim_id'], x['a'], x['b'], x['metric']) for x in record['comparisons']}
   expected = {(i, a, b) for i, _, _, a, b, _ in peft_stats.FREEZING_CLAIMS
-              if a in rows and b in rows}
+              + peft_stats.COST_CLAIMS if a in rows and b in rows}
   assert {(i, a, b) for i, a, b, _ in tested} == expected
-  assert len(record['comparisons']) == 9  # peft5-1, -2, -7 (2), -8, -10, -11, -23 (2)
+  # peft5-1, -2, -7 (2), -8, -10, -11, -23 (2) over the seeds; the cost claims peft5-3, -4, -5,
+  # -6 and -9 (alt50's step time and memory) over epochs and exactly.
+  assert len(record['comparisons']) == 9 + 6
   for x in record['comparisons']:
+    if x['metric'] == peft_stats.STEP:  # two epochs: one after the first each, too few
+      assert x['test'] == 'welch' and x['n'] == [1, 1] and x['note'] == 'n too small'
+      assert x['verdict'] is None
+      continue
     assert x['verdict'] in ('supported', 'not distinguishable', 'contradicted')
-    assert len(x['a_values']) == len(x['b_values']) == 3
+    if x['metric'] == peft_stats.MEMORY:  # XLA's memory analysis: one exact figure a run
+      assert x['test'] == 'exact' and x['a_values'] == [rows[x['a']]['peak_mem_bytes']]
+    else:
+      assert len(x['a_values']) == len(x['b_values']) == 3
   table = open(tmp_path / 'table.md').read()
   assert 'with selective freezing' in table and f'| {deep}@alt50 | 3 |' in table
 

@@ -70,3 +70,30 @@ def test_verdicts_follow_the_interval():
   assert stats.verdict(higher, 0) == 'contradicted'
   with pytest.raises(ValueError, match='claimed_sign'):
     stats.verdict(higher, 2)
+
+
+def test_unpaired_comparison_equals_scipys_welch_t_test():
+  """Step times per epoch: two independent samples of different sizes and spreads."""
+  rng = np.random.default_rng(1)
+  for na, nb in ((3, 3), (6, 11), (20, 4)):
+    a, b = rng.normal(0.50, 0.01, na), rng.normal(0.53, 0.04, nb)
+    c = stats.unpaired(a, b)
+    welch = sp.ttest_ind(a, b, equal_var=False)
+    assert c['test'] == 'welch' and c['n'] == [na, nb] and c['note'] is None
+    assert c['mean_diff'] == pytest.approx(a.mean() - b.mean(), abs=1e-15)
+    assert c['p_value'] == pytest.approx(welch.pvalue, rel=1e-9)
+    assert c['ci95'] == pytest.approx(list(welch.confidence_interval(0.95)), rel=1e-9)
+  few = stats.unpaired([0.5, 0.6], [0.4, 0.41, 0.42])
+  assert few['note'] == 'n too small' and few['ci95'] is None and stats.verdict(few, -1) is None
+  assert stats.describe({**few, 'verdict': None})[0] == '+0.140, n = 2 + 3 epochs'
+
+
+def test_a_deterministic_figure_is_compared_exactly():
+  """Peak memory from XLA's memory analysis: the same on every run, so no spread."""
+  less = stats.exact(5_000, 6_000)
+  assert less['ci95'] == [-1000.0, -1000.0] and less['p_value'] is None
+  assert stats.verdict(less, -1) == 'supported' and stats.verdict(less, +1) == 'contradicted'
+  assert stats.verdict(less, 0) == 'contradicted'  # "the same memory" refuted by any difference
+  assert stats.verdict(stats.exact(7, 7), 0) == 'not distinguishable'
+  assert stats.describe({**less, 'verdict': 'supported'}) == (
+      '-1,000 (exact: the same on every run)', 'supported')

@@ -58,7 +58,9 @@ OPTIMIZER_ARMS = {
 METRICS = ('acc1', 'acc1_best', 'nll', 'ece')
 DESCRIPTIONS = {'acc1': 'accuracy after the last epoch on the evaluation split',
                 'acc1_best': 'accuracy at the best evaluated epoch',
-                'nll': 'NLL after the last epoch', 'ece': 'global ECE (15 bins)'}
+                'nll': 'NLL after the last epoch', 'ece': 'global ECE (15 bins)',
+                'wall_step_time_s': ('the loop\'s wall clock a step of the seeds\' joint step, '
+                                     'each epoch but the first (values: per epoch)')}
 CLAIMS = (
     ('dist-6', 'SGDM beats AdamW with the shared stronger augmentation', 'acc1', 'sgdm',
      'adamw', +1),
@@ -356,7 +358,7 @@ def seed_stats(config, rows, dataset):
   claims = [c for c in CLAIMS if {c[3], c[4]} <= arms]
   seeds = list(over_seeds.run_seeds(config))
   return over_seeds.seed_stats(rows, 'arm', METRICS, claims, dataset.name, seeds, DESCRIPTIONS,
-                               REFERENCE)
+                               REFERENCE, per_epoch=('wall_step_time_s',))
 
 
 def over_seeds_text(config, results_stats, dataset):
@@ -365,7 +367,9 @@ def over_seeds_text(config, results_stats, dataset):
   text = ('\n## Over the seeds\n\n'
           + over_seeds.seeds_table(results_stats, (('acc1', 'acc@1 (final)'),
                                                    ('acc1_best', 'acc@1 (best epoch)'),
-                                                   ('nll', 'NLL')), 'acc1'))
+                                                   ('nll', 'NLL'),
+                                                   ('wall_step_time_s',
+                                                    'wall step time (s) over epochs')), 'acc1'))
   if results_stats['comparisons']:
     where = over_seeds.where_verdicts_apply(
         f'{dataset.name} {dataset.eval_split}', 'the note\'s 20% validation hold-out of CIFAR-100',
@@ -397,8 +401,9 @@ def run(config, workdir):
 
   def cell(arm):
     c = arm_config(config, arm)
-    return Cell(arm, arm_dir(workdir, arm), lambda: run_one(c, arm_dir(workdir, arm), dataset),
-                run_length(c))
+    # The row: the arm's summary and its step time epoch by epoch (the table's spread).
+    return Cell(arm, arm_dir(workdir, arm), lambda: over_seeds.with_epoch_step_times(
+        run_one(c, arm_dir(workdir, arm), dataset), arm_dir(workdir, arm)), run_length(c))
 
   def assemble(finished, final):
     rows = [{'arm': arm, 'workers': summary.get('workers', summary.get('num_devices')),

@@ -72,7 +72,9 @@ REFERENCE = (
 METRICS = ('acc', 'loss', 'knn_acc', 'silhouette')
 DESCRIPTIONS = {'acc': 'test accuracy of the final parameters', 'loss': 'test loss (NLL)',
                 'knn_acc': 'leave-one-out 1-NN accuracy of the test embeddings',
-                'silhouette': 'silhouette of the test embeddings, classes as clusters'}
+                'silhouette': 'silhouette of the test embeddings, classes as clusters',
+                'wall_step_time_s': ('the loop\'s wall clock a step of the seeds\' joint step, '
+                                     'each epoch but the first (values: per epoch)')}
 MHC_ARMS = ('mhc_static', 'mhc_dynamic')
 WHD_CLAIMS = tuple(
     claim for arm in MHC_ARMS for claim in (
@@ -110,7 +112,8 @@ def seed_stats(config, rows, dataset_name):
   rows = rows + [{**r['averaged'], 'arm': f'{r["arm"]} (averaged)'} for r in rows
                  if r.get('averaged')]
   return over_seeds.seed_stats(rows, 'arm', METRICS, claims, dataset_name,
-                               over_seeds.run_seeds(config), DESCRIPTIONS, reference)
+                               over_seeds.run_seeds(config), DESCRIPTIONS, reference,
+                               per_epoch=('wall_step_time_s',))
 
 
 def over_seeds_text(results_stats, dataset_name):
@@ -119,7 +122,8 @@ def over_seeds_text(results_stats, dataset_name):
                                          dataset_name == 'cifar10')
   return ('### Over the seeds\n\n' + over_seeds.seeds_table(
       results_stats, (('acc', 'test/acc'), ('loss', 'test/loss'), ('knn_acc', 'test/knn_acc'),
-                      ('silhouette', 'test/silhouette')), 'acc')
+                      ('silhouette', 'test/silhouette'),
+                      ('wall_step_time_s', 'wall step time (s) over epochs')), 'acc')
           + over_seeds.claims_report(results_stats, where, 'the note (one run each)')
           .replace('\n## ', '\n### '))
 
@@ -234,7 +238,7 @@ def run_arm(config, workdir, dataset, arm):
     first = os.path.join(over_seeds.seed_dir(workdir, row['seeds'][0]), 'embeddings.png')
     if os.path.exists(first):  # the record's picture: the first seed's, as when together
       shutil.copyfile(first, os.path.join(workdir, 'embeddings.png'))
-  return row
+  return over_seeds.with_epoch_step_times(row, workdir)  # the step time's spread over epochs
 
 
 def _combined_rows(rows, seeds, keys):

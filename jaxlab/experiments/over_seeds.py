@@ -25,6 +25,7 @@ from jaxlab.io.figures import markdown_table
 from jaxlab.io.writers import read_json, write_json
 from jaxlab.metrics import stats
 from jaxlab.train.evaluate import seed_fields
+from jaxlab.train.summary import epoch_step_times
 
 
 def run_seeds(config):
@@ -93,6 +94,15 @@ def together_or_in_turn(config, workdir, run, keys, combine=combined,
     return in_turn(config, workdir, run, keys, why, combine, result_file, groups_of_one=True)
 
 
+def with_epoch_step_times(row, workdir):
+  """`row` (a run's result in `workdir`) with 'wall_step_time_s_per_epoch': the loop's wall clock
+  a step, epoch by epoch (train.summary.epoch_step_times; the seeds' joint step, or each seed's
+  when they ran in turn), the samples of the step-time comparisons and spreads."""
+  runs = ([seed_dir(workdir, s) for s in row['seeds']]
+          if row.get('seeds_run') == 'one after another' else [workdir])
+  return {**row, 'wall_step_time_s_per_epoch': [t for run in runs for t in epoch_step_times(run)]}
+
+
 def stacked(trees):
   """Trees of equal structure stacked leaf by leaf on a new leading (seed) axis."""
   return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
@@ -105,11 +115,16 @@ def per_seed(row, metric):
   return [row[metric]] if row.get(metric) is not None else None
 
 
-def seed_stats(rows, key, metrics, claims, dataset, seeds, descriptions, reference=None):
+def seed_stats(rows, key, metrics, claims, dataset, seeds, descriptions, reference=None,
+               per_epoch=(), exact=()):
   """stats.json: each finished arm's (row[key]) per-seed values of every metric with their
   summary, and each claim compared between arms of this sweep: both sides' per-seed values, the
   paired statistics and the verdict, or why it was not measured. `reference`: {arm: {metric:
-  value}}, the note's own numbers (for its difference); `descriptions`: {metric: what it is}."""
+  value}}, the note's own numbers (for its difference); `descriptions`: {metric: what it is}.
+  `per_epoch`: metrics measured per epoch rather than per seed (the step time of the seeds'
+  joint step: row['<metric>_per_epoch']), compared by Welch's unpaired t-test; `exact`:
+  deterministic metrics (one value, the same on every run: XLA's memory analysis), compared by
+  their exact difference."""
   finished = {r[key]: r for r in rows if r.get('diverged_at_step') is None}
   arms = {}
   for name, row in finished.items():
@@ -118,6 +133,14 @@ def seed_stats(rows, key, metrics, claims, dataset, seeds, descriptions, referen
       values = per_seed(row, metric)
       if values is not None:
         arms[name][metric] = {'values': values, **stats.summarize(values)}
+    for metric in per_epoch:
+      if row.get(f'{metric}_per_epoch'):
+        values = list(row[f'{metric}_per_epoch'])
+        arms[name][metric] = {'over': 'epochs', 'values': values, **stats.summarize(values)}
+    for metric in exact:
+      if row.get(metric) is not None:
+        arms[name][metric] = {'over': 'deterministic', 'values': [row[metric]],
+                              **stats.summarize([row[metric]])}
   reference = reference or {}
   comparisons = []
   for claim_id, claim, metric, a, b, sign in claims:
@@ -125,18 +148,21 @@ def seed_stats(rows, key, metrics, claims, dataset, seeds, descriptions, referen
     row = {'claim_id': claim_id, 'claim': claim, 'metric': metric, 'a': a, 'b': b,
            'claimed_sign': sign,
            'reference_diff': ref_a - ref_b if ref_a is not None and ref_b is not None else None}
-    missing = [n for n in (a, b) if n not in arms or metric not in arms[n]]
-    if missing:
-      comparisons.append({**row, 'verdict': None,
-                          'not_measured': f'no finished {", ".join(missing)} in this sweep'})
+    missing = [n for n in (a, b) if n not in arms]
+    unrecorded = [n for n in (a, b) if n in arms and metric not in arms[n]]
+    if missing or unrecorded:
+      why = (f'no finished {", ".join(missing)} in this sweep' if missing else
+             f'{", ".join(unrecorded)} recorded no {metric}')
+      comparisons.append({**row, 'verdict': None, 'not_measured': why})
       continue
     va, vb = arms[a][metric]['values'], arms[b][metric]['values']
-    compared = stats.paired(va, vb)
+    compared = (stats.unpaired(va, vb) if metric in per_epoch else
+                stats.exact(va[0], vb[0]) if metric in exact else stats.paired(va, vb))
     comparisons.append({**row, 'a_values': va, 'b_values': vb, **compared,
                         'verdict': stats.verdict(compared, sign)})
   return {'dataset': dataset, 'seeds': list(seeds), 'confidence': stats.CONFIDENCE,
-          'metrics': {m: descriptions.get(m, m) for m in metrics}, 'arms': arms,
-          'comparisons': comparisons}
+          'metrics': {m: descriptions.get(m, m) for m in (*metrics, *per_epoch, *exact)},
+          'arms': arms, 'comparisons': comparisons}
 
 
 def shown(summary):
@@ -165,8 +191,12 @@ def seeds_table(results_stats, metrics, first):
     columns.append((f'{title}: mean ± std', metric, '{}'))
     if metric == first:
       columns.append((f'{title} 95% CI', 'ci', '{}'))
+  per_epoch = any(arm.get(metric, {}).get('over') == 'epochs'
+                  for arm in results_stats['arms'].values() for metric, _ in metrics)
   return (markdown_table(rows, columns) + '\n\nmean ± sample std (ddof 1) over the n seeds; the '
-          '95% CI is the t-interval of the mean.\n')
+          '95% CI is the t-interval of the mean.'
+          + (' A step time is the seeds\' joint step: its mean ± std is over the run\'s epochs '
+             '(the first, holding the first execution, left out).' if per_epoch else '') + '\n')
 
 
 def where_verdicts_apply(measured_on, note_setting, is_note_setting):
@@ -186,15 +216,21 @@ def claims_report(results_stats, where, reference_title):
     ref = c['reference_diff']
     measured, verdict = stats.describe(c, places=4)
     rows.append({'id': c['claim_id'], 'claim': c['claim'], 'pair': f'{c["a"]} − {c["b"]}',
-                 'metric': c['metric'], 'ref': f'{ref:+.4f}' if ref is not None else '–',
+                 'metric': c['metric'], 'ref': ('–' if ref is None else f'{ref:+,.0f}'
+                                                if c.get('test') == 'exact' else f'{ref:+.4f}'),
                  'measured': measured, 'verdict': verdict})
   seeds = results_stats['seeds']
+  tests = {c.get('test') for c in results_stats['comparisons']}
+  costs = (' A step time is the seeds\' joint step, compared over the two runs\' epochs (the '
+           'first, holding the first execution, left out) by Welch\'s t-test; a peak memory '
+           'is XLA\'s memory analysis of the compiled step, the same on every run, compared '
+           'exactly.' if tests & {'welch', 'exact'} else '')
   return (f'\n## The note\'s conclusions on this sweep ({where})\n\n'
           f'Paired over seeds {seeds} (n = {len(seeds)}; each seed\'s arms share the data '
           'order): supported = the 95% interval of a − b lies on the claimed side of 0, '
           'contradicted = on the other side, not distinguishable = it holds 0 (what a claim of '
           '"about equal" says; such a claim is contradicted when the interval excludes 0); '
-          'below 3 seeds no verdict. Per-seed values: stats.json.\n\n'
+          f'below 3 seeds no verdict.{costs} Per-seed values: stats.json.\n\n'
           + markdown_table(rows, [
               ('id', 'id', '{}'), ('the note\'s conclusion', 'claim', '{}'),
               ('a − b', 'pair', '{}'), ('metric', 'metric', '{}'),

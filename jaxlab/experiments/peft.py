@@ -294,6 +294,7 @@ def run_seeds(config, workdir, dataset, pretrained, backbone):
       config, workdir, lambda c, w: run_one(c, w, dataset, pretrained, backbone)[0], SEED_KEYS)
 
 
+
 def pretrain(config, workdir, dataset):
   """Train the whole ViT from scratch on `sweep.pretrain_classes`; returns its params."""
   c = copy.deepcopy(config)
@@ -508,8 +509,10 @@ def run(config, workdir):
       if schedule:
         c.peft.update(methods.freezing_fields(schedule))
     out = os.path.join(workdir, cell_name(spec))
-    return Cell(cell_name(spec), out, lambda: run_seeds(c, out, dataset, pretrained, backbone),
-                run_length(c))
+    # The row: the run's summary and its step time epoch by epoch, for the claims that compare
+    # step times (peft_stats.COST_CLAIMS).
+    return Cell(cell_name(spec), out, lambda: over_seeds.with_epoch_step_times(
+        run_seeds(c, out, dataset, pretrained, backbone), out), run_length(c))
 
   def assemble(finished, final):
     rows = list(finished.values())

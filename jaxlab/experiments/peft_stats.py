@@ -1,6 +1,7 @@
 """The PEFT sweep over seeds (jaxlab.experiments.over_seeds): the metrics it summarises and
 the reference notes' conclusions about the four methods and about selective freezing, as
-paired tests over the seeds (a sweep tests those whose two runs it has).
+paired tests over the seeds, and about their cost, over epochs (step time) or exactly (memory)
+(a sweep tests those whose two runs it has).
 
 Every method of a sweep trains on the same seeds (config.seeds), so the seed-s runs of two
 methods share their data order and augmentation: a comparison pairs them seed by seed."""
@@ -66,12 +67,46 @@ FREEZING_CLAIMS = (
     ('peft5-23', 'alternation K=50 gives up some accuracy', 'acc1', ALT50, DEEP, -1),
     ('peft5-23', 'alternation K=50 banks calibration', 'ece', ALT50, DEEP, -1),
 )
-CLAIMS = METHOD_CLAIMS + FREEZING_CLAIMS
+# The notes' conclusions about cost: step time (the loop's wall clock a step, as the notes'
+# code timed it; the seeds' joint step, compared over the runs' epochs by Welch's t-test) and
+# peak memory (XLA's memory analysis of the compiled step: deterministic, compared exactly).
+# "More throughput" is a shorter step at the same batch.
+STEP, MEMORY = 'wall_step_time_s', 'peak_mem_bytes'
+OTHERS = ((DEEP, 'deep_lora'), (PARALLEL, 'the parallel hybrid'), ('lora', 'LoRA-only'))
+COST_CLAIMS = (
+    ('peft4-10', "deep_lora's step shorter than the parallel hybrid's (~22%)", STEP, DEEP,
+     PARALLEL, -1),
+    *(('peft4-11', f'Norm-only a shorter step than {name}', STEP, 'norm', run, -1)
+      for run, name in OTHERS),
+    ('peft4-12', 'deep_lora less peak memory than the parallel hybrid', MEMORY, DEEP, PARALLEL,
+     -1),
+    *(('peft4-13', f'Norm-only less peak memory than {name}', MEMORY, 'norm', run, -1)
+      for run, name in OTHERS),
+    ('peft5-3', 'warm-up LoRA the same step time as the baseline', STEP, WARMUP, DEEP, 0),
+    ('peft5-4', 'warm-up LoRA the same peak memory as the baseline', MEMORY, WARMUP, DEEP, 0),
+    ('peft5-5', 'alternation K=50 a shorter step than the baseline (~19% more throughput)',
+     STEP, ALT50, DEEP, -1),
+    ('peft5-6', 'alternation K=50 less peak memory than the baseline (~13%)', MEMORY, ALT50,
+     DEEP, -1),
+    *(('peft5-9', f'alternation K={k} a shorter step than the baseline', STEP, run, DEEP, -1)
+      for k, run in zip((25, 50, 100), ALTS)),
+    *(('peft5-9', f'alternation K={k} less peak memory than the baseline', MEMORY, run, DEEP, -1)
+      for k, run in zip((25, 50, 100), ALTS)),
+    ('peft5-12', 'warm-up LoRA + alternation K=25 a shorter step than the baseline', STEP,
+     WARMUP_ALT, DEEP, -1),
+    ('peft5-12', 'warm-up LoRA + alternation K=25 less peak memory than the baseline', MEMORY,
+     WARMUP_ALT, DEEP, -1),
+)
+CLAIMS = METHOD_CLAIMS + FREEZING_CLAIMS + COST_CLAIMS
 
 
 DESCRIPTIONS = {'acc1': 'test accuracy after the last epoch', 'nll': 'test NLL',
                 'ece': 'global ECE over the test set (15 bins)',
-                'ece_per_batch': 'mean of the ECEs of test batches (the note\'s ECE)'}
+                'ece_per_batch': 'mean of the ECEs of test batches (the note\'s ECE)',
+                STEP: ('the loop\'s wall clock a step of the seeds\' joint step, each epoch but '
+                       'the first (values: per epoch)'),
+                MEMORY: ('XLA\'s memory analysis of the compiled training step (the seeds\' '
+                         'joint step): the same on every run')}
 
 
 def ece_metric(rows):
@@ -90,13 +125,15 @@ def seed_stats(rows, reference, dataset, seeds):
   claims = [(i, text, ece if m == 'ece' else m, a, b, sign) for i, text, m, a, b, sign in CLAIMS
             if a in runs and b in runs]
   return over_seeds.seed_stats(rows, 'run', METRICS, claims, dataset, seeds, DESCRIPTIONS,
-                               {r['run']: r for r in reference})
+                               {r['run']: r for r in reference}, per_epoch=(STEP,),
+                               exact=(MEMORY,))
 
 
 def seeds_table(results_stats):
-  """Each run's accuracy and calibration over the seeds."""
+  """Each run's accuracy and calibration over the seeds, and its step time over the epochs."""
   return over_seeds.seeds_table(results_stats, (('acc1', 'Acc@1 (final)'), ('ece', 'ECE'),
-                                                ('ece_per_batch', 'ECE per batch')), 'acc1')
+                                                ('ece_per_batch', 'ECE per batch'),
+                                                (STEP, 'wall step time (s) over epochs')), 'acc1')
 
 
 def claims_report(results_stats, dataset):

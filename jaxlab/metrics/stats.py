@@ -1,5 +1,7 @@
 """Statistics over seeds: mean ± std with a 95% t-interval, paired differences with their
-t-test, and the verdict a comparison earns.
+t-test, and the verdict a comparison earns; for step times, measured per log window and not
+per seed, Welch's unpaired t-test; for a deterministic figure (XLA's memory analysis), the
+exact difference.
 
 Plain Python (no SciPy): Student's t distribution through the regularised incomplete beta
 function (its continued fraction, evaluated by the modified Lentz method), the quantile by
@@ -113,6 +115,38 @@ def paired(a, b):
   return out
 
 
+def unpaired(a, b):
+  """Welch's comparison of two independent samples `a` and `b` (e.g. the step times of two
+  runs' epochs): the difference of their means, its 95% interval (Welch-Satterthwaite
+  degrees of freedom) and the two-sided p-value. Below MIN_PAIRED values on either side, 'note'
+  is 'n too small' and there is no interval, p-value or verdict."""
+  sa, sb = summarize(a), summarize(b)
+  out = {'test': 'welch', 'n': [sa['n'], sb['n']], 'mean_diff': sa['mean'] - sb['mean'],
+         'std_diff': None, 'ci95': None, 'p_value': None, 'note': None}
+  if min(sa['n'], sb['n']) < MIN_PAIRED:
+    return {**out, 'note': 'n too small'}
+  va, vb = sa['std'] ** 2 / sa['n'], sb['std'] ** 2 / sb['n']
+  se = math.sqrt(va + vb)
+  out['std_diff'] = se  # the standard error of the difference
+  if se <= 1e-12 * max(1.0, abs(out['mean_diff'])):  # both samples constant
+    out['ci95'] = [out['mean_diff'], out['mean_diff']]
+    out['p_value'] = 1.0 if abs(out['mean_diff']) <= 1e-12 else 0.0
+    return out
+  df = (va + vb) ** 2 / (va ** 2 / (sa['n'] - 1) + vb ** 2 / (sb['n'] - 1))
+  half = t_quantile(0.5 + CONFIDENCE / 2, df) * se
+  out['ci95'] = [out['mean_diff'] - half, out['mean_diff'] + half]
+  out['p_value'] = min(1.0, 2.0 * t_cdf(-abs(out['mean_diff']) / se, df))
+  return out
+
+
+def exact(a, b):
+  """The difference of two deterministic figures (the same on every run and seed, e.g. XLA's
+  memory analysis of a compiled step): no spread, so its interval is the difference itself."""
+  diff = float(a) - float(b)
+  return {'test': 'exact', 'n': 1, 'mean_diff': diff, 'std_diff': 0.0, 'ci95': [diff, diff],
+          'p_value': None, 'note': None}
+
+
 def verdict(comparison, claimed_sign):
   """What a paired comparison says of a claim that a − b has sign `claimed_sign` (+1: a is
   higher, -1: a is lower, 0: no difference): 'supported' when the 95% interval lies on the
@@ -142,8 +176,16 @@ def describe(comparison, places=3):
   if comparison.get('not_measured'):
     return '–', f'not measured: {comparison["not_measured"]}'
   diff, n = f'{comparison["mean_diff"]:+.{places}f}', comparison['n']
+  test = comparison.get('test', 'paired')
+  if test == 'welch':
+    n = f'{n[0]} + {n[1]} epochs'
   if comparison.get('note'):
     return f'{diff}, n = {n}', f'{comparison["note"]}: no verdict'
+  if test == 'exact':  # bytes and counts: whole numbers, with thousands separators
+    whole = float(comparison['mean_diff']).is_integer()
+    diff = f'{comparison["mean_diff"]:+,.{0 if whole else places}f}'
+    return f'{diff} (exact: the same on every run)', comparison['verdict']
   low, high = comparison['ci95']
-  return (f'{diff} [{low:+.{places}f}, {high:+.{places}f}], p = {comparison["p_value"]:.3g}, '
-          f'n = {n}'), comparison['verdict']
+  p = 'Welch t-test p' if test == 'welch' else 'p'
+  return (f'{diff} [{low:+.{places}f}, {high:+.{places}f}], {p} = '
+          f'{comparison["p_value"]:.3g}, n = {n}'), comparison['verdict']

@@ -1,4 +1,8 @@
-"""A run's summary, printed for a person."""
+"""A run's summary, printed for a person, and its step time epoch by epoch."""
+
+import os
+
+from jaxlab.io.writers import read_jsonl
 
 _ROWS = (
     ('eval split', 'eval_split', '{}'),
@@ -31,3 +35,12 @@ def format_summary(summary):
 
 def print_summary(summary, workdir):
   print(f'\n{summary.get("dataset", "")} run written to {workdir}\n{format_summary(summary)}')
+
+
+def epoch_step_times(workdir, key='wall_step_time_s'):
+  """The step time (`key` of the 'train_epoch' records of workdir/metrics.jsonl: the loop's
+  wall clock a step, by default) of every epoch but the first, which holds each compiled step's
+  first execution: the samples a comparison of two runs' step times is made of."""
+  records = [r for r in read_jsonl(os.path.join(workdir, 'metrics.jsonl'))
+             if r.get('split') == 'train_epoch' and r.get(key) is not None]
+  return [r[key] for r in sorted(records, key=lambda r: r['step'])[1:]]
