@@ -6,10 +6,11 @@ Every conclusion the five reference notes draw (docs/references.md describes the
 entry of CLAIMS: its id, the note, the claim in a sentence, the note's own numbers, and either
 the family whose sweeps measure it or why it cannot be measured yet. A sweep that measures
 claims writes `stats.json` (per-seed values, and per claim the paired comparison over seeds
-— over epochs for step times, exact for memory — with its verdict: jaxlab.metrics.stats); this command reads every stats.json under the
-workdirs it is given and writes one page: each claim with every measurement of it (the data
-set, n, the mean difference with its 95% interval and p-value, the verdict), or the reason
-there is none. Verdicts on the embedded digits concern digits, and the page says so.
+— over epochs for step times, exact for memory — with its verdict: jaxlab.metrics.stats);
+this command reads every stats.json under the workdirs it is given and writes one page: each
+claim with every measurement of it (the data set, n, the mean difference with its 95% interval
+and p-value, the verdict), or the reason there is none. Verdicts on the embedded digits
+concern digits, and the page says so.
 """
 
 import json

@@ -1,7 +1,7 @@
 """Statistics over seeds: mean ± std with a 95% t-interval, paired differences with their
-t-test, and the verdict a comparison earns; for step times, measured per log window and not
-per seed, Welch's unpaired t-test; for a deterministic figure (XLA's memory analysis), the
-exact difference.
+t-test, and the verdict a comparison earns; for step times, measured per epoch and not per
+seed, Welch's unpaired t-test; for a deterministic figure (XLA's memory analysis), the exact
+difference.
 
 Plain Python (no SciPy): Student's t distribution through the regularised incomplete beta
 function (its continued fraction, evaluated by the modified Lentz method), the quantile by
