@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from jaxlab.optim import averaging, schedules
+from jaxlab.train.step import seed_map
 
 
 def lr(kind, step, **kw):
@@ -83,13 +84,14 @@ def test_average_equals_numpy_mean_of_the_snapshots(window, last):
 
 @pytest.mark.parametrize('window', [0, 3])
 def test_seeds_keep_each_their_own_average(window):
-  """Seeds trained together (parameters stacked on a leading seed axis): each seed's average is
-  the one it would have alone, exactly."""
+  """Seeds trained together (parameters stacked on a leading seed axis), each snapshot added
+  as the trainer adds it (through the seeds' loop): each seed's average is the one it would
+  have alone, exactly."""
   avg = averaging.ParamAverage(start=0, every=1, window=window)
   seeds = [snapshots(5), [jax.tree.map(lambda x: 2 * x + 1, s) for s in snapshots(5)]]
   stacked = [jax.tree.map(lambda *x: np.stack(x), a, b) for a, b in zip(*seeds)]
   stats = avg.init(stacked[0], seeds=True)
-  update = jax.jit(lambda st, p: avg.update(st, p, seeds=True))
+  update = jax.jit(seed_map(avg.update, 'map'))
   for s in stacked:
     stats = update(stats, s)
   assert stats['count'].shape == (2,) and avg.snapshots(stats) == 5

@@ -6,8 +6,10 @@ weights): snapshots are taken every `every` steps once the run is past
 only the last `window` (a ring buffer). The statistics live in
 `TrainState.extra['average']`, so they are checkpointed and resumed with the
 rest of the state. Seeds trained together (a leading seed axis on every
-parameter) keep one set of statistics each: `init`, `update` and `average` take
-`seeds=True` and work seed by seed (their snapshots are taken at the same steps).
+parameter) keep one set of statistics each: `init` and `average` take `seeds=True`
+and work seed by seed (their snapshots are taken at the same steps); the trainer
+adds a snapshot through the seeds' loop (jaxlab.train.step.seed_map over `update`),
+so each seed's statistics are, bit for bit, those of its run alone.
 
 `READS` says which averaging fields each mode reads, `FIELDS` the values each may take.
 """
@@ -61,10 +63,9 @@ class ParamAverage:
     """Whether a snapshot is taken after step `step`."""
     return step > self.start and step % self.every == 0
 
-  def update(self, stats, params, seeds=False):
-    """`stats` with `params` added as the newest snapshot (`seeds`: each seed's to its own)."""
-    if seeds:
-      return jax.vmap(self.update)(stats, params)
+  def update(self, stats, params):
+    """`stats` with `params` added as the newest snapshot (one model's; seeds trained together
+    map it over their axis: jaxlab.train.step.seed_map)."""
     count = stats['count']
     if self.window:  # overwrite the oldest slot of the ring buffer
       slot = count % self.window
