@@ -121,7 +121,7 @@ def test_the_jax_side_places_every_part_of_a_vit_step(tmp_path):
   # The ViT-Ti/4 row's model at its --small sizes (4 blocks, patch 8): the same modules.
   out = tmp_path / 'ops.json'
   r = subprocess.run([sys.executable, '-m', 'benchmarks.op_table', '--model=vit_tiny', '--small',
-                      '--batch=4', '--steps=2', '--warmup=1', f'--json={out}'], cwd=ROOT,
+                      '--batch=4', '--steps=5', '--warmup=1', f'--json={out}'], cwd=ROOT,
                      capture_output=True, text=True, timeout=600,
                      env=dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS=xla_flags.for_command()))
   assert r.returncode == 0, r.stderr[-3000:]
