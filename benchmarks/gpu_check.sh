@@ -56,8 +56,9 @@ print('memory_stats', {k: v for k, v in (jax.devices()[0].memory_stats() or {}).
 EOF
       } > "$out/env.txt" 2>&1 ;;
     tests)
+      # -m "": every test of these files, whatever its tier on the CPU (tests/timings.py).
       JAXLAB_TEST_PLATFORM=gpu timeout -k 10 "${TESTS_S:-240}" "$py" -m pytest -q -p no:cacheprovider \
-        -rA --durations=15 tests/test_gpu.py tests/test_fast_path.py tests/test_attention.py \
+        -m "" -rA --durations=15 tests/test_gpu.py tests/test_fast_path.py tests/test_attention.py \
         > "$out/tests_gpu.log" 2>&1
       echo "exit $?" >> "$out/tests_gpu.log" ;;
     suite)

@@ -79,7 +79,8 @@ def _no_network(monkeypatch):
 #
 # tests/timings.py holds the measured seconds of every test of 1 s or more; a test of
 # SLOW_SECONDS or more, or one that needs an expensive module fixture, is marked `slow`, so
-# `-m "not slow"` is the quick tier. Under xdist each worker takes the next work unit when it is
+# `-m "not slow"` is the quick tier; a test of LONG_SECONDS or more is marked `long`, which the
+# suite leaves to its own run (`-m long`; pyproject.toml's addopts deselect it). Under xdist each worker takes the next work unit when it is
 # free, longest first, so that the run does not end with one worker alone on a long test. A
 # work unit is one test, or a whole module where its tests share an expensive module-scoped
 # fixture (the fixture is then built once, on one worker). Unlisted tests count as 0 s and
@@ -107,10 +108,16 @@ def _slow(item):
   return timings.SECONDS.get(item.nodeid, 0) >= timings.SLOW_SECONDS
 
 
+def _long(item):
+  return timings.SECONDS.get(item.nodeid, 0) >= timings.LONG_SECONDS
+
+
 def pytest_collection_modifyitems(config, items):
   for item in items:
     if _slow(item):
       item.add_marker(pytest.mark.slow)
+    if _long(item):
+      item.add_marker(pytest.mark.long)
   if not hasattr(config, 'workerinput'):  # one process: the order makes no difference
     return
   units = {}

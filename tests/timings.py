@@ -1,13 +1,22 @@
-"""How long each test takes, measured: the quick tier and the order of the full run.
+"""How long each test takes, measured: the three tiers and the order of a run.
 
 SECONDS: setup + call + teardown of every test that took 1 s or more on two CPU cores, the
 longer of two measurements: the full suite and the quick tier (a test can be slower there:
 the programs an earlier test compiled into the session's cache are not there to load). A test
-at SLOW_SECONDS or more, or one that needs an EXPENSIVE_FIXTURES fixture, is marked `slow`, so
-`python -m pytest -q -n 2 -m "not slow"` is the quick tier of the edit-test loop. A test not
-listed counts as quick (0 s). After the suite changes, regenerate the table:
+not listed counts as quick (0 s). From the table, three tiers:
 
-    python -m pytest -q -n 2 --durations=0 -p no:cacheprovider > full.txt
+- the quick tier, `python -m pytest -q -n 2 -m "not slow"`: the edit-test loop. A test at
+  SLOW_SECONDS or more, or one that needs an EXPENSIVE_FIXTURES fixture, is marked `slow`;
+- the suite, `python -m pytest -q -n 2`: every test but the long tier (pyproject.toml's
+  addopts deselect `long`);
+- the long tier, `python -m pytest -q -n 2 -m long`: a test at LONG_SECONDS or more is marked
+  `long` (and `slow`): the headline commands at their real sizes and the tests that train a
+  family end to end several times over (killed and rerun, several processes, seeds alone and
+  together). README's test command runs the suite and then this tier, and so does CI.
+
+After the suite changes, regenerate the table (`-m ""`: every test, the long tier too):
+
+    python -m pytest -q -n 2 -m "" --durations=0 -p no:cacheprovider > full.txt
     python -m pytest -q -n 2 -m "not slow" --durations=0 -p no:cacheprovider > quick.txt
     python tests/timings.py full.txt quick.txt > table.py   # then put it below
 """
@@ -16,6 +25,9 @@ import re
 import sys
 
 SLOW_SECONDS = 3.0
+# The suite without the long tier takes under 7 minutes on two CPU cores (the whole of it,
+# ~12-15: compiling the programs of the long tier's tests is most of it; tests/xla_flags.py).
+LONG_SECONDS = 12.0
 
 # Module-scoped fixtures that cost more than SLOW_SECONDS to build: every test using one is slow
 # (in the quick tier the fixture would be built by whichever of them ran first).
