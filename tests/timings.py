@@ -10,9 +10,11 @@ not listed counts as quick (0 s). From the table, three tiers:
 - the suite, `python -m pytest -q -n 2`: every test but the long tier (pyproject.toml's
   addopts deselect `long`);
 - the long tier, `python -m pytest -q -n 2 -m long`: a test at LONG_SECONDS or more is marked
-  `long` (and `slow`): the headline commands at their real sizes and the tests that train a
+  `long` (and `slow`): the headline commands at their real sizes, the tests that train a
   family end to end several times over (killed and rerun, several processes, seeds alone and
-  together). README's test command runs the suite and then this tier, and so does CI.
+  together), and the seeds' bit-for-bit tests again at XLA's default compile level
+  (tests/test_default_compile_level.py). README's test command runs the suite and then this
+  tier, and so does CI.
 
 After the suite changes, regenerate the table (`-m ""`: every test, the long tier too):
 
@@ -35,6 +37,7 @@ EXPENSIVE_FIXTURES = ('two_arms', 'runs', 'reference', 'vit_exports')
 
 SECONDS = {
     'tests/test_headline.py::test_headline_command[mhc]': 167.7,
+    'tests/test_default_compile_level.py::test_seeds_are_bit_identical_at_the_default_compile_level': 129.0,
     'tests/test_headline.py::test_headline_command[ladder]': 85.2,
     'tests/test_headline.py::test_headline_command[hybrid]': 76.3,
     'tests/test_multiprocess.py::test_two_processes_equal_one_and_write_once_even_killed_and_restarted': 55.1,

@@ -275,7 +275,8 @@ def seed_map(fn, seed_loop='vmap', in_axes=0):
     seeds = jax.tree.leaves(seeded)[0].shape[0]
     # One seed: its slot and an unread copy, so the body indexes an axis of 2 as it does for
     # any number of seeds (on an axis of 1 XLA drops the indexing and compiles the body
-    # otherwise).
+    # otherwise: without the copy the ladder's BP and FA seeds differ from their runs alone at
+    # XLA's default compile level, tests/test_default_compile_level.py).
     slots = max(seeds, 2)
     if seeds == 1:
       seeded = jax.tree.map(lambda x: jnp.concatenate([x, x]), seeded)
