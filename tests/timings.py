@@ -27,8 +27,8 @@ import re
 import sys
 
 SLOW_SECONDS = 3.0
-# The suite without the long tier takes under 7 minutes on two CPU cores (the whole of it,
-# ~12-15: compiling the programs of the long tier's tests is most of it; tests/xla_flags.py).
+# The suite without the long tier takes under 7 minutes on two CPU cores; every test together
+# takes 12-15 minutes, most of it compiling the programs of the long tier's tests.
 LONG_SECONDS = 12.0
 
 # Module-scoped fixtures that cost more than SLOW_SECONDS to build: every test using one is slow
