@@ -47,7 +47,7 @@ def test_hlo_ops_reads_names_opcodes_and_scopes():
 
 def test_the_jax_side_traces_every_bucket_of_a_real_step(tmp_path):
   out = tmp_path / 'ops.json'
-  r = subprocess.run([sys.executable, '-m', 'benchmarks.op_table', '--batch=4', '--steps=2',
+  r = subprocess.run([sys.executable, '-m', 'benchmarks.op_table', '--batch=4', '--steps=5',
                       '--warmup=1', f'--json={out}'], cwd=ROOT, capture_output=True, text=True,
                      env=dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS=xla_flags.for_command()),
                      timeout=600)
