@@ -44,6 +44,8 @@ import sys
 import tempfile
 import time
 
+from jaxlab import host
+
 BUCKETS = ('conv1 forward', 'conv1 backward', 'conv2 forward', 'conv2 backward',
            'ReLU + pool forward', 'ReLU + pool backward', 'dense layers (fc1, fc2, head)',
            'loss', 'augmentation + random numbers', 'optimizer + other')
@@ -343,6 +345,7 @@ def main(argv=None):
   if args.side == 'torch':
     print(json.dumps(time_torch(args.batch, args.steps, args.warmup, args.model)))
     return
+  host.keep_freed_memory()  # jaxlab's side as the jaxlab command runs (jaxlab/host.py)
   theirs = None
   if args.torch_python:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

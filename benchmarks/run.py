@@ -53,6 +53,8 @@ import subprocess
 import sys
 import time
 
+from jaxlab import host
+
 from benchmarks.workloads import (LOCAL_ARMS, LOCAL_WORKERS, WORKLOADS, default_out,
                                   default_workloads, index_drawer, make_workload, placed_step,
                                   sizes_of)
@@ -480,6 +482,7 @@ def recount_flops(path):
 
 
 def main(argv=None):
+  host.keep_freed_memory()  # before JAX starts a thread (jaxlab/host.py)
   argv = sys.argv[1:] if argv is None else argv
   p = argparse.ArgumentParser(prog='python -m benchmarks', description=__doc__.split('\n')[0])
   p.add_argument('--small', action='store_true', help='CPU sizes')

@@ -18,6 +18,8 @@ import json
 import statistics
 import time
 
+from jaxlab import host
+
 MODELS = ('lenet', 'vit', 'vit_dynamic')
 
 
@@ -104,6 +106,7 @@ def line(r):
 
 
 def main(argv=None):
+  host.keep_freed_memory()  # before JAX starts a thread (jaxlab/host.py)
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--model', default=','.join(MODELS), help=f'comma-separated of {MODELS}')
   p.add_argument('--seeds', type=int, default=3)

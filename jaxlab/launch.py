@@ -31,7 +31,7 @@ import traceback
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from jaxlab import checks, cli
+from jaxlab import checks, cli, host
 from jaxlab.train import preemption
 
 BAD_INPUT = checks.BAD_INPUT  # 2: a bad value, file or directory (nothing computed or written)
@@ -176,6 +176,7 @@ def _define_config(config, argv):
 def console():
   """The `jaxlab` command (also `python -m jaxlab` and a checkout's `python launch.py`):
   resolve --config to a file, check the command line, then run `main` under absl."""
+  host.keep_freed_memory()  # before JAX starts a thread (jaxlab/host.py)
   main_module = sys.modules.get('__main__')
   if main_module is not None:
     main_module.__doc__ = __doc__  # absl's --help prints the main module's docstring

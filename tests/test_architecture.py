@@ -15,7 +15,7 @@ TREES = ('jaxlab', 'benchmarks')
 # Lowest first. A module belongs to the first entry that is its name or a package above it; it
 # may import only modules of its own layer or of a layer below.
 LAYERS = (
-    ('jaxlab.checks', 'jaxlab.params', 'jaxlab.reference_claims'),
+    ('jaxlab.checks', 'jaxlab.host', 'jaxlab.params', 'jaxlab.reference_claims'),
     ('jaxlab.data', 'jaxlab.metrics'),
     ('jaxlab.models', 'jaxlab.optim', 'jaxlab.parallel'),
     ('jaxlab.credit', 'jaxlab.io'),

@@ -20,6 +20,8 @@ import orbax.checkpoint as ocp
 import pytest
 import xla_flags  # tests/xla_flags.py
 
+from jaxlab import host
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 12  # about half an epoch of the quick sync arm, two of local SGD
 COMMON = ['--config=configs/distributed.py:quick', '--config.progress=false', '--config.seeds=()',
@@ -160,6 +162,7 @@ def test_two_processes_equal_one_and_write_once_even_killed_and_restarted(refere
     # The log opens with where the run came from, and each restart adds its own.
     assert records[0]['split'] == 'provenance' and starts[0]['resumed_from_step'] is None
     assert all(p['process_count'] == 2 and p['device_count'] == 4 for p in starts)
+    assert all(p['malloc'] == (host.why_not() or 'kept') for p in starts)  # the command set it
     assert len(starts) == (1 if arm == 'local_sgd' else 2), starts
     assert summary(tmp_path, arm)['num_processes'] == 2
     assert sorted(os.listdir(tmp_path / arm / 'checkpoints')) == sorted(

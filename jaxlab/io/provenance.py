@@ -4,7 +4,8 @@
 metrics.jsonl hold: the git commit of the checkout the run came from and whether its tracked
 files had uncommitted changes (None when jaxlab was not run from a git checkout, e.g. an
 installed wheel, or git is not installed), the versions of Python, jax, jaxlib, flax, optax
-and orbax-checkpoint, the device kind, platform and count, and the process count. `now()` is
+and orbax-checkpoint, the device kind, platform and count, the process count, and how the
+process's malloc was set (`jaxlab.host`: 'kept' when freed memory stays mapped). `now()` is
 the UTC time in ISO 8601, as every record's 'time' and the runs' start and end times.
 """
 
@@ -14,6 +15,8 @@ import importlib.metadata
 import os
 import platform
 import subprocess
+
+from jaxlab import host
 
 PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint')
 _CHECKOUT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -64,4 +67,5 @@ def describe(num_devices=None):
       'device_kind': devices[0].device_kind,
       'device_count': int(num_devices or len(devices)),
       'process_count': jax.process_count(),
+      'malloc': host.setting(),
   }

@@ -1,0 +1,68 @@
+"""The process's C allocator, set so that XLA:CPU's step buffers stay mapped (Linux, glibc).
+
+XLA:CPU allocates a compiled step's buffers with malloc when the step starts and frees them
+when it ends. glibc's malloc serves large requests with a fresh `mmap` (those above its mmap
+threshold, at most 32 MB; and any request too large for the 64 MB heaps of the arena of the
+thread that asks) and gives them back with `munmap` on free, so the kernel maps and zeroes
+every page of those buffers again at every step. On a 2-core CPU a ViT-Ti/4 training step at
+batch 64 took ~360,000 page faults (1.46 GB of fresh pages) a step, LeNet-5 at batch 64
+~8,600 (35 MB), the ViT's step 1.3–1.4× as long as with the pages kept.
+
+`keep_freed_memory()` asks malloc (`mallopt`) for one arena (M_ARENA_MAX 1: a request of any
+size goes to the main heap, whatever thread makes it), no mmap (M_MMAP_MAX 0) and no trimming
+of freed memory (M_TRIM_THRESHOLD at its maximum): freed buffers stay in the heap and the next
+step reuses them, page faults and zeroing gone. The price is that the process keeps the memory
+of its largest step until it exits (as a GPU's allocator keeps its pool). It must run before JAX
+starts its threads (the arena of a thread is chosen at its first malloc): the `jaxlab` command,
+`python -m benchmarks` and the test suite call it first thing. `JAXLAB_MALLOC=system` leaves
+malloc as it is, and so does a `GLIBC_TUNABLES` that sets any `glibc.malloc` tunable (the
+user's own choice). Elsewhere (macOS, musl, Windows) it does nothing.
+"""
+
+import ctypes
+import os
+import platform
+import sys
+
+# mallopt's parameters (glibc's malloc.h).
+M_TRIM_THRESHOLD = -1
+M_MMAP_MAX = -4
+M_ARENA_MAX = -8
+SETTINGS = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, -1))  # -1: SIZE_MAX, never
+
+_state = {}
+
+
+def why_not():
+  """Why keep_freed_memory() leaves malloc alone here (None when it would set it)."""
+  if os.environ.get('JAXLAB_MALLOC', '') == 'system':
+    return 'JAXLAB_MALLOC=system'
+  if 'glibc.malloc' in os.environ.get('GLIBC_TUNABLES', ''):
+    return 'GLIBC_TUNABLES sets glibc.malloc tunables'
+  if not sys.platform.startswith('linux') or platform.libc_ver()[0] != 'glibc':
+    return 'not Linux with glibc'
+  return None
+
+
+def keep_freed_memory():
+  """Set malloc as the module docstring says, once per process; returns what it did:
+  'kept' (set now or before), or the reason it left malloc alone."""
+  if 'outcome' not in _state:
+    _state['outcome'] = why_not() or _mallopt()
+  return _state['outcome']
+
+
+def setting():
+  """What this process's malloc runs with, for the run's provenance: keep_freed_memory()'s
+  outcome, or 'system' where it was not called."""
+  return _state.get('outcome', 'system')
+
+
+def _mallopt():
+  try:
+    mallopt = ctypes.CDLL(None).mallopt
+  except (OSError, AttributeError):
+    return 'no mallopt in this process'
+  mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+  failed = [param for param, value in SETTINGS if mallopt(param, value) != 1]
+  return f'mallopt refused {failed}' if failed else 'kept'
