@@ -345,7 +345,7 @@ def main(argv=None):
   if args.side == 'torch':
     print(json.dumps(time_torch(args.batch, args.steps, args.warmup, args.model)))
     return
-  host.keep_freed_memory()  # jaxlab's side as the jaxlab command runs (jaxlab/host.py)
+  host.from_environment()  # JAXLAB_MALLOC, as the jaxlab command reads it (jaxlab/host.py)
   theirs = None
   if args.torch_python:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -482,7 +482,7 @@ def recount_flops(path):
 
 
 def main(argv=None):
-  host.keep_freed_memory()  # before JAX starts a thread (jaxlab/host.py)
+  host.from_environment()  # JAXLAB_MALLOC, before JAX starts a thread (jaxlab/host.py)
   argv = sys.argv[1:] if argv is None else argv
   p = argparse.ArgumentParser(prog='python -m benchmarks', description=__doc__.split('\n')[0])
   p.add_argument('--small', action='store_true', help='CPU sizes')

@@ -106,7 +106,7 @@ def line(r):
 
 
 def main(argv=None):
-  host.keep_freed_memory()  # before JAX starts a thread (jaxlab/host.py)
+  host.from_environment()  # JAXLAB_MALLOC, before JAX starts a thread (jaxlab/host.py)
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--model', default=','.join(MODELS), help=f'comma-separated of {MODELS}')
   p.add_argument('--seeds', type=int, default=3)

@@ -35,6 +35,8 @@ _EXPORTS = {
     'make_optimizer': 'jaxlab.optim.optimizers',
     'make_schedule': 'jaxlab.optim.schedules',
     'load_dataset': 'jaxlab.data.datasets',
+    # the process
+    'keep_freed_memory': 'jaxlab.host',
 }
 
 __all__ = sorted(_EXPORTS)

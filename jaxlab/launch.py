@@ -176,11 +176,11 @@ def _define_config(config, argv):
 def console():
   """The `jaxlab` command (also `python -m jaxlab` and a checkout's `python launch.py`):
   resolve --config to a file, check the command line, then run `main` under absl."""
-  host.keep_freed_memory()  # before JAX starts a thread (jaxlab/host.py)
   main_module = sys.modules.get('__main__')
   if main_module is not None:
     main_module.__doc__ = __doc__  # absl's --help prints the main module's docstring
   try:
+    host.from_environment()  # JAXLAB_MALLOC, before JAX starts a thread (jaxlab/host.py)
     sys.argv[:] = cli.resolve_argv(sys.argv)
     config = None if any(a in _HELP for a in sys.argv[1:]) else cli.check_command_line(sys.argv)
   except (cli.CommandLineError, ValueError) as e:

@@ -25,9 +25,6 @@ if _PLATFORM not in ('cpu', 'gpu'):
   raise SystemExit(f'JAXLAB_TEST_PLATFORM={_PLATFORM!r}: choose cpu (the default) or gpu')
 os.environ.setdefault('JAX_PLATFORMS', 'cuda,cpu' if _PLATFORM == 'gpu' else 'cpu')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from jaxlab import host  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-host.keep_freed_memory()  # malloc as the jaxlab command sets it, before JAX starts a thread
 
 # JAX's persistent compilation cache, shared by every test of the session: the in-process ones,
 # the pytest-xdist workers (they inherit the controller's environment, so they find the folder

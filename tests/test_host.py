@@ -1,6 +1,6 @@
-"""jaxlab.host: with malloc set, a large buffer freed and allocated again from another thread
-(as XLA:CPU's threads allocate a step's buffers) comes back without the kernel mapping its pages
-again; without, every round maps them all."""
+"""jaxlab.host: under JAXLAB_MALLOC=keep, a large buffer freed and allocated again from another
+thread (as XLA:CPU's threads allocate a step's buffers) comes back without the kernel mapping its
+pages again; under the default, every round maps them all."""
 
 import os
 import subprocess
@@ -14,11 +14,11 @@ from jaxlab import host
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MB = 256
 # Allocates, touches and frees MB megabytes 4 times on a thread of its own; prints the minor
-# page faults of rounds 2-4 together, after `keep_freed_memory()` or not (argv[1]).
+# page faults of rounds 2-4 together, with malloc as JAXLAB_MALLOC asks.
 SCRIPT = textwrap.dedent(f"""
     import ctypes, resource, sys, threading
     from jaxlab import host
-    outcome = host.keep_freed_memory() if sys.argv[1] == 'keep' else 'system'
+    outcome = host.from_environment()
     libc = ctypes.CDLL(None)
     libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, (ctypes.c_size_t,)
     libc.free.argtypes = (ctypes.c_void_p,)
@@ -42,13 +42,12 @@ SCRIPT = textwrap.dedent(f"""
 
 def faults_of_three_rounds(mode):
   env = {k: v for k, v in os.environ.items() if k not in ('JAXLAB_MALLOC', 'GLIBC_TUNABLES')}
-  out = subprocess.run([sys.executable, '-c', SCRIPT, mode], capture_output=True, text=True,
-                       check=True, cwd=ROOT, env=dict(env, PYTHONPATH=ROOT)).stdout.split()
+  out = subprocess.run([sys.executable, '-c', SCRIPT], capture_output=True, text=True, check=True,
+                       cwd=ROOT, env=dict(env, PYTHONPATH=ROOT, JAXLAB_MALLOC=mode)).stdout.split()
   return out[0], int(out[1])
 
 
-@pytest.mark.skipif(host.why_not() not in (None, 'JAXLAB_MALLOC=system',
-                                           'GLIBC_TUNABLES sets glibc.malloc tunables'),
+@pytest.mark.skipif(host.why_not() not in (None, 'GLIBC_TUNABLES sets glibc.malloc tunables'),
                     reason='malloc is set only under Linux with glibc')
 def test_freed_buffers_stay_mapped():
   pages = 3 * (MB << 20) // os.sysconf('SC_PAGE_SIZE')
@@ -58,16 +57,30 @@ def test_freed_buffers_stay_mapped():
   assert outcome == 'kept' and faults < 0.01 * pages, faults
 
 
+def test_jaxlab_malloc_chooses(monkeypatch):
+  kept = []
+  monkeypatch.setattr(host, 'keep_freed_memory', lambda: kept.append(1))  # this process stays
+  for value in ('', 'system'):
+    monkeypatch.setenv('JAXLAB_MALLOC', value)
+    assert host.from_environment() == 'system' and not kept
+  monkeypatch.setenv('JAXLAB_MALLOC', 'keep')
+  host.from_environment()
+  assert kept == [1]
+  monkeypatch.setenv('JAXLAB_MALLOC', 'kept')
+  with pytest.raises(ValueError, match="JAXLAB_MALLOC='kept': choose keep .* or system"):
+    host.from_environment()
+
+
 def test_the_users_own_setting_is_left_alone(monkeypatch):
-  monkeypatch.setenv('JAXLAB_MALLOC', 'system')
-  assert host.why_not() == 'JAXLAB_MALLOC=system'
-  monkeypatch.delenv('JAXLAB_MALLOC')
   monkeypatch.setenv('GLIBC_TUNABLES', 'glibc.malloc.arena_max=2')
   assert host.why_not() == 'GLIBC_TUNABLES sets glibc.malloc tunables'
   monkeypatch.setenv('GLIBC_TUNABLES', 'glibc.pthread.rseq=0')
   assert host.why_not() in (None, 'not Linux with glibc')
 
 
-def test_the_session_runs_as_the_jaxlab_command():
-  """conftest.py sets malloc first thing, as the jaxlab command does."""
-  assert host.setting() == (host.why_not() or 'kept')
+def test_a_bad_choice_stops_the_command_in_one_line():
+  proc = subprocess.run([sys.executable, 'launch.py', '--config=configs/distributed.py:quick'],
+                        capture_output=True, text=True, cwd=ROOT,
+                        env=dict(os.environ, JAXLAB_MALLOC='fast'))
+  assert proc.returncode == 2, proc.stderr
+  assert proc.stderr.strip().count('\n') == 0 and "JAXLAB_MALLOC='fast'" in proc.stderr
