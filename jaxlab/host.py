@@ -19,8 +19,8 @@ lock, which made the small steps slower (the hybrid quick demo: 174 s against 14
 `JAXLAB_MALLOC=keep` in the environment of the `jaxlab` command or `python -m benchmarks`
 (`from_environment()`, called first thing, before JAX starts its threads: a thread's arena is
 chosen at its first malloc), or a call of `keep_freed_memory()` in a library user's own
-program. A `GLIBC_TUNABLES` that sets any `glibc.malloc` tunable (the
-user's own choice) is left alone; elsewhere than Linux with glibc nothing is done.
+program. A `GLIBC_TUNABLES` that sets any `glibc.malloc` tunable (the user's own choice) is
+left alone; elsewhere than Linux with glibc nothing is done.
 """
 
 import ctypes

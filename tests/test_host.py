@@ -40,6 +40,14 @@ SCRIPT = textwrap.dedent(f"""
 """)
 
 
+def _read(path):
+  try:
+    with open(path) as f:
+      return f.read()
+  except OSError:
+    return ''
+
+
 def faults_of_three_rounds(mode):
   env = {k: v for k, v in os.environ.items() if k not in ('JAXLAB_MALLOC', 'GLIBC_TUNABLES')}
   out = subprocess.run([sys.executable, '-c', SCRIPT], capture_output=True, text=True, check=True,
@@ -51,8 +59,11 @@ def faults_of_three_rounds(mode):
                     reason='malloc is set only under Linux with glibc')
 def test_freed_buffers_stay_mapped():
   pages = 3 * (MB << 20) // os.sysconf('SC_PAGE_SIZE')
+  # Where the kernel backs every large mapping with 2 MB pages, a round faults once per 2 MB.
+  thp = _read('/sys/kernel/mm/transparent_hugepage/enabled')
+  mapped = 3 * MB // 2 if '[always]' in thp else pages
   outcome, faults = faults_of_three_rounds('system')
-  assert outcome == 'system' and faults > 0.9 * pages, faults  # each round maps its pages anew
+  assert outcome == 'system' and faults > 0.9 * mapped, faults  # each round maps its pages anew
   outcome, faults = faults_of_three_rounds('keep')
   assert outcome == 'kept' and faults < 0.01 * pages, faults
 
