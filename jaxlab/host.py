@@ -28,6 +28,8 @@ import os
 import platform
 import sys
 
+from jaxlab import checks
+
 # mallopt's parameters (glibc's malloc.h).
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
@@ -49,11 +51,12 @@ def why_not():
 
 def from_environment():
   """keep_freed_memory() when JAXLAB_MALLOC=keep; nothing when it is unset or 'system'; a
-  ValueError naming the choices otherwise. Returns setting()."""
+  checks.BadInput naming the choices otherwise. Returns setting()."""
   choice = os.environ.get('JAXLAB_MALLOC', '') or 'system'
   if choice not in CHOICES:
-    raise ValueError(f'JAXLAB_MALLOC={choice!r}: choose keep (freed memory stays mapped, '
-                     'jaxlab/host.py) or system (malloc as it is)')
+    raise checks.BadInput(f'unknown JAXLAB_MALLOC {choice!r}', 'JAXLAB_MALLOC',
+                          'choose keep (freed memory stays mapped, jaxlab/host.py) or system '
+                          '(malloc as it is)')
   if choice == 'keep':
     keep_freed_memory()
   return setting()

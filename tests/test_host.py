@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from jaxlab import host
+from jaxlab import checks, host
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MB = 256
@@ -78,7 +78,8 @@ def test_jaxlab_malloc_chooses(monkeypatch):
   host.from_environment()
   assert kept == [1]
   monkeypatch.setenv('JAXLAB_MALLOC', 'kept')
-  with pytest.raises(ValueError, match="JAXLAB_MALLOC='kept': choose keep .* or system"):
+  with pytest.raises(checks.BadInput,
+                     match="unknown JAXLAB_MALLOC 'kept' .*: choose keep .* or system"):
     host.from_environment()
 
 
@@ -94,4 +95,5 @@ def test_a_bad_choice_stops_the_command_in_one_line():
                         capture_output=True, text=True, cwd=ROOT,
                         env=dict(os.environ, JAXLAB_MALLOC='fast'))
   assert proc.returncode == 2, proc.stderr
-  assert proc.stderr.strip().count('\n') == 0 and "JAXLAB_MALLOC='fast'" in proc.stderr
+  assert proc.stderr.strip().count('\n') == 0
+  assert "error: unknown JAXLAB_MALLOC 'fast' (JAXLAB_MALLOC): choose keep" in proc.stderr
