@@ -28,8 +28,6 @@ import os
 import platform
 import sys
 
-from jaxlab import checks
-
 # mallopt's parameters (glibc's malloc.h).
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
@@ -54,6 +52,9 @@ def from_environment():
   checks.BadInput naming the choices otherwise. Returns setting()."""
   choice = os.environ.get('JAXLAB_MALLOC', '') or 'system'
   if choice not in CHOICES:
+    # Imported here: the benchmarks' PyTorch children import this module in a Python that has
+    # torch and the standard library only (checks needs ml_collections).
+    from jaxlab import checks
     raise checks.BadInput(f'unknown JAXLAB_MALLOC {choice!r}', 'JAXLAB_MALLOC',
                           'choose keep (freed memory stays mapped, jaxlab/host.py) or system '
                           '(malloc as it is)')

@@ -158,3 +158,34 @@ def test_bench_sizes_override_names_the_choices(monkeypatch):
   monkeypatch.setenv('JAXLAB_BENCH_SIZES', 'tpu')
   with pytest.raises(ValueError, match='choose one of gpu, cpu, small'):
     sizes_of(False)
+
+
+# What a Python with torch and the standard library (and numpy) has not: the race's PyTorch
+# children import these benchmark modules there.
+JAX_STACK = ('jax', 'jaxlib', 'flax', 'optax', 'orbax', 'chex', 'ml_collections', 'absl',
+             'tensorflow', 'tensorflow_datasets')
+
+
+def test_the_pytorch_side_imports_without_the_jax_stack():
+  # Blocks the jax stack's imports in a child, then imports every module the PyTorch children
+  # load (`-m benchmarks.run`, `-m benchmarks.op_table`, `-m benchmarks.seed_axis`): a top-level
+  # import of jaxlab's config layer once made every PyTorch column '–' ("No module named
+  # 'ml_collections'" in the row's error), with no test failing.
+  import subprocess
+  import sys
+  import textwrap
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  script = textwrap.dedent(f"""
+      import importlib.abc, sys
+      class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+          if name.split('.')[0] in {JAX_STACK!r}:
+            raise ImportError('blocked: ' + name)
+      sys.meta_path.insert(0, Block())
+      import benchmarks.run, benchmarks.op_table, benchmarks.seed_axis, benchmarks.torch_refs
+      benchmarks.torch_refs.available()
+      print('imported')
+  """)
+  proc = subprocess.run([sys.executable, '-c', script], cwd=root, capture_output=True, text=True,
+                        timeout=120)
+  assert proc.returncode == 0 and proc.stdout.strip() == 'imported', proc.stderr[-2000:]
