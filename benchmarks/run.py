@@ -314,14 +314,17 @@ def markdown(rows):
       continue
     batch = f'{r["batch"]}×{r["copies"]}' if r['copies'] > 1 else str(r['batch'])
     pct = None if r['fraction_of_peak'] is None else 100 * r['fraction_of_peak']
-    compiled = r.get('torch_compile') or {}
+    eager, compiled = r.get('torch') or {}, r.get('torch_compile') or {}
+    # A PyTorch child that failed says so ('failed': the error is in the JSON row and was
+    # printed as the row ran), never a blank '–' that reads as "not raced".
+    eager_img_s = 'failed' if 'error' in eager else _fmt(eager.get('img_s'), ',.0f')
     compiled_img_s = (_fmt(compiled.get('img_s'), ',.0f') if 'error' not in compiled
-                      else 'did not compile')
+                      else 'did not compile' if compiled.get('torch_compile') else 'failed')
     lines.append(
         f'| {r["workload"]} | {batch} | {r["dtype"]} | {r["img_s"]:,.0f} | '
         f'{r["step_time_s"]:.4f} | {_fmt(r["gflop_per_image"], ".2f")} | '
         f'{_fmt(r["achieved_tflop_s"], ".3f")} | {_fmt(pct, ".1f")} | '
-        f'{r["peak_mem_bytes"] / 2**20:,.0f} | {_fmt((r.get("torch") or {}).get("img_s"), ",.0f")} | '
+        f'{r["peak_mem_bytes"] / 2**20:,.0f} | {eager_img_s} | '
         f'{_fmt(torch_ratio(r, "torch"), ".2f")} | {compiled_img_s} | '
         f'{_fmt(torch_ratio(r, "torch_compile"), ".2f")} |')
   return '\n'.join(lines)
@@ -585,6 +588,8 @@ def main(argv=None):
       if torch_ratio(row, key):
         summary += (f'; {key} {row[key]["img_s"]:,.0f} img/s, ratio '
                     f'{torch_ratio(row, key):.2f}')
+      elif 'error' in (row.get(key) or {}):
+        summary += f'; {key} failed: {row[key]["error"].strip().splitlines()[-1]}'
     print(f'    {summary}', file=sys.stderr, flush=True)
     done.append(name)
     if any('error' not in r for r in rows):  # (the file is named by the device of a row)

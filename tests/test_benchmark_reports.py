@@ -16,11 +16,16 @@ def test_main_table_races_eager_and_compiled_pytorch():
   row = _row('lenet/64', 0.1, torch={'img_s': 320.0}, torch_compile={'img_s': 1280.0})
   failed = _row('peft/lora', 1.0, batch=8, torch={'img_s': 4.0},
                 torch_compile={'error': 'torch.compile failed: RuntimeError: no', 'torch_compile': True})
-  table = run.markdown([row, failed, {'workload': 'loop/ladder', 'loop_efficiency': 0.99}])
+  # A PyTorch child that died (here: an import error) is 'failed', not a blank '–'.
+  died = {'error': "exit status 1: ModuleNotFoundError: No module named 'ml_collections'"}
+  crashed = _row('lenet/1024', 1.0, batch=1024, torch=died, torch_compile=died)
+  table = run.markdown([row, failed, crashed,
+                        {'workload': 'loop/ladder', 'loop_efficiency': 0.99}])
   lines = table.splitlines()
-  assert len(lines) == 4  # head, rule, two step rows: the loop row has its own table
+  assert len(lines) == 5  # head, rule, three step rows: the loop row has its own table
   assert lines[2].endswith('| 320 | 2.00 | 1,280 | 0.50 |')  # 640 img/s: 2× eager, ½× compiled
   assert lines[3].endswith('| 4 | 2.00 | did not compile | – |')
+  assert lines[4].endswith('| failed | – | failed | – |')
 
 
 def test_mhc_and_local_reports_divide_by_the_plain_and_sync_rows():
