@@ -189,3 +189,19 @@ def test_the_pytorch_side_imports_without_the_jax_stack():
   proc = subprocess.run([sys.executable, '-c', script], cwd=root, capture_output=True, text=True,
                         timeout=120)
   assert proc.returncode == 0 and proc.stdout.strip() == 'imported', proc.stderr[-2000:]
+
+
+def test_a_pytorch_child_leaves_malloc_alone_under_jaxlab_malloc_keep(monkeypatch, capsys):
+  # JAXLAB_MALLOC is jaxlab's setting: the race's PyTorch side runs with malloc as PyTorch's
+  # users have it, and its record says so.
+  import json
+
+  from jaxlab import host
+
+  def refuse():
+    raise AssertionError('a PyTorch child set malloc')
+  monkeypatch.setenv('JAXLAB_MALLOC', 'keep')
+  monkeypatch.setattr(host, 'keep_freed_memory', refuse)
+  run.main(['--torch_workload', 'lenet/64', '--batch', '8', '--steps', '1', '--warmup', '0'])
+  line = [l for l in capsys.readouterr().out.splitlines() if l.startswith(run.RESULT_PREFIX)]
+  assert json.loads(line[0][len(run.RESULT_PREFIX):])['malloc'] == 'system'
