@@ -9,7 +9,8 @@ rebuilds them instead of storing them. A layer with many input channels (LeNet-5
 columns per kernel row) goes a kernel row at a time instead ("rows"): the patch matrix of one
 row of offsets, kw·C columns wide, multiplied by each of the kernel's kh rows and the products
 added at their row offsets, so the matrix built is kh times smaller and each matmul still deep
-enough to be fast (LeNet-5's step at batch 64: 48 ms against 58 ms for whole patches).
+enough to be fast (LeNet-5's step at batch 64 on 2 cores, JAXLAB_MALLOC=keep: 48 ms against
+58 ms for whole patches at 4 images a trip; docs/benchmarks.md).
 On GPUs and TPUs the library convolution is the fast one:
 `Conv(impl='auto')` uses it there and the patch form only on the CPU. Both give the same
 parameters (names and shapes of `flax.linen.Conv`), so checkpoints move between them; the
