@@ -101,14 +101,20 @@ def step_flops(name, small, held, batch=0):
   XLA's cost analysis of the step lowered (not compiled) for one device of this machine, with
   library convolutions. One device, because a partitioned program's count is per device;
   lowered, because the compiled count sees a loop body once, and the patch convolution loops
-  over chunks of the batch. On a CPU, any workload's FLOPs at any sizes (JAXLAB_BENCH_SIZES=gpu:
-  the GPU rows'; the math is the same, the attention is XLA's). None where XLA gives none."""
+  over chunks of the batch. Seeds trained together are counted vmapped: the count of a loop over
+  the seeds (Task.seed_loop 'map', the trainer's default) sees one seed, which made the rows of
+  3 seeds report a third of their FLOPs. On a CPU, any workload's FLOPs at any sizes
+  (JAXLAB_BENCH_SIZES=gpu: the GPU rows'; the math is the same, the attention is XLA's). None
+  where XLA gives none."""
+  import dataclasses
+
   import jax
   import numpy as np
 
   from jaxlab.parallel.mesh import make_mesh
   from jaxlab.train.setup import build_setup
   config, task, shape, _ = make_workload(name, small, conv_impl='xla')
+  task = dataclasses.replace(task, seed_loop='vmap')
   if batch:
     with config.unlocked():
       config.train.batch_size = batch
