@@ -69,16 +69,30 @@ def conv_valid(x, kernel, chunk, form='auto'):
   return (_row_conv if form == 'rows' else _patch_conv)(x, kernel, chunk)
 
 
+def _map_chunks(one, x, chunk):
+  """`one` (a chunk of images → its output) over the chunks of x, one after another."""
+  y = lax.map(one, _chunks(x, chunk))
+  return y.reshape(x.shape[0], *y.shape[2:])
+
+
+def _scan_chunks(one, dw_t, x, dy, chunk):
+  """`one` over the chunks of (x, dy), summing the filter gradient dw_t and stacking the
+  input gradient: (dw_t, dx)."""
+  dw_t, dx = lax.scan(one, dw_t, (_chunks(x, chunk), _chunks(dy, chunk)))
+  return dw_t, dx.reshape(x.shape)
+
+
+def _inputs_saved(conv):
+  """The forward rule of `conv` (custom_vjp): its output, and (x, kernel) for the backward
+  pass, which rebuilds the patches instead of storing them."""
+  return lambda x, kernel, chunk: (conv(x, kernel, chunk), (x, kernel))
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _patch_conv(x, kernel, chunk):
   kh, kw, _, co = kernel.shape
   w2d = kernel.reshape(-1, co)
-  y = lax.map(lambda xc: _patches(xc, kh, kw) @ w2d, _chunks(x, chunk))
-  return y.reshape(x.shape[0], *y.shape[2:])
-
-
-def _conv_fwd(x, kernel, chunk):
-  return _patch_conv(x, kernel, chunk), (x, kernel)
+  return _map_chunks(lambda xc: _patches(xc, kh, kw) @ w2d, x, chunk)
 
 
 def _conv_bwd(chunk, res, dy):
@@ -94,11 +108,11 @@ def _conv_bwd(chunk, res, dy):
     dw_t = dw_t + dyc.reshape(-1, co).T @ patches.reshape(-1, patches.shape[-1])
     return dw_t, _fold(dyc @ w2d.T, kh, kw, ci)
 
-  dw_t, dx = lax.scan(one, jnp.zeros_like(w2d.T), (_chunks(x, chunk), _chunks(dy, chunk)))
-  return dx.reshape(x.shape), dw_t.T.reshape(kernel.shape)
+  dw_t, dx = _scan_chunks(one, jnp.zeros_like(w2d.T), x, dy, chunk)
+  return dx, dw_t.T.reshape(kernel.shape)
 
 
-_patch_conv.defvjp(_conv_fwd, _conv_bwd)
+_patch_conv.defvjp(_inputs_saved(_patch_conv), _conv_bwd)
 
 
 def _rows(x, kw):
@@ -116,12 +130,7 @@ def _row_conv(x, kernel, chunk):
   def one(xc):
     r = _rows(xc, kw)
     return sum(r[:, i:i + h] @ w_rows[i] for i in range(kh))
-  y = lax.map(one, _chunks(x, chunk))
-  return y.reshape(x.shape[0], *y.shape[2:])
-
-
-def _row_fwd(x, kernel, chunk):
-  return _row_conv(x, kernel, chunk), (x, kernel)
+  return _map_chunks(one, x, chunk)
 
 
 def _row_bwd(chunk, res, dy):
@@ -142,12 +151,11 @@ def _row_bwd(chunk, res, dy):
              for i in range(kh))
     return dw_t, _fold(dr, 1, kw, ci)
 
-  dw_t, dx = lax.scan(one, jnp.zeros((kh, co, kw * ci), kernel.dtype),
-                      (_chunks(x, chunk), _chunks(dy, chunk)))
-  return dx.reshape(x.shape), jnp.swapaxes(dw_t, 1, 2).reshape(kernel.shape)
+  dw_t, dx = _scan_chunks(one, jnp.zeros((kh, co, kw * ci), kernel.dtype), x, dy, chunk)
+  return dx, jnp.swapaxes(dw_t, 1, 2).reshape(kernel.shape)
 
 
-_row_conv.defvjp(_row_fwd, _row_bwd)
+_row_conv.defvjp(_inputs_saved(_row_conv), _row_bwd)
 
 
 def resolve_impl(impl):
