@@ -159,21 +159,23 @@ def hlo_ops(text):
 def median_walls(run, warmup, steps, profiler):
   """Both sides' timing: run(i) for steps 0 .. warmup-1 untimed, the next `steps` timed without
   a profiler, the `steps` after them timed inside the context manager `profiler` (whose
-  events the caller reads). (median ms unprofiled, median ms profiled)."""
+  events the caller reads). (median ms unprofiled, median ms profiled, mean ms profiled: the
+  one to set beside a per-step mean of the trace's events)."""
 
   def timed(first):
     walls = []
     for i in range(first, first + steps):
       t0 = time.perf_counter()
       run(i)
-      walls.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(walls)
+      walls.append(1e3 * (time.perf_counter() - t0))
+    return walls
 
   for i in range(warmup):
     run(i)
   untraced = timed(warmup)
   with profiler:
-    return untraced, timed(warmup + steps)
+    traced = timed(warmup + steps)
+  return statistics.median(untraced), statistics.median(traced), statistics.fmean(traced)
 
 
 def overlaps(events):
@@ -222,7 +224,8 @@ def time_jax(batch, steps, warmup, model='lenet', small=False):
     state, _ = jax.block_until_ready(compiled(state, data, batches[i]))
 
   with tempfile.TemporaryDirectory() as folder:
-    untraced_ms, wall_ms = median_walls(run, warmup, steps, jax.profiler.trace(folder))
+    untraced_ms, wall_ms, wall_mean_ms = median_walls(run, warmup, steps,
+                                                      jax.profiler.trace(folder))
     (path,) = glob.glob(os.path.join(folder, '**', '*.trace.json.gz'), recursive=True)
     with gzip.open(path) as f:
       events = json.load(f)['traceEvents']
@@ -236,8 +239,8 @@ def time_jax(batch, steps, warmup, model='lenet', small=False):
     raise RuntimeError('the trace holds no XLA op events: was JAX imported before '
                        'benchmarks.op_table set --xla_cpu_enable_xprof_traceme?')
   union_us, nested_us = overlaps(counted)
-  return dict(wall_ms=wall_ms, untraced_wall_ms=untraced_ms, **by_bucket(ms),
-              ops_union_ms=union_us / 1e3 / steps, ops_nested_ms=nested_us / 1e3 / steps,
+  return dict(wall_ms=wall_ms, wall_mean_ms=wall_mean_ms, untraced_wall_ms=untraced_ms,
+              **by_bucket(ms), ops_union_ms=union_us / 1e3 / steps, ops_nested_ms=nested_us / 1e3 / steps,
               jax=jax.__version__,
               device=jax.devices()[0].device_kind)
 
@@ -299,7 +302,7 @@ def time_torch(batch, steps, warmup, model='lenet'):
                                          warmup + 2 * steps)[3]
     bucket = lambda e, shapes: vit_torch_bucket(e.name, shapes, VIT_DIMS[model], _in_backward(e))
   prof = profile(activities=[ProfilerActivity.CPU], record_shapes=True)
-  untraced_ms, wall_ms = median_walls(make_run(), warmup, steps, prof)
+  untraced_ms, wall_ms, _ = median_walls(make_run(), warmup, steps, prof)
   ms = collections.Counter()
   for e in prof.events():
     shapes = e.input_shapes
