@@ -240,7 +240,8 @@ def time_jax(batch, steps, warmup, model='lenet', small=False):
                        'benchmarks.op_table set --xla_cpu_enable_xprof_traceme?')
   union_us, nested_us = overlaps(counted)
   return dict(wall_ms=wall_ms, wall_mean_ms=wall_mean_ms, untraced_wall_ms=untraced_ms,
-              **by_bucket(ms), ops_union_ms=union_us / 1e3 / steps, ops_nested_ms=nested_us / 1e3 / steps,
+              **by_bucket(ms), ops_union_ms=union_us / 1e3 / steps,
+              ops_nested_ms=nested_us / 1e3 / steps,
               jax=jax.__version__,
               device=jax.devices()[0].device_kind)
 

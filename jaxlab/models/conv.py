@@ -95,7 +95,7 @@ def _patch_conv(x, kernel, chunk):
   return _map_chunks(lambda xc: _patches(xc, kh, kw) @ w2d, x, chunk)
 
 
-def _conv_bwd(chunk, res, dy):
+def _patch_bwd(chunk, res, dy):
   x, kernel = res
   kh, kw, ci, co = kernel.shape
   w2d = kernel.reshape(-1, co)
@@ -112,7 +112,7 @@ def _conv_bwd(chunk, res, dy):
   return dx, dw_t.T.reshape(kernel.shape)
 
 
-_patch_conv.defvjp(_inputs_saved(_patch_conv), _conv_bwd)
+_patch_conv.defvjp(_inputs_saved(_patch_conv), _patch_bwd)
 
 
 def _rows(x, kw):
